@@ -1,0 +1,211 @@
+// Package pyjson writes the bytes Python's json.dumps(obj, sort_keys=True)
+// writes, the canonical form ComputeHorde signs receipts over, and formats
+// datetimes the way pydantic serialises them.
+package pyjson
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf16"
+)
+
+// Canonical re-encodes JSON text as Python's json.dumps(json.loads(text),
+// sort_keys=True). Numbers written with '.', 'e' or 'E' are floats, others ints.
+func Canonical(text []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(text))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("canonical json: %w", err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("canonical json: trailing data")
+	}
+	var buf bytes.Buffer
+	if err := encode(&buf, v); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Marshal encodes v with encoding/json and returns its canonical form.
+func Marshal(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return Canonical(b)
+}
+
+func encode(buf *bytes.Buffer, v any) error {
+	switch v := v.(type) {
+	case nil:
+		buf.WriteString("null")
+	case bool:
+		if v {
+			buf.WriteString("true")
+		} else {
+			buf.WriteString("false")
+		}
+	case string:
+		writeString(buf, v)
+	case json.Number:
+		s, err := number(string(v))
+		if err != nil {
+			return err
+		}
+		buf.WriteString(s)
+	case []any:
+		buf.WriteByte('[')
+		for i, e := range v {
+			if i > 0 {
+				buf.WriteString(", ")
+			}
+			if err := encode(buf, e); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte(']')
+	case map[string]any:
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		// Python sorts str keys by code point; UTF-16 order differs only above
+		// U+FFFF, so compare runes.
+		slices.SortFunc(keys, func(a, b string) int { return slices.Compare([]rune(a), []rune(b)) })
+		buf.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				buf.WriteString(", ")
+			}
+			writeString(buf, k)
+			buf.WriteString(": ")
+			if err := encode(buf, v[k]); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte('}')
+	default:
+		return fmt.Errorf("canonical json: unsupported type %T", v)
+	}
+	return nil
+}
+
+func number(s string) (string, error) {
+	if !strings.ContainsAny(s, ".eE") {
+		// Python int: arbitrary precision, printed without sign of zero.
+		if strings.TrimLeft(s, "-0") == "" {
+			return "0", nil
+		}
+		return s, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+			return FloatRepr(f), nil
+		}
+		return "", fmt.Errorf("canonical json: number %q: %w", s, err)
+	}
+	return FloatRepr(f), nil
+}
+
+// FloatRepr formats f as Python's repr(float) does.
+func FloatRepr(f float64) string {
+	switch {
+	case math.IsInf(f, 1):
+		return "Infinity"
+	case math.IsInf(f, -1):
+		return "-Infinity"
+	case math.IsNaN(f):
+		return "NaN"
+	}
+	e := strconv.FormatFloat(f, 'e', -1, 64) // -d.ddde±XX
+	neg := strings.HasPrefix(e, "-")
+	e = strings.TrimPrefix(e, "-")
+	mant, expStr, _ := strings.Cut(e, "e")
+	exp, _ := strconv.Atoi(expStr)
+	digits := strings.Replace(mant, ".", "", 1)
+	decpt := exp + 1
+	var out string
+	if decpt <= -4 || decpt > 16 {
+		out = digits[:1]
+		if len(digits) > 1 {
+			out += "." + digits[1:]
+		}
+		sign := "+"
+		if exp < 0 {
+			sign = "-"
+			exp = -exp
+		}
+		out += fmt.Sprintf("e%s%02d", sign, exp)
+	} else if decpt <= 0 {
+		out = "0." + strings.Repeat("0", -decpt) + digits
+	} else if decpt >= len(digits) {
+		out = digits + strings.Repeat("0", decpt-len(digits)) + ".0"
+	} else {
+		out = digits[:decpt] + "." + digits[decpt:]
+	}
+	if neg {
+		out = "-" + out
+	}
+	return out
+}
+
+func writeString(buf *bytes.Buffer, s string) {
+	buf.WriteByte('"')
+	for _, r := range s {
+		switch r {
+		case '"':
+			buf.WriteString(`\"`)
+		case '\\':
+			buf.WriteString(`\\`)
+		case '\n':
+			buf.WriteString(`\n`)
+		case '\r':
+			buf.WriteString(`\r`)
+		case '\t':
+			buf.WriteString(`\t`)
+		case '\b':
+			buf.WriteString(`\b`)
+		case '\f':
+			buf.WriteString(`\f`)
+		default:
+			switch {
+			case r < 0x20 || (r >= 0x7f && r <= 0xffff):
+				fmt.Fprintf(buf, `\u%04x`, r)
+			case r > 0xffff:
+				r1, r2 := utf16.EncodeRune(r)
+				fmt.Fprintf(buf, `\u%04x\u%04x`, r1, r2)
+			default:
+				buf.WriteRune(r)
+			}
+		}
+	}
+	buf.WriteByte('"')
+}
+
+// Time formats t as pydantic does in JSON mode: UTC "Z", and six fraction
+// digits whenever the time has a sub-second part.
+func Time(t time.Time) string {
+	t = t.UTC()
+	if t.Nanosecond()/1000 == 0 {
+		return t.Format("2006-01-02T15:04:05Z")
+	}
+	return t.Format("2006-01-02T15:04:05") + fmt.Sprintf(".%06dZ", t.Nanosecond()/1000)
+}
+
+// ParseTime parses the pydantic datetime forms (RFC 3339 with or without fraction).
+func ParseTime(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("parse time %q: %w", s, err)
+	}
+	return t, nil
+}

@@ -1,0 +1,77 @@
+package pyjson
+
+import (
+	"encoding/json"
+	"os"
+	"testing"
+	"time"
+)
+
+func TestPythonVectors(t *testing.T) {
+	b, err := os.ReadFile("testdata/python_json_dumps_sorted.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vecs []struct{ In, Out string }
+	if err := json.Unmarshal(b, &vecs); err != nil {
+		t.Fatal(err)
+	}
+	if len(vecs) == 0 {
+		t.Fatal("no vectors")
+	}
+	for _, v := range vecs {
+		got, err := Canonical([]byte(v.In))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != v.Out {
+			t.Errorf("Canonical(%s)\n got %s\nwant %s", v.In, got, v.Out)
+		}
+	}
+}
+
+func TestFloatRepr(t *testing.T) {
+	for f, want := range map[float64]string{
+		0.1: "0.1", 1.5: "1.5", 1e20: "1e+20", 1e16: "1e+16", 1e15: "1000000000000000.0",
+		123456789.125: "123456789.125", -2.5e-05: "-2.5e-05", 0.0001: "0.0001", 3: "3.0",
+		1e-07: "1e-07", 1.2345e-300: "1.2345e-300", 0: "0.0",
+	} {
+		if got := FloatRepr(f); got != want {
+			t.Errorf("FloatRepr(%v) = %s, want %s", f, got, want)
+		}
+	}
+}
+
+func TestTime(t *testing.T) {
+	for in, want := range map[time.Time]string{
+		time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC):                 "2020-01-01T00:00:00Z",
+		time.Date(2020, 1, 1, 0, 0, 0, 123456789, time.UTC):         "2020-01-01T00:00:00.123456Z",
+		time.Date(2020, 1, 1, 0, 0, 0, 120000000, time.UTC):         "2020-01-01T00:00:00.120000Z",
+		time.Date(2020, 1, 1, 2, 0, 0, 0, time.FixedZone("", 7200)): "2020-01-01T00:00:00Z",
+	} {
+		if got := Time(in); got != want {
+			t.Errorf("Time(%v) = %s, want %s", in, got, want)
+		}
+	}
+	if _, err := ParseTime("2020-01-01T00:00:00.120000+02:00"); err != nil {
+		t.Error(err)
+	}
+}
+
+func FuzzCanonical(f *testing.F) {
+	f.Add([]byte(`{"b": [1, 2.5, "x\u00e9"], "a": null}`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		out, err := Canonical(in)
+		if err != nil {
+			return
+		}
+		// The canonical form is itself JSON and a fixed point.
+		again, err := Canonical(out)
+		if err != nil {
+			t.Fatalf("canonical output %q does not re-parse: %v", out, err)
+		}
+		if string(again) != string(out) {
+			t.Fatalf("not a fixed point: %q -> %q", out, again)
+		}
+	})
+}

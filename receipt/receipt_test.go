@@ -1,0 +1,82 @@
+package receipt
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/horde-compute/horde/sig"
+)
+
+func key(t *testing.T, path string) *sig.Hotkey {
+	t.Helper()
+	k, err := sig.LoadKeyfile("../sig/testdata/wallets/"+path+"/hotkeys/default", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// The payload of the Python vector, built from Go types, gives Python's bytes.
+func TestStartedBytesMatchPython(t *testing.T) {
+	p := &StartedPayload{
+		Base: Base{JobUUID: "3342460e-4a99-438b-8757-795f4cb348dd",
+			MinerHotkey:     "5FYwNgYu5Wj7Vv49KtC3gXa1W1dn2BnMBGNKGrLy8pX9i4T7",
+			ValidatorHotkey: "5CDYBwxDZwXnYSp7E39Vy92MVbCMtcK2i953oRxDm9Veko7M",
+			Timestamp:       At(time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC))},
+		ExecutorClass: "always_on.llm.a6000", TTL: 30,
+	}
+	b, err := Bytes(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"executor_class": "always_on.llm.a6000", "is_organic": false, "job_uuid": "3342460e-4a99-438b-8757-795f4cb348dd", "miner_hotkey": "5FYwNgYu5Wj7Vv49KtC3gXa1W1dn2BnMBGNKGrLy8pX9i4T7", "receipt_type": "JobStartedReceipt", "timestamp": "2020-01-01T00:00:00Z", "ttl": 30, "validator_hotkey": "5CDYBwxDZwXnYSp7E39Vy92MVbCMtcK2i953oRxDm9Veko7M"}`
+	if string(b) != want {
+		t.Errorf("bytes\n got %s\nwant %s", b, want)
+	}
+}
+
+func TestFinishedBytes(t *testing.T) {
+	p := &FinishedPayload{
+		Base:        Base{JobUUID: "u", MinerHotkey: "m", ValidatorHotkey: "v", Timestamp: At(time.Date(2020, 1, 1, 0, 0, 0, 120000000, time.UTC))},
+		TimeStarted: At(time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)), TimeTookUS: 1500000, ScoreStr: "1.5",
+	}
+	b, err := Bytes(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"block_numbers": [], "job_uuid": "u", "miner_hotkey": "m", "receipt_type": "JobFinishedReceipt", "score_str": "1.5", "time_started": "2020-01-01T00:00:00Z", "time_took_us": 1500000, "timestamp": "2020-01-01T00:00:00.120000Z", "validator_hotkey": "v"}`
+	if string(b) != want {
+		t.Errorf("bytes\n got %s\nwant %s", b, want)
+	}
+}
+
+func TestSignVerify(t *testing.T) {
+	v, m := key(t, "validator"), key(t, "miner")
+	p := &AcceptedPayload{Base: Base{JobUUID: "j1", MinerHotkey: m.SS58(), ValidatorHotkey: v.SS58(), Timestamp: At(time.Now())},
+		TimeAccepted: At(time.Now()), TTL: 300}
+	vs, err := Sign(v, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(p, vs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.MinerSignature, err = Sign(m, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Verify(); err != nil {
+		t.Fatalf("valid receipt: %v", err)
+	}
+	swapped := r
+	swapped.MinerSignature = vs
+	if err := swapped.Verify(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("miner signature by validator key: err = %v", err)
+	}
+	altered := r
+	altered.Payload = []byte(string(r.Payload[:len(r.Payload)-4]) + "301}")
+	if err := altered.Verify(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("altered ttl: err = %v", err)
+	}
+}

@@ -1,0 +1,63 @@
+package protocol
+
+import "time"
+
+// This file: the client → facilitator HTTP API. Requests carry the client's
+// signature in headers: X-CH-Signature-Type (bittensor), X-CH-Signatory (SS58),
+// X-CH-Timestamp-NS, X-CH-Signature (base64) and X-CH-Signature-Scope. The
+// signed payload is the request body, or "METHOD PATH" for bodiless requests.
+
+// Client API routes.
+const (
+	RouteCreateJob = "/api/v1/job-docker/"
+	RouteJobs      = "/api/v1/jobs/"
+)
+
+// Signature headers.
+const (
+	HeaderSignatureType  = "X-CH-Signature-Type"
+	HeaderSignatory      = "X-CH-Signatory"
+	HeaderTimestampNS    = "X-CH-Timestamp-NS"
+	HeaderSignature      = "X-CH-Signature"
+	HeaderSignatureScope = "X-CH-Signature-Scope"
+)
+
+// ScopeSignedFields is the signature scope of a job request.
+const ScopeSignedFields = "SignedFields"
+
+// StatusEntry is one step of a job's history.
+type StatusEntry struct {
+	Status    JobStatus       `json:"status"`
+	CreatedAt time.Time       `json:"created_at"`
+	Metadata  *StatusMetadata `json:"metadata,omitempty"`
+}
+
+// Job is a job as the facilitator reports it.
+type Job struct {
+	UUID            string        `json:"uuid"`
+	Status          JobStatus     `json:"status"`
+	ExecutorClass   string        `json:"executor_class"`
+	DockerImage     string        `json:"docker_image"`
+	Args            []string      `json:"args"`
+	Signatory       string        `json:"signatory"`
+	ValidatorHotkey string        `json:"validator_hotkey,omitempty"`
+	CreatedAt       time.Time     `json:"created_at"`
+	UpdatedAt       time.Time     `json:"updated_at"`
+	StatusHistory   []StatusEntry `json:"status_history"`
+}
+
+// JobList is a page of jobs, newest first.
+type JobList struct {
+	Count   int    `json:"count"`
+	Results []Job  `json:"results"`
+	Next    string `json:"next,omitempty"`
+}
+
+// APIError is the body of every error answer.
+type APIError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// Event is one item of a job's live status stream (server-sent events).
+type Event = StatusEntry

@@ -1,0 +1,173 @@
+package wsconn
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/sig"
+)
+
+// MaxAuthAge is how old an auth message may be (either way) before it is refused.
+const MaxAuthAge = 10 * time.Second
+
+// Errors an auth check returns; each says why.
+var (
+	ErrStale      = errors.New("auth message is stale")
+	ErrReplayed   = errors.New("auth message was already used")
+	ErrBadAuth    = errors.New("auth signature is invalid")
+	ErrNotAllowed = errors.New("peer is not allowed")
+	ErrWrongPeer  = errors.New("auth message is addressed to someone else")
+)
+
+// ReplayGuard remembers signatures seen within MaxAuthAge so none is used twice.
+type ReplayGuard struct {
+	mu   sync.Mutex
+	seen map[string]time.Time
+}
+
+// NewReplayGuard returns an empty guard.
+func NewReplayGuard() *ReplayGuard { return &ReplayGuard{seen: map[string]time.Time{}} }
+
+// Use records key; it fails if key was used within the window.
+func (g *ReplayGuard) Use(key string, now time.Time) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k, t := range g.seen {
+		if now.Sub(t) > 2*MaxAuthAge {
+			delete(g.seen, k)
+		}
+	}
+	if _, ok := g.seen[key]; ok {
+		return ErrReplayed
+	}
+	g.seen[key] = now
+	return nil
+}
+
+func checkAge(ts int64, now time.Time) error {
+	age := now.Sub(time.Unix(ts, 0))
+	if age > MaxAuthAge || age < -MaxAuthAge {
+		return fmt.Errorf("%w: timestamp is %s off (limit %s)", ErrStale, age.Round(time.Second), MaxAuthAge)
+	}
+	return nil
+}
+
+// NewValidatorAuth builds a validator's signed auth message for a miner.
+func NewValidatorAuth(k *sig.Hotkey, minerHotkey string, now time.Time) *protocol.ValidatorAuthForMiner {
+	m := &protocol.ValidatorAuthForMiner{ValidatorHotkey: k.SS58(), MinerHotkey: minerHotkey, Timestamp: now.Unix()}
+	m.Signature = k.SignHex(m.AuthMessage())
+	return m
+}
+
+// CheckValidatorAuth verifies a validator's auth message on the miner's side.
+// pathHotkey is the hotkey in the URL; allowed decides whether that validator may connect.
+func CheckValidatorAuth(m *protocol.ValidatorAuthForMiner, pathHotkey, minerHotkey string, allowed func(string) bool, g *ReplayGuard, now time.Time) error {
+	if m.MinerHotkey != minerHotkey {
+		return fmt.Errorf("%w: miner_hotkey %s, this miner is %s", ErrWrongPeer, m.MinerHotkey, minerHotkey)
+	}
+	if pathHotkey != "" && m.ValidatorHotkey != pathHotkey {
+		return fmt.Errorf("%w: validator_hotkey %s does not match the URL's %s", ErrWrongPeer, m.ValidatorHotkey, pathHotkey)
+	}
+	if err := checkAge(m.Timestamp, now); err != nil {
+		return err
+	}
+	if err := sig.VerifyHex(m.ValidatorHotkey, m.AuthMessage(), m.Signature); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	if !allowed(m.ValidatorHotkey) {
+		return fmt.Errorf("%w: validator %s has no permit here", ErrNotAllowed, m.ValidatorHotkey)
+	}
+	return g.Use(m.Signature, now)
+}
+
+// NewFacilitatorAuth builds a validator's signed auth message for the facilitator.
+func NewFacilitatorAuth(k *sig.Hotkey, now time.Time) *protocol.V0AuthenticationRequest {
+	m := &protocol.V0AuthenticationRequest{PublicKey: k.Public().Hex(), Timestamp: now.Unix(), Nonce: Token()}
+	b, _ := m.AuthMessage()
+	m.Signature = k.SignHex(b)
+	return m
+}
+
+// CheckFacilitatorAuth verifies a validator's auth on the facilitator's side
+// and returns the validator's SS58 address.
+func CheckFacilitatorAuth(m *protocol.V0AuthenticationRequest, allowed func(string) bool, g *ReplayGuard, now time.Time) (string, error) {
+	b, err := m.AuthMessage()
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	if m.Timestamp == 0 {
+		return "", fmt.Errorf("%w: no horde_timestamp (unsigned-time auth can be replayed)", ErrStale)
+	}
+	if err := checkAge(m.Timestamp, now); err != nil {
+		return "", err
+	}
+	var pk sig.PublicKey
+	raw, _ := hex.DecodeString(m.PublicKey)
+	copy(pk[:], raw)
+	s, err := hex.DecodeString(trim0x(m.Signature))
+	if err != nil {
+		return "", fmt.Errorf("%w: signature is not hex", ErrBadAuth)
+	}
+	if err := sig.Verify(pk, b, s); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	if !allowed(pk.SS58()) {
+		return "", fmt.Errorf("%w: validator %s", ErrNotAllowed, pk.SS58())
+	}
+	return pk.SS58(), g.Use(m.Signature, now)
+}
+
+func trim0x(s string) string {
+	if len(s) >= 2 && s[:2] == "0x" {
+		return s[2:]
+	}
+	return s
+}
+
+// Token returns a random 128-bit hex token.
+func Token() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// Tokens hands out one-time tokens (for executors) and redeems each once.
+type Tokens struct {
+	mu     sync.Mutex
+	issued map[string]string
+}
+
+// NewTokens returns an empty token set.
+func NewTokens() *Tokens { return &Tokens{issued: map[string]string{}} }
+
+// Issue returns a new token bound to value (a job id).
+func (t *Tokens) Issue(value string) string {
+	tok := Token()
+	t.mu.Lock()
+	t.issued[tok] = value
+	t.mu.Unlock()
+	return tok
+}
+
+// Redeem returns the value bound to tok and forgets tok.
+func (t *Tokens) Redeem(tok string) (string, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v, ok := t.issued[tok]
+	delete(t.issued, tok)
+	return v, ok
+}
+
+// Revoke forgets tok without redeeming it.
+func (t *Tokens) Revoke(tok string) {
+	t.mu.Lock()
+	delete(t.issued, tok)
+	t.mu.Unlock()
+}

@@ -1,0 +1,145 @@
+package wsconn
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/sig"
+)
+
+func hotkey(t *testing.T) *sig.Hotkey {
+	t.Helper()
+	k, err := sig.FromSeed(sig.RandomSeed())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestValidatorAuth(t *testing.T) {
+	v, other := hotkey(t), hotkey(t)
+	miner := hotkey(t).SS58()
+	now := time.Now()
+	allow := func(h string) bool { return h == v.SS58() }
+	g := NewReplayGuard()
+
+	good := NewValidatorAuth(v, miner, now)
+	if err := CheckValidatorAuth(good, v.SS58(), miner, allow, g, now); err != nil {
+		t.Fatalf("good auth refused: %v", err)
+	}
+	tampered := *NewValidatorAuth(v, miner, now)
+	tampered.Signature = other.SignHex(tampered.AuthMessage())
+	unsigned := *NewValidatorAuth(v, miner, now)
+	unsigned.Signature = ""
+	tests := []struct {
+		name string
+		m    *protocol.ValidatorAuthForMiner
+		path string
+		want error
+	}{
+		{"replayed", good, v.SS58(), ErrReplayed},
+		{"stale", NewValidatorAuth(v, miner, now.Add(-11*time.Second)), v.SS58(), ErrStale},
+		{"future", NewValidatorAuth(v, miner, now.Add(time.Minute)), v.SS58(), ErrStale},
+		{"other miner", NewValidatorAuth(v, hotkey(t).SS58(), now), v.SS58(), ErrWrongPeer},
+		{"path mismatch", NewValidatorAuth(v, miner, now), other.SS58(), ErrWrongPeer},
+		{"wrong key", &tampered, v.SS58(), ErrBadAuth},
+		{"unsigned", &unsigned, v.SS58(), ErrBadAuth},
+		{"no permit", NewValidatorAuth(other, miner, now), other.SS58(), ErrNotAllowed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := CheckValidatorAuth(tt.m, tt.path, miner, allow, g, now); !errors.Is(err, tt.want) {
+				t.Errorf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestFacilitatorAuth(t *testing.T) {
+	v := hotkey(t)
+	now := time.Now()
+	g := NewReplayGuard()
+	all := func(string) bool { return true }
+	m := NewFacilitatorAuth(v, now)
+	got, err := CheckFacilitatorAuth(m, all, g, now)
+	if err != nil || got != v.SS58() {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	if _, err := CheckFacilitatorAuth(m, all, g, now); !errors.Is(err, ErrReplayed) {
+		t.Errorf("replay: %v", err)
+	}
+	if _, err := CheckFacilitatorAuth(NewFacilitatorAuth(v, now.Add(-time.Minute)), all, g, now); !errors.Is(err, ErrStale) {
+		t.Errorf("stale: %v", err)
+	}
+	legacy := NewFacilitatorAuth(v, now)
+	legacy.Timestamp = 0
+	if _, err := CheckFacilitatorAuth(legacy, all, g, now); !errors.Is(err, ErrStale) {
+		t.Errorf("legacy: %v", err)
+	}
+	forged := NewFacilitatorAuth(v, now)
+	forged.Nonce = "other"
+	if _, err := CheckFacilitatorAuth(forged, all, g, now); !errors.Is(err, ErrBadAuth) {
+		t.Errorf("forged: %v", err)
+	}
+}
+
+func TestTokensAreOneTime(t *testing.T) {
+	ts := NewTokens()
+	tok := ts.Issue("job")
+	if v, ok := ts.Redeem(tok); !ok || v != "job" {
+		t.Fatalf("redeem = %q %v", v, ok)
+	}
+	if _, ok := ts.Redeem(tok); ok {
+		t.Error("token redeemed twice")
+	}
+}
+
+// A real WebSocket session: messages round-trip, and bad frames are answered
+// with GenericError without ending the session.
+func TestConnBadFrames(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		for {
+			m, err := c.Recv(r.Context())
+			if err != nil {
+				return
+			}
+			c.Send(r.Context(), m) // echo
+		}
+	}))
+	defer srv.Close()
+	ctx := t.Context()
+	url := "ws" + strings.TrimPrefix(srv.URL, "http")
+	raw, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.CloseNow()
+	for _, bad := range []string{`{"message_type":"V9Whatever"}`, `{{{`, `{"message_type":"V0AcceptJobRequest","job_uuid":[]}`} {
+		raw.Write(ctx, websocket.MessageText, []byte(bad))
+		_, b, err := raw.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := protocol.Decode(b)
+		if _, ok := m.(*protocol.GenericError); err != nil || !ok {
+			t.Fatalf("answer to %s: %s", bad, b)
+		}
+	}
+	good, _ := protocol.Encode(&protocol.V0AcceptJobRequest{JobUUID: "j"})
+	raw.Write(ctx, websocket.MessageText, good)
+	_, b, err := raw.Read(ctx)
+	if err != nil || string(b) != string(good) {
+		t.Fatalf("echo = %s, %v", b, err)
+	}
+}

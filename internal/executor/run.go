@@ -1,0 +1,195 @@
+package executor
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/horde-compute/horde/internal/blob"
+	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/protocol"
+)
+
+// Paths are the host directories mounted into a job container.
+type Paths struct {
+	Volume, Output, Artifacts string
+}
+
+// ContainerConfig returns the isolated container a job runs in: no network,
+// read-only root, no new privileges, every capability dropped, resource
+// limits of the class, and GPUs requested for GPU classes.
+func ContainerConfig(req *protocol.V0JobRequest, class ClassSpec, p Paths, owner string) *docker.ContainerConfig {
+	env := make([]string, 0, len(req.Env))
+	for k, v := range req.Env {
+		env = append(env, k+"="+v)
+	}
+	cmd := req.DockerRunCmd
+	if req.RawScript != "" {
+		cmd = []string{"/bin/sh", "-c", req.RawScript}
+	}
+	binds := []string{p.Volume + ":/volume", p.Output + ":/output"}
+	if req.ArtifactsDir != "" {
+		binds = append(binds, p.Artifacts+":"+req.ArtifactsDir)
+	}
+	hc := docker.HostConfig{
+		NetworkMode:    "none",
+		Binds:          binds,
+		Tmpfs:          map[string]string{"/tmp": "rw,nosuid,size=512m"},
+		ReadonlyRootfs: true,
+		SecurityOpt:    []string{"no-new-privileges"},
+		CapDrop:        []string{"ALL"},
+		Memory:         class.MemoryBytes,
+		NanoCPUs:       class.NanoCPUs,
+	}
+	if class.MemoryBytes > 0 {
+		hc.MemorySwap = class.MemoryBytes // no swap beyond the limit
+	}
+	if class.Pids > 0 {
+		pids := class.Pids
+		hc.PidsLimit = &pids
+	}
+	if class.GPUs != 0 || req.DockerRunOptionsPreset == "nvidia_all" {
+		n := class.GPUs
+		if req.DockerRunOptionsPreset == "nvidia_all" {
+			n = -1
+		}
+		hc.DeviceRequests = []docker.DeviceRequest{{Driver: "nvidia", Count: n, Capabilities: [][]string{{"gpu"}}}}
+	}
+	return &docker.ContainerConfig{
+		Image:           req.DockerImage,
+		Cmd:             cmd,
+		Env:             env,
+		Labels:          map[string]string{LabelJob: req.JobUUID, LabelOwner: owner},
+		NetworkDisabled: true,
+		HostConfig:      hc,
+	}
+}
+
+type result struct {
+	exit           int
+	timedOut, oom  bool
+	stdout, stderr string
+}
+
+func (j *job) execute(ctx context.Context, req *protocol.V0JobRequest, limit time.Duration) (*result, error) {
+	p := Paths{Volume: filepath.Join(j.dir, "volume"), Output: filepath.Join(j.dir, "output"), Artifacts: filepath.Join(j.dir, "artifacts")}
+	id, err := j.cfg.Docker.ContainerCreate(ctx, "horde-job-"+j.uuid, ContainerConfig(req, j.cfg.Class, p, j.cfg.Owner))
+	if err != nil {
+		return nil, err
+	}
+	j.container = id
+	if err := j.cfg.Docker.ContainerStart(ctx, id); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	code, werr := j.cfg.Docker.ContainerWait(wctx, id)
+	res := &result{exit: code}
+	if wctx.Err() != nil {
+		// Timed out or cancelled: kill now, the logs so far still count.
+		kctx, kcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		j.cfg.Docker.ContainerKill(kctx, id)
+		kcancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		res.timedOut = true
+	} else if werr != nil {
+		return nil, werr
+	}
+	lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer lcancel()
+	if st, err := j.cfg.Docker.ContainerInspect(lctx, id); err == nil && st.OOMKilled {
+		res.oom = true
+	}
+	var out, errb tailBuffer
+	out.max, errb.max = MaxLogBytes, MaxLogBytes
+	if err := j.cfg.Docker.ContainerLogs(lctx, id, &out, &errb); err != nil {
+		return nil, err
+	}
+	res.stdout, res.stderr = out.String(), errb.String()
+	return res, nil
+}
+
+// upload sends outputs; stdout.txt and stderr.txt go with the system output.
+func (j *job) upload(ctx context.Context, up *protocol.OutputUpload, res *result) (map[string]string, error) {
+	sys := filepath.Join(j.dir, "system")
+	os.WriteFile(filepath.Join(sys, "stdout.txt"), []byte(res.stdout), 0o644)
+	os.WriteFile(filepath.Join(sys, "stderr.txt"), []byte(res.stderr), 0o644)
+	u := &blob.Uploader{Limits: j.cfg.Limits}
+	main := *up
+	var system *protocol.OutputUpload
+	if up.OutputUploadType == protocol.UploadMulti && up.SystemOutput != nil {
+		system = up.SystemOutput
+		main.SystemOutput = nil
+	}
+	results, err := u.Upload(ctx, &main, filepath.Join(j.dir, "output"))
+	if err != nil {
+		return results, err
+	}
+	if system != nil {
+		r2, err := u.Upload(ctx, system, sys)
+		for k, v := range r2 {
+			results["system/"+k] = v
+		}
+		if err != nil {
+			return results, err
+		}
+	}
+	return results, nil
+}
+
+// collectArtifacts returns files under dir smaller than 1 MB, base64, keyed
+// by their path in the container.
+func collectArtifacts(dir, containerDir string) map[string]string {
+	out := map[string]string{}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil || info.Size() >= 1_000_000 {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		out[strings.TrimRight(containerDir, "/")+"/"+filepath.ToSlash(rel)] = base64.StdEncoding.EncodeToString(b)
+		return nil
+	})
+	return out
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	buf       bytes.Buffer
+	max       int
+	truncated bool
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	t.buf.Write(p)
+	if over := t.buf.Len() - t.max; over > 0 {
+		t.buf.Next(over)
+		b := append([]byte(nil), t.buf.Bytes()...)
+		t.buf.Reset()
+		t.buf.Write(b)
+		t.truncated = true
+	}
+	return n, nil
+}
+
+func (t *tailBuffer) String() string {
+	if t.truncated {
+		return fmt.Sprintf("[truncated to the last %d bytes]\n", t.max) + t.buf.String()
+	}
+	return t.buf.String()
+}

@@ -1,0 +1,64 @@
+// Package images builds the container images horde ships (the demo/test job)
+// from Go source in this module, as FROM-scratch images with one static
+// binary, so nothing is ever pulled from a registry.
+package images
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/horde-compute/horde/internal/executor/docker"
+)
+
+// JobImage is the tag of the demo/test job image.
+const JobImage = "horde/job:dev"
+
+// Build compiles the Go command pkg (an import path in this module) as a
+// static binary and builds it into a FROM-scratch image tagged tag.
+func Build(ctx context.Context, cli *docker.Client, pkg, tag string) error {
+	dir, err := os.MkdirTemp("", "horde-image-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "app")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build image %s: go build %s: %v\n%s", tag, pkg, err, out)
+	}
+	app, err := os.ReadFile(bin)
+	if err != nil {
+		return err
+	}
+	dockerfile := []byte("FROM scratch\nCOPY app /app\nENTRYPOINT [\"/app\"]\n")
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range []struct {
+		name string
+		mode int64
+		data []byte
+	}{{"Dockerfile", 0o644, dockerfile}, {"app", 0o755, app}} {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data))}); err != nil {
+			return err
+		}
+		tw.Write(f.data)
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return cli.ImageBuild(ctx, &buf, tag, nil)
+}
+
+// EnsureJobImage builds the job image unless it is present.
+func EnsureJobImage(ctx context.Context, cli *docker.Client) error {
+	if _, err := cli.ImageInspect(ctx, JobImage); err == nil {
+		return nil
+	}
+	return Build(ctx, cli, "github.com/horde-compute/horde/internal/images/jobimage", JobImage)
+}

@@ -1,0 +1,311 @@
+// Package sqlite is the embedded store: one SQLite file (WAL, pure Go) per
+// role, with migrations embedded in the binary.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/receipt"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// DB is a SQLite store.
+type DB struct{ db *sql.DB }
+
+var (
+	_ store.Jobs     = (*DB)(nil)
+	_ store.Receipts = (*DB)(nil)
+)
+
+// Open opens (creating) the database at path and applies migrations.
+func Open(ctx context.Context, path string) (*DB, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1) // one writer; SQLite serialises anyway
+	if err := migrate(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	return &DB{db: db}, nil
+}
+
+// Close closes the database.
+func (d *DB) Close() error { return d.db.Close() }
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		version := strings.TrimSuffix(filepath.Base(name), ".sql")
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = ?`, version).Scan(&n); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if n > 0 {
+			continue
+		}
+		body, _ := migrations.ReadFile(name)
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate %s: %w", version, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations VALUES (?, ?)`, version, time.Now().Unix()); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func isUnique(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+}
+
+// CreateJob implements store.Jobs.
+func (d *DB) CreateJob(ctx context.Context, j store.JobRecord) error {
+	spec, err := json.Marshal(j.Spec)
+	if err != nil {
+		return err
+	}
+	sigb, _ := json.Marshal(j.Signature)
+	now := j.CreatedAt.UnixMicro()
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	_, err = tx.ExecContext(ctx, `INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, validator_hotkey, miner_hotkey, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, j.UUID, spec, sigb, j.Signature.Signature, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
+	if isUnique(err) {
+		return fmt.Errorf("job %s: %w (same uuid or same client signature)", j.UUID, store.ErrDuplicate)
+	}
+	if err != nil {
+		return fmt.Errorf("create job: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO job_status (job_uuid, status, created_at) VALUES (?, ?, ?)`, j.UUID, j.Status, now); err != nil {
+		return fmt.Errorf("create job: %w", err)
+	}
+	return tx.Commit()
+}
+
+const jobCols = `uuid, spec, signature, status, validator_hotkey, miner_hotkey, created_at, updated_at`
+
+func scanJob(sc interface{ Scan(...any) error }) (store.JobRecord, error) {
+	var j store.JobRecord
+	var spec, sigb string
+	var created, updated int64
+	if err := sc.Scan(&j.UUID, &spec, &sigb, &j.Status, &j.ValidatorHotkey, &j.MinerHotkey, &created, &updated); err != nil {
+		return j, err
+	}
+	json.Unmarshal([]byte(spec), &j.Spec)
+	json.Unmarshal([]byte(sigb), &j.Signature)
+	j.CreatedAt, j.UpdatedAt = time.UnixMicro(created).UTC(), time.UnixMicro(updated).UTC()
+	return j, nil
+}
+
+// Job implements store.Jobs.
+func (d *DB) Job(ctx context.Context, uuid string) (store.JobRecord, error) {
+	j, err := scanJob(d.db.QueryRowContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE uuid = ?`, uuid))
+	if errors.Is(err, sql.ErrNoRows) {
+		return j, fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
+	}
+	return j, err
+}
+
+// AddStatus implements store.Jobs.
+func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry) error {
+	var meta []byte
+	if e.Metadata != nil {
+		meta, _ = json.Marshal(e.Metadata)
+	}
+	at := e.CreatedAt.UnixMicro()
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var cur string
+	if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE uuid = ?`, uuid).Scan(&cur); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
+		}
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO job_status (job_uuid, status, metadata, created_at) VALUES (?, ?, ?, ?)`, uuid, e.Status, nullable(meta), at); err != nil {
+		return fmt.Errorf("add status: %w", err)
+	}
+	if !protocol.JobStatus(cur).Terminal() {
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?, updated_at = ? WHERE uuid = ?`, e.Status, at, uuid); err != nil {
+			return fmt.Errorf("add status: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+func nullable(b []byte) any {
+	if b == nil {
+		return nil
+	}
+	return string(b)
+}
+
+// History implements store.Jobs.
+func (d *DB) History(ctx context.Context, uuid string) ([]protocol.StatusEntry, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT status, metadata, created_at FROM job_status WHERE job_uuid = ? ORDER BY id`, uuid)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []protocol.StatusEntry
+	for rows.Next() {
+		var e protocol.StatusEntry
+		var meta sql.NullString
+		var at int64
+		if err := rows.Scan(&e.Status, &meta, &at); err != nil {
+			return nil, err
+		}
+		if meta.Valid {
+			e.Metadata = &protocol.StatusMetadata{}
+			json.Unmarshal([]byte(meta.String), e.Metadata)
+		}
+		e.CreatedAt = time.UnixMicro(at).UTC()
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// ListJobs implements store.Jobs.
+func (d *DB) ListJobs(ctx context.Context, signatory string, offset, limit int) ([]store.JobRecord, int, error) {
+	where, args := "", []any{}
+	if signatory != "" {
+		where, args = " WHERE signatory = ?", []any{signatory}
+	}
+	var total int
+	if err := d.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM jobs`+where, args...).Scan(&total); err != nil {
+		return nil, 0, err
+	}
+	rows, err := d.db.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs`+where+` ORDER BY created_at DESC, uuid LIMIT ? OFFSET ?`, append(args, limit, offset)...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	var out []store.JobRecord
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, j)
+	}
+	return out, total, rows.Err()
+}
+
+// Unfinished implements store.Jobs.
+func (d *DB) Unfinished(ctx context.Context) ([]store.JobRecord, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN ('completed','rejected','failed','horde_failed','cancelled') ORDER BY created_at`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.JobRecord
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, rows.Err()
+}
+
+// SetAssignment implements store.Jobs.
+func (d *DB) SetAssignment(ctx context.Context, uuid, validator, miner string) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = ?, miner_hotkey = ? WHERE uuid = ?`, validator, miner, uuid)
+	return err
+}
+
+// PutReceipt implements store.Receipts; a receipt of the same job and type is replaced
+// only to add a miner signature.
+func (d *DB) PutReceipt(ctx context.Context, r receipt.Receipt) error {
+	if _, err := r.Decode(); err != nil {
+		return err
+	}
+	var base struct {
+		JobUUID string `json:"job_uuid"`
+	}
+	json.Unmarshal(r.Payload, &base)
+	_, err := d.db.ExecContext(ctx, `INSERT INTO receipts (job_uuid, receipt_type, payload, validator_signature, miner_signature, stored_at)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT(job_uuid, receipt_type) DO UPDATE SET miner_signature = excluded.miner_signature
+		WHERE receipts.miner_signature = '' AND receipts.payload = excluded.payload`,
+		base.JobUUID, r.Type, string(r.Payload), r.ValidatorSignature, r.MinerSignature, time.Now().UnixMicro())
+	if err != nil {
+		return fmt.Errorf("put receipt: %w", err)
+	}
+	return nil
+}
+
+func (d *DB) queryReceipts(ctx context.Context, q string, args ...any) ([]receipt.Receipt, error) {
+	rows, err := d.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []receipt.Receipt
+	for rows.Next() {
+		var r receipt.Receipt
+		var payload string
+		if err := rows.Scan(&r.Type, &payload, &r.ValidatorSignature, &r.MinerSignature); err != nil {
+			return nil, err
+		}
+		r.Payload = json.RawMessage(payload)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ReceiptsSince implements store.Receipts.
+func (d *DB) ReceiptsSince(ctx context.Context, t time.Time, limit int) ([]receipt.Receipt, error) {
+	return d.queryReceipts(ctx, `SELECT receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE stored_at >= ? ORDER BY id LIMIT ?`, t.UnixMicro(), limit)
+}
+
+// ReceiptsForJob implements store.Receipts.
+func (d *DB) ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error) {
+	return d.queryReceipts(ctx, `SELECT receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE job_uuid = ? ORDER BY id`, jobUUID)
+}

@@ -1,0 +1,55 @@
+// Package store declares what each role keeps durably. Backends live in
+// subpackages (sqlite); every backend passes the same conformance tests.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/receipt"
+)
+
+// ErrNotFound is returned for a missing record.
+var ErrNotFound = errors.New("not found")
+
+// ErrDuplicate is returned when a record that must be unique exists already.
+var ErrDuplicate = errors.New("already exists")
+
+// Receipts keeps signed receipts (miner and validator).
+type Receipts interface {
+	PutReceipt(ctx context.Context, r receipt.Receipt) error
+	// ReceiptsSince returns receipts stored at or after t, oldest first.
+	ReceiptsSince(ctx context.Context, t time.Time, limit int) ([]receipt.Receipt, error)
+	ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error)
+}
+
+// JobRecord is a job as the facilitator or validator keeps it.
+type JobRecord struct {
+	UUID            string
+	Spec            protocol.JobSpec
+	Signature       protocol.Signature
+	Status          protocol.JobStatus
+	ValidatorHotkey string
+	MinerHotkey     string
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+}
+
+// Jobs keeps jobs and their status history (facilitator and validator).
+type Jobs interface {
+	// CreateJob stores a new job with its first status; ErrDuplicate if the
+	// uuid or the client signature was seen before (replay).
+	CreateJob(ctx context.Context, j JobRecord) error
+	Job(ctx context.Context, uuid string) (JobRecord, error)
+	// AddStatus appends to the job's history and sets its status. A job in a
+	// terminal status keeps it: later updates are recorded in history only.
+	AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry) error
+	History(ctx context.Context, uuid string) ([]protocol.StatusEntry, error)
+	// ListJobs returns jobs of signatory ("" for all), newest first.
+	ListJobs(ctx context.Context, signatory string, offset, limit int) ([]JobRecord, int, error)
+	// Unfinished returns jobs not in a terminal status (for recovery at start).
+	Unfinished(ctx context.Context) ([]JobRecord, error)
+	SetAssignment(ctx context.Context, uuid, validator, miner string) error
+}

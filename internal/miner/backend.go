@@ -1,0 +1,111 @@
+package miner
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/horde-compute/horde/internal/blob"
+	"github.com/horde-compute/horde/internal/executor"
+	"github.com/horde-compute/horde/internal/executor/docker"
+)
+
+// ExecutorSpec is what a back-end needs to start an executor for one job.
+type ExecutorSpec struct {
+	JobUUID string
+	Class   string
+	// MinerURL is the executor route including its one-time token.
+	MinerURL string
+	Limits   executor.ClassSpec
+}
+
+// Backend starts executors. Start must not block for the job's duration;
+// the returned channel closes once the executor has ended and cleaned up.
+type Backend interface {
+	Start(ctx context.Context, spec ExecutorSpec) (done <-chan struct{}, err error)
+	// Wait blocks until every started executor has ended.
+	Wait()
+}
+
+// Local runs executors in this process against a Docker Engine.
+type Local struct {
+	Docker              *docker.Client
+	DataDir             string
+	Owner               string
+	Limits              blob.Limits
+	HuggingFaceEndpoint string
+	Log                 *slog.Logger
+	wg                  sync.WaitGroup
+}
+
+var _ Backend = (*Local)(nil)
+
+// Start implements Backend.
+func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, error) {
+	if err := os.MkdirAll(l.DataDir, 0o755); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	l.wg.Go(func() {
+		defer close(done)
+		err := executor.Run(ctx, executor.Config{
+			MinerURL: spec.MinerURL, DataDir: l.DataDir, Docker: l.Docker, Class: spec.Limits,
+			Limits: l.Limits, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
+			Log: l.Log.With("role", "executor", "job", spec.JobUUID),
+		})
+		if err != nil && ctx.Err() == nil {
+			l.Log.Warn("executor ended with error", "job", spec.JobUUID, "err", err)
+		}
+	})
+	return done, nil
+}
+
+// Wait implements Backend.
+func (l *Local) Wait() { l.wg.Wait() }
+
+// Reaper removes containers and job directories that no running job owns:
+// what an executor left behind when it crashed.
+type Reaper struct {
+	Docker  *docker.Client
+	Owner   string
+	DataDir string
+	Log     *slog.Logger
+}
+
+// Reap removes leftovers of jobs not in active.
+func (r *Reaper) Reap(ctx context.Context, active map[string]bool) {
+	if r.Docker != nil {
+		cs, err := r.Docker.ContainerList(ctx, executor.LabelOwner+"="+r.Owner)
+		if err != nil {
+			r.Log.Warn("reaper: list containers", "err", err)
+		}
+		for _, c := range cs {
+			if id := c.Labels[executor.LabelJob]; !active[id] && c.Since(time.Now()) > 5*time.Second {
+				r.Log.Info("reaper: removing leftover container", "job", id, "container", c.ID[:12])
+				r.Docker.ContainerRemove(ctx, c.ID)
+			}
+		}
+	}
+	if r.DataDir != "" {
+		ents, _ := os.ReadDir(r.DataDir)
+		for _, e := range ents {
+			name := e.Name()
+			if !e.IsDir() || !strings.HasPrefix(name, "job-") {
+				continue
+			}
+			id := strings.TrimPrefix(name, "job-")
+			if i := strings.LastIndex(id, "-"); i > 0 {
+				id = id[:i]
+			}
+			info, err := e.Info()
+			if err == nil && !active[id] && time.Since(info.ModTime()) > 5*time.Second {
+				r.Log.Info("reaper: removing leftover job directory", "job", id)
+				os.RemoveAll(filepath.Join(r.DataDir, name))
+			}
+		}
+	}
+}

@@ -1,0 +1,304 @@
+// Package facilitator runs the front door: clients submit, watch, list and
+// cancel jobs over HTTP (signed with their hotkeys); validators dial in over
+// WebSocket, receive jobs and report status. Every job's status history is
+// kept, and a job accepted is stored before it is acknowledged.
+package facilitator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/wsconn"
+	"github.com/horde-compute/horde/protocol"
+)
+
+// Config configures a facilitator.
+type Config struct {
+	Listener net.Listener
+	Listen   string
+	Store    store.Jobs
+	// AllowValidator decides which validator hotkeys may connect.
+	AllowValidator func(hotkey string) bool
+	// MaxSkew bounds the age of a client's request signature.
+	MaxSkew time.Duration
+	Log     *slog.Logger
+	Ready   func(addr string)
+}
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	switch {
+	case c.Store == nil:
+		return errors.New("facilitator config: Store is required")
+	case c.AllowValidator == nil:
+		return errors.New("facilitator config: AllowValidator is required")
+	}
+	return nil
+}
+
+// Facilitator is a running facilitator.
+type Facilitator struct {
+	cfg   Config
+	log   *slog.Logger
+	guard *wsconn.ReplayGuard
+
+	mu         sync.Mutex
+	validators map[string]*validatorConn
+	watchers   map[string]map[chan protocol.StatusEntry]struct{}
+	dispatch   chan struct{}
+}
+
+type validatorConn struct {
+	hotkey string
+	conn   *wsconn.Conn
+}
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxSkew == 0 {
+		cfg.MaxSkew = 5 * time.Minute
+	}
+	ln := cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("facilitator: %w", err)
+		}
+	}
+	f := &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
+		validators: map[string]*validatorConn{}, watchers: map[string]map[chan protocol.StatusEntry]struct{}{},
+		dispatch: make(chan struct{}, 1)}
+	srv := &http.Server{Handler: f.routes(), BaseContext: func(net.Listener) context.Context { return ctx },
+		ReadHeaderTimeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	wg.Go(func() { errc <- srv.Serve(ln) })
+	wg.Go(func() { f.dispatchLoop(ctx) })
+	f.log.Info("facilitator listening", "addr", ln.Addr().String())
+	if cfg.Ready != nil {
+		cfg.Ready(ln.Addr().String())
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	srv.Shutdown(sctx)
+	cancel()
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (f *Facilitator) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET "+protocol.FacilitatorPath, f.serveValidator)
+	mux.HandleFunc("POST "+protocol.RouteCreateJob, f.authed(f.createJob))
+	mux.HandleFunc("GET "+protocol.RouteJobs, f.authed(f.listJobs))
+	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/", f.authed(f.getJob))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/cancel/", f.authed(f.cancelJob))
+	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(f.jobEvents))
+	return mux
+}
+
+// serveValidator handles a validator's session.
+func (f *Facilitator) serveValidator(w http.ResponseWriter, r *http.Request) {
+	conn, err := wsconn.Accept(w, r, f.log)
+	if err != nil {
+		return
+	}
+	ctx := r.Context()
+	actx, cancel := context.WithTimeout(ctx, wsconn.MaxAuthAge)
+	first, err := conn.Recv(actx)
+	cancel()
+	if err != nil {
+		conn.CloseWith("no auth message")
+		return
+	}
+	auth, ok := first.(*protocol.V0AuthenticationRequest)
+	var hotkey string
+	if !ok {
+		err = fmt.Errorf("first message must be V0AuthenticationRequest, got %s", first.MessageType())
+	} else {
+		hotkey, err = wsconn.CheckFacilitatorAuth(auth, f.cfg.AllowValidator, f.guard, time.Now())
+	}
+	if err != nil {
+		f.log.Warn("validator refused", "err", err)
+		conn.Send(ctx, &protocol.Response{Status: "error", Errors: []protocol.ResponseError{{Msg: err.Error(), Type: "authentication"}}})
+		conn.CloseWith("unauthorized")
+		return
+	}
+	if err := conn.Send(ctx, &protocol.Response{Status: "success"}); err != nil {
+		return
+	}
+	vc := &validatorConn{hotkey: hotkey, conn: conn}
+	f.mu.Lock()
+	f.validators[hotkey] = vc
+	f.mu.Unlock()
+	f.log.Info("validator connected", "validator", hotkey)
+	f.kick()
+	defer func() {
+		f.mu.Lock()
+		if f.validators[hotkey] == vc {
+			delete(f.validators, hotkey)
+		}
+		f.mu.Unlock()
+		f.log.Info("validator disconnected", "validator", hotkey)
+	}()
+	for {
+		m, err := conn.Recv(ctx)
+		if err != nil {
+			return
+		}
+		switch m := m.(type) {
+		case *protocol.V0JobStatusUpdate:
+			err := f.statusUpdate(ctx, hotkey, m)
+			resp := &protocol.Response{Status: "success"}
+			if err != nil {
+				f.log.Warn("status update refused", "job", m.UUID, "err", err)
+				resp = &protocol.Response{Status: "error", Errors: []protocol.ResponseError{{Msg: err.Error(), Type: "status_update"}}}
+			}
+			conn.Send(ctx, resp)
+		case *protocol.V0Heartbeat, *protocol.V0MachineSpecsUpdate:
+			conn.Send(ctx, &protocol.Response{Status: "success"})
+		default:
+			conn.Send(ctx, &protocol.GenericError{Details: "unexpected message " + m.MessageType()})
+		}
+	}
+}
+
+// statusUpdate records a validator's report on a job it was given.
+func (f *Facilitator) statusUpdate(ctx context.Context, validator string, m *protocol.V0JobStatusUpdate) error {
+	j, err := f.cfg.Store.Job(ctx, m.UUID)
+	if err != nil {
+		return err
+	}
+	if j.ValidatorHotkey != validator {
+		return fmt.Errorf("job %s was not given to validator %s", m.UUID, validator)
+	}
+	e := protocol.StatusEntry{Status: m.Status, CreatedAt: time.Now().UTC(), Metadata: m.Metadata}
+	if err := f.cfg.Store.AddStatus(ctx, m.UUID, e); err != nil {
+		return err
+	}
+	if m.Metadata != nil && m.Metadata.MinerHotkey != "" && j.MinerHotkey == "" {
+		f.cfg.Store.SetAssignment(ctx, m.UUID, validator, m.Metadata.MinerHotkey)
+	}
+	f.publish(m.UUID, e)
+	return nil
+}
+
+// kick wakes the dispatcher.
+func (f *Facilitator) kick() {
+	select {
+	case f.dispatch <- struct{}{}:
+	default:
+	}
+}
+
+// dispatchLoop hands jobs not yet given to a validator to a connected one:
+// jobs accepted while no validator was connected wait here, durably.
+func (f *Facilitator) dispatchLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.dispatch:
+		case <-t.C:
+		}
+		jobs, err := f.cfg.Store.Unfinished(ctx)
+		if err != nil {
+			f.log.Error("dispatch: list jobs", "err", err)
+			continue
+		}
+		for _, j := range jobs {
+			if j.ValidatorHotkey == "" && j.Status == protocol.StatusSent {
+				f.send(ctx, j)
+			}
+		}
+	}
+}
+
+func (f *Facilitator) pickValidator(target string) *validatorConn {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if target != "" {
+		return f.validators[target]
+	}
+	all := make([]*validatorConn, 0, len(f.validators))
+	for _, v := range f.validators {
+		all = append(all, v)
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	return all[rand.IntN(len(all))]
+}
+
+func (f *Facilitator) send(ctx context.Context, j store.JobRecord) {
+	vc := f.pickValidator(j.Spec.TargetValidatorHotkey)
+	if vc == nil {
+		return
+	}
+	if err := f.cfg.Store.SetAssignment(ctx, j.UUID, vc.hotkey, ""); err != nil {
+		f.log.Error("dispatch: assign", "job", j.UUID, "err", err)
+		return
+	}
+	sg := j.Signature
+	if err := vc.conn.Send(ctx, &protocol.V2JobRequest{UUID: j.UUID, JobSpec: j.Spec, Signature: &sg}); err != nil {
+		f.log.Warn("dispatch: send failed; will retry", "job", j.UUID, "err", err)
+		f.cfg.Store.SetAssignment(ctx, j.UUID, "", "")
+		return
+	}
+	f.log.Info("job sent to validator", "job", j.UUID, "validator", vc.hotkey)
+}
+
+func (f *Facilitator) subscribe(uuid string) chan protocol.StatusEntry {
+	ch := make(chan protocol.StatusEntry, 32)
+	f.mu.Lock()
+	if f.watchers[uuid] == nil {
+		f.watchers[uuid] = map[chan protocol.StatusEntry]struct{}{}
+	}
+	f.watchers[uuid][ch] = struct{}{}
+	f.mu.Unlock()
+	return ch
+}
+
+func (f *Facilitator) unsubscribe(uuid string, ch chan protocol.StatusEntry) {
+	f.mu.Lock()
+	delete(f.watchers[uuid], ch)
+	if len(f.watchers[uuid]) == 0 {
+		delete(f.watchers, uuid)
+	}
+	f.mu.Unlock()
+}
+
+func (f *Facilitator) publish(uuid string, e protocol.StatusEntry) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for ch := range f.watchers[uuid] {
+		select {
+		case ch <- e:
+		default: // a slow watcher re-reads the history when it catches up
+		}
+	}
+}

@@ -55,7 +55,7 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 		err := executor.Run(ctx, executor.Config{
 			MinerURL: spec.MinerURL, DataDir: l.DataDir, Docker: l.Docker, Class: spec.Limits,
 			Limits: l.Limits, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
-			Log: l.Log.With("role", "executor", "job", spec.JobUUID),
+			Log: l.Log.With("role", "executor"),
 		})
 		if err != nil && ctx.Err() == nil {
 			l.Log.Warn("executor ended with error", "job", spec.JobUUID, "err", err)

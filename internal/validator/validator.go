@@ -175,7 +175,8 @@ func (v *Validator) refresh(ctx context.Context) {
 	wg.Wait()
 }
 
-// pick chooses a connected miner with a free executor of class, not in tried.
+// pick chooses a connected miner with a free executor of class, not in tried:
+// the one with the most free executors, ties broken at random.
 func (v *Validator) pick(ctx context.Context, class string, tried map[string]bool) *minerClient {
 	v.mu.Lock()
 	var all []*minerClient
@@ -186,11 +187,16 @@ func (v *Validator) pick(ctx context.Context, class string, tried map[string]boo
 	}
 	v.mu.Unlock()
 	var cands []*minerClient
+	best := 0
 	for _, mc := range all {
 		if err := mc.connect(ctx, v.cfg.Hotkey, &v.wg, v.life); err != nil {
 			continue
 		}
-		if mc.free(class) > 0 {
+		switch free := mc.free(class); {
+		case free <= 0 || free < best:
+		case free > best:
+			best, cands = free, []*minerClient{mc}
+		default:
 			cands = append(cands, mc)
 		}
 	}

@@ -1,0 +1,246 @@
+// Package devstack runs a whole horde on loopback in one process — a
+// facilitator, a validator and miners with local Docker executors — with
+// SQLite stores and Bittensor wallets under one data directory. It backs
+// `horde dev` and the integration tests.
+package devstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/horde-compute/horde/internal/blob"
+	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/facilitator"
+	"github.com/horde-compute/horde/internal/miner"
+	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/validator"
+	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/sig"
+)
+
+// Config configures a dev stack.
+type Config struct {
+	DataDir string
+	// Miners is how many miners to run (default 1).
+	Miners int
+	// Manifest is each miner's executors per class (default: 2 always_on.test).
+	Manifest map[string]int
+	// ExtraNeurons are added to the metagraph (e.g. fake miners in tests).
+	ExtraNeurons []chain.Neuron
+	// FacilitatorAddr is where the facilitator listens (default 127.0.0.1:0).
+	FacilitatorAddr string
+	AllowPull       bool
+	Limits          blob.Limits
+	Refresh         time.Duration
+	Log             *slog.Logger
+}
+
+// Stack is a running dev horde.
+type Stack struct {
+	FacilitatorURL string
+	DataDir        string
+	Client         *sig.Hotkey
+	Validator      *sig.Hotkey
+	Miners         []*sig.Hotkey
+	MinerAddrs     []string
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errs    chan error
+	closers []func() error
+}
+
+// Wallet names under DataDir/wallets.
+const (
+	WalletClient    = "client"
+	WalletValidator = "validator"
+	WalletMiner     = "miner"
+)
+
+// LoadOrCreate loads the hotkey of wallet (hotkey "default") under root, creating it if absent.
+func LoadOrCreate(root, wallet string) (*sig.Hotkey, error) {
+	path := sig.HotkeyPath(root, wallet, "default")
+	if k, err := sig.LoadKeyfile(path, ""); err == nil {
+		return k, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	k, phrase, err := sig.Generate()
+	if err != nil {
+		return nil, err
+	}
+	if err := sig.WriteKeyfile(path, k, phrase); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// Start launches the stack and returns once every role is listening.
+func Start(ctx context.Context, cfg Config) (*Stack, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("devstack: DataDir is required")
+	}
+	if cfg.Miners == 0 {
+		cfg.Miners = 1
+	}
+	if cfg.Manifest == nil {
+		cfg.Manifest = map[string]int{protocol.ClassTest: 2}
+	}
+	if cfg.FacilitatorAddr == "" {
+		cfg.FacilitatorAddr = "127.0.0.1:0"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Limits.Tries == 0 {
+		cfg.Limits = blob.DefaultLimits()
+	}
+	if cfg.Refresh == 0 {
+		cfg.Refresh = 5 * time.Second
+	}
+	dock, err := docker.New("")
+	if err != nil {
+		return nil, err
+	}
+	if err := dock.Ping(ctx); err != nil {
+		return nil, fmt.Errorf("devstack: the Docker Engine does not answer (is it running?): %w", err)
+	}
+	wallets := filepath.Join(cfg.DataDir, "wallets")
+	s := &Stack{DataDir: cfg.DataDir, errs: make(chan error, 8)}
+	if s.Client, err = LoadOrCreate(wallets, WalletClient); err != nil {
+		return nil, err
+	}
+	if s.Validator, err = LoadOrCreate(wallets, WalletValidator); err != nil {
+		return nil, err
+	}
+	fln, err := net.Listen("tcp", cfg.FacilitatorAddr)
+	if err != nil {
+		return nil, fmt.Errorf("devstack: facilitator: %w", err)
+	}
+	s.FacilitatorURL = "http://" + fln.Addr().String()
+	mg := &chain.Metagraph{Block: 1, Neurons: []chain.Neuron{{UID: 0, Hotkey: s.Validator.SS58(), Active: true, Stake: 1000, ValidatorPermit: true}}}
+	var mlns []net.Listener
+	for i := range cfg.Miners {
+		k, err := LoadOrCreate(wallets, fmt.Sprintf("%s%d", WalletMiner, i))
+		if err != nil {
+			return nil, err
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		s.Miners = append(s.Miners, k)
+		mlns = append(mlns, ln)
+		s.MinerAddrs = append(s.MinerAddrs, ln.Addr().String())
+		a := ln.Addr().(*net.TCPAddr)
+		mg.Neurons = append(mg.Neurons, chain.Neuron{UID: i + 1, Hotkey: k.SS58(), Active: true, Stake: 10,
+			AxonInfo: chain.AxonInfo{IP: "127.0.0.1", Port: a.Port, Protocol: 4}})
+	}
+	for i, n := range cfg.ExtraNeurons {
+		n.UID = cfg.Miners + 1 + i
+		mg.Neurons = append(mg.Neurons, n)
+	}
+	mgPath := filepath.Join(cfg.DataDir, "metagraph.json")
+	if err := chain.Write(mgPath, mg); err != nil {
+		return nil, err
+	}
+	meta := chain.File{Path: mgPath}
+
+	ctx, cancel := context.WithCancel(ctx)
+	s.cancel = cancel
+	open := func(name string) (*sqlite.DB, error) {
+		db, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, name+".db"))
+		if err == nil {
+			s.closers = append(s.closers, db.Close)
+		}
+		return db, err
+	}
+	run := func(name string, f func() error) {
+		s.wg.Go(func() {
+			if err := f(); err != nil && ctx.Err() == nil {
+				s.errs <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		})
+	}
+	fdb, err := open("facilitator")
+	if err != nil {
+		s.fail()
+		return nil, err
+	}
+	vdb, err := open("validator")
+	if err != nil {
+		s.fail()
+		return nil, err
+	}
+	validatorKey := s.Validator.SS58()
+	run("facilitator", func() error {
+		return facilitator.Run(ctx, facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log,
+			AllowValidator: func(hk string) bool { return hk == validatorKey }})
+	})
+	for i, k := range s.Miners {
+		mdb, err := open(fmt.Sprintf("miner%d", i))
+		if err != nil {
+			s.fail()
+			return nil, err
+		}
+		execDir := filepath.Join(cfg.DataDir, fmt.Sprintf("miner%d-jobs", i))
+		mlog := cfg.Log.With("miner", i)
+		run(fmt.Sprintf("miner %d", i), func() error {
+			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: miner.DefaultClasses(),
+				Metagraph: meta, Store: mdb, Log: mlog,
+				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog},
+				Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
+		})
+	}
+	run("validator", func() error {
+		return validator.Run(ctx, validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
+			Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log})
+	})
+	return s, nil
+}
+
+func (s *Stack) fail() {
+	s.cancel()
+	s.wg.Wait()
+	for _, c := range s.closers {
+		c()
+	}
+}
+
+// Err reports the first role that failed, if any (non-blocking).
+func (s *Stack) Err() error {
+	select {
+	case err := <-s.errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// Errors yields the error of a role that failed.
+func (s *Stack) Errors() <-chan error { return s.errs }
+
+// Stop ends every role and closes the stores.
+func (s *Stack) Stop() error {
+	s.cancel()
+	s.wg.Wait()
+	var errs []error
+	for _, c := range s.closers {
+		errs = append(errs, c())
+	}
+	select {
+	case err := <-s.errs:
+		errs = append(errs, err)
+	default:
+	}
+	return errors.Join(errs...)
+}

@@ -40,6 +40,7 @@ type Config struct {
 	AllowPull       bool
 	Limits          blob.Limits
 	Refresh         time.Duration
+	ReapEvery       time.Duration
 	Log             *slog.Logger
 }
 
@@ -196,7 +197,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		mlog := cfg.Log.With("miner", i)
 		run(fmt.Sprintf("miner %d", i), func() error {
 			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: miner.DefaultClasses(),
-				Metagraph: meta, Store: mdb, Log: mlog,
+				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
 				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog},
 				Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
 		})

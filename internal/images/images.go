@@ -55,10 +55,9 @@ func Build(ctx context.Context, cli *docker.Client, pkg, tag string) error {
 	return cli.ImageBuild(ctx, &buf, tag, nil)
 }
 
-// EnsureJobImage builds the job image unless it is present.
+// EnsureJobImage builds the job image from this module's source. Go's build
+// cache and the engine's layer cache make a rebuild of unchanged source quick,
+// and an image never lags behind its source.
 func EnsureJobImage(ctx context.Context, cli *docker.Client) error {
-	if _, err := cli.ImageInspect(ctx, JobImage); err == nil {
-		return nil
-	}
 	return Build(ctx, cli, "github.com/horde-compute/horde/internal/images/jobimage", JobImage)
 }

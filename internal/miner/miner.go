@@ -42,6 +42,8 @@ type Config struct {
 	Store            store.Receipts
 	// Reaper removes leftovers of crashed executors; may be nil.
 	Reaper *Reaper
+	// ReapEvery is how often leftovers are looked for (default 30s).
+	ReapEvery time.Duration
 	// SpinUpTimeout bounds the wait for a started executor to connect.
 	SpinUpTimeout time.Duration
 	Log           *slog.Logger
@@ -92,6 +94,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ReapEvery == 0 {
+		cfg.ReapEvery = 30 * time.Second
 	}
 	if cfg.SpinUpTimeout == 0 {
 		cfg.SpinUpTimeout = 30 * time.Second
@@ -144,8 +149,10 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 func (m *Miner) background(ctx context.Context) {
-	t := time.NewTicker(30 * time.Second)
-	defer t.Stop()
+	reap := time.NewTicker(m.cfg.ReapEvery)
+	defer reap.Stop()
+	refresh := time.NewTicker(30 * time.Second)
+	defer refresh.Stop()
 	for {
 		if m.cfg.Reaper != nil {
 			m.cfg.Reaper.Reap(ctx, m.activeJobs())
@@ -153,7 +160,8 @@ func (m *Miner) background(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-reap.C:
+		case <-refresh.C:
 			if m.cfg.Metagraph != nil {
 				if err := m.refreshMetagraph(ctx); err != nil {
 					m.log.Warn("metagraph refresh failed", "err", err)

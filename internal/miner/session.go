@@ -29,6 +29,7 @@ type job struct {
 	pending   []protocol.Message // validator → executor, before the executor connects
 	exec      *wsconn.Conn
 	connected chan struct{}
+	relayed   chan struct{} // closed when the executor's messages are all relayed
 	terminal  bool
 }
 
@@ -141,7 +142,7 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 	}
 	jctx, cancel := context.WithCancel(m.ctx)
 	j := &job{uuid: req.JobUUID, class: req.ExecutorClass, validator: validator, vconn: conn, initial: req,
-		started: started, cancel: cancel, connected: make(chan struct{})}
+		started: started, cancel: cancel, connected: make(chan struct{}), relayed: make(chan struct{})}
 	j.token = m.tokens.Issue(j.uuid)
 	m.mu.Lock()
 	m.jobs[j.uuid] = j
@@ -186,11 +187,17 @@ func (m *Miner) watch(ctx context.Context, j *job, done <-chan struct{}) {
 	}
 	<-done
 	m.tokens.Revoke(j.token)
-	j.mu.Lock()
-	wasTerminal := j.terminal
-	j.terminal = true
-	j.mu.Unlock()
-	if !wasTerminal && ctx.Err() == nil {
+	select {
+	case <-j.connected:
+		// Let the relay pass on what the executor said before it ended.
+		select {
+		case <-j.relayed:
+		case <-time.After(5 * time.Second):
+		}
+	default:
+	}
+	if ctx.Err() == nil {
+		// A no-op if the executor reported a result.
 		m.hordeFailed(context.Background(), j, protocol.HordeExecutorDisconnected, "executor ended without reporting a result")
 	}
 	m.release(j)
@@ -323,6 +330,7 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	defer close(j.relayed)
 	ctx := r.Context()
 	if err := conn.Send(ctx, j.initial); err != nil {
 		return

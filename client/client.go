@@ -40,7 +40,9 @@ type APIError struct {
 	Msg    string
 }
 
-func (e *APIError) Error() string { return fmt.Sprintf("facilitator: %s (HTTP %d %s)", e.Msg, e.Status, e.Code) }
+func (e *APIError) Error() string {
+	return fmt.Sprintf("facilitator: %s (HTTP %d %s)", e.Msg, e.Status, e.Code)
+}
 
 // ErrNotFound is returned (wrapped in *APIError's chain) for unknown jobs.
 var ErrNotFound = errors.New("not found")

@@ -84,6 +84,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Limits.Tries == 0 {
 		cfg.Limits = blob.DefaultLimits()
 	}
+	// Docker binds need absolute host paths.
+	abs, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("executor: data dir: %w", err)
+	}
+	cfg.DataDir = abs
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return fmt.Errorf("executor: data dir: %w", err)
+	}
 	conn, err := wsconn.Dial(ctx, cfg.MinerURL, cfg.Log)
 	if err != nil {
 		return fmt.Errorf("executor: connect to miner: %w", err)
@@ -170,6 +179,12 @@ func (j *job) fail(ctx context.Context, stage protocol.JobStage, reason protocol
 		return err
 	}
 	return nil
+}
+
+// hordeFail reports a failure that is the system's fault.
+func (j *job) hordeFail(ctx context.Context, reason protocol.HordeFailureReason, msg string) error {
+	j.cfg.Log.Warn("job failed (horde)", "job", j.uuid, "reason", reason, "msg", msg)
+	return j.send(ctx, &protocol.V0HordeFailedRequest{JobUUID: j.uuid, ReportedBy: protocol.ByExecutor, Reason: reason, Message: msg})
 }
 
 func (j *job) run(ctx context.Context) error {
@@ -259,7 +274,8 @@ func (j *job) run(ctx context.Context) error {
 		return context.Cause(ctx)
 	}
 	if err != nil {
-		return j.fail(ctx, protocol.StageExecution, protocol.FailureUnknown, "execution_error", err.Error(), nil)
+		// The engine refused or broke: the system's fault, not the job's.
+		return j.hordeFail(ctx, protocol.HordeGenericError, "container: "+err.Error())
 	}
 	withLogs := func(m *protocol.V0JobFailedRequest) {
 		code := res.exit

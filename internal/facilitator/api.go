@@ -28,7 +28,6 @@ var (
 // MaxBody bounds a request body (inline volumes travel inside).
 const MaxBody = 64 << 20
 
-
 type authedRequest struct {
 	signatory string
 	body      []byte

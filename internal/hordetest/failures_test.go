@@ -28,7 +28,7 @@ func TestBadJobs(t *testing.T) {
 	lim.MaxOutputBytes = 1 << 20
 	lim.Backoff = 10 * time.Millisecond
 	h := Start(t, devstack.Config{Manifest: map[string]int{protocol.ClassTest: 4}, Limits: lim})
-	h.Objects.Fail["/denied"] = http.StatusForbidden
+	h.Objects.Fail("/denied", http.StatusForbidden)
 	slip := base64.StdEncoding.EncodeToString(zipOf(t, map[string]string{"../../escape.txt": "x"}))
 
 	tests := []struct {

@@ -72,4 +72,3 @@ func atoi(s string) int {
 	}
 	return n
 }
-

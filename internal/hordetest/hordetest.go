@@ -5,10 +5,7 @@ package hordetest
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -27,7 +24,7 @@ type Horde struct {
 	*devstack.Stack
 	Client  *client.Client
 	Docker  *docker.Client
-	Objects *Objects
+	Objects *devstack.Objects
 }
 
 // Docker returns a client of the local engine, skipping the test if there is none.
@@ -81,8 +78,13 @@ func Start(t testing.TB, cfg devstack.Config) *Horde {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Horde{Stack: s, Client: client.New(s.FacilitatorURL, s.Client), Docker: cli, Objects: NewObjects(t)}
+	objects, err := devstack.ServeObjects(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Horde{Stack: s, Client: client.New(s.FacilitatorURL, s.Client), Docker: cli, Objects: objects}
 	t.Cleanup(func() {
+		objects.Close()
 		if err := s.Stop(); err != nil {
 			t.Errorf("stop horde: %v", err)
 		}
@@ -127,71 +129,3 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Objects is an HTTP object server: GET serves what was put, PUT and POST store.
-type Objects struct {
-	URL string
-	mu  sync.Mutex
-	m   map[string][]byte
-	// Fail maps a path to the status it answers instead.
-	Fail map[string]int
-}
-
-// NewObjects starts an object server for the test.
-func NewObjects(t testing.TB) *Objects {
-	o := &Objects{m: map[string][]byte{}, Fail: map[string]int{}}
-	srv := httptest.NewServer(http.HandlerFunc(o.serve))
-	t.Cleanup(srv.Close)
-	o.URL = srv.URL
-	return o
-}
-
-func (o *Objects) serve(w http.ResponseWriter, r *http.Request) {
-	o.mu.Lock()
-	code := o.Fail[r.URL.Path]
-	o.mu.Unlock()
-	if code != 0 {
-		w.WriteHeader(code)
-		return
-	}
-	switch r.Method {
-	case http.MethodGet:
-		o.mu.Lock()
-		b, ok := o.m[r.URL.Path]
-		o.mu.Unlock()
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		w.Write(b)
-	case http.MethodPut, http.MethodPost:
-		var b []byte
-		if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
-			f, _, err := r.FormFile("file")
-			if err != nil {
-				w.WriteHeader(400)
-				return
-			}
-			b, _ = io.ReadAll(f)
-		} else {
-			b, _ = io.ReadAll(r.Body)
-		}
-		o.Put(r.URL.Path, b)
-	default:
-		w.WriteHeader(405)
-	}
-}
-
-// Put stores an object.
-func (o *Objects) Put(path string, b []byte) {
-	o.mu.Lock()
-	o.m[path] = b
-	o.mu.Unlock()
-}
-
-// Get returns an object.
-func (o *Objects) Get(path string) ([]byte, bool) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	b, ok := o.m[path]
-	return b, ok
-}

@@ -27,7 +27,7 @@ func zipOf(t *testing.T, files map[string]string) []byte {
 
 func TestOrganicJobEndToEnd(t *testing.T) {
 	h := Start(t, devstack.Config{})
-	h.Objects.Put("/in.zip", zipOf(t, map[string]string{"b.txt": "two words"}))
+	h.Objects.Put("in.zip", zipOf(t, map[string]string{"b.txt": "two words"}))
 	spec := Spec("demo")
 	spec.Volume = &protocol.Volume{VolumeType: protocol.VolumeMulti, Volumes: []protocol.Volume{
 		{VolumeType: protocol.VolumeInline, Contents: base64.StdEncoding.EncodeToString(zipOf(t, map[string]string{"a.txt": "hello horde world"}))},
@@ -45,11 +45,11 @@ func TestOrganicJobEndToEnd(t *testing.T) {
 	if !strings.Contains(out, "processed 2 input files") {
 		t.Errorf("stdout = %q", out)
 	}
-	res, ok := h.Objects.Get("/result.json")
+	res, ok := h.Objects.Get("result.json")
 	if !ok || !strings.Contains(string(res), "z/b.txt") {
 		t.Errorf("uploaded result = %s", res)
 	}
-	if _, ok := h.Objects.Get("/system.zip"); !ok {
+	if _, ok := h.Objects.Get("system.zip"); !ok {
 		t.Error("stdout/stderr not uploaded")
 	}
 	// The history walks through every stage.

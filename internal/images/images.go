@@ -30,7 +30,7 @@ func Build(ctx context.Context, cli *docker.Client, pkg, tag string) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build image %s: go build %s: %v\n%s", tag, pkg, err, out)
+		return fmt.Errorf("build image %s: go build %s: %v\n%s\n(images are built from horde's source: run this from a checkout of the horde repository, with the Go toolchain)", tag, pkg, err, out)
 	}
 	app, err := os.ReadFile(bin)
 	if err != nil {

@@ -407,4 +407,3 @@ func (m *Miner) serveReceipts(w http.ResponseWriter, r *http.Request) {
 		enc.Encode(rc)
 	}
 }
-

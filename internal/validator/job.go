@@ -320,4 +320,3 @@ func (v *Validator) sendReceipt(ctx context.Context, mc *minerClient, p receipt.
 		v.log.Warn("receipt not delivered", "type", r.Type, "err", err)
 	}
 }
-

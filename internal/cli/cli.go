@@ -1,0 +1,166 @@
+// Package cli is the horde command: one binary with a subcommand per role
+// (facilitator, validator, miner, executor), for clients (job, keys) and for
+// a local stack (dev). Flags can also come from HORDE_* environment variables.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/horde-compute/horde/sig"
+)
+
+// ExitError carries the exit code main should use.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// ErrUsage marks a command-line mistake (exit code 2).
+var ErrUsage = errors.New("usage")
+
+func usageErr(format string, a ...any) error {
+	return &ExitError{Code: 2, Err: fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, a...))}
+}
+
+const usage = `horde — a decentralized GPU compute market (ComputeHorde-compatible)
+
+Usage: horde <command> [flags]
+
+Roles:
+  facilitator   serve the client API and dispatch jobs to validators
+  validator     route jobs to miners, check them, sign receipts
+  miner         offer executors to validators
+  executor      run one job (started by a miner)
+
+Clients:
+  job run       submit a job, show progress, print its result
+  job status    show a job and its history
+  job list      list your jobs
+  job cancel    cancel a job
+  keys new      create a hotkey in a Bittensor wallet
+  keys show     show a wallet's hotkey
+
+Local:
+  dev           run a whole horde on this machine (SQLite, local Docker)
+  dev demo      run one, build the demo image, run a demo job, print its result
+
+Run 'horde <command> -h' for a command's flags.
+`
+
+// Run runs the horde command with args (without the program name).
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	e := &env{ctx: ctx, stdout: stdout, stderr: stderr}
+	cmd, rest := args[0], args[1:]
+	sub := func(cmds map[string]func([]string) error) error {
+		if len(rest) == 0 {
+			return usageErr("horde %s needs a subcommand", cmd)
+		}
+		f, ok := cmds[rest[0]]
+		if !ok {
+			return usageErr("unknown command 'horde %s %s'", cmd, rest[0])
+		}
+		return f(rest[1:])
+	}
+	switch cmd {
+	case "facilitator":
+		return e.facilitator(rest)
+	case "validator":
+		return e.validator(rest)
+	case "miner":
+		return e.miner(rest)
+	case "executor":
+		return e.executor(rest)
+	case "job":
+		return sub(map[string]func([]string) error{"run": e.jobRun, "status": e.jobStatus, "list": e.jobList, "cancel": e.jobCancel})
+	case "keys":
+		return sub(map[string]func([]string) error{"new": e.keysNew, "show": e.keysShow})
+	case "dev":
+		if len(rest) > 0 && rest[0] == "demo" {
+			return e.devDemo(rest[1:])
+		}
+		return e.dev(rest)
+	}
+	return usageErr("unknown command %q (see 'horde help')", cmd)
+}
+
+type env struct {
+	ctx            context.Context
+	stdout, stderr io.Writer
+}
+
+// flags makes a flag set whose defaults can come from HORDE_<NAME> variables.
+func (e *env) flags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("horde "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	return fs
+}
+
+// parse parses args, taking unset flags from the environment (HORDE_DB for --db).
+func (e *env) parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &ExitError{Code: 0, Err: err}
+		}
+		return &ExitError{Code: 2, Err: err}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		name := "HORDE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok {
+			if serr := fs.Set(f.Name, v); serr != nil && err == nil {
+				err = usageErr("%s=%q: %v", name, v, serr)
+			}
+		}
+	})
+	return err
+}
+
+// logger returns a text logger at level ("debug", "info", "warn", "error").
+func (e *env) logger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageErr("--log-level %q: %v", level, err)
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// walletFlags are the flags naming a Bittensor hotkey, the same for every command.
+type walletFlags struct {
+	path, wallet, hotkey, password string
+}
+
+func (w *walletFlags) register(fs *flag.FlagSet, wallet string) {
+	fs.StringVar(&w.path, "wallet-path", sig.DefaultWalletRoot(), "Bittensor wallets directory")
+	fs.StringVar(&w.wallet, "wallet", wallet, "wallet name")
+	fs.StringVar(&w.hotkey, "hotkey", "default", "hotkey name")
+	fs.StringVar(&w.password, "password", "", "password of an encrypted ($NACL) key file")
+}
+
+func (w *walletFlags) file() string { return sig.HotkeyPath(w.path, w.wallet, w.hotkey) }
+
+func (w *walletFlags) load() (*sig.Hotkey, error) {
+	k, err := sig.LoadKeyfile(w.file(), w.password)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no hotkey at %s (create one with 'horde keys new --wallet %s --hotkey %s')", w.file(), w.wallet, w.hotkey)
+	}
+	return k, err
+}

@@ -1,0 +1,175 @@
+package cli
+
+import (
+	"archive/zip"
+	"bytes"
+	"encoding/base64"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/horde-compute/horde/client"
+	"github.com/horde-compute/horde/internal/devstack"
+	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/protocol"
+)
+
+type devFlags struct {
+	dataDir, listen, manifest string
+	miners                    int
+}
+
+func (d *devFlags) register(e *env, name, dataDir, listen string) *flag.FlagSet {
+	fs := e.flags(name)
+	fs.StringVar(&d.dataDir, "data-dir", dataDir, "directory for wallets, SQLite stores, job files and logs")
+	fs.StringVar(&d.listen, "listen", listen, "facilitator address")
+	fs.StringVar(&d.manifest, "manifest", "always_on.test=2", "each miner's executors: CLASS=COUNT,…")
+	fs.IntVar(&d.miners, "miners", 1, "number of miners")
+	return fs
+}
+
+// start builds the job image and starts the stack, logging to <data-dir>/horde.log.
+func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(), error) {
+	man, err := parseManifest(d.manifest)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := os.MkdirAll(d.dataDir, 0o755); err != nil {
+		return nil, nil, nil, err
+	}
+	logPath := filepath.Join(d.dataDir, "horde.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	dock, err := docker.New("")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := dock.Ping(e.ctx); err != nil {
+		return nil, nil, nil, fmt.Errorf("the Docker Engine does not answer (is it running, and may you use it?): %w", err)
+	}
+	t := time.Now()
+	fmt.Fprintf(e.stderr, "building the job image %s from source… ", images.JobImage)
+	if err := images.EnsureJobImage(e.ctx, dock); err != nil {
+		fmt.Fprintln(e.stderr)
+		return nil, nil, nil, err
+	}
+	fmt.Fprintf(e.stderr, "done in %.1fs\n", time.Since(t).Seconds())
+	s, err := devstack.Start(e.ctx, devstack.Config{DataDir: d.dataDir, Miners: d.miners, Manifest: man, FacilitatorAddr: d.listen,
+		Log: slog.New(slog.NewTextHandler(logFile, nil))})
+	if err != nil {
+		logFile.Close()
+		return nil, nil, nil, err
+	}
+	objects, err := devstack.ServeObjects(filepath.Join(d.dataDir, "objects"))
+	if err != nil {
+		s.Stop()
+		logFile.Close()
+		return nil, nil, nil, err
+	}
+	fmt.Fprintf(e.stderr, "local horde up: facilitator %s, validator %s, %d miner(s) %v (logs: %s)\n",
+		s.FacilitatorURL, short(s.Validator.SS58()), len(s.Miners), man, logPath)
+	stop := func() {
+		objects.Close()
+		if err := s.Stop(); err != nil {
+			fmt.Fprintf(e.stderr, "stop: %v\n", err)
+		}
+		logFile.Close()
+	}
+	return s, objects, stop, nil
+}
+
+func short(ss58 string) string {
+	if len(ss58) < 12 {
+		return ss58
+	}
+	return ss58[:6] + "…" + ss58[len(ss58)-4:]
+}
+
+func (e *env) dev(args []string) error {
+	var d devFlags
+	p := d.register(e, "dev", filepath.Join(".horde", "dev"), "127.0.0.1:9000")
+	if err := e.parse(p, args); err != nil {
+		return err
+	}
+	s, objects, stop, err := e.startDev(&d)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	abs, _ := filepath.Abs(filepath.Join(d.dataDir, "wallets"))
+	fmt.Fprintf(e.stdout, `
+horde is running. In another shell:
+
+  export HORDE_FACILITATOR=%s HORDE_WALLET_PATH=%s HORDE_WALLET=client
+  horde job run --image %s -- echo hello
+  horde job run --image %s --output-upload zip_put:%s/out.zip -- write result.bin 1024
+  horde job list
+
+Objects PUT to %s land in %s.
+Press Ctrl-C to stop.
+`, s.FacilitatorURL, abs, images.JobImage, images.JobImage, objects.URL, objects.URL, objects.Dir)
+	select {
+	case <-e.ctx.Done():
+		return nil
+	case err := <-s.Errors():
+		return err
+	}
+}
+
+func (e *env) devDemo(args []string) error {
+	var d devFlags
+	p := d.register(e, "dev demo", filepath.Join(".horde", "demo"), "127.0.0.1:0")
+	if err := e.parse(p, args); err != nil {
+		return err
+	}
+	s, objects, stop, err := e.startDev(&d)
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	// Inputs: one file inline in the request, an archive fetched by URL.
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, _ := zw.Create("poem.txt")
+	w.Write([]byte("Untrusted miners rent GPUs;\nvalidators check their work;\nclients get trusted compute.\n"))
+	zw.Close()
+	var remote bytes.Buffer
+	zw = zip.NewWriter(&remote)
+	w, _ = zw.Create("data/numbers.csv")
+	w.Write([]byte("n,square\n1,1\n2,4\n3,9\n"))
+	zw.Close()
+	if err := objects.Put("inputs/data.zip", remote.Bytes()); err != nil {
+		return err
+	}
+	run := time.Now().Format("20060102-150405")
+	spec := &protocol.JobSpec{ExecutorClass: protocol.ClassTest, DockerImage: images.JobImage, Args: []string{"demo"},
+		DownloadTimeLimit: 60, ExecutionTimeLimit: 60, UploadTimeLimit: 60,
+		Volume: &protocol.Volume{VolumeType: protocol.VolumeMulti, Volumes: []protocol.Volume{
+			{VolumeType: protocol.VolumeInline, Contents: base64.StdEncoding.EncodeToString(buf.Bytes())},
+			{VolumeType: protocol.VolumeZipURL, Contents: objects.URL + "/inputs/data.zip"},
+		}},
+		OutputUpload: &protocol.OutputUpload{OutputUploadType: protocol.UploadMulti,
+			Uploads:      []protocol.OutputUpload{{OutputUploadType: protocol.UploadSinglePut, URL: objects.URL + "/outputs/" + run + "/result.json", RelativePath: "result.json"}},
+			SystemOutput: &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: objects.URL + "/outputs/" + run + "/system.zip"}}}
+	fmt.Fprintf(e.stderr, "running the demo organic job as client %s\n", short(s.Client.SS58()))
+	if err := e.runJob(e.ctx, client.New(s.FacilitatorURL, s.Client), spec, false); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "outputs in %s:\n", filepath.Join(objects.Dir, "outputs", run))
+	for _, name := range []string{"result.json", "system.zip"} {
+		if b, ok := objects.Get("outputs/" + run + "/" + name); ok {
+			fmt.Fprintf(e.stdout, "  %s (%d bytes)\n", name, len(b))
+		}
+	}
+	if b, ok := objects.Get("outputs/" + run + "/result.json"); ok {
+		fmt.Fprintf(e.stdout, "── result.json ──\n%s\n", b)
+	}
+	return nil
+}

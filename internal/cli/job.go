@@ -1,0 +1,476 @@
+package cli
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/horde-compute/horde/client"
+	"github.com/horde-compute/horde/internal/blob"
+	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/receipt"
+)
+
+// listFlag collects a repeated flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+type clientFlags struct {
+	wallet      walletFlags
+	facilitator string
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	c.wallet.register(fs, "client")
+	fs.StringVar(&c.facilitator, "facilitator", "http://127.0.0.1:9000", "facilitator URL")
+}
+
+func (c *clientFlags) client() (*client.Client, error) {
+	k, err := c.wallet.load()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(c.facilitator, k), nil
+}
+
+const volumeHelp = `input volume, repeatable (several make a multi_volume):
+  inline:PATH              a local file or directory, zipped into the request
+  zip_url:URL              a zip archive to download and unpack
+  single_file:REL=URL      one file to download to /volume/REL
+  huggingface:REPO[@REV]   a Hugging Face repository snapshot`
+
+const uploadHelp = `where outputs go, repeatable (several make a multi_upload):
+  zip_put:URL | zip_post:URL     all of /output as one zip
+  put:REL=URL | post:REL=URL     one file /output/REL`
+
+// parseVolume reads one --volume value.
+func parseVolume(s string) (protocol.Volume, error) {
+	kind, val, ok := strings.Cut(s, ":")
+	if !ok {
+		return protocol.Volume{}, usageErr("--volume %q: want TYPE:VALUE", s)
+	}
+	switch kind {
+	case "inline":
+		raw, err := zipPath(val)
+		if err != nil {
+			return protocol.Volume{}, usageErr("--volume %q: %v", s, err)
+		}
+		return protocol.Volume{VolumeType: protocol.VolumeInline, Contents: base64.StdEncoding.EncodeToString(raw)}, nil
+	case "zip_url":
+		return protocol.Volume{VolumeType: protocol.VolumeZipURL, Contents: val}, nil
+	case "single_file":
+		rel, url, ok := strings.Cut(val, "=")
+		if !ok {
+			return protocol.Volume{}, usageErr("--volume %q: want single_file:REL=URL", s)
+		}
+		return protocol.Volume{VolumeType: protocol.VolumeSingleFile, URL: url, RelativePath: rel}, nil
+	case "huggingface":
+		repo, rev, _ := strings.Cut(val, "@")
+		return protocol.Volume{VolumeType: protocol.VolumeHuggingFace, RepoID: repo, Revision: rev}, nil
+	}
+	return protocol.Volume{}, usageErr("--volume %q: unknown type %q (inline, zip_url, single_file, huggingface)", s, kind)
+}
+
+// zipPath zips a file or directory for an inline volume.
+func zipPath(path string) ([]byte, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if info.IsDir() {
+		return blob.ZipDir(path, blob.DefaultLimits())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, _ := zw.Create(filepath.Base(path))
+	w.Write(b)
+	zw.Close()
+	return buf.Bytes(), nil
+}
+
+func parseUpload(s string) (protocol.OutputUpload, error) {
+	kind, val, ok := strings.Cut(s, ":")
+	if !ok {
+		return protocol.OutputUpload{}, usageErr("--output-upload %q: want TYPE:VALUE", s)
+	}
+	single := func(t string) (protocol.OutputUpload, error) {
+		rel, url, ok := strings.Cut(val, "=")
+		if !ok {
+			return protocol.OutputUpload{}, usageErr("--output-upload %q: want %s:REL=URL", s, kind)
+		}
+		return protocol.OutputUpload{OutputUploadType: t, URL: url, RelativePath: rel}, nil
+	}
+	switch kind {
+	case "zip_put":
+		return protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: val}, nil
+	case "zip_post":
+		return protocol.OutputUpload{OutputUploadType: protocol.UploadZipPost, URL: val}, nil
+	case "put":
+		return single(protocol.UploadSinglePut)
+	case "post":
+		return single(protocol.UploadSinglePost)
+	}
+	return protocol.OutputUpload{}, usageErr("--output-upload %q: unknown type %q", s, kind)
+}
+
+// buildSpec assembles a job spec from parsed flags.
+func buildSpec(image, class string, volumes, uploads, envs []string, timeout, download, upload time.Duration, args []string) (*protocol.JobSpec, error) {
+	spec := &protocol.JobSpec{ExecutorClass: class, DockerImage: image, Args: args, Env: map[string]string{},
+		ExecutionTimeLimit: int(timeout.Seconds()), DownloadTimeLimit: int(download.Seconds()), UploadTimeLimit: int(upload.Seconds())}
+	if image == "" {
+		return nil, usageErr("--image is required")
+	}
+	if spec.ExecutionTimeLimit < 1 {
+		return nil, usageErr("--timeout must be at least 1s")
+	}
+	for _, kv := range envs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usageErr("--env %q: want KEY=VALUE", kv)
+		}
+		spec.Env[k] = v
+	}
+	var vols []protocol.Volume
+	for _, s := range volumes {
+		v, err := parseVolume(s)
+		if err != nil {
+			return nil, err
+		}
+		vols = append(vols, v)
+	}
+	switch len(vols) {
+	case 0:
+	case 1:
+		spec.Volume = &vols[0]
+	default:
+		spec.Volume = &protocol.Volume{VolumeType: protocol.VolumeMulti, Volumes: vols}
+	}
+	var ups []protocol.OutputUpload
+	for _, s := range uploads {
+		u, err := parseUpload(s)
+		if err != nil {
+			return nil, err
+		}
+		ups = append(ups, u)
+	}
+	switch {
+	case len(ups) == 1:
+		spec.OutputUpload = &ups[0]
+	case len(ups) > 1:
+		spec.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadMulti}
+		for _, u := range ups {
+			if u.OutputUploadType == protocol.UploadZipPut || u.OutputUploadType == protocol.UploadZipPost {
+				if spec.OutputUpload.SystemOutput != nil {
+					return nil, usageErr("at most one zip_put/zip_post with other uploads")
+				}
+				spec.OutputUpload.SystemOutput = &u
+				continue
+			}
+			spec.OutputUpload.Uploads = append(spec.OutputUpload.Uploads, u)
+		}
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, usageErr("%v", err)
+	}
+	return spec, nil
+}
+
+func (e *env) jobRun(args []string) error {
+	fs := e.flags("job run")
+	var c clientFlags
+	c.register(fs)
+	image := fs.String("image", "", "Docker image of the job (required)")
+	class := fs.String("executor-class", protocol.ClassTest, "executor class")
+	timeout := fs.Duration("timeout", 5*time.Minute, "execution time limit")
+	download := fs.Duration("download-timeout", 5*time.Minute, "volume download time limit")
+	upload := fs.Duration("upload-timeout", 5*time.Minute, "output upload time limit")
+	asJSON := fs.Bool("json", false, "print one JSON object instead of progress and text")
+	var volumes, uploads, envs listFlag
+	fs.Var(&volumes, "volume", volumeHelp)
+	fs.Var(&uploads, "output-upload", uploadHelp)
+	fs.Var(&envs, "env", "environment variable KEY=VALUE, repeatable")
+	fs.Usage = func() {
+		fmt.Fprintln(e.stderr, "Usage: horde job run --image IMAGE [flags] [-- CMD ARGS…]")
+		fs.PrintDefaults()
+	}
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	spec, err := buildSpec(*image, *class, volumes, uploads, envs, *timeout, *download, *upload, fs.Args())
+	if err != nil {
+		return err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	return e.runJob(e.ctx, cl, spec, *asJSON)
+}
+
+// runJob submits spec, shows progress, prints the result; a job that did not
+// complete is an error with exit code 1.
+func (e *env) runJob(ctx context.Context, cl *client.Client, spec *protocol.JobSpec, asJSON bool) error {
+	start := time.Now()
+	job, err := cl.CreateJob(ctx, spec)
+	if err != nil {
+		return err
+	}
+	if !asJSON {
+		fmt.Fprintf(e.stderr, "job %s submitted (%s on %s)\n", job.UUID, spec.DockerImage, spec.ExecutorClass)
+	}
+	done, err := cl.Watch(ctx, job.UUID, func(s protocol.StatusEntry) {
+		if !asJSON {
+			fmt.Fprintf(e.stderr, "  [%6.2fs] %s\n", time.Since(start).Seconds(), describe(s))
+		}
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintf(e.stderr, "stopped watching; the job goes on. Cancel it with 'horde job cancel %s'\n", job.UUID)
+		}
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(done); err != nil {
+			return err
+		}
+	} else {
+		printResult(e.stdout, done)
+	}
+	return jobErr(done)
+}
+
+// jobErr turns a job that did not complete into an error (exit code 1).
+func jobErr(j *protocol.Job) error {
+	if j.Status == protocol.StatusCompleted {
+		return nil
+	}
+	return &ExitError{Code: 1, Err: fmt.Errorf("job %s %s: %s", j.UUID, j.Status, reason(lastEntry(j)))}
+}
+
+func lastEntry(j *protocol.Job) protocol.StatusEntry {
+	if len(j.StatusHistory) == 0 {
+		return protocol.StatusEntry{Status: j.Status}
+	}
+	return j.StatusHistory[len(j.StatusHistory)-1]
+}
+
+// reason says why a job ended, with the stage when there is one.
+func reason(e protocol.StatusEntry) string {
+	m := e.Metadata
+	if m == nil {
+		return string(e.Status)
+	}
+	switch {
+	case m.JobFailureDetails != nil:
+		d := m.JobFailureDetails
+		return fmt.Sprintf("failed at stage %s: %s", d.Stage, d.Message)
+	case m.HordeFailureDetails != nil:
+		d := m.HordeFailureDetails
+		return fmt.Sprintf("horde failure (%s, reported by %s): %s", d.Reason, d.ReportedBy, d.Message)
+	case m.JobRejectionDetails != nil:
+		d := m.JobRejectionDetails
+		return fmt.Sprintf("rejected by %s (%s): %s", d.RejectedBy, d.Reason, d.Message)
+	case m.Comment != "":
+		return m.Comment
+	}
+	return string(e.Status)
+}
+
+// describe is one progress line.
+func describe(s protocol.StatusEntry) string {
+	out := string(s.Status)
+	if s.Metadata == nil {
+		return out
+	}
+	if s.Status == protocol.StatusAccepted && s.Metadata.MinerHotkey != "" {
+		return out + " by miner " + s.Metadata.MinerHotkey
+	}
+	if s.Status.Terminal() && s.Status != protocol.StatusCompleted {
+		return out + ": " + reason(s)
+	}
+	if s.Metadata.Comment != "" {
+		return out + " (" + s.Metadata.Comment + ")"
+	}
+	return out
+}
+
+// printResult prints what a finished job returned.
+func printResult(w io.Writer, j *protocol.Job) {
+	last := lastEntry(j)
+	took := last.CreatedAt.Sub(j.CreatedAt)
+	fmt.Fprintf(w, "job %s %s in %.2fs\n", j.UUID, j.Status, took.Seconds())
+	m := last.Metadata
+	if m == nil {
+		return
+	}
+	if m.MinerHotkey != "" {
+		fmt.Fprintf(w, "  miner: %s\n", m.MinerHotkey)
+	}
+	if j.Status != protocol.StatusCompleted {
+		fmt.Fprintf(w, "  reason: %s\n", reason(last))
+	}
+	if len(m.Timings) > 0 {
+		fmt.Fprintf(w, "  stages:")
+		for _, k := range []string{"reserve", "startup", "download", "execute", "upload"} {
+			if ms, ok := m.Timings["validator:"+k]; ok {
+				fmt.Fprintf(w, " %s %dms", k, ms)
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	stdout, stderr := "", ""
+	if r := m.MinerResponse; r != nil {
+		stdout, stderr = r.DockerProcessStdout, r.DockerProcessStderr
+	} else if d := m.JobFailureDetails; d != nil {
+		stdout, stderr = d.DockerProcessStdout, d.DockerProcessStderr
+	}
+	if stdout != "" {
+		fmt.Fprintf(w, "── stdout ──\n%s", withNewline(stdout))
+	}
+	if stderr != "" {
+		fmt.Fprintf(w, "── stderr ──\n%s", withNewline(stderr))
+	}
+	if r := m.MinerResponse; r != nil && len(r.UploadResults) > 0 {
+		keys := make([]string, 0, len(r.UploadResults))
+		for k := range r.UploadResults {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		fmt.Fprintln(w, "uploads:")
+		for _, k := range keys {
+			fmt.Fprintf(w, "  %s → HTTP %s\n", k, r.UploadResults[k])
+		}
+	}
+	if len(m.Receipts) > 0 {
+		fmt.Fprintln(w, "receipts:")
+		for _, raw := range m.Receipts {
+			var r receipt.Receipt
+			if err := json.Unmarshal(raw, &r); err != nil {
+				fmt.Fprintf(w, "  (unreadable receipt: %v)\n", err)
+				continue
+			}
+			status := "validator signature verified"
+			if err := r.Verify(); err != nil {
+				status = "INVALID: " + err.Error()
+			}
+			fmt.Fprintf(w, "  %-20s %s\n", r.Type, status)
+		}
+	}
+}
+
+func withNewline(s string) string {
+	if strings.HasSuffix(s, "\n") {
+		return s
+	}
+	return s + "\n"
+}
+
+func (e *env) jobStatus(args []string) error {
+	fs := e.flags("job status")
+	var c clientFlags
+	c.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageErr("horde job status JOB_ID")
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	j, err := cl.Job(e.ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(e.stdout).Encode(j)
+	}
+	for _, s := range j.StatusHistory {
+		fmt.Fprintf(e.stdout, "%s  %s\n", s.CreatedAt.Local().Format("15:04:05.000"), describe(s))
+	}
+	if j.Status.Terminal() {
+		printResult(e.stdout, j)
+	}
+	return nil
+}
+
+func (e *env) jobList(args []string) error {
+	fs := e.flags("job list")
+	var c clientFlags
+	c.register(fs)
+	limit := fs.Int("limit", 20, "how many")
+	offset := fs.Int("offset", 0, "skip this many (newest first)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	l, err := cl.Jobs(e.ctx, *offset, *limit)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(e.stdout).Encode(l)
+	}
+	fmt.Fprintf(e.stdout, "%-36s  %-15s  %-19s  %s\n", "JOB", "STATUS", "CREATED", "IMAGE")
+	for _, j := range l.Results {
+		fmt.Fprintf(e.stdout, "%-36s  %-15s  %-19s  %s\n", j.UUID, j.Status, j.CreatedAt.Local().Format("2006-01-02 15:04:05"), j.DockerImage)
+	}
+	fmt.Fprintf(e.stdout, "%d of %d\n", len(l.Results), l.Count)
+	return nil
+}
+
+func (e *env) jobCancel(args []string) error {
+	fs := e.flags("job cancel")
+	var c clientFlags
+	c.register(fs)
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageErr("horde job cancel JOB_ID")
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	if _, err := cl.Cancel(e.ctx, fs.Arg(0)); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	j, err := cl.Watch(ctx, fs.Arg(0), func(protocol.StatusEntry) {})
+	if errors.Is(err, context.DeadlineExceeded) {
+		fmt.Fprintln(e.stdout, "cancel requested; the job has not ended yet")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "job %s %s\n", j.UUID, j.Status)
+	return nil
+}

@@ -1,0 +1,194 @@
+package cli
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/horde-compute/horde/internal/blob"
+	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/executor"
+	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/facilitator"
+	"github.com/horde-compute/horde/internal/miner"
+	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/validator"
+)
+
+func (e *env) facilitator(args []string) error {
+	fs := e.flags("facilitator")
+	listen := fs.String("listen", "127.0.0.1:9000", "address to serve the client API and validator link on")
+	db := fs.String("db", "facilitator.db", "SQLite database file")
+	validators := fs.String("validators", "", "comma-separated validator hotkeys allowed to connect")
+	metagraph := fs.String("metagraph", "", "metagraph file: validators with a permit may connect")
+	level := fs.String("log-level", "info", "log level")
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	if *validators == "" && *metagraph == "" {
+		return usageErr("give --validators or --metagraph: who may connect as a validator")
+	}
+	log, err := e.logger(*level)
+	if err != nil {
+		return err
+	}
+	allowed := map[string]bool{}
+	for _, v := range strings.Split(*validators, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			allowed[v] = true
+		}
+	}
+	allow := func(hk string) bool {
+		if allowed[hk] {
+			return true
+		}
+		if *metagraph == "" {
+			return false
+		}
+		mg, err := chain.File{Path: *metagraph}.Metagraph(e.ctx)
+		return err == nil && mg.IsValidator(hk)
+	}
+	st, err := sqlite.Open(e.ctx, *db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return facilitator.Run(e.ctx, facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log})
+}
+
+func (e *env) validator(args []string) error {
+	fs := e.flags("validator")
+	var w walletFlags
+	w.register(fs, "validator")
+	fac := fs.String("facilitator", "ws://127.0.0.1:9000/ws/v0/", "facilitator WebSocket URL (empty: none)")
+	metagraph := fs.String("metagraph", "metagraph.json", "metagraph file (Pylon neurons shape)")
+	db := fs.String("db", "validator.db", "SQLite database file")
+	allowPull := fs.Bool("allow-pull", false, "let executors pull images that are not present")
+	attempts := fs.Int("max-attempts", 3, "miners one job is offered to at most")
+	refresh := fs.Duration("refresh", time.Minute, "metagraph refresh interval")
+	level := fs.String("log-level", "info", "log level")
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	k, err := w.load()
+	if err != nil {
+		return err
+	}
+	log, err := e.logger(*level)
+	if err != nil {
+		return err
+	}
+	st, err := sqlite.Open(e.ctx, *db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, Metagraph: chain.File{Path: *metagraph},
+		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log})
+}
+
+// parseManifest reads "class=count,class=count".
+func parseManifest(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		class, n, ok := strings.Cut(part, "=")
+		count, err := strconv.Atoi(n)
+		if !ok || err != nil || count < 0 {
+			return nil, usageErr("--manifest entry %q: want CLASS=COUNT", part)
+		}
+		if _, known := miner.DefaultClasses()[class]; !known {
+			return nil, usageErr("--manifest: unknown executor class %q", class)
+		}
+		out[class] = count
+	}
+	if len(out) == 0 {
+		return nil, usageErr("--manifest is empty")
+	}
+	return out, nil
+}
+
+func (e *env) miner(args []string) error {
+	fs := e.flags("miner")
+	var w walletFlags
+	w.register(fs, "miner")
+	listen := fs.String("listen", "0.0.0.0:8000", "address validators and executors connect to")
+	advertise := fs.String("executor-url", "", "how executors reach this miner (default ws://<listen>)")
+	metagraph := fs.String("metagraph", "metagraph.json", "metagraph file: validators with a permit may connect")
+	trusted := fs.String("trusted-validator", "", "serve only this validator (a trusted miner, outside the metagraph)")
+	manifest := fs.String("manifest", "always_on.test=1", "executors per class: CLASS=COUNT,…")
+	db := fs.String("db", "miner.db", "SQLite database file")
+	dataDir := fs.String("data-dir", "miner-jobs", "directory for job files")
+	dockerHost := fs.String("docker-host", "", "Docker Engine (default $DOCKER_HOST or the local socket)")
+	hf := fs.String("huggingface-endpoint", "", "Hugging Face compatible hub for huggingface volumes")
+	level := fs.String("log-level", "info", "log level")
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	man, err := parseManifest(*manifest)
+	if err != nil {
+		return err
+	}
+	k, err := w.load()
+	if err != nil {
+		return err
+	}
+	log, err := e.logger(*level)
+	if err != nil {
+		return err
+	}
+	dock, err := docker.New(*dockerHost)
+	if err != nil {
+		return err
+	}
+	if err := dock.Ping(e.ctx); err != nil {
+		return fmt.Errorf("the Docker Engine does not answer: %w", err)
+	}
+	st, err := sqlite.Open(e.ctx, *db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
+		TrustedValidator: *trusted, Store: st, Log: log,
+		Backend: &miner.Local{Docker: dock, DataDir: *dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: *hf, Log: log},
+		Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: *dataDir, Log: log}}
+	if *trusted == "" {
+		cfg.Metagraph = chain.File{Path: *metagraph}
+	}
+	return miner.Run(e.ctx, cfg)
+}
+
+func (e *env) executor(args []string) error {
+	fs := e.flags("executor")
+	minerURL := fs.String("miner-url", "", "the miner's executor URL with this executor's one-time token")
+	dataDir := fs.String("data-dir", "executor-jobs", "directory for job files")
+	class := fs.String("class", "always_on.test", "executor class (sets the container limits)")
+	owner := fs.String("owner", "", "owner label of job containers (the miner's hotkey)")
+	dockerHost := fs.String("docker-host", "", "Docker Engine (default $DOCKER_HOST or the local socket)")
+	hf := fs.String("huggingface-endpoint", "", "Hugging Face compatible hub for huggingface volumes")
+	level := fs.String("log-level", "info", "log level")
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	if *minerURL == "" {
+		return usageErr("--miner-url is required")
+	}
+	spec, ok := miner.DefaultClasses()[*class]
+	if !ok {
+		return usageErr("unknown executor class %q", *class)
+	}
+	log, err := e.logger(*level)
+	if err != nil {
+		return err
+	}
+	dock, err := docker.New(*dockerHost)
+	if err != nil {
+		return err
+	}
+	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: *dataDir, Docker: dock, Class: spec,
+		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: *hf, Log: log})
+}

@@ -21,21 +21,42 @@ type outcome struct {
 	start  time.Time
 }
 
-// drive runs a job to a terminal status, trying up to MaxAttempts miners.
+// drive runs a job to a terminal status, trying up to MaxAttempts miners. A
+// miner that declines because it is busy does not use up an attempt: while
+// the queue timeout lasts, the job waits for an executor to free up.
 func (v *Validator) drive(ctx context.Context, uuid string, spec *protocol.JobSpec, organic bool) {
 	log := v.log.With("job", uuid)
-	tried := map[string]bool{}
+	tried, busy := map[string]bool{}, map[string]bool{}
 	var reasons []string
-	for attempt := 1; attempt <= v.cfg.MaxAttempts; attempt++ {
+	queueUntil := time.Now().Add(v.cfg.QueueTimeout)
+	backoff, waiting := 25*time.Millisecond, false
+	for attempt := 1; attempt <= v.cfg.MaxAttempts; {
 		mc := v.pick(ctx, spec.ExecutorClass, tried)
 		if errors.Is(context.Cause(ctx), errCancelled) {
 			v.cancelled(ctx, uuid)
 			return
 		}
 		if mc == nil {
-			break
+			if len(busy) == 0 || time.Now().After(queueUntil) || ctx.Err() != nil {
+				break
+			}
+			if !waiting {
+				waiting = true
+				v.setStatus(ctx, uuid, protocol.StatusReceived, &protocol.StatusMetadata{Comment: "waiting for a free executor"})
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			for hk := range busy {
+				delete(tried, hk)
+			}
+			clear(busy)
+			continue
 		}
-		tried[mc.neuron.Hotkey] = true
+		hk := mc.neuron.Hotkey
+		tried[hk] = true
 		o := v.attempt(ctx, mc, uuid, spec, organic)
 		if errors.Is(context.Cause(ctx), errCancelled) {
 			v.cancelled(ctx, uuid)
@@ -46,16 +67,21 @@ func (v *Validator) drive(ctx context.Context, uuid string, spec *protocol.JobSp
 				ReportedBy: protocol.ByValidator, Reason: protocol.HordeGenericError, Message: "validator stopped while the job ran"}})
 			return
 		}
+		if o.busy() {
+			busy[hk] = true
+			continue
+		}
 		if o.retry && attempt < v.cfg.MaxAttempts {
-			reasons = append(reasons, o.reason(mc.neuron.Hotkey))
-			log.Info("retrying on another miner", "miner", mc.neuron.Hotkey, "why", o.reason(""))
-			v.setStatus(ctx, uuid, protocol.StatusReceived, &protocol.StatusMetadata{Comment: "retrying: " + o.reason(mc.neuron.Hotkey)})
+			attempt++
+			reasons = append(reasons, o.reason(hk))
+			log.Info("retrying on another miner", "miner", hk, "why", o.reason(""))
+			v.setStatus(ctx, uuid, protocol.StatusReceived, &protocol.StatusMetadata{Comment: "retrying: " + o.reason(hk)})
 			continue
 		}
 		if o.meta == nil {
 			o.meta = &protocol.StatusMetadata{}
 		}
-		o.meta.MinerHotkey = mc.neuron.Hotkey
+		o.meta.MinerHotkey = hk
 		if rs, err := v.cfg.Store.ReceiptsForJob(context.WithoutCancel(ctx), uuid); err == nil {
 			for _, r := range rs {
 				if b, err := json.Marshal(r); err == nil {
@@ -72,6 +98,11 @@ func (v *Validator) drive(ctx context.Context, uuid string, spec *protocol.JobSp
 	}
 	v.setStatus(ctx, uuid, protocol.StatusRejected, &protocol.StatusMetadata{JobRejectionDetails: &protocol.RejectionDetails{
 		RejectedBy: protocol.ByValidator, Reason: protocol.RejectNoMiner, Message: msg}})
+}
+
+// busy reports a decline because every executor of the class was taken.
+func (o outcome) busy() bool {
+	return o.meta != nil && o.meta.JobRejectionDetails != nil && o.meta.JobRejectionDetails.Reason == protocol.RejectBusy
 }
 
 func (o outcome) reason(miner string) string {

@@ -50,6 +50,9 @@ type Config struct {
 	Store          Store
 	// MaxAttempts bounds how many miners one job is offered to.
 	MaxAttempts int
+	// QueueTimeout is how long a job waits for an executor while the
+	// miners that have the class are busy (default 30s).
+	QueueTimeout time.Duration
 	Timing      Timing
 	// AllowPull lets executors pull images that are not present.
 	AllowPull bool
@@ -103,6 +106,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Timing.Reserve == 0 {
 		cfg.Timing = DefaultTiming()
+	}
+	if cfg.QueueTimeout == 0 {
+		cfg.QueueTimeout = 30 * time.Second
 	}
 	if cfg.MaxJobAge == 0 {
 		cfg.MaxJobAge = 10 * time.Minute

@@ -1,0 +1,95 @@
+package hordetest
+
+import (
+	"bytes"
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/horde-compute/horde/internal/devstack"
+	"github.com/horde-compute/horde/internal/executor"
+	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/miner"
+	"github.com/horde-compute/horde/protocol"
+)
+
+// dockerAlone is the time `docker run` of the trivial job container takes
+// without horde: create, start, wait, read logs. Removal is left out of the
+// timing, as horde reports a job finished before it removes the container.
+func dockerAlone(b *testing.B, cli *docker.Client, image string) time.Duration {
+	ctx := context.Background()
+	// The very container an executor makes for the job.
+	cfg := executor.ContainerConfig(&protocol.V0JobRequest{JobUUID: "bench", DockerImage: image, DockerRunCmd: []string{"echo", "hi"}},
+		miner.DefaultClasses()[protocol.ClassTest], executor.Paths{Volume: b.TempDir(), Output: b.TempDir()}, "bench")
+	var ds []time.Duration
+	for range 10 {
+		start := time.Now()
+		id, err := cli.ContainerCreate(ctx, "", cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cli.ContainerStart(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		cli.ContainerWait(ctx, id)
+		var out bytes.Buffer
+		cli.ContainerLogs(ctx, id, &out, &out)
+		ds = append(ds, time.Since(start))
+		cli.ContainerRemove(ctx, id)
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+func pct(ds []time.Duration, p float64) time.Duration {
+	slices.Sort(ds)
+	i := int(float64(len(ds)-1) * p)
+	return ds[i]
+}
+
+// benchJobs runs b.N trivial jobs from `clients` concurrent clients and
+// reports the control-plane overhead (submit→finished minus docker alone).
+func benchJobs(b *testing.B, clients int) {
+	h := Start(b, devstack.Config{Manifest: map[string]int{protocol.ClassTest: 8}})
+	base := dockerAlone(b, h.Docker, JobImage(b, h.Docker))
+	h.Run(b, Spec("echo", "warm")) // connect sessions
+	var mu sync.Mutex
+	var lat []time.Duration
+	jobs := make(chan struct{})
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for range clients {
+		wg.Go(func() {
+			for range jobs {
+				t := time.Now()
+				j := h.Run(b, Spec("echo", "hi"))
+				d := time.Since(t)
+				if j.Status != protocol.StatusCompleted {
+					b.Errorf("job %s: %s", j.UUID, j.Status)
+				}
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			}
+		})
+	}
+	for range b.N {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	wg.Wait()
+	wall := time.Since(start)
+	b.StopTimer()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(ms(base), "docker-alone-ms")
+	b.ReportMetric(ms(pct(lat, 0.5)), "p50-ms")
+	b.ReportMetric(ms(pct(lat, 0.5)-base), "p50-overhead-ms")
+	b.ReportMetric(ms(pct(lat, 0.99)-base), "p99-overhead-ms")
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "jobs/s")
+}
+
+func BenchmarkJobSequential(b *testing.B)  { benchJobs(b, 1) }
+func BenchmarkJobConcurrent8(b *testing.B) { benchJobs(b, 8) }

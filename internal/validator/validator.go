@@ -53,7 +53,7 @@ type Config struct {
 	// QueueTimeout is how long a job waits for an executor while the
 	// miners that have the class are busy (default 30s).
 	QueueTimeout time.Duration
-	Timing      Timing
+	Timing       Timing
 	// AllowPull lets executors pull images that are not present.
 	AllowPull bool
 	// MaxJobAge refuses client signatures older than this (replays).

@@ -193,7 +193,7 @@ func TestCancelKillsWithinSeconds(t *testing.T) {
 }
 
 func TestRetryOnAnotherMiner(t *testing.T) {
-	for _, mode := range []string{"decline", "vanish"} {
+	for _, mode := range []string{"busy", "refuse", "vanish"} {
 		t.Run(mode, func(t *testing.T) {
 			fake := NewFakeMiner(t, mode)
 			h := Start(t, devstack.Config{ExtraNeurons: []chain.Neuron{fake.Neuron}})
@@ -210,7 +210,7 @@ func TestRetryOnAnotherMiner(t *testing.T) {
 					retried = true
 				}
 			}
-			if !retried {
+			if !retried && mode != "busy" { // a busy miner costs no attempt and is not news
 				t.Error("history does not show the retry")
 			}
 			if got := Last(job).Metadata.MinerHotkey; got != h.Miners[0].SS58() {
@@ -306,5 +306,21 @@ func TestMinerReapsLeftovers(t *testing.T) {
 			t.Fatal("leftover container not reaped")
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// With one executor, a second job waits for it rather than being rejected.
+func TestJobWaitsForBusyExecutor(t *testing.T) {
+	h := Start(t, devstack.Config{Manifest: map[string]int{protocol.ClassTest: 1}})
+	results := make(chan *protocol.Job, 2)
+	for _, args := range [][]string{{"sleep", "1"}, {"echo", "second"}} {
+		go func() { results <- h.Run(t, Spec(args...)) }()
+		time.Sleep(100 * time.Millisecond)
+	}
+	for range 2 {
+		j := <-results
+		if j.Status != protocol.StatusCompleted {
+			t.Errorf("job %v: %s %+v", j.Args, j.Status, Last(j).Metadata)
+		}
 	}
 }

@@ -15,7 +15,8 @@ import (
 
 // FakeMiner is a misbehaving miner speaking the real protocol: it advertises
 // many free executors (so validators try it first) and then declines every
-// job ("decline") or accepts and drops the connection ("vanish").
+// job as busy ("busy") or for another reason ("refuse"), or accepts and
+// drops the connection ("vanish").
 type FakeMiner struct {
 	Hotkey *sig.Hotkey
 	Offers atomic.Int32
@@ -50,8 +51,10 @@ func NewFakeMiner(t testing.TB, mode string) *FakeMiner {
 			}
 			f.Offers.Add(1)
 			switch mode {
-			case "decline":
+			case "busy":
 				conn.Send(ctx, &protocol.V0DeclineJobRequest{JobUUID: req.JobUUID, Reason: protocol.RejectBusy, Message: "fake miner is always busy"})
+			case "refuse":
+				conn.Send(ctx, &protocol.V0DeclineJobRequest{JobUUID: req.JobUUID, Reason: protocol.RejectUnknown, Message: "fake miner refuses"})
 			case "vanish":
 				conn.Send(ctx, &protocol.V0AcceptJobRequest{JobUUID: req.JobUUID})
 				conn.Close("gone")

@@ -31,13 +31,14 @@ func (v *Validator) drive(ctx context.Context, uuid string, spec *protocol.JobSp
 	queueUntil := time.Now().Add(v.cfg.QueueTimeout)
 	backoff, waiting := 25*time.Millisecond, false
 	for attempt := 1; attempt <= v.cfg.MaxAttempts; {
-		mc := v.pick(ctx, spec.ExecutorClass, tried)
+		mc, offered := v.pick(ctx, spec.ExecutorClass, tried)
 		if errors.Is(context.Cause(ctx), errCancelled) {
 			v.cancelled(ctx, uuid)
 			return
 		}
 		if mc == nil {
-			if len(busy) == 0 || time.Now().After(queueUntil) || ctx.Err() != nil {
+			// Wait while some miner has the class but all of it is in use.
+			if (len(busy) == 0 && !offered) || time.Now().After(queueUntil) || ctx.Err() != nil {
 				break
 			}
 			if !waiting {

@@ -166,6 +166,13 @@ func (mc *minerClient) free(class string) int {
 	return mc.manifest[class] - mc.inflight[class]
 }
 
+// offers reports whether the miner's manifest has executors of class.
+func (mc *minerClient) offers(class string) bool {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	return mc.manifest[class] > 0
+}
+
 // register opens a job inbox and counts the executor as taken.
 func (mc *minerClient) register(uuid, class string) (chan protocol.Message, bool) {
 	mc.mu.Lock()

@@ -182,8 +182,9 @@ func (v *Validator) refresh(ctx context.Context) {
 }
 
 // pick chooses a connected miner with a free executor of class, not in tried:
-// the one with the most free executors, ties broken at random.
-func (v *Validator) pick(ctx context.Context, class string, tried map[string]bool) *minerClient {
+// the one with the most free executors, ties broken at random. offered says
+// whether any such miner has the class at all (busy or not).
+func (v *Validator) pick(ctx context.Context, class string, tried map[string]bool) (_ *minerClient, offered bool) {
 	v.mu.Lock()
 	var all []*minerClient
 	for hk, mc := range v.miners {
@@ -198,6 +199,9 @@ func (v *Validator) pick(ctx context.Context, class string, tried map[string]boo
 		if err := mc.connect(ctx, v.cfg.Hotkey, &v.wg, v.life); err != nil {
 			continue
 		}
+		if mc.offers(class) {
+			offered = true
+		}
 		switch free := mc.free(class); {
 		case free <= 0 || free < best:
 		case free > best:
@@ -207,9 +211,9 @@ func (v *Validator) pick(ctx context.Context, class string, tried map[string]boo
 		}
 	}
 	if len(cands) == 0 {
-		return nil
+		return nil, offered
 	}
-	return cands[rand.IntN(len(cands))]
+	return cands[rand.IntN(len(cands))], true
 }
 
 // Cancel stops a running job; it reports whether the job was running here.

@@ -18,6 +18,7 @@ import (
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
 )
@@ -321,6 +322,50 @@ func TestJobWaitsForBusyExecutor(t *testing.T) {
 		j := <-results
 		if j.Status != protocol.StatusCompleted {
 			t.Errorf("job %v: %s %+v", j.Args, j.Status, Last(j).Metadata)
+		}
+	}
+}
+
+// The miner refuses stale, replayed, wrongly signed and unknown validators
+// with UnauthorizedError; a good auth gets the manifest.
+func TestMinerRefusesBadAuth(t *testing.T) {
+	h := Start(t, devstack.Config{})
+	ctx := t.Context()
+	miner := h.Miners[0].SS58()
+	url := "ws://" + h.MinerAddrs[0] + protocol.ValidatorAuthPath
+	stranger, _ := sig.FromSeed(sig.RandomSeed())
+	try := func(hotkey string, m protocol.Message) protocol.Message {
+		conn, err := wsconn.Dial(ctx, url+hotkey, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close("")
+		conn.Send(ctx, m)
+		got, err := conn.Recv(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	good := wsconn.NewValidatorAuth(h.Validator, miner, time.Now())
+	if _, ok := try(h.Validator.SS58(), good).(*protocol.V0ExecutorManifestRequest); !ok {
+		t.Fatal("good auth refused")
+	}
+	forged := *wsconn.NewValidatorAuth(h.Validator, miner, time.Now())
+	forged.Signature = stranger.SignHex(forged.AuthMessage())
+	for name, c := range map[string]struct {
+		hotkey string
+		m      protocol.Message
+	}{
+		"replayed":  {h.Validator.SS58(), good},
+		"stale":     {h.Validator.SS58(), wsconn.NewValidatorAuth(h.Validator, miner, time.Now().Add(-time.Minute))},
+		"forged":    {h.Validator.SS58(), &forged},
+		"no permit": {stranger.SS58(), wsconn.NewValidatorAuth(stranger, miner, time.Now())},
+		"not auth":  {h.Validator.SS58(), &protocol.V0AcceptJobRequest{JobUUID: "x"}},
+	} {
+		got := try(c.hotkey, c.m)
+		if u, ok := got.(*protocol.UnauthorizedError); !ok || u.Details == "" {
+			t.Errorf("%s: got %#v, want UnauthorizedError with details", name, got)
 		}
 	}
 }

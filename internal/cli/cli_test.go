@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/horde-compute/horde/internal/devstack"
+	"github.com/horde-compute/horde/internal/hordetest"
+	"github.com/horde-compute/horde/protocol"
+)
+
+func run(t *testing.T, env map[string]string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	var out, errb bytes.Buffer
+	err := Run(t.Context(), args, &out, &errb)
+	code = 0
+	if err != nil {
+		code = 1
+		var ee *ExitError
+		if errors.As(err, &ee) {
+			code = ee.Code
+		}
+		errb.WriteString("horde: " + err.Error() + "\n")
+	}
+	return out.String(), errb.String(), code
+}
+
+func TestJobCommands(t *testing.T) {
+	h := hordetest.Start(t, devstack.Config{})
+	env := map[string]string{"HORDE_FACILITATOR": h.FacilitatorURL, "HORDE_WALLET_PATH": filepath.Join(h.DataDir, "wallets"), "HORDE_WALLET": "client"}
+	input := filepath.Join(t.TempDir(), "in.txt")
+	os.WriteFile(input, []byte("one two three"), 0o644)
+
+	out, errs, code := run(t, env, "job", "run", "--image", "horde/job:dev", "--volume", "inline:"+input,
+		"--output-upload", "put:result.json="+h.Objects.URL+"/cli/result.json", "--timeout", "30s", "--", "demo")
+	if code != 0 {
+		t.Fatalf("job run exit %d\n%s%s", code, out, errs)
+	}
+	for _, want := range []string{"completed", "in.txt: 13 bytes, 3 words", "result.json → HTTP 200", "JobFinishedReceipt", "validator signature verified"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
+	}
+	for _, want := range []string{"accepted by miner", "volumes_ready", "completed"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("progress lacks %q:\n%s", want, errs)
+		}
+	}
+	if _, ok := h.Objects.Get("cli/result.json"); !ok {
+		t.Error("output not uploaded")
+	}
+
+	out, errs, code = run(t, env, "job", "run", "--image", "horde/job:dev", "--", "exit", "4")
+	if code != 1 || !strings.Contains(errs, "failed at stage execution") || !strings.Contains(errs, "code 4") {
+		t.Errorf("failing job: exit %d\n%s%s", code, out, errs)
+	}
+
+	out, _, code = run(t, env, "job", "run", "--json", "--image", "horde/job:dev", "--", "echo", "json")
+	var job protocol.Job
+	if err := json.Unmarshal([]byte(out), &job); code != 0 || err != nil || job.Status != protocol.StatusCompleted {
+		t.Errorf("--json: exit %d, %v\n%s", code, err, out)
+	}
+
+	out, _, code = run(t, env, "job", "list")
+	if code != 0 || !strings.Contains(out, "3 of 3") {
+		t.Errorf("list: exit %d\n%s", code, out)
+	}
+	out, _, code = run(t, env, "job", "status", job.UUID)
+	if code != 0 || !strings.Contains(out, "execution_done") || !strings.Contains(out, "json") {
+		t.Errorf("status: exit %d\n%s", code, out)
+	}
+	_, errs, code = run(t, env, "job", "cancel", job.UUID)
+	if code != 1 || !strings.Contains(errs, "already ended") {
+		t.Errorf("cancel ended job: exit %d %s", code, errs)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	cases := [][]string{
+		{"nope"},
+		{"job"},
+		{"job", "run"},
+		{"job", "run", "--image", "x", "--volume", "ftp:/x"},
+		{"job", "run", "--image", "x", "--env", "NOEQUALS"},
+		{"job", "run", "--image", "x", "--timeout", "0s"},
+		{"miner", "--manifest", "gpu=1"},
+	}
+	for _, args := range cases {
+		_, errs, code := run(t, map[string]string{"HORDE_WALLET_PATH": t.TempDir()}, args...)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2\n%s", args, code, errs)
+		}
+	}
+}
+
+func TestKeys(t *testing.T) {
+	dir := t.TempDir()
+	out, _, code := run(t, nil, "keys", "new", "--wallet-path", dir, "--wallet", "w")
+	if code != 0 || !strings.Contains(out, "created hotkey default") {
+		t.Fatalf("keys new: %d %s", code, out)
+	}
+	_, _, code = run(t, nil, "keys", "new", "--wallet-path", dir, "--wallet", "w")
+	if code == 0 {
+		t.Error("keys new overwrote a key")
+	}
+	out, _, code = run(t, nil, "keys", "show", "--json", "--wallet-path", dir, "--wallet", "w")
+	var got map[string]string
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || !strings.HasPrefix(got["ss58Address"], "5") {
+		t.Errorf("keys show: %d %s", code, out)
+	}
+	// A real Bittensor wallet from the test vectors loads too.
+	out, _, code = run(t, nil, "keys", "show", "--wallet-path", "../../sig/testdata/wallets", "--wallet", "miner")
+	if code != 0 || !strings.Contains(out, "5FYwNgYu5Wj7Vv49KtC3gXa1W1dn2BnMBGNKGrLy8pX9i4T7") {
+		t.Errorf("vector wallet: %d %s", code, out)
+	}
+	_, errs, code := run(t, nil, "keys", "show", "--wallet-path", dir, "--wallet", "missing")
+	if code != 1 || !strings.Contains(errs, "horde keys new") {
+		t.Errorf("missing wallet: %d %s", code, errs)
+	}
+}

@@ -29,6 +29,9 @@ type Config struct {
 	AllowValidator func(hotkey string) bool
 	// MaxSkew bounds the age of a client's request signature.
 	MaxSkew time.Duration
+	// Redispatch is how long a job given to a validator may go unacknowledged
+	// before it is given again (default 30s).
+	Redispatch time.Duration
 	Log     *slog.Logger
 	Ready   func(addr string)
 }
@@ -71,6 +74,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.MaxSkew == 0 {
 		cfg.MaxSkew = 5 * time.Minute
+	}
+	if cfg.Redispatch == 0 {
+		cfg.Redispatch = 30 * time.Second
 	}
 	ln := cfg.Listener
 	if ln == nil {
@@ -194,6 +200,9 @@ func (f *Facilitator) statusUpdate(ctx context.Context, validator string, m *pro
 	if j.ValidatorHotkey != validator {
 		return fmt.Errorf("job %s was not given to validator %s", m.UUID, validator)
 	}
+	if j.Status.Terminal() {
+		return nil // already ended (e.g. cancelled here); later news changes nothing
+	}
 	e := protocol.StatusEntry{Status: m.Status, CreatedAt: time.Now().UTC(), Metadata: m.Metadata}
 	if err := f.cfg.Store.AddStatus(ctx, m.UUID, e); err != nil {
 		return err
@@ -214,7 +223,8 @@ func (f *Facilitator) kick() {
 }
 
 // dispatchLoop hands jobs not yet given to a validator to a connected one:
-// jobs accepted while no validator was connected wait here, durably.
+// jobs accepted while no validator was connected wait here, durably. A job a
+// validator has not acknowledged in time is given again.
 func (f *Facilitator) dispatchLoop(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
@@ -231,7 +241,10 @@ func (f *Facilitator) dispatchLoop(ctx context.Context) {
 			continue
 		}
 		for _, j := range jobs {
-			if j.ValidatorHotkey == "" && j.Status == protocol.StatusSent {
+			if j.Status != protocol.StatusSent {
+				continue
+			}
+			if j.ValidatorHotkey == "" || time.Since(j.UpdatedAt) > f.cfg.Redispatch {
 				f.send(ctx, j)
 			}
 		}

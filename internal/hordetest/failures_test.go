@@ -369,3 +369,45 @@ func TestMinerRefusesBadAuth(t *testing.T) {
 		}
 	}
 }
+
+// A horde stopped while a job runs and started again on the same data
+// directory tells the client how the job ended; nothing accepted is lost.
+func TestRestartLosesNothing(t *testing.T) {
+	dir := t.TempDir()
+	h := Start(t, devstack.Config{DataDir: dir})
+	ctx := t.Context()
+	running, err := h.Client.CreateJob(ctx, Spec("sleep", "60"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		j, err := h.Client.Job(ctx, running.UUID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Status == protocol.StatusVolumesReady {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := h.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	assertNoContainers(t, h.Docker, running.UUID)
+
+	h2 := Start(t, devstack.Config{DataDir: dir})
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	j, err := h2.Client.Watch(wctx, running.UUID, func(protocol.StatusEntry) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Last(j).Metadata.HordeFailureDetails
+	if j.Status != protocol.StatusHordeFailed || d == nil || !strings.Contains(d.Message, "validator") {
+		t.Errorf("after restart: %s %+v", j.Status, Last(j).Metadata)
+	}
+	// And the restarted horde serves new jobs.
+	if j := h2.Run(t, Spec("echo", "again")); j.Status != protocol.StatusCompleted {
+		t.Errorf("new job after restart: %s", j.Status)
+	}
+}

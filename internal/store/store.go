@@ -53,3 +53,18 @@ type Jobs interface {
 	Unfinished(ctx context.Context) ([]JobRecord, error)
 	SetAssignment(ctx context.Context, uuid, validator, miner string) error
 }
+
+// OutboxItem is a queued message.
+type OutboxItem struct {
+	ID      int64
+	Message []byte
+}
+
+// Outbox keeps messages for a peer until the peer has acknowledged them, so
+// none is lost while the link is down or the process restarts.
+type Outbox interface {
+	PushOutbox(ctx context.Context, msg []byte) error
+	// PeekOutbox returns the oldest queued messages, in order.
+	PeekOutbox(ctx context.Context, limit int) ([]OutboxItem, error)
+	AckOutbox(ctx context.Context, id int64) error
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -14,39 +15,32 @@ import (
 	"github.com/horde-compute/horde/sig"
 )
 
-// outbox holds status updates until the facilitator has them: nothing is lost
-// while the link is down.
+// outbox holds status updates until the facilitator has acknowledged them,
+// in the validator's store: nothing is lost while the link is down or across
+// a restart.
 type outbox struct {
-	mu    sync.Mutex
-	queue []protocol.Message
-	wake  chan struct{}
+	st   store.Outbox
+	log  *slog.Logger
+	wake chan struct{}
 }
 
-func newOutbox() *outbox { return &outbox{wake: make(chan struct{}, 1)} }
+func newOutbox(st store.Outbox, log *slog.Logger) *outbox {
+	return &outbox{st: st, log: log, wake: make(chan struct{}, 1)}
+}
 
 func (o *outbox) push(m protocol.Message) {
-	o.mu.Lock()
-	o.queue = append(o.queue, m)
-	o.mu.Unlock()
+	b, err := protocol.Encode(m)
+	if err == nil {
+		err = o.st.PushOutbox(context.Background(), b)
+	}
+	if err != nil {
+		o.log.Error("outbox: message not queued", "type", m.MessageType(), "err", err)
+		return
+	}
 	select {
 	case o.wake <- struct{}{}:
 	default:
 	}
-}
-
-func (o *outbox) peek() protocol.Message {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if len(o.queue) == 0 {
-		return nil
-	}
-	return o.queue[0]
-}
-
-func (o *outbox) pop() {
-	o.mu.Lock()
-	o.queue = o.queue[1:]
-	o.mu.Unlock()
 }
 
 // facilitatorLoop keeps a session with the facilitator, reconnecting with backoff.
@@ -90,28 +84,13 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 	v.log.Info("connected to facilitator")
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	responses := make(chan *protocol.Response, 1)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { // owned: the sender drains the outbox while the session lives
 		defer cancel()
-		heartbeat := time.NewTicker(60 * time.Second)
-		defer heartbeat.Stop()
-		for {
-			for m := v.out.peek(); m != nil; m = v.out.peek() {
-				if err := conn.Send(sctx, m); err != nil {
-					return
-				}
-				v.out.pop()
-			}
-			select {
-			case <-sctx.Done():
-				return
-			case <-v.out.wake:
-			case <-heartbeat.C:
-				if conn.Send(sctx, &protocol.V0Heartbeat{}) != nil {
-					return
-				}
-			}
+		if err := v.sendLoop(sctx, conn, responses); err != nil && sctx.Err() == nil {
+			v.log.Warn("facilitator sender stopped", "err", err)
 		}
 	})
 	for {
@@ -127,8 +106,65 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 				v.log.Info("cancel for a job not running here", "job", m.UUID)
 			}
 		case *protocol.Response:
-			if m.Status != "success" {
-				v.log.Warn("facilitator answered an error", "errors", m.Errors)
+			select {
+			case responses <- m:
+			default:
+				v.log.Warn("unexpected response from facilitator", "status", m.Status)
+			}
+		}
+	}
+}
+
+// sendLoop sends queued messages in order, each acknowledged by the
+// facilitator's Response before it leaves the outbox, plus heartbeats.
+func (v *Validator) sendLoop(ctx context.Context, conn *wsconn.Conn, responses <-chan *protocol.Response) error {
+	heartbeat := time.NewTicker(60 * time.Second)
+	defer heartbeat.Stop()
+	roundTrip := func(m protocol.Message) (*protocol.Response, error) {
+		if err := conn.Send(ctx, m); err != nil {
+			return nil, err
+		}
+		select {
+		case r := <-responses:
+			return r, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(30 * time.Second):
+			return nil, fmt.Errorf("no response from the facilitator to %s", m.MessageType())
+		}
+	}
+	for {
+		items, err := v.out.st.PeekOutbox(ctx, 100)
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			m, err := protocol.Decode(it.Message)
+			if err == nil {
+				var r *protocol.Response
+				if r, err = roundTrip(m); err != nil {
+					return err
+				}
+				if r.Status != "success" {
+					v.log.Warn("facilitator refused an update; dropping it", "errors", r.Errors)
+				}
+			} else {
+				v.log.Error("outbox: undecodable message dropped", "err", err)
+			}
+			if err := v.out.st.AckOutbox(ctx, it.ID); err != nil {
+				return err
+			}
+		}
+		if len(items) == 100 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-v.out.wake:
+		case <-heartbeat.C:
+			if _, err := roundTrip(&protocol.V0Heartbeat{}); err != nil {
+				return err
 			}
 		}
 	}
@@ -186,6 +222,11 @@ func (v *Validator) accept(ctx context.Context, req *protocol.V2JobRequest) {
 	}
 	rec := store.JobRecord{UUID: req.UUID, Spec: req.JobSpec, Signature: *req.Signature, Status: protocol.StatusReceived,
 		ValidatorHotkey: v.cfg.Hotkey.SS58(), CreatedAt: time.Now().UTC()}
+	if _, err := v.cfg.Store.Job(ctx, req.UUID); err == nil {
+		// The facilitator re-sent a job we have (our answer was slow): not a replay.
+		v.log.Info("job already received", "job", req.UUID)
+		return
+	}
 	if err := v.cfg.Store.CreateJob(ctx, rec); err != nil {
 		if errors.Is(err, store.ErrDuplicate) {
 			reject(protocol.RejectInvalidSignature, "job was already received (replayed request)")

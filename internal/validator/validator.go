@@ -23,6 +23,7 @@ import (
 type Store interface {
 	store.Jobs
 	store.Receipts
+	store.Outbox
 }
 
 // Timing holds the validator's stage deadlines (upstream defaults).
@@ -114,7 +115,8 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.MaxJobAge = 10 * time.Minute
 	}
 	v := &Validator{cfg: cfg, log: cfg.Log.With("role", "validator"), life: ctx,
-		miners: map[string]*minerClient{}, cancel: map[string]context.CancelCauseFunc{}, out: newOutbox()}
+		miners: map[string]*minerClient{}, cancel: map[string]context.CancelCauseFunc{}}
+	v.out = newOutbox(cfg.Store, v.log)
 	v.recover(ctx)
 	v.wg.Go(func() { v.refreshLoop(ctx) })
 	if cfg.FacilitatorURL != "" {

@@ -32,6 +32,7 @@ type DB struct{ db *sql.DB }
 var (
 	_ store.Jobs     = (*DB)(nil)
 	_ store.Receipts = (*DB)(nil)
+	_ store.Outbox   = (*DB)(nil)
 )
 
 // Open opens (creating) the database at path and applies migrations.
@@ -256,7 +257,8 @@ func (d *DB) Unfinished(ctx context.Context) ([]store.JobRecord, error) {
 
 // SetAssignment implements store.Jobs.
 func (d *DB) SetAssignment(ctx context.Context, uuid, validator, miner string) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = ?, miner_hotkey = ? WHERE uuid = ?`, validator, miner, uuid)
+	_, err := d.db.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = ?, miner_hotkey = ?, updated_at = ? WHERE uuid = ?`,
+		validator, miner, time.Now().UnixMicro(), uuid)
 	return err
 }
 
@@ -308,4 +310,39 @@ func (d *DB) ReceiptsSince(ctx context.Context, t time.Time, limit int) ([]recei
 // ReceiptsForJob implements store.Receipts.
 func (d *DB) ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error) {
 	return d.queryReceipts(ctx, `SELECT receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE job_uuid = ? ORDER BY id`, jobUUID)
+}
+
+// PushOutbox implements store.Outbox.
+func (d *DB) PushOutbox(ctx context.Context, msg []byte) error {
+	_, err := d.db.ExecContext(ctx, `INSERT INTO outbox (message, queued_at) VALUES (?, ?)`, string(msg), time.Now().UnixMicro())
+	if err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	return nil
+}
+
+// PeekOutbox implements store.Outbox.
+func (d *DB) PeekOutbox(ctx context.Context, limit int) ([]store.OutboxItem, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, message FROM outbox ORDER BY id LIMIT ?`, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.OutboxItem
+	for rows.Next() {
+		var it store.OutboxItem
+		var msg string
+		if err := rows.Scan(&it.ID, &msg); err != nil {
+			return nil, err
+		}
+		it.Message = []byte(msg)
+		out = append(out, it)
+	}
+	return out, rows.Err()
+}
+
+// AckOutbox implements store.Outbox.
+func (d *DB) AckOutbox(ctx context.Context, id int64) error {
+	_, err := d.db.ExecContext(ctx, `DELETE FROM outbox WHERE id = ?`, id)
+	return err
 }

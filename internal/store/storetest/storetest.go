@@ -15,12 +15,14 @@ import (
 type Store interface {
 	store.Jobs
 	store.Receipts
+	store.Outbox
 }
 
 // Run runs the suite against stores made by open (a fresh, empty one per call).
 func Run(t *testing.T, open func(t *testing.T) Store) {
 	t.Run("jobs", func(t *testing.T) { testJobs(t, open(t)) })
 	t.Run("receipts", func(t *testing.T) { testReceipts(t, open(t)) })
+	t.Run("outbox", func(t *testing.T) { testOutbox(t, open(t)) })
 }
 
 func testJobs(t *testing.T, s Store) {
@@ -91,5 +93,25 @@ func testReceipts(t *testing.T, s Store) {
 	got, err = s.ReceiptsSince(ctx, since, 10)
 	if err != nil || len(got) != 1 {
 		t.Errorf("since = %d, %v", len(got), err)
+	}
+}
+
+func testOutbox(t *testing.T, s Store) {
+	ctx := t.Context()
+	for _, m := range []string{"a", "b", "c"} {
+		if err := s.PushOutbox(ctx, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	items, err := s.PeekOutbox(ctx, 2)
+	if err != nil || len(items) != 2 || string(items[0].Message) != "a" || string(items[1].Message) != "b" {
+		t.Fatalf("peek = %+v, %v", items, err)
+	}
+	if err := s.AckOutbox(ctx, items[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	items, _ = s.PeekOutbox(ctx, 10)
+	if len(items) != 2 || string(items[0].Message) != "b" {
+		t.Errorf("after ack = %+v", items)
 	}
 }

@@ -1,0 +1,5 @@
+CREATE TABLE IF NOT EXISTS outbox (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    message   TEXT NOT NULL,
+    queued_at INTEGER NOT NULL
+);

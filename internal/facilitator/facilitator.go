@@ -32,8 +32,8 @@ type Config struct {
 	// Redispatch is how long a job given to a validator may go unacknowledged
 	// before it is given again (default 30s).
 	Redispatch time.Duration
-	Log     *slog.Logger
-	Ready   func(addr string)
+	Log        *slog.Logger
+	Ready      func(addr string)
 }
 
 // Validate checks the config.

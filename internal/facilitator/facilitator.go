@@ -9,12 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/horde-compute/horde/internal/httpserve"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
@@ -78,39 +79,23 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Redispatch == 0 {
 		cfg.Redispatch = 30 * time.Second
 	}
-	ln := cfg.Listener
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-			return fmt.Errorf("facilitator: %w", err)
-		}
+	ln, err := httpserve.Listen(cfg.Listener, cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("facilitator: %w", err)
 	}
 	f := &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
 		validators: map[string]*validatorConn{}, watchers: map[string]map[chan protocol.StatusEntry]struct{}{},
 		dispatch: make(chan struct{}, 1)}
-	srv := &http.Server{Handler: f.routes(), BaseContext: func(net.Listener) context.Context { return ctx },
-		ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup
-	errc := make(chan error, 1)
-	wg.Go(func() { errc <- srv.Serve(ln) })
-	wg.Go(func() { f.dispatchLoop(ctx) })
+	defer wg.Wait()
+	dctx, stop := context.WithCancel(ctx)
+	defer stop()
+	wg.Go(func() { f.dispatchLoop(dctx) })
 	f.log.Info("facilitator listening", "addr", ln.Addr().String())
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr().String())
 	}
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	srv.Shutdown(sctx)
-	cancel()
-	wg.Wait()
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
+	return httpserve.Serve(ctx, ln, f.routes())
 }
 
 func (f *Facilitator) routes() http.Handler {
@@ -127,18 +112,11 @@ func (f *Facilitator) routes() http.Handler {
 
 // serveValidator handles a validator's session.
 func (f *Facilitator) serveValidator(w http.ResponseWriter, r *http.Request) {
-	conn, err := wsconn.Accept(w, r, f.log)
+	conn, first, err := wsconn.AcceptAuth(w, r, f.log)
 	if err != nil {
 		return
 	}
 	ctx := r.Context()
-	actx, cancel := context.WithTimeout(ctx, wsconn.MaxAuthAge)
-	first, err := conn.Recv(actx)
-	cancel()
-	if err != nil {
-		conn.CloseWith("no auth message")
-		return
-	}
 	auth, ok := first.(*protocol.V0AuthenticationRequest)
 	var hotkey string
 	if !ok {

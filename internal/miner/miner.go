@@ -16,6 +16,7 @@ import (
 
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/executor"
+	"github.com/horde-compute/horde/internal/httpserve"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
@@ -101,12 +102,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.SpinUpTimeout == 0 {
 		cfg.SpinUpTimeout = 30 * time.Second
 	}
-	ln := cfg.Listener
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-			return fmt.Errorf("miner: %w", err)
-		}
+	ln, err := httpserve.Listen(cfg.Listener, cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("miner: %w", err)
 	}
 	if cfg.ExecutorBaseURL == "" {
 		cfg.ExecutorBaseURL = "ws://" + ln.Addr().String()
@@ -122,29 +120,17 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.HandleFunc("GET "+protocol.ValidatorAuthPath+"{hotkey}", m.serveValidator)
 	mux.HandleFunc("GET "+protocol.ExecutorPath+"{token}", m.serveExecutor)
 	mux.HandleFunc("GET /receipts", m.serveReceipts)
-	srv := &http.Server{Handler: mux, BaseContext: func(net.Listener) context.Context { return ctx }}
-
 	var wg sync.WaitGroup
-	wg.Go(func() { m.background(ctx) })
-	errc := make(chan error, 1)
-	wg.Go(func() { errc <- srv.Serve(ln) })
+	bctx, stop := context.WithCancel(ctx)
+	wg.Go(func() { m.background(bctx) })
 	m.log.Info("miner listening", "addr", ln.Addr().String(), "hotkey", cfg.Hotkey.SS58(), "manifest", cfg.Manifest)
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr().String())
 	}
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	srv.Shutdown(sctx)
-	cancel()
+	err = httpserve.Serve(ctx, ln, mux)
+	stop()
 	wg.Wait()
 	cfg.Backend.Wait()
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
 	return err
 }
 

@@ -35,18 +35,11 @@ type job struct {
 
 // serveValidator handles one validator session.
 func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
-	conn, err := wsconn.Accept(w, r, m.log)
+	conn, first, err := wsconn.AcceptAuth(w, r, m.log)
 	if err != nil {
 		return
 	}
 	ctx := r.Context()
-	actx, cancel := context.WithTimeout(ctx, wsconn.MaxAuthAge)
-	first, err := conn.Recv(actx)
-	cancel()
-	if err != nil {
-		conn.CloseWith("no auth message")
-		return
-	}
 	auth, ok := first.(*protocol.ValidatorAuthForMiner)
 	if !ok {
 		conn.Send(ctx, &protocol.UnauthorizedError{Code: "auth_required", Details: "first message must be ValidatorAuthForMiner, got " + first.MessageType()})

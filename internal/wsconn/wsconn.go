@@ -105,3 +105,21 @@ func (c *Conn) CloseWith(reason string) error {
 	}
 	return c.ws.Close(websocket.StatusPolicyViolation, reason)
 }
+
+// AcceptAuth upgrades the request and reads the session's first message,
+// its authentication, which must arrive within MaxAuthAge. The session is
+// closed when none arrives.
+func AcceptAuth(w http.ResponseWriter, r *http.Request, log *slog.Logger) (*Conn, protocol.Message, error) {
+	conn, err := Accept(w, r, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), MaxAuthAge)
+	defer cancel()
+	first, err := conn.Recv(ctx)
+	if err != nil {
+		conn.CloseWith("no auth message")
+		return nil, nil, fmt.Errorf("no auth message: %w", err)
+	}
+	return conn, first, nil
+}

@@ -143,3 +143,29 @@ func TestConnBadFrames(t *testing.T) {
 		t.Fatalf("echo = %s, %v", b, err)
 	}
 }
+
+// A frame over MaxMessageSize ends the session (status 1009) without the
+// receiver reading it into memory or crashing.
+func TestOversizedMessage(t *testing.T) {
+	got := make(chan error, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		_, err = c.Recv(r.Context())
+		got <- err
+	}))
+	defer srv.Close()
+	ctx := t.Context()
+	raw, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.CloseNow()
+	big := make([]byte, protocol.MaxMessageSize+1)
+	raw.Write(ctx, websocket.MessageText, big)
+	if err := <-got; !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "read limited") {
+		t.Errorf("receiver: %v", err)
+	}
+}

@@ -222,3 +222,12 @@ func (c *Client) watchOnce(ctx context.Context, uuid string, seen int, fn func(p
 	}
 	return seen, sc.Err()
 }
+
+// Scores returns each validator's latest scores, weights and their grounds.
+func (c *Client) Scores(ctx context.Context) (map[string]protocol.ValidatorScores, error) {
+	out := map[string]protocol.ValidatorScores{}
+	if err := c.do(ctx, http.MethodGet, protocol.RouteScores, nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

@@ -1,6 +1,9 @@
 package protocol
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // This file: the client → facilitator HTTP API. Requests carry the client's
 // signature in headers: X-CH-Signature-Type (bittensor), X-CH-Signatory (SS58),
@@ -11,7 +14,16 @@ import "time"
 const (
 	RouteCreateJob = "/api/v1/job-docker/"
 	RouteJobs      = "/api/v1/jobs/"
+	RouteScores    = "/api/v1/scores/"
 )
+
+// ValidatorScores is one validator's latest cycle as GET /api/v1/scores/
+// reports it (keyed by validator hotkey): scores, weights and details per miner.
+type ValidatorScores struct {
+	Cycle  int64           `json:"cycle"`
+	At     time.Time       `json:"at"`
+	Scores json.RawMessage `json:"scores"`
+}
 
 // Signature headers.
 const (

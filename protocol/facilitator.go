@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"time"
 
 	"golang.org/x/crypto/blake2b"
 
@@ -237,3 +238,15 @@ func init() {
 	register(&V0AuthenticationRequest{}, &Response{}, &V0Heartbeat{}, &V0MachineSpecsUpdate{},
 		&V0JobStatusUpdate{}, &V2JobRequest{}, &V0CancelJobByFacilitator{})
 }
+
+// V0ValidatorReport (horde): validator → facilitator, the scores of a cycle,
+// each with what it rests on, for clients and operators to see.
+type V0ValidatorReport struct {
+	Cycle  int64           `json:"cycle"`
+	At     time.Time       `json:"at"`
+	Scores json.RawMessage `json:"scores"`
+}
+
+func (*V0ValidatorReport) MessageType() string { return "V0ValidatorReport" }
+
+func init() { register(&V0ValidatorReport{}) }

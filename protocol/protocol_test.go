@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -59,6 +60,7 @@ func samples() []Message {
 			Env: map[string]string{}, ExecutionTimeLimit: 60},
 			Signature: &Signature{SignatureType: "bittensor", Signatory: "s", TimestampNS: 1, Signature: "c2ln", SignatureScope: ScopeSignedFields}},
 		&V0CancelJobByFacilitator{UUID: "j"},
+		&V0ValidatorReport{Cycle: 3, At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Scores: json.RawMessage(`[{"miner":"m","score":1}]`)},
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/facilitator"
+	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/validator"
@@ -41,7 +42,13 @@ type Config struct {
 	Limits          blob.Limits
 	Refresh         time.Duration
 	ReapEvery       time.Duration
-	Log             *slog.Logger
+	// Synthetic configures the validator's rounds (Image defaults to the job
+	// image, Weights to <data-dir>/weights.jsonl).
+	Synthetic validator.SyntheticConfig
+	// Cheaters lists miners (by index) that claim more than they have: all
+	// their executors share one CPU.
+	Cheaters map[int]bool
+	Log      *slog.Logger
 }
 
 // Stack is a running dev horde.
@@ -52,6 +59,9 @@ type Stack struct {
 	Validator      *sig.Hotkey
 	Miners         []*sig.Hotkey
 	MinerAddrs     []string
+
+	validator *validator.Validator
+	started   chan struct{}
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -115,7 +125,13 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return nil, fmt.Errorf("devstack: the Docker Engine does not answer (is it running?): %w", err)
 	}
 	wallets := filepath.Join(cfg.DataDir, "wallets")
-	s := &Stack{DataDir: cfg.DataDir, errs: make(chan error, 8)}
+	s := &Stack{DataDir: cfg.DataDir, errs: make(chan error, 8), started: make(chan struct{})}
+	if cfg.Synthetic.Image == "" {
+		cfg.Synthetic.Image = images.JobImage
+	}
+	if cfg.Synthetic.Weights == nil {
+		cfg.Synthetic.Weights = chain.WeightsFile{Path: filepath.Join(cfg.DataDir, "weights.jsonl")}
+	}
 	if s.Client, err = LoadOrCreate(wallets, WalletClient); err != nil {
 		return nil, err
 	}
@@ -195,8 +211,15 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		}
 		execDir := filepath.Join(cfg.DataDir, fmt.Sprintf("miner%d-jobs", i))
 		mlog := cfg.Log.With("miner", i)
+		classes := miner.DefaultClasses()
+		if cfg.Cheaters[i] {
+			for name, c := range classes {
+				c.CPUSet = "0"
+				classes[name] = c
+			}
+		}
 		run(fmt.Sprintf("miner %d", i), func() error {
-			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: miner.DefaultClasses(),
+			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
 				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
 				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog},
 				Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
@@ -204,9 +227,20 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	run("validator", func() error {
 		return validator.Run(ctx, validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
-			Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log})
+			Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
+			Synthetic: cfg.Synthetic, Started: func(v *validator.Validator) { s.validator = v; close(s.started) }})
 	})
 	return s, nil
+}
+
+// Round runs one synthetic round on the validator now.
+func (s *Stack) Round(ctx context.Context) (*validator.Report, error) {
+	select {
+	case <-s.started:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.validator.Round(ctx)
 }
 
 func (s *Stack) fail() {

@@ -35,6 +35,8 @@ type ClassSpec struct {
 	NanoCPUs    int64
 	Pids        int64
 	GPUs        int // -1: all
+	// CPUSet pins the class's containers to these CPUs ("0", "0-3"); empty: any.
+	CPUSet string
 }
 
 // Config configures one executor run.

@@ -45,6 +45,7 @@ func ContainerConfig(req *protocol.V0JobRequest, class ClassSpec, p Paths, owner
 		CapDrop:        []string{"ALL"},
 		Memory:         class.MemoryBytes,
 		NanoCPUs:       class.NanoCPUs,
+		CpusetCpus:     class.CPUSet,
 	}
 	if class.MemoryBytes > 0 {
 		hc.MemorySwap = class.MemoryBytes // no swap beyond the limit

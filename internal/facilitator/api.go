@@ -310,3 +310,22 @@ func writeError(w http.ResponseWriter, err error) {
 	}
 	writeJSON(w, status, protocol.APIError{Error: err.Error(), Code: code})
 }
+
+// scores lists the latest report of each validator: per-miner scores,
+// weights and what they rest on.
+func (f *Facilitator) scores(w http.ResponseWriter, r *http.Request, _ *authedRequest) {
+	reps, err := f.cfg.Store.Reports(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := map[string]json.RawMessage{}
+	for v, b := range reps {
+		m, err := protocol.Decode(b)
+		if rep, ok := m.(*protocol.V0ValidatorReport); err == nil && ok {
+			body, _ := json.Marshal(protocol.ValidatorScores{Cycle: rep.Cycle, At: rep.At, Scores: rep.Scores})
+			out[v] = body
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}

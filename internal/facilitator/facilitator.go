@@ -9,8 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -21,11 +21,17 @@ import (
 	"github.com/horde-compute/horde/protocol"
 )
 
+// Store is what the facilitator keeps.
+type Store interface {
+	store.Jobs
+	store.Reports
+}
+
 // Config configures a facilitator.
 type Config struct {
 	Listener net.Listener
 	Listen   string
-	Store    store.Jobs
+	Store    Store
 	// AllowValidator decides which validator hotkeys may connect.
 	AllowValidator func(hotkey string) bool
 	// MaxSkew bounds the age of a client's request signature.
@@ -107,6 +113,7 @@ func (f *Facilitator) routes() http.Handler {
 	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/", f.authed(f.getJob))
 	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/cancel/", f.authed(f.cancelJob))
 	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(f.jobEvents))
+	mux.HandleFunc("GET "+protocol.RouteScores, f.authed(f.scores))
 	return mux
 }
 
@@ -159,6 +166,12 @@ func (f *Facilitator) serveValidator(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				f.log.Warn("status update refused", "job", m.UUID, "err", err)
 				resp = &protocol.Response{Status: "error", Errors: []protocol.ResponseError{{Msg: err.Error(), Type: "status_update"}}}
+			}
+			conn.Send(ctx, resp)
+		case *protocol.V0ValidatorReport:
+			resp := &protocol.Response{Status: "success"}
+			if b, err := protocol.Encode(m); err != nil || f.cfg.Store.PutReport(ctx, hotkey, b) != nil {
+				resp = &protocol.Response{Status: "error", Errors: []protocol.ResponseError{{Msg: "report not stored", Type: "report"}}}
 			}
 			conn.Send(ctx, resp)
 		case *protocol.V0Heartbeat, *protocol.V0MachineSpecsUpdate:

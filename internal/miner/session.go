@@ -382,14 +382,16 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveReceipts lists stored receipts as JSON lines: ?since=<unix seconds>&limit=N.
+// serveReceipts pages through the miner's countersigned receipts as JSON
+// lines of {"id", "receipt"}: ?after=ID (0 to start)&limit=N (≤ 10000). The
+// id of the last line is where the next page starts.
 func (m *Miner) serveReceipts(w http.ResponseWriter, r *http.Request) {
-	since, _ := strconv.ParseInt(r.URL.Query().Get("since"), 10, 64)
+	after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
 	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
 	if limit <= 0 || limit > 10000 {
 		limit = 1000
 	}
-	rs, err := m.cfg.Store.ReceiptsSince(r.Context(), time.Unix(since, 0), limit)
+	rs, err := m.cfg.Store.ReceiptsAfter(r.Context(), after, limit)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return

@@ -4,6 +4,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -20,9 +21,18 @@ var ErrDuplicate = errors.New("already exists")
 // Receipts keeps signed receipts (miner and validator).
 type Receipts interface {
 	PutReceipt(ctx context.Context, r receipt.Receipt) error
-	// ReceiptsSince returns receipts stored at or after t, oldest first.
-	ReceiptsSince(ctx context.Context, t time.Time, limit int) ([]receipt.Receipt, error)
+	// ReceiptsAfter pages through receipts in the order they were stored:
+	// those with an id above after, at most limit.
+	ReceiptsAfter(ctx context.Context, after int64, limit int) ([]StoredReceipt, error)
+	// ReceiptsStored returns receipts first stored within [from, to).
+	ReceiptsStored(ctx context.Context, from, to time.Time) ([]receipt.Receipt, error)
 	ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error)
+}
+
+// StoredReceipt is a receipt with its position in the store.
+type StoredReceipt struct {
+	ID      int64           `json:"id"`
+	Receipt receipt.Receipt `json:"receipt"`
 }
 
 // JobRecord is a job as the facilitator or validator keeps it.
@@ -67,4 +77,43 @@ type Outbox interface {
 	// PeekOutbox returns the oldest queued messages, in order.
 	PeekOutbox(ctx context.Context, limit int) ([]OutboxItem, error)
 	AckOutbox(ctx context.Context, id int64) error
+}
+
+// SyntheticResult is the verdict on one synthetic job.
+type SyntheticResult struct {
+	Cycle      int64     `json:"cycle"`
+	Miner      string    `json:"miner"`
+	Class      string    `json:"executor_class"`
+	JobUUID    string    `json:"job_uuid"`
+	Generator  string    `json:"generator"`
+	Passed     bool      `json:"passed"`
+	Reason     string    `json:"reason,omitempty"`
+	TookMS     int64     `json:"took_ms"`
+	ExpectedMS int64     `json:"expected_ms"`
+	At         time.Time `json:"at"`
+}
+
+// MinerScore is a miner's score and weight for one cycle, with what it rests on.
+type MinerScore struct {
+	Cycle   int64           `json:"cycle"`
+	Miner   string          `json:"miner"`
+	Score   float64         `json:"score"`
+	Weight  float64         `json:"weight"`
+	Details json.RawMessage `json:"details"`
+	At      time.Time       `json:"at"`
+}
+
+// Scores keeps the validator's synthetic verdicts and scores.
+type Scores interface {
+	PutSyntheticResult(ctx context.Context, r SyntheticResult) error
+	SyntheticResults(ctx context.Context, cycle int64) ([]SyntheticResult, error)
+	PutScores(ctx context.Context, scores []MinerScore) error
+	// LatestScores returns the scores of the last n cycles, newest cycle first.
+	LatestScores(ctx context.Context, n int) ([]MinerScore, error)
+}
+
+// Reports keeps the latest report each validator sent (facilitator).
+type Reports interface {
+	PutReport(ctx context.Context, validator string, body []byte) error
+	Reports(ctx context.Context) (map[string]json.RawMessage, error)
 }

@@ -17,8 +17,10 @@ type outcome struct {
 	status protocol.JobStatus
 	meta   *protocol.StatusMetadata
 	retry  bool // declined or lost before execution: another miner may try
-	took   time.Duration
-	start  time.Time
+	// excuses are the receipts a busy miner declined with.
+	excuses []json.RawMessage
+	took    time.Duration
+	start   time.Time
 }
 
 // drive runs a job to a terminal status, trying up to MaxAttempts miners. A
@@ -58,7 +60,7 @@ func (v *Validator) drive(ctx context.Context, uuid string, spec *protocol.JobSp
 		}
 		hk := mc.neuron.Hotkey
 		tried[hk] = true
-		o := v.attempt(ctx, mc, uuid, spec, organic)
+		o := v.attempt(ctx, mc, uuid, spec, organic, func(s protocol.JobStatus, m *protocol.StatusMetadata) { v.setStatus(ctx, uuid, s, m) })
 		if errors.Is(context.Cause(ctx), errCancelled) {
 			v.cancelled(ctx, uuid)
 			return
@@ -136,7 +138,10 @@ func hordeFail(reason protocol.HordeFailureReason, msg string, retry bool) outco
 
 // attempt offers the job to one miner and follows it through its stages. Each
 // stage has a deadline; time left from one stage carries into the next.
-func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, spec *protocol.JobSpec, organic bool) (o outcome) {
+// Progress is told of each stage a job reaches.
+type progress func(protocol.JobStatus, *protocol.StatusMetadata)
+
+func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, spec *protocol.JobSpec, organic bool, note progress) (o outcome) {
 	inbox, ok := mc.register(uuid, spec.ExecutorClass)
 	if !ok {
 		return hordeFail(protocol.HordeMinerConnectionFailed, "miner session is down", true)
@@ -244,11 +249,11 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 		return *f
 	}
 	if decline != nil {
-		return outcome{status: protocol.StatusRejected, retry: true, meta: &protocol.StatusMetadata{JobRejectionDetails: &protocol.RejectionDetails{
+		return outcome{status: protocol.StatusRejected, retry: true, excuses: decline.Receipts, meta: &protocol.StatusMetadata{JobRejectionDetails: &protocol.RejectionDetails{
 			RejectedBy: protocol.ByMiner, Reason: decline.Reason, Message: decline.Message}}}
 	}
 	stageStart = mark("reserve", stageStart)
-	v.setStatus(ctx, uuid, protocol.StatusAccepted, &protocol.StatusMetadata{MinerHotkey: miner})
+	note(protocol.StatusAccepted, &protocol.StatusMetadata{MinerHotkey: miner})
 	v.sendReceipt(ctx, mc, &receipt.AcceptedPayload{Base: receipt.Base{JobUUID: uuid, MinerHotkey: miner, ValidatorHotkey: me, Timestamp: receipt.At(time.Now())},
 		TimeAccepted: receipt.At(time.Now()), TTL: ttl})
 
@@ -258,7 +263,7 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 		return *f
 	}
 	stageStart = mark("startup", stageStart)
-	v.setStatus(ctx, uuid, protocol.StatusExecutorReady, nil)
+	note(protocol.StatusExecutorReady, nil)
 
 	// 4. download
 	jr := &protocol.V0JobRequest{JobUUID: uuid, ExecutorClass: spec.ExecutorClass, DockerImage: spec.DockerImage, DockerRunOptionsPreset: "none",
@@ -271,7 +276,7 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 		return *f
 	}
 	stageStart = mark("download", stageStart)
-	v.setStatus(ctx, uuid, protocol.StatusVolumesReady, nil)
+	note(protocol.StatusVolumesReady, nil)
 
 	// 5. execute
 	deadline = deadline.Add(time.Duration(spec.ExecutionTimeLimit) * time.Second)
@@ -279,7 +284,7 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 		return *f
 	}
 	stageStart = mark("execute", stageStart)
-	v.setStatus(ctx, uuid, protocol.StatusExecutionDone, nil)
+	note(protocol.StatusExecutionDone, nil)
 
 	// 6–7. upload and finish
 	deadline = deadline.Add(time.Duration(spec.UploadTimeLimit) * time.Second)

@@ -166,6 +166,17 @@ func (mc *minerClient) free(class string) int {
 	return mc.manifest[class] - mc.inflight[class]
 }
 
+// manifestCopy returns the miner's latest manifest.
+func (mc *minerClient) manifestCopy() map[string]int {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	out := make(map[string]int, len(mc.manifest))
+	for k, n := range mc.manifest {
+		out[k] = n
+	}
+	return out
+}
+
 // offers reports whether the miner's manifest has executors of class.
 func (mc *minerClient) offers(class string) bool {
 	mc.mu.Lock()

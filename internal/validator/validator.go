@@ -15,6 +15,7 @@ import (
 
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/synthetic"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
 )
@@ -24,6 +25,7 @@ type Store interface {
 	store.Jobs
 	store.Receipts
 	store.Outbox
+	store.Scores
 }
 
 // Timing holds the validator's stage deadlines (upstream defaults).
@@ -59,7 +61,11 @@ type Config struct {
 	AllowPull bool
 	// MaxJobAge refuses client signatures older than this (replays).
 	MaxJobAge time.Duration
-	Log       *slog.Logger
+	// Synthetic configures synthetic rounds, scores and weights.
+	Synthetic SyntheticConfig
+	// Started, if set, is called with the running validator (to run rounds on demand).
+	Started func(*Validator)
+	Log     *slog.Logger
 }
 
 // Validate checks the config, naming the bad field.
@@ -89,6 +95,11 @@ type Validator struct {
 	cancel map[string]context.CancelCauseFunc // running jobs
 
 	out *outbox
+
+	roundMu       sync.Mutex // one round at a time
+	rounds        int64
+	lastCycle     time.Time // end of the last scored cycle
+	receiptCursor map[string]int64 // by miner: last receipt id fetched
 }
 
 // Run serves until ctx ends.
@@ -114,15 +125,27 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.MaxJobAge == 0 {
 		cfg.MaxJobAge = 10 * time.Minute
 	}
+	if cfg.Synthetic.Params == nil {
+		cfg.Synthetic.Params = synthetic.DefaultParams()
+	}
+	if len(cfg.Synthetic.Generators) == 0 {
+		cfg.Synthetic.Generators = synthetic.Generators()
+	}
 	v := &Validator{cfg: cfg, log: cfg.Log.With("role", "validator"), life: ctx,
-		miners: map[string]*minerClient{}, cancel: map[string]context.CancelCauseFunc{}}
+		miners: map[string]*minerClient{}, cancel: map[string]context.CancelCauseFunc{}, receiptCursor: map[string]int64{}, lastCycle: time.Now()}
 	v.out = newOutbox(cfg.Store, v.log)
 	v.recover(ctx)
 	v.wg.Go(func() { v.refreshLoop(ctx) })
+	if cfg.Synthetic.Every > 0 {
+		v.wg.Go(func() { v.roundLoop(ctx) })
+	}
 	if cfg.FacilitatorURL != "" {
 		v.wg.Go(func() { v.facilitatorLoop(ctx) })
 	}
 	v.log.Info("validator running", "hotkey", cfg.Hotkey.SS58())
+	if cfg.Started != nil {
+		cfg.Started(v)
+	}
 	<-ctx.Done()
 	v.wg.Wait()
 	return nil

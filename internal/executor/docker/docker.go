@@ -227,6 +227,7 @@ type HostConfig struct {
 	Memory         int64             `json:",omitempty"`
 	MemorySwap     int64             `json:",omitempty"`
 	NanoCPUs       int64             `json:"NanoCpus,omitempty"`
+	CpusetCpus     string            `json:",omitempty"`
 	PidsLimit      *int64            `json:",omitempty"`
 	ReadonlyRootfs bool              `json:",omitempty"`
 	SecurityOpt    []string          `json:",omitempty"`

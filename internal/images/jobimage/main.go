@@ -9,6 +9,8 @@
 //	                          exit 7 if there is none (the expected case)
 //	jobimage write NAME BYTES write an output file of BYTES bytes
 //	jobimage env NAME         print an environment variable
+//	jobimage search SALT HASH SPACE   find the secret of a synthetic search job
+//	jobimage matmul SEED N            multiply two seeded n×n matrices into /artifacts
 package main
 
 import (
@@ -23,6 +25,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/horde-compute/horde/internal/synthetic"
 )
 
 func main() {
@@ -62,6 +66,23 @@ func main() {
 		fmt.Println("wrote", n)
 	case "env":
 		fmt.Println(os.Getenv(arg(args, 1)))
+	case "search":
+		space, _ := strconv.ParseUint(arg(args, 3), 10, 64)
+		secret, ok := synthetic.FindSecret(arg(args, 1), arg(args, 2), space)
+		if !ok {
+			fmt.Fprintln(os.Stderr, "no secret in the search space")
+			os.Exit(1)
+		}
+		fmt.Println(secret)
+	case "matmul":
+		seed, _ := strconv.ParseUint(arg(args, 1), 10, 64)
+		n, _ := strconv.Atoi(arg(args, 2))
+		c := synthetic.Multiply(synthetic.Inputs(seed, n))
+		if err := synthetic.WriteChunks("/artifacts", c.Encode()); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Printf("multiplied %dx%d\n", n, n)
 	default:
 		fmt.Fprintf(os.Stderr, "unknown mode %q\n", args[0])
 		os.Exit(2)

@@ -33,6 +33,8 @@ var (
 	_ store.Jobs     = (*DB)(nil)
 	_ store.Receipts = (*DB)(nil)
 	_ store.Outbox   = (*DB)(nil)
+	_ store.Scores   = (*DB)(nil)
+	_ store.Reports  = (*DB)(nil)
 )
 
 // Open opens (creating) the database at path and applies migrations.
@@ -302,9 +304,29 @@ func (d *DB) queryReceipts(ctx context.Context, q string, args ...any) ([]receip
 	return out, rows.Err()
 }
 
-// ReceiptsSince implements store.Receipts.
-func (d *DB) ReceiptsSince(ctx context.Context, t time.Time, limit int) ([]receipt.Receipt, error) {
-	return d.queryReceipts(ctx, `SELECT receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE stored_at >= ? ORDER BY id LIMIT ?`, t.UnixMicro(), limit)
+// ReceiptsAfter implements store.Receipts.
+func (d *DB) ReceiptsAfter(ctx context.Context, after int64, limit int) ([]store.StoredReceipt, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.StoredReceipt
+	for rows.Next() {
+		var sr store.StoredReceipt
+		var payload string
+		if err := rows.Scan(&sr.ID, &sr.Receipt.Type, &payload, &sr.Receipt.ValidatorSignature, &sr.Receipt.MinerSignature); err != nil {
+			return nil, err
+		}
+		sr.Receipt.Payload = json.RawMessage(payload)
+		out = append(out, sr)
+	}
+	return out, rows.Err()
+}
+
+// ReceiptsStored implements store.Receipts.
+func (d *DB) ReceiptsStored(ctx context.Context, from, to time.Time) ([]receipt.Receipt, error) {
+	return d.queryReceipts(ctx, `SELECT receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE stored_at >= ? AND stored_at < ? ORDER BY id`, from.UnixMicro(), to.UnixMicro())
 }
 
 // ReceiptsForJob implements store.Receipts.
@@ -345,4 +367,98 @@ func (d *DB) PeekOutbox(ctx context.Context, limit int) ([]store.OutboxItem, err
 func (d *DB) AckOutbox(ctx context.Context, id int64) error {
 	_, err := d.db.ExecContext(ctx, `DELETE FROM outbox WHERE id = ?`, id)
 	return err
+}
+
+// PutSyntheticResult implements store.Scores.
+func (d *DB) PutSyntheticResult(ctx context.Context, r store.SyntheticResult) error {
+	_, err := d.db.ExecContext(ctx, `INSERT INTO synthetic_results (cycle, miner, class, job_uuid, generator, passed, reason, took_ms, expected_ms, at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.Cycle, r.Miner, r.Class, r.JobUUID, r.Generator, r.Passed, r.Reason, r.TookMS, r.ExpectedMS, r.At.UnixMicro())
+	if err != nil {
+		return fmt.Errorf("put synthetic result: %w", err)
+	}
+	return nil
+}
+
+// SyntheticResults implements store.Scores.
+func (d *DB) SyntheticResults(ctx context.Context, cycle int64) ([]store.SyntheticResult, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT cycle, miner, class, job_uuid, generator, passed, reason, took_ms, expected_ms, at
+		FROM synthetic_results WHERE cycle = ? ORDER BY miner, class, id`, cycle)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.SyntheticResult
+	for rows.Next() {
+		var r store.SyntheticResult
+		var at int64
+		if err := rows.Scan(&r.Cycle, &r.Miner, &r.Class, &r.JobUUID, &r.Generator, &r.Passed, &r.Reason, &r.TookMS, &r.ExpectedMS, &at); err != nil {
+			return nil, err
+		}
+		r.At = time.UnixMicro(at).UTC()
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// PutScores implements store.Scores.
+func (d *DB) PutScores(ctx context.Context, scores []store.MinerScore) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, s := range scores {
+		if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO scores (cycle, miner, score, weight, details, at) VALUES (?, ?, ?, ?, ?, ?)`,
+			s.Cycle, s.Miner, s.Score, s.Weight, string(s.Details), s.At.UnixMicro()); err != nil {
+			return fmt.Errorf("put scores: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+// LatestScores implements store.Scores.
+func (d *DB) LatestScores(ctx context.Context, n int) ([]store.MinerScore, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT cycle, miner, score, weight, details, at FROM scores
+		WHERE cycle IN (SELECT DISTINCT cycle FROM scores ORDER BY cycle DESC LIMIT ?) ORDER BY cycle DESC, weight DESC, miner`, n)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.MinerScore
+	for rows.Next() {
+		var s store.MinerScore
+		var details string
+		var at int64
+		if err := rows.Scan(&s.Cycle, &s.Miner, &s.Score, &s.Weight, &details, &at); err != nil {
+			return nil, err
+		}
+		s.Details, s.At = json.RawMessage(details), time.UnixMicro(at).UTC()
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+// PutReport implements store.Reports.
+func (d *DB) PutReport(ctx context.Context, validator string, body []byte) error {
+	_, err := d.db.ExecContext(ctx, `INSERT OR REPLACE INTO validator_reports (validator, body, updated_at) VALUES (?, ?, ?)`,
+		validator, string(body), time.Now().UnixMicro())
+	return err
+}
+
+// Reports implements store.Reports.
+func (d *DB) Reports(ctx context.Context) (map[string]json.RawMessage, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT validator, body FROM validator_reports`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]json.RawMessage{}
+	for rows.Next() {
+		var v, body string
+		if err := rows.Scan(&v, &body); err != nil {
+			return nil, err
+		}
+		out[v] = json.RawMessage(body)
+	}
+	return out, rows.Err()
 }

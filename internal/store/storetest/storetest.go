@@ -16,6 +16,8 @@ type Store interface {
 	store.Jobs
 	store.Receipts
 	store.Outbox
+	store.Scores
+	store.Reports
 }
 
 // Run runs the suite against stores made by open (a fresh, empty one per call).
@@ -23,6 +25,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 	t.Run("jobs", func(t *testing.T) { testJobs(t, open(t)) })
 	t.Run("receipts", func(t *testing.T) { testReceipts(t, open(t)) })
 	t.Run("outbox", func(t *testing.T) { testOutbox(t, open(t)) })
+	t.Run("scores", func(t *testing.T) { testScores(t, open(t)) })
 }
 
 func testJobs(t *testing.T, s Store) {
@@ -90,9 +93,16 @@ func testReceipts(t *testing.T, s Store) {
 	if err != nil || len(got) != 1 || got[0].MinerSignature != "0xbb" {
 		t.Fatalf("receipts = %+v, %v", got, err)
 	}
-	got, err = s.ReceiptsSince(ctx, since, 10)
-	if err != nil || len(got) != 1 {
-		t.Errorf("since = %d, %v", len(got), err)
+	stored, err := s.ReceiptsStored(ctx, since, time.Now().Add(time.Second))
+	if err != nil || len(stored) != 1 {
+		t.Errorf("stored = %d, %v", len(stored), err)
+	}
+	page, err := s.ReceiptsAfter(ctx, 0, 10)
+	if err != nil || len(page) != 1 || page[0].ID == 0 {
+		t.Fatalf("after 0 = %+v, %v", page, err)
+	}
+	if rest, _ := s.ReceiptsAfter(ctx, page[0].ID, 10); len(rest) != 0 {
+		t.Errorf("after last = %d", len(rest))
 	}
 }
 
@@ -113,5 +123,37 @@ func testOutbox(t *testing.T, s Store) {
 	items, _ = s.PeekOutbox(ctx, 10)
 	if len(items) != 2 || string(items[0].Message) != "b" {
 		t.Errorf("after ack = %+v", items)
+	}
+}
+
+func testScores(t *testing.T, s Store) {
+	ctx := t.Context()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	for i, passed := range []bool{true, false} {
+		r := store.SyntheticResult{Cycle: 7, Miner: "m", Class: "c", JobUUID: string(rune('a' + i)), Generator: "g", Passed: passed, Reason: "r", TookMS: 5, ExpectedMS: 9, At: now}
+		if err := s.PutSyntheticResult(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs, err := s.SyntheticResults(ctx, 7)
+	if err != nil || len(rs) != 2 || !rs[0].Passed || rs[1].Passed || !rs[0].At.Equal(now) {
+		t.Errorf("results = %+v, %v", rs, err)
+	}
+	for cycle := int64(1); cycle <= 3; cycle++ {
+		if err := s.PutScores(ctx, []store.MinerScore{{Cycle: cycle, Miner: "a", Score: 1, Weight: 0.25, Details: []byte(`{}`), At: now},
+			{Cycle: cycle, Miner: "b", Score: 3, Weight: 0.75, Details: []byte(`{"x":1}`), At: now}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.LatestScores(ctx, 2)
+	if err != nil || len(got) != 4 || got[0].Cycle != 3 || got[0].Miner != "b" || got[3].Cycle != 2 {
+		t.Errorf("latest = %+v, %v", got, err)
+	}
+	if err := s.PutReport(ctx, "v", []byte(`{"a":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	reps, err := s.Reports(ctx)
+	if err != nil || string(reps["v"]) != `{"a":1}` {
+		t.Errorf("reports = %v, %v", reps, err)
 	}
 }

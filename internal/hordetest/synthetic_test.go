@@ -1,0 +1,155 @@
+package hordetest
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/devstack"
+	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/synthetic"
+	"github.com/horde-compute/horde/internal/validator"
+	"github.com/horde-compute/horde/protocol"
+)
+
+func details(t *testing.T, raw json.RawMessage) validator.ScoreDetails {
+	var d validator.ScoreDetails
+	if err := json.Unmarshal(raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// One round against an honest miner and one whose two claimed executors
+// share one CPU: the cheater is too slow on every job and scores zero; the
+// honest miner takes all the weight, its organic job counted too.
+func TestSyntheticRoundCatchesSharedHardware(t *testing.T) {
+	params := synthetic.Calibrate(800 * time.Millisecond)
+	h := Start(t, devstack.Config{Miners: 2, Cheaters: map[int]bool{1: true},
+		Synthetic: validator.SyntheticConfig{Params: map[string]synthetic.Params{protocol.ClassTest: params},
+			Generators: []synthetic.Generator{synthetic.Matmul{}, synthetic.Search{}}, Sequential: true}})
+	organic := h.Run(t, Spec("echo", "organic"))
+	rep, err := h.Round(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	honest, cheater := h.Miners[0].SS58(), h.Miners[1].SS58()
+	if len(rep.Results) != 4 {
+		t.Fatalf("%d synthetic jobs, want 4 (2 claimed executors × 2 miners)", len(rep.Results))
+	}
+	byMiner := map[string]float64{}
+	for _, s := range rep.Scores {
+		byMiner[s.Miner] = s.Weight
+		d := details(t, s.Details)
+		cr := d.Classes[protocol.ClassTest]
+		t.Logf("%s weight %.3f score %.3f classes %+v receipts %d", s.Miner[:8], s.Weight, s.Score, *cr, len(d.Receipts))
+		switch s.Miner {
+		case honest:
+			if cr.Passed != 2 || !cr.Gate || s.Weight != 1 {
+				t.Errorf("honest miner: %+v weight %v", cr, s.Weight)
+			}
+			if served := Last(organic).Metadata.MinerHotkey; served == honest && !strings.Contains(strings.Join(d.Receipts, " "), organic.UUID) {
+				t.Errorf("honest miner's organic job not counted: %v", d.Receipts)
+			}
+		case cheater:
+			if cr.Gate || s.Score != 0 || s.Weight != 0 || !strings.Contains(strings.Join(cr.Reasons, ";"), "too slow") || len(d.Receipts) != 0 {
+				t.Errorf("cheater: %+v score %v weight %v receipts %v", cr, s.Score, s.Weight, d.Receipts)
+			}
+		}
+	}
+	if len(byMiner) != 2 {
+		t.Errorf("scores for %d miners", len(byMiner))
+	}
+	// The facilitator shows the same scores to clients.
+	reports, err := h.Client.Scores(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(reports) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		reports, _ = h.Client.Scores(t.Context())
+	}
+	rv, ok := reports[h.Validator.SS58()]
+	if !ok || rv.Cycle != rep.Cycle {
+		t.Fatalf("facilitator reports = %v", reports)
+	}
+}
+
+// Misbehaving miners are each scored correctly with a reason, and none
+// stops the round for the others.
+func TestSyntheticRoundBadMiners(t *testing.T) {
+	params := synthetic.Params{SearchSpace: 5000, MatrixN: 24, Expected: 2 * time.Second, Weight: 1}
+	two := map[string]int{protocol.ClassTest: 2}
+	fakes := map[string]*FakeMiner{
+		"honest":  {Mode: "honest", Manifest: two},
+		"wrong":   {Mode: "wrong", Manifest: two},
+		"slow":    {Mode: "slow", Delay: 3 * time.Second, Manifest: two},
+		"silent":  {Mode: "silent", Manifest: two},
+		"busy":    {Mode: "busy", Manifest: two},
+		"forger":  {Mode: "honest", Receipts: "forge", Manifest: two},
+		"alterer": {Mode: "honest", Receipts: "alter", Manifest: two},
+		"replay":  {Mode: "honest", Receipts: "replay", Manifest: two},
+	}
+	var neurons []chain.Neuron
+	name := map[string]string{}
+	for n, f := range fakes {
+		StartFakeMiner(t, f)
+		neurons = append(neurons, f.Neuron)
+		name[f.Hotkey.SS58()] = n
+	}
+	// The real miner offers a class the round does not test, so it takes no part.
+	h := Start(t, devstack.Config{ExtraNeurons: neurons, Manifest: map[string]int{protocol.ClassCPU8c16gb: 1},
+		Synthetic: validator.SyntheticConfig{Params: map[string]synthetic.Params{protocol.ClassTest: params},
+			Generators: []synthetic.Generator{synthetic.Search{}, synthetic.Matmul{}}}})
+	rep, err := h.Round(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]store.MinerScore{}
+	for _, s := range rep.Scores {
+		if n, ok := name[s.Miner]; ok {
+			got[n] = s
+		}
+	}
+	want := map[string]struct {
+		passed int
+		reason string
+		scored bool
+	}{
+		"honest":  {2, "", true},
+		"wrong":   {0, "wrong answer", false},
+		"slow":    {0, "too slow", false},
+		"silent":  {0, "executor_readiness_response_timed_out", false},
+		"busy":    {0, "declined as busy without valid excuses", false},
+		"forger":  {2, "", false},
+		"alterer": {2, "", false},
+		"replay":  {2, "", true},
+	}
+	for n, w := range want {
+		s, ok := got[n]
+		if !ok {
+			t.Errorf("%s: no score", n)
+			continue
+		}
+		d := details(t, s.Details)
+		cr := d.Classes[protocol.ClassTest]
+		if cr == nil || cr.Passed != w.passed || (w.reason != "" && !strings.Contains(strings.Join(cr.Reasons, ";"), w.reason)) {
+			t.Errorf("%s: class result %+v, want %d passed and a reason with %q", n, cr, w.passed, w.reason)
+		}
+		if (s.Score > 0) != w.scored {
+			t.Errorf("%s: score %v (receipts %v, refused %v)", n, s.Score, d.Receipts, d.RejectedReceipts)
+		}
+	}
+	// Forged and altered receipts are refused with the reason; replays count once.
+	for n, reason := range map[string]string{"forger": "signature", "alterer": "signature"} {
+		if d := details(t, got[n].Details); !strings.Contains(strings.Join(d.RejectedReceipts, ";"), reason) {
+			t.Errorf("%s: refused receipts %v", n, d.RejectedReceipts)
+		}
+	}
+	if h, r := got["honest"], got["replay"]; len(details(t, r.Details).Receipts) != len(details(t, h.Details).Receipts) {
+		t.Errorf("replayed receipts counted %d times, honest %d", len(details(t, r.Details).Receipts), len(details(t, h.Details).Receipts))
+	}
+}

@@ -98,7 +98,7 @@ type Validator struct {
 
 	roundMu       sync.Mutex // one round at a time
 	rounds        int64
-	lastCycle     time.Time // end of the last scored cycle
+	lastCycle     time.Time        // end of the last scored cycle
 	receiptCursor map[string]int64 // by miner: last receipt id fetched
 }
 

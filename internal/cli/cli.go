@@ -39,6 +39,7 @@ Usage: horde <command> [flags]
 Roles:
   facilitator   serve the client API and dispatch jobs to validators
   validator     route jobs to miners, check them, sign receipts
+  validator scores   per-miner results of the last synthetic rounds
   miner         offer executors to validators
   executor      run one job (started by a miner)
 
@@ -79,6 +80,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "facilitator":
 		return e.facilitator(rest)
 	case "validator":
+		if len(rest) > 0 && rest[0] == "scores" {
+			return e.validatorScores(rest[1:])
+		}
 		return e.validator(rest)
 	case "miner":
 		return e.miner(rest)

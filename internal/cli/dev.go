@@ -15,20 +15,26 @@ import (
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/synthetic"
+	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/protocol"
 )
 
 type devFlags struct {
 	dataDir, listen, manifest string
-	miners                    int
+	miners, cheater           int
+	cycle, jobTime            time.Duration
 }
 
-func (d *devFlags) register(e *env, name, dataDir, listen string) *flag.FlagSet {
+func (d *devFlags) register(e *env, name, dataDir, listen string, miners, cheater int, cycle time.Duration) *flag.FlagSet {
 	fs := e.flags(name)
 	fs.StringVar(&d.dataDir, "data-dir", dataDir, "directory for wallets, SQLite stores, job files and logs")
 	fs.StringVar(&d.listen, "listen", listen, "facilitator address")
 	fs.StringVar(&d.manifest, "manifest", "always_on.test=2", "each miner's executors: CLASS=COUNT,…")
-	fs.IntVar(&d.miners, "miners", 1, "number of miners")
+	fs.IntVar(&d.miners, "miners", miners, "number of miners")
+	fs.IntVar(&d.cheater, "cheater", cheater, "index of a miner that cheats: its executors share one CPU (-1: none)")
+	fs.DurationVar(&d.cycle, "cycle", cycle, "synthetic round cycle (0: rounds only on demand)")
+	fs.DurationVar(&d.jobTime, "synthetic-job-time", time.Second, "how long a synthetic job takes on one core of this machine")
 	return fs
 }
 
@@ -60,8 +66,16 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 		return nil, nil, nil, err
 	}
 	fmt.Fprintf(e.stderr, "done in %.1fs\n", time.Since(t).Seconds())
-	s, err := devstack.Start(e.ctx, devstack.Config{DataDir: d.dataDir, Miners: d.miners, Manifest: man, FacilitatorAddr: d.listen,
-		Log: slog.New(slog.NewTextHandler(logFile, nil))})
+	params := synthetic.Calibrate(d.jobTime)
+	cfg := devstack.Config{DataDir: d.dataDir, Miners: d.miners, Manifest: man, FacilitatorAddr: d.listen,
+		Log: slog.New(slog.NewTextHandler(logFile, nil)),
+		// Every miner here shares this machine: test them one after another.
+		Synthetic: validator.SyntheticConfig{Every: d.cycle, Sequential: true,
+			Params: map[string]synthetic.Params{protocol.ClassTest: params}}}
+	if d.cheater >= 0 && d.cheater < d.miners {
+		cfg.Cheaters = map[int]bool{d.cheater: true}
+	}
+	s, err := devstack.Start(e.ctx, cfg)
 	if err != nil {
 		logFile.Close()
 		return nil, nil, nil, err
@@ -93,7 +107,7 @@ func short(ss58 string) string {
 
 func (e *env) dev(args []string) error {
 	var d devFlags
-	p := d.register(e, "dev", filepath.Join(".horde", "dev"), "127.0.0.1:9000")
+	p := d.register(e, "dev", filepath.Join(".horde", "dev"), "127.0.0.1:9000", 1, -1, time.Minute)
 	if err := e.parse(p, args); err != nil {
 		return err
 	}
@@ -124,7 +138,7 @@ Press Ctrl-C to stop.
 
 func (e *env) devDemo(args []string) error {
 	var d devFlags
-	p := d.register(e, "dev demo", filepath.Join(".horde", "demo"), "127.0.0.1:0")
+	p := d.register(e, "dev demo", filepath.Join(".horde", "demo"), "127.0.0.1:0", 2, 1, 0)
 	if err := e.parse(p, args); err != nil {
 		return err
 	}
@@ -170,6 +184,30 @@ func (e *env) devDemo(args []string) error {
 	}
 	if b, ok := objects.Get("outputs/" + run + "/result.json"); ok {
 		fmt.Fprintf(e.stdout, "── result.json ──\n%s\n", b)
+	}
+
+	// A synthetic round: every claimed executor gets a job whose answer the
+	// validator can check; one miner claims two executors but has one CPU.
+	fmt.Fprintf(e.stderr, "running a synthetic round against %d miners", len(s.Miners))
+	if d.cheater >= 0 && d.cheater < len(s.Miners) {
+		fmt.Fprintf(e.stderr, " (miner %s cheats: its executors share one CPU)", short(s.Miners[d.cheater].SS58()))
+	}
+	fmt.Fprintln(e.stderr, "…")
+	rep, err := s.Round(e.ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "\nsynthetic round: %d jobs in %.1fs", len(rep.Results), rep.Took.Seconds())
+	printScores(e.stdout, rep.Scores)
+	if d.cheater >= 0 && d.cheater < len(s.Miners) {
+		for _, sc := range rep.Scores {
+			if sc.Miner == s.Miners[d.cheater].SS58() {
+				if sc.Score != 0 {
+					return fmt.Errorf("the cheating miner scored %.3f; it should score zero", sc.Score)
+				}
+				fmt.Fprintf(e.stdout, "\nthe cheating miner %s scored zero.\n", short(sc.Miner))
+			}
+		}
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/facilitator"
+	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/validator"
@@ -67,9 +68,22 @@ func (e *env) validator(args []string) error {
 	allowPull := fs.Bool("allow-pull", false, "let executors pull images that are not present")
 	attempts := fs.Int("max-attempts", 3, "miners one job is offered to at most")
 	refresh := fs.Duration("refresh", time.Minute, "metagraph refresh interval")
+	cycle := fs.Duration("cycle", 10*time.Minute, "synthetic round and weight-setting cycle (0: no rounds)")
+	image := fs.String("synthetic-image", images.JobImage, "image of synthetic jobs (must be present on executors)")
+	weightsFile := fs.String("weights-file", "weights.jsonl", "where weights are written when no Pylon is given")
+	pylon := fs.String("pylon-url", "", "Pylon service for metagraph and weights (instead of the files)")
+	pylonToken := fs.String("pylon-token", "", "Pylon bearer token")
+	pylonIdentity := fs.String("pylon-identity", "", "Pylon identity name")
+	netuid := fs.Int("netuid", 12, "subnet")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parse(fs, args); err != nil {
 		return err
+	}
+	var meta chain.Source = chain.File{Path: *metagraph}
+	var weights chain.WeightSetter = chain.WeightsFile{Path: *weightsFile}
+	if *pylon != "" {
+		p := &chain.Pylon{BaseURL: *pylon, Token: *pylonToken, Identity: *pylonIdentity, NetUID: *netuid}
+		meta, weights = p, p
 	}
 	k, err := w.load()
 	if err != nil {
@@ -84,8 +98,9 @@ func (e *env) validator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, Metagraph: chain.File{Path: *metagraph},
-		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log})
+	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, Metagraph: meta,
+		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log,
+		Synthetic: validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights}})
 }
 
 // parseManifest reads "class=count,class=count".

@@ -1,0 +1,114 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/validator"
+)
+
+func (e *env) validatorScores(args []string) error {
+	fs := e.flags("validator scores")
+	db := fs.String("db", "validator.db", "the validator's SQLite database file")
+	rounds := fs.Int("rounds", 3, "how many of the last rounds")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	st, err := sqlite.Open(e.ctx, *db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	scores, err := st.LatestScores(e.ctx, *rounds)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(e.stdout).Encode(scores)
+	}
+	if len(scores) == 0 {
+		fmt.Fprintln(e.stdout, "no rounds yet")
+		return nil
+	}
+	printScores(e.stdout, scores)
+	return nil
+}
+
+// printScores prints rounds as tables: per miner and class, what was claimed,
+// sent, passed and failed (with reasons), time against the allowance, and
+// the resulting score and weight.
+func printScores(w io.Writer, scores []store.MinerScore) {
+	var cycle int64 = -1
+	for _, s := range scores {
+		if s.Cycle != cycle {
+			cycle = s.Cycle
+			fmt.Fprintf(w, "\nround of %s (cycle %d)\n", s.At.Local().Format("2006-01-02 15:04:05"), s.Cycle)
+			fmt.Fprintf(w, "  %-50s %-16s %7s %4s %6s %6s %9s %9s %9s %7s\n", "MINER", "CLASS", "CLAIMED", "SENT", "PASSED", "FAILED", "TOOK", "ALLOWED", "SCORE", "WEIGHT")
+		}
+		var d validator.ScoreDetails
+		json.Unmarshal(s.Details, &d)
+		classes := make([]string, 0, len(d.Classes))
+		for c := range d.Classes {
+			classes = append(classes, c)
+		}
+		sort.Strings(classes)
+		if len(classes) == 0 {
+			note := d.Note
+			if note == "" {
+				note = "no classes tested"
+			}
+			fmt.Fprintf(w, "  %-50s %-16s %s; score %.3f, weight %.3f\n", s.Miner, "-", note, s.Score, s.Weight)
+			continue
+		}
+		for i, c := range classes {
+			cr := d.Classes[c]
+			score, weight := "", ""
+			if i == 0 {
+				score, weight = fmt.Sprintf("%.3f", s.Score), fmt.Sprintf("%.3f", s.Weight)
+			}
+			fmt.Fprintf(w, "  %-50s %-16s %7d %4d %6d %6d %8.2fs %8.2fs %9s %7s\n", s.Miner, c, cr.Claimed, cr.Sent, cr.Passed, cr.Failed,
+				float64(cr.MaxTookMS)/1000, float64(cr.ExpectedMS)/1000, score, weight)
+			for _, r := range dedupe(cr.Reasons) {
+				fmt.Fprintf(w, "      ✗ %s\n", r)
+			}
+		}
+		if len(d.Receipts) > 0 {
+			fmt.Fprintf(w, "      %d receipts counted (%v executor-seconds)\n", len(d.Receipts), roundMap(d.ExecutorSeconds))
+		}
+		for _, r := range dedupe(d.RejectedReceipts) {
+			fmt.Fprintf(w, "      receipt refused: %s\n", r)
+		}
+	}
+}
+
+func dedupe(xs []string) []string {
+	seen := map[string]int{}
+	var out []string
+	for _, x := range xs {
+		if seen[x] == 0 {
+			out = append(out, x)
+		}
+		seen[x]++
+	}
+	for i, x := range out {
+		if n := seen[x]; n > 1 {
+			out[i] = fmt.Sprintf("%s (×%d)", x, n)
+		}
+	}
+	return out
+}
+
+func roundMap(m map[string]float64) string {
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, fmt.Sprintf("%s: %.2f", k, v))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}

@@ -80,3 +80,22 @@ func TestSignVerify(t *testing.T) {
 		t.Errorf("altered ttl: err = %v", err)
 	}
 }
+
+// BenchmarkVerify measures how many stored receipts (validator and miner
+// signatures, sr25519) one core verifies per second.
+func BenchmarkVerify(b *testing.B) {
+	v, _ := sig.FromSeed(sig.RandomSeed())
+	m, _ := sig.FromSeed(sig.RandomSeed())
+	p := &FinishedPayload{Base: Base{JobUUID: "j", MinerHotkey: m.SS58(), ValidatorHotkey: v.SS58(), Timestamp: At(time.Now())},
+		TimeStarted: At(time.Now()), TimeTookUS: 1000, ScoreStr: "1"}
+	vs, _ := Sign(v, p)
+	r, _ := New(p, vs)
+	r.MinerSignature, _ = Sign(m, p)
+	start := time.Now()
+	for b.Loop() {
+		if err := r.Verify(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "receipts/s")
+}

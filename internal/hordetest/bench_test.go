@@ -3,15 +3,19 @@ package hordetest
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/miner"
+	"github.com/horde-compute/horde/internal/synthetic"
+	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/protocol"
 )
 
@@ -93,3 +97,42 @@ func benchJobs(b *testing.B, clients int) {
 
 func BenchmarkJobSequential(b *testing.B)  { benchJobs(b, 1) }
 func BenchmarkJobConcurrent8(b *testing.B) { benchJobs(b, 8) }
+
+// BenchmarkRound100Miners runs synthetic rounds against 100 simulated miners
+// (in-process fake executors that compute the answers) with 2 executors each,
+// and reports the round's wall time beyond the jobs' own work.
+func BenchmarkRound100Miners(b *testing.B) {
+	params := synthetic.Params{SearchSpace: 2000, MatrixN: 32, Expected: 10 * time.Second, Weight: 1}
+	var neurons []chain.Neuron
+	for range 100 {
+		f := StartFakeMiner(b, &FakeMiner{Mode: "honest", Manifest: map[string]int{protocol.ClassTest: 2}})
+		neurons = append(neurons, f.Neuron)
+	}
+	h := Start(b, devstack.Config{ExtraNeurons: neurons, Manifest: map[string]int{protocol.ClassCPU8c16gb: 1},
+		Log: slog.New(slog.DiscardHandler),
+		Synthetic: validator.SyntheticConfig{Params: map[string]synthetic.Params{protocol.ClassTest: params},
+			Generators: []synthetic.Generator{synthetic.Matmul{}}}})
+	// The jobs' own work: what one fake executor spends on one answer.
+	start := time.Now()
+	answer([]string{"matmul", "1", "32"})
+	work := time.Since(start)
+	var total time.Duration
+	b.ResetTimer()
+	for range b.N {
+		rep, err := h.Round(b.Context())
+		if err != nil {
+			b.Fatal(err)
+		}
+		passed := 0
+		for _, r := range rep.Results {
+			if r.Passed {
+				passed++
+			}
+		}
+		if len(rep.Results) != 200 || passed != 200 {
+			b.Fatalf("%d jobs, %d passed", len(rep.Results), passed)
+		}
+		total += rep.Took
+	}
+	b.ReportMetric(float64((total/time.Duration(b.N))-work)/float64(time.Millisecond), "round-beyond-jobs-ms")
+}

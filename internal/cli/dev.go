@@ -66,7 +66,10 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 		return nil, nil, nil, err
 	}
 	fmt.Fprintf(e.stderr, "done in %.1fs\n", time.Since(t).Seconds())
-	params := synthetic.Calibrate(d.jobTime)
+	params, err := devstack.Calibrate(e.ctx, dock, d.jobTime)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("calibrate synthetic jobs: %w", err)
+	}
 	cfg := devstack.Config{DataDir: d.dataDir, Miners: d.miners, Manifest: man, FacilitatorAddr: d.listen,
 		Log: slog.New(slog.NewTextHandler(logFile, nil)),
 		// Every miner here shares this machine: test them one after another.

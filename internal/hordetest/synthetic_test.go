@@ -26,7 +26,10 @@ func details(t *testing.T, raw json.RawMessage) validator.ScoreDetails {
 // share one CPU: the cheater is too slow on every job and scores zero; the
 // honest miner takes all the weight, its organic job counted too.
 func TestSyntheticRoundCatchesSharedHardware(t *testing.T) {
-	params := synthetic.Calibrate(800 * time.Millisecond)
+	params, err := devstack.Calibrate(t.Context(), Docker(t), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := Start(t, devstack.Config{Miners: 2, Cheaters: map[int]bool{1: true},
 		Synthetic: validator.SyntheticConfig{Params: map[string]synthetic.Params{protocol.ClassTest: params},
 			Generators: []synthetic.Generator{synthetic.Matmul{}, synthetic.Search{}}, Sequential: true}})

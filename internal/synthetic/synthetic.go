@@ -133,11 +133,10 @@ func (Matmul) Generate(p Params, rng *rand.Rand) Task {
 // hardware apart; a search's cost depends on where the secret lies.
 func Generators() []Generator { return []Generator{Matmul{}, Search{}} }
 
-// Calibrate sizes work for executors as fast as this machine, each job
-// taking about target on one core; a job may take 1.5 × target plus 100 ms
-// for container start-up: half-way between one executor and two sharing
-// a core. For dev stacks and tests, where executors run here;
-// real classes are sized by configuration.
+// Calibrate sizes a search to take about target on one core of this
+// machine and a matrix product likewise, measured in this process; a job may
+// take 1.5 × target plus 100 ms. Real classes are sized by configuration;
+// dev stacks measure the job image in a container instead (devstack).
 func Calibrate(target time.Duration) Params {
 	const probe = 160
 	a, b := Inputs(1, probe)
@@ -146,7 +145,6 @@ func Calibrate(target time.Duration) Params {
 	perCube := float64(time.Since(start)) / (probe * probe * probe)
 	n := int(math.Cbrt(float64(target) / perCube))
 	start = time.Now()
-	FindSecret("calibrate:", "00", 0) // warm
 	const hashes = 200_000
 	FindSecret("calibrate:", SearchHash("calibrate:", hashes), hashes+1)
 	perHash := float64(time.Since(start)) / hashes

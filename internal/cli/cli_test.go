@@ -8,9 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/hordetest"
+	"github.com/horde-compute/horde/internal/synthetic"
+	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/protocol"
 )
 
@@ -124,5 +127,24 @@ func TestKeys(t *testing.T) {
 	_, errs, code := run(t, nil, "keys", "show", "--wallet-path", dir, "--wallet", "missing")
 	if code != 1 || !strings.Contains(errs, "horde keys new") {
 		t.Errorf("missing wallet: %d %s", code, errs)
+	}
+}
+
+func TestValidatorScores(t *testing.T) {
+	h := hordetest.Start(t, devstack.Config{Synthetic: validator.SyntheticConfig{
+		Params:     map[string]synthetic.Params{protocol.ClassTest: {SearchSpace: 1000, MatrixN: 24, Expected: 10 * time.Second, Weight: 1}},
+		Generators: []synthetic.Generator{synthetic.Search{}}}})
+	if _, err := h.Round(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(h.DataDir, "validator.db")
+	out, errs, code := run(t, nil, "validator", "scores", "--db", db)
+	if code != 0 || !strings.Contains(out, h.Miners[0].SS58()) || !strings.Contains(out, "always_on.test") || !strings.Contains(out, "1.000") {
+		t.Errorf("scores: exit %d\n%s%s", code, out, errs)
+	}
+	out, _, code = run(t, nil, "validator", "scores", "--db", db, "--json")
+	var scores []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &scores) != nil || len(scores) != 1 {
+		t.Errorf("--json: exit %d %s", code, out)
 	}
 }

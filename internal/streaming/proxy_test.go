@@ -1,0 +1,263 @@
+package streaming
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	sr "github.com/horde-compute/horde/streamreceipt"
+)
+
+// rig is a proxy with TLS in front of a service, and a client with its key.
+type rig struct {
+	proxy     *Proxy
+	url       string
+	jobCert   []byte
+	client    *http.Client
+	clientKey ed25519.PrivateKey
+	clientPEM []byte
+}
+
+func newRig(t testing.TB, service http.Handler) *rig {
+	t.Helper()
+	svc := httptest.NewServer(service)
+	t.Cleanup(svc.Close)
+	up, _ := url.Parse(svc.URL)
+	jobKey, jobCert, err := sr.NewKeyPair("job", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck, cc, err := sr.NewKeyPair("client", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{JobUUID: "job-1", Key: jobKey, Upstream: up}
+	tlsCfg, err := sr.ServerTLS(jobKey, jobCert, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(p)
+	srv.TLS = tlsCfg
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	r := &rig{proxy: p, url: srv.URL, jobCert: jobCert, clientKey: ck, clientPEM: cc}
+	r.client = r.clientWith(ck, cc)
+	return r
+}
+
+func (r *rig) clientWith(key ed25519.PrivateKey, certPEM []byte) *http.Client {
+	cfg, err := sr.ClientTLS(key, certPEM, r.jobCert)
+	if err != nil {
+		panic(err)
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+}
+
+func hexsum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+// call sends body with fresh headers and verifies the receipt.
+func (r *rig) call(t testing.TB, id string, body []byte, edit func(*http.Request)) (*http.Response, []byte, *sr.Receipt, error) {
+	req, _ := http.NewRequest(http.MethodPost, r.url+"/v1/completions", bytes.NewReader(body))
+	req.Header.Set(sr.HeaderTimestamp, time.Now().UTC().Format(sr.TimeFormat))
+	req.Header.Set(sr.HeaderRequestID, id)
+	if edit != nil {
+		edit(req)
+	}
+	sent := time.Now()
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp, got, nil, err
+	}
+	pub, _ := sr.PublicKey(r.jobCert)
+	rc, verr := sr.Verify(pub, resp.Trailer.Get(sr.TrailerReceipt), resp.Trailer.Get(sr.TrailerSig), sr.Expect{
+		JobUUID: "job-1", RequestID: id, InputSHA256: hexsum(body), OutputSHA256: hexsum(got), Sent: sent, Received: time.Now(), Skew: time.Second})
+	return resp, got, rc, verr
+}
+
+func echo() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(append([]byte("echo:"), b...))
+	})
+}
+
+func TestReceiptVerifies(t *testing.T) {
+	r := newRig(t, echo())
+	resp, got, rc, err := r.call(t, "r1", []byte("hello"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || string(got) != "echo:hello" || rc.RequestID != "r1" {
+		t.Errorf("%d %q %+v", resp.StatusCode, got, rc)
+	}
+	// The receipt is kept and retrievable by request id.
+	res, err := r.client.Get(r.url + sr.ReceiptsPath + "r1")
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("kept receipt: %v %v", res, err)
+	}
+	res.Body.Close()
+}
+
+func TestProxyRefusals(t *testing.T) {
+	r := newRig(t, echo())
+	if _, _, _, err := r.call(t, "dup", []byte("a"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		id     string
+		edit   func(*http.Request)
+		status int
+		body   string
+	}{
+		"reused request id": {"dup", nil, http.StatusConflict, "was used before"},
+		"missing timestamp": {"m1", func(q *http.Request) { q.Header.Del(sr.HeaderTimestamp) }, http.StatusBadRequest, "missing X-Horde-Timestamp"},
+		"skewed timestamp": {"m2", func(q *http.Request) {
+			q.Header.Set(sr.HeaderTimestamp, time.Now().Add(-time.Minute).UTC().Format(sr.TimeFormat))
+		}, http.StatusBadRequest, "away from the job's clock"},
+		"garbage timestamp": {"m3", func(q *http.Request) { q.Header.Set(sr.HeaderTimestamp, "yesterday") }, http.StatusBadRequest, "not RFC 3339"},
+		"missing request id": {"", nil, http.StatusBadRequest, "X-Horde-Request-Id"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp, got, _, err := r.call(t, tc.id, []byte("x"), tc.edit)
+			if resp == nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.status || !strings.Contains(string(got), tc.body) {
+				t.Errorf("%d %q", resp.StatusCode, got)
+			}
+		})
+	}
+}
+
+func TestClientCertificates(t *testing.T) {
+	r := newRig(t, echo())
+	// No client certificate: the handshake fails.
+	cfg, _ := sr.ClientTLS(r.clientKey, r.clientPEM, r.jobCert)
+	cfg.Certificates = nil
+	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+	if _, err := noCert.Get(r.url + "/"); err == nil {
+		t.Error("request without a client certificate went through")
+	}
+	// Another certificate: refused too.
+	k2, c2, _ := sr.NewKeyPair("intruder", time.Hour)
+	if _, err := r.clientWith(k2, c2).Get(r.url + "/"); err == nil {
+		t.Error("request with another client certificate went through")
+	}
+	// A client that pins another job certificate refuses this job.
+	_, other, _ := sr.NewKeyPair("other-job", time.Hour)
+	cfg, _ = sr.ClientTLS(r.clientKey, r.clientPEM, other)
+	if _, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}).Get(r.url + "/"); err == nil {
+		t.Error("client accepted an unpinned job certificate")
+	}
+	// TLS below 1.3 is refused.
+	cfg, _ = sr.ClientTLS(r.clientKey, r.clientPEM, r.jobCert)
+	cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	if _, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}).Get(r.url + "/"); err == nil {
+		t.Error("TLS 1.2 accepted")
+	}
+}
+
+// Server-sent events pass through token by token, before the response ends.
+func TestSSEStreamsThrough(t *testing.T) {
+	release := make(chan struct{})
+	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	req, _ := http.NewRequest(http.MethodGet, r.url+"/v1/stream", nil)
+	req.Header.Set(sr.HeaderTimestamp, time.Now().UTC().Format(sr.TimeFormat))
+	req.Header.Set(sr.HeaderRequestID, "sse")
+	resp, err := r.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "data: first\n" {
+		t.Fatalf("first event %q %v (the proxy buffered?)", line, err)
+	}
+	close(release)
+	rest, _ := io.ReadAll(br)
+	if !strings.Contains(string(rest), "[DONE]") || resp.Trailer.Get(sr.TrailerReceipt) == "" {
+		t.Errorf("rest %q trailer %v", rest, resp.Trailer)
+	}
+}
+
+// A service that dies mid-stream gives the client an error and no receipt.
+func TestServiceCrashMidStream(t *testing.T) {
+	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: partial\n\n")
+		w.(http.Flusher).Flush()
+		hj, _ := w.(http.Hijacker)
+		c, _, _ := hj.Hijack()
+		c.Close() // crash
+	}))
+	_, _, _, err := r.call(t, "crash", []byte("x"), nil)
+	if err == nil {
+		t.Fatal("a broken stream produced a valid receipt")
+	}
+	if r.proxy.Receipts() != 0 {
+		t.Error("the proxy signed a receipt for a broken stream")
+	}
+}
+
+func TestTamperedReceipts(t *testing.T) {
+	r := newRig(t, echo())
+	pub, _ := sr.PublicKey(r.jobCert)
+	resp, got, _, err := r.call(t, "t1", []byte("in"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, sig := resp.Trailer.Get(sr.TrailerReceipt), resp.Trailer.Get(sr.TrailerSig)
+	want := sr.Expect{JobUUID: "job-1", RequestID: "t1", InputSHA256: hexsum([]byte("in")), OutputSHA256: hexsum(got),
+		Sent: time.Now().Add(-time.Second), Received: time.Now(), Skew: time.Second}
+	raw, _ := base64.StdEncoding.DecodeString(blob)
+	forged := base64.StdEncoding.EncodeToString(bytes.Replace(raw, []byte("request_id=t1"), []byte("request_id=t2"), 1))
+	otherKey, otherCert, _ := sr.NewKeyPair("x", time.Hour)
+	_ = otherCert
+	rcp, _ := sr.ParseBlob(raw)
+	_, otherSig := sr.Sign(otherKey, rcp)
+	tampered := want
+	tampered.OutputSHA256 = hexsum([]byte("echo:something else"))
+	for name, tc := range map[string]struct {
+		blob, sig string
+		want      sr.Expect
+		msg       string
+	}{
+		"altered blob":      {forged, sig, want, "signature does not verify"},
+		"other key":         {blob, otherSig, want, "signature does not verify"},
+		"tampered response": {blob, sig, tampered, "output_sha256"},
+		"other request":     {blob, sig, func() sr.Expect { w := want; w.RequestID = "zz"; return w }(), "request t1, not zz"},
+		"late":              {blob, sig, func() sr.Expect { w := want; w.Sent = time.Now().Add(time.Hour); return w }(), "timestamp_from"},
+		"missing":           {"", "", want, "no receipt"},
+	} {
+		_, err := sr.Verify(pub, tc.blob, tc.sig, tc.want)
+		if !errors.Is(err, sr.ErrReceipt) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+

@@ -117,6 +117,6 @@ func ClientTLS(key crypto.Signer, certPEM, jobCertPEM []byte) (*tls.Config, erro
 		return nil, fmt.Errorf("job certificate: %w", err)
 	}
 	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
-		InsecureSkipVerify: true, // the job certificate is pinned below instead of chained to a CA
+		InsecureSkipVerify:    true, // the job certificate is pinned below instead of chained to a CA
 		VerifyPeerCertificate: pinned(job.Raw, "job")}, nil
 }

@@ -132,7 +132,7 @@ func TestProxyRefusals(t *testing.T) {
 		"skewed timestamp": {"m2", func(q *http.Request) {
 			q.Header.Set(sr.HeaderTimestamp, time.Now().Add(-time.Minute).UTC().Format(sr.TimeFormat))
 		}, http.StatusBadRequest, "away from the job's clock"},
-		"garbage timestamp": {"m3", func(q *http.Request) { q.Header.Set(sr.HeaderTimestamp, "yesterday") }, http.StatusBadRequest, "not RFC 3339"},
+		"garbage timestamp":  {"m3", func(q *http.Request) { q.Header.Set(sr.HeaderTimestamp, "yesterday") }, http.StatusBadRequest, "not RFC 3339"},
 		"missing request id": {"", nil, http.StatusBadRequest, "X-Horde-Request-Id"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -260,4 +260,3 @@ func TestTamperedReceipts(t *testing.T) {
 		}
 	}
 }
-

@@ -110,6 +110,9 @@ type StreamingServerDetails struct {
 	StreamingServerCert    string `json:"streaming_server_cert"`
 	StreamingServerAddress string `json:"streaming_server_address"`
 	StreamingServerPort    int    `json:"streaming_server_port"`
+	// MinerSignature (horde) is the miner hotkey's signature over
+	// StreamingReadyMessage: the miner vouches for the job's key.
+	MinerSignature string `json:"horde_miner_signature,omitempty"`
 }
 
 // StatusMetadata is the detail attached to a status update.
@@ -227,6 +230,13 @@ type V2JobRequest struct {
 
 func (*V2JobRequest) MessageType() string { return "V2JobRequest" }
 
+// V0StopJobByFacilitator (horde): facilitator → validator, the client ends a streaming job.
+type V0StopJobByFacilitator struct {
+	UUID string `json:"uuid"`
+}
+
+func (*V0StopJobByFacilitator) MessageType() string { return "V0StopJobByFacilitator" }
+
 // V0CancelJobByFacilitator (horde): facilitator → validator, the client cancelled.
 type V0CancelJobByFacilitator struct {
 	UUID string `json:"uuid"`
@@ -236,7 +246,7 @@ func (*V0CancelJobByFacilitator) MessageType() string { return "V0CancelJobByFac
 
 func init() {
 	register(&V0AuthenticationRequest{}, &Response{}, &V0Heartbeat{}, &V0MachineSpecsUpdate{},
-		&V0JobStatusUpdate{}, &V2JobRequest{}, &V0CancelJobByFacilitator{})
+		&V0JobStatusUpdate{}, &V2JobRequest{}, &V0CancelJobByFacilitator{}, &V0StopJobByFacilitator{})
 }
 
 // V0ValidatorReport (horde): validator → facilitator, the scores of a cycle,

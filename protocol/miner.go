@@ -76,6 +76,9 @@ type V0InitialJobRequest struct {
 	ExecutorTiming             *ExecutorTiming   `json:"executor_timing,omitempty"`
 	// AllowPull (horde) lets the executor pull an image that is not present.
 	AllowPull bool `json:"horde_allow_pull,omitempty"`
+	// ImageDigest (horde) pins the image of a streaming job: the executor
+	// refuses an image whose id or repo digest differs.
+	ImageDigest string `json:"horde_image_digest,omitempty"`
 }
 
 func (*V0InitialJobRequest) MessageType() string { return "V0InitialJobRequest" }
@@ -258,6 +261,20 @@ type V0JobFinishedReceiptRequest struct {
 
 func (*V0JobFinishedReceiptRequest) MessageType() string { return "V0JobFinishedReceiptRequest" }
 
+// StreamingReadyMessage returns the bytes the miner signs to vouch for a
+// streaming job's key: "{job_uuid}:{ip}:{port}:{public_key}".
+func StreamingReadyMessage(jobUUID, ip string, port int, publicKey string) []byte {
+	return []byte(jobUUID + ":" + ip + ":" + strconv.Itoa(port) + ":" + publicKey)
+}
+
+// V0StopJobRequest (horde): validator → miner (→ executor), end a streaming
+// job normally: stop serving, upload outputs, report the result.
+type V0StopJobRequest struct {
+	JobUUID string `json:"job_uuid"`
+}
+
+func (*V0StopJobRequest) MessageType() string { return "V0StopJobRequest" }
+
 // V0CancelJobRequest (horde): validator → miner (→ executor), stop the job now.
 type V0CancelJobRequest struct {
 	JobUUID string `json:"job_uuid"`
@@ -271,5 +288,5 @@ func init() {
 		&V0ExecutorFailedRequest{}, &V0StreamingJobReadyRequest{}, &V0StreamingJobNotReadyRequest{},
 		&V0JobRequest{}, &V0VolumesReadyRequest{}, &V0ExecutionDoneRequest{}, &V0JobFinishedRequest{},
 		&V0JobFailedRequest{}, &V0HordeFailedRequest{}, &V0MachineSpecsRequest{},
-		&V0JobAcceptedReceiptRequest{}, &V0JobFinishedReceiptRequest{}, &V0CancelJobRequest{})
+		&V0JobAcceptedReceiptRequest{}, &V0JobFinishedReceiptRequest{}, &V0CancelJobRequest{}, &V0StopJobRequest{})
 }

@@ -60,6 +60,8 @@ func samples() []Message {
 			Env: map[string]string{}, ExecutionTimeLimit: 60},
 			Signature: &Signature{SignatureType: "bittensor", Signatory: "s", TimestampNS: 1, Signature: "c2ln", SignatureScope: ScopeSignedFields}},
 		&V0CancelJobByFacilitator{UUID: "j"},
+		&V0StopJobByFacilitator{UUID: "j"},
+		&V0StopJobRequest{JobUUID: "j"},
 		&V0ValidatorReport{Cycle: 3, At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Scores: json.RawMessage(`[{"miner":"m","score":1}]`)},
 	}
 }

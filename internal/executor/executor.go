@@ -53,6 +53,11 @@ type Config struct {
 	HuggingFaceEndpoint string
 	// StartupTimeout bounds the wait for the job's first messages.
 	StartupTimeout time.Duration
+	// StreamingListen is where streaming jobs' proxies listen (default ":0");
+	// StreamingHost is the address clients reach them at (default 127.0.0.1).
+	StreamingListen, StreamingHost string
+	// StreamingSkew bounds clock skew of streaming requests (default 5s).
+	StreamingSkew time.Duration
 	Log            *slog.Logger
 }
 
@@ -82,6 +87,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.StartupTimeout == 0 {
 		cfg.StartupTimeout = 60 * time.Second
+	}
+	if cfg.StreamingListen == "" {
+		cfg.StreamingListen = ":0"
+	}
+	if cfg.StreamingHost == "" {
+		cfg.StreamingHost = "127.0.0.1"
 	}
 	if cfg.Limits.Tries == 0 {
 		cfg.Limits = blob.DefaultLimits()
@@ -145,6 +156,7 @@ type job struct {
 	token     string
 	dir       string
 	container string
+	network   string
 	timings   map[string]int64
 }
 
@@ -199,7 +211,6 @@ func (j *job) run(ctx context.Context) error {
 		return fmt.Errorf("executor: expected V0InitialJobRequest, got %s", m.MessageType())
 	}
 	j.uuid = initial.JobUUID
-	log := j.cfg.Log.With("job", j.uuid)
 	timing := initial.ExecutorTiming
 	if timing == nil {
 		timing = &protocol.ExecutorTiming{AllowedLeeway: 5, DownloadTimeLimit: 300, ExecutionTimeLimit: 3600, UploadTimeLimit: 300}
@@ -209,6 +220,11 @@ func (j *job) run(ctx context.Context) error {
 	start := time.Now()
 	if err := j.ensureImage(ctx, initial.DockerImage, initial.AllowPull); err != nil {
 		return j.fail(ctx, protocol.StageExecutorStartup, protocol.FailureUnknown, "image_pull_failed", err.Error(), nil)
+	}
+	if initial.StreamingDetails != nil {
+		if err := j.checkDigest(ctx, initial.DockerImage, initial.ImageDigest); err != nil {
+			return j.fail(ctx, protocol.StageExecutorStartup, protocol.FailureUnknown, "image_not_whitelisted", err.Error(), nil)
+		}
 	}
 	j.stage("startup", start)
 	if err := j.send(ctx, &protocol.V0ExecutorReadyRequest{JobUUID: j.uuid}); err != nil {
@@ -267,6 +283,9 @@ func (j *job) run(ctx context.Context) error {
 	if err := j.send(ctx, &protocol.V0VolumesReadyRequest{JobUUID: j.uuid}); err != nil {
 		return err
 	}
+	if initial.StreamingDetails != nil {
+		return j.stream(ctx, initial, req, timing)
+	}
 
 	// Execute.
 	start = time.Now()
@@ -279,11 +298,7 @@ func (j *job) run(ctx context.Context) error {
 		// The engine refused or broke: the system's fault, not the job's.
 		return j.hordeFail(ctx, protocol.HordeGenericError, "container: "+err.Error())
 	}
-	withLogs := func(m *protocol.V0JobFailedRequest) {
-		code := res.exit
-		m.DockerProcessExitStatus = &code
-		m.DockerProcessStdout, m.DockerProcessStderr = res.stdout, res.stderr
-	}
+	withLogs := res.attach
 	if res.timedOut {
 		return j.fail(ctx, protocol.StageExecution, protocol.FailureTimeout, "timeout:execute",
 			fmt.Sprintf("job did not finish within %ds and was killed", timing.ExecutionTimeLimit), withLogs)
@@ -296,12 +311,16 @@ func (j *job) run(ctx context.Context) error {
 		return j.fail(ctx, protocol.StageExecution, protocol.FailureNonzeroReturn, "nonzero_exit",
 			fmt.Sprintf("job exited with code %d", res.exit), withLogs)
 	}
+	return j.finish(ctx, req, res, timing)
+}
+
+// finish reports the execution done, uploads outputs and reports the result.
+func (j *job) finish(ctx context.Context, req *protocol.V0JobRequest, res *result, timing *protocol.ExecutorTiming) error {
+	withLogs := res.attach
 	if err := j.send(ctx, &protocol.V0ExecutionDoneRequest{JobUUID: j.uuid}); err != nil {
 		return err
 	}
-
-	// Upload.
-	start = time.Now()
+	start := time.Now()
 	finished := &protocol.V0JobFinishedRequest{JobUUID: j.uuid, DockerProcessStdout: res.stdout, DockerProcessStderr: res.stderr}
 	if req.ArtifactsDir != "" {
 		finished.Artifacts = collectArtifacts(filepath.Join(j.dir, "artifacts"), req.ArtifactsDir)
@@ -325,7 +344,7 @@ func (j *job) run(ctx context.Context) error {
 	}
 	j.stage("upload", start)
 	finished.Timings = j.timings
-	log.Info("job finished", "timings_ms", j.timings)
+	j.cfg.Log.Info("job finished", "job", j.uuid, "timings_ms", j.timings)
 	return j.send(ctx, finished)
 }
 
@@ -361,6 +380,11 @@ func (j *job) cleanup() {
 	if j.container != "" {
 		if err := j.cfg.Docker.ContainerRemove(ctx, j.container); err != nil {
 			j.cfg.Log.Warn("remove container", "job", j.uuid, "err", err)
+		}
+	}
+	if j.network != "" {
+		if err := j.cfg.Docker.NetworkRemove(ctx, j.network); err != nil {
+			j.cfg.Log.Warn("remove network", "job", j.uuid, "err", err)
 		}
 	}
 	if j.dir != "" {

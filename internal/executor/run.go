@@ -103,18 +103,44 @@ func (j *job) execute(ctx context.Context, req *protocol.V0JobRequest, limit tim
 	} else if werr != nil {
 		return nil, werr
 	}
+	if err := j.collectLogs(res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// collectLogs reads the container's state and its stdout/stderr (their tails) into res.
+func (j *job) collectLogs(res *result) error {
 	lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer lcancel()
-	if st, err := j.cfg.Docker.ContainerInspect(lctx, id); err == nil && st.OOMKilled {
+	if st, err := j.cfg.Docker.ContainerInspect(lctx, j.container); err == nil && st.OOMKilled {
 		res.oom = true
 	}
 	var out, errb tailBuffer
 	out.max, errb.max = MaxLogBytes, MaxLogBytes
-	if err := j.cfg.Docker.ContainerLogs(lctx, id, &out, &errb); err != nil {
-		return nil, err
+	if err := j.cfg.Docker.ContainerLogs(lctx, j.container, &out, &errb); err != nil {
+		return err
 	}
 	res.stdout, res.stderr = out.String(), errb.String()
-	return res, nil
+	return nil
+}
+
+// attach puts the exit code and logs on a failure report.
+func (res *result) attach(m *protocol.V0JobFailedRequest) {
+	code := res.exit
+	m.DockerProcessExitStatus = &code
+	m.DockerProcessStdout, m.DockerProcessStderr = res.stdout, res.stderr
+}
+
+// logs attaches the container's logs so far, when there is a container.
+func (j *job) logs(m *protocol.V0JobFailedRequest) {
+	if j.container == "" {
+		return
+	}
+	var res result
+	if j.collectLogs(&res) == nil {
+		m.DockerProcessStdout, m.DockerProcessStderr = res.stdout, res.stderr
+	}
 }
 
 // upload sends outputs; stdout.txt and stderr.txt go with the system output.

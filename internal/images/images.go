@@ -18,6 +18,10 @@ import (
 // JobImage is the tag of the demo/test job image.
 const JobImage = "horde/job:dev"
 
+// LLMImage is the tag of the demo streaming service: an OpenAI-compatible
+// server over a small deterministic language model.
+const LLMImage = "horde/llm:dev"
+
 // Build compiles the Go command pkg (an import path in this module) as a
 // static binary and builds it into a FROM-scratch image tagged tag.
 func Build(ctx context.Context, cli *docker.Client, pkg, tag string) error {
@@ -60,4 +64,17 @@ func Build(ctx context.Context, cli *docker.Client, pkg, tag string) error {
 // and an image never lags behind its source.
 func EnsureJobImage(ctx context.Context, cli *docker.Client) error {
 	return Build(ctx, cli, "github.com/horde-compute/horde/internal/images/jobimage", JobImage)
+}
+
+// EnsureLLMImage builds the demo streaming service image from source and
+// returns its digest (the image id), which whitelists pin.
+func EnsureLLMImage(ctx context.Context, cli *docker.Client) (string, error) {
+	if err := Build(ctx, cli, "github.com/horde-compute/horde/internal/images/llmimage", LLMImage); err != nil {
+		return "", err
+	}
+	img, err := cli.ImageInspect(ctx, LLMImage)
+	if err != nil {
+		return "", err
+	}
+	return img.ID, nil
 }

@@ -317,6 +317,23 @@ func (c *Client) ContainerInspect(ctx context.Context, id string) (*ContainerSta
 	return &out.State, nil
 }
 
+// ContainerIP returns the container's address on network.
+func (c *Client) ContainerIP(ctx context.Context, id, network string) (string, error) {
+	var out struct {
+		NetworkSettings struct {
+			Networks map[string]struct{ IPAddress string }
+		}
+	}
+	if err := c.call(ctx, http.MethodGet, "/containers/"+id+"/json", nil, nil, &out); err != nil {
+		return "", err
+	}
+	n, ok := out.NetworkSettings.Networks[network]
+	if !ok || n.IPAddress == "" {
+		return "", fmt.Errorf("container %.12s has no address on network %s", id, network)
+	}
+	return n.IPAddress, nil
+}
+
 // Container is a row of ContainerList.
 type Container struct {
 	ID      string `json:"Id"`

@@ -1,0 +1,189 @@
+package executor
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/horde-compute/horde/internal/streaming"
+	"github.com/horde-compute/horde/protocol"
+	sr "github.com/horde-compute/horde/streamreceipt"
+)
+
+// ServicePort is where a streaming job's service listens (upstream's convention).
+const ServicePort = 8000
+
+// checkDigest refuses a streaming image whose id or repo digests differ from the pinned digest.
+func (j *job) checkDigest(ctx context.Context, image, digest string) error {
+	if digest == "" {
+		return errors.New("streaming jobs need a whitelisted image digest; the validator sent none")
+	}
+	img, err := j.cfg.Docker.ImageInspect(ctx, image)
+	if err != nil {
+		return err
+	}
+	if img.ID == digest {
+		return nil
+	}
+	for _, rd := range img.RepoDigests {
+		if _, d, ok := strings.Cut(rd, "@"); ok && d == digest {
+			return nil
+		}
+	}
+	return fmt.Errorf("image %s is %s, not the whitelisted %s", image, img.ID, digest)
+}
+
+// stream runs a streaming job: the service on an internal network only the
+// proxy reaches, health first, then the signing proxy until the job is
+// stopped, its time runs out or the service exits.
+func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest, req *protocol.V0JobRequest, timing *protocol.ExecutorTiming) error {
+	d := j.cfg.Docker
+	netName := "horde-job-" + j.uuid
+	if _, err := d.NetworkCreate(ctx, netName, true, map[string]string{LabelJob: j.uuid, LabelOwner: j.cfg.Owner}); err != nil {
+		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
+	}
+	j.network = netName
+	p := Paths{Volume: filepath.Join(j.dir, "volume"), Output: filepath.Join(j.dir, "output"), Artifacts: filepath.Join(j.dir, "artifacts")}
+	cfg := ContainerConfig(req, j.cfg.Class, p, j.cfg.Owner)
+	cfg.NetworkDisabled = false
+	cfg.HostConfig.NetworkMode = netName
+	start := time.Now()
+	id, err := d.ContainerCreate(ctx, "horde-job-"+j.uuid, cfg)
+	if err != nil {
+		return j.hordeFail(ctx, protocol.HordeStreamingFailed, "container: "+err.Error())
+	}
+	j.container = id
+	if err := d.ContainerStart(ctx, id); err != nil {
+		return j.hordeFail(ctx, protocol.HordeStreamingFailed, "container: "+err.Error())
+	}
+	exited := make(chan int, 1)
+	go func() { // owned: ContainerWait returns when the container is removed in cleanup
+		code, _ := d.ContainerWait(context.WithoutCancel(ctx), id)
+		exited <- code
+	}()
+	ip, err := d.ContainerIP(ctx, id, netName)
+	if err != nil {
+		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
+	}
+	service := &url.URL{Scheme: "http", Host: net.JoinHostPort(ip, fmt.Sprint(ServicePort))}
+	limit := seconds(timing.StreamingStartTimeLimit)
+	if timing.StreamingStartTimeLimit == 0 {
+		limit = time.Minute
+	}
+	if err := waitHealthy(ctx, service, limit, exited); err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		j.send(ctx, &protocol.V0StreamingJobNotReadyRequest{JobUUID: j.uuid})
+		return j.fail(ctx, protocol.StageStreaming, protocol.FailureTimeout, "streaming_not_ready", err.Error(), j.logs)
+	}
+	j.stage("streaming_start", start)
+
+	key, certPEM, err := sr.NewKeyPair("horde-job-"+j.uuid, seconds(timing.ExecutionTimeLimit)+time.Hour)
+	if err != nil {
+		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
+	}
+	tlsCfg, err := sr.ServerTLS(key, certPEM, []byte(initial.StreamingDetails.PublicKey))
+	if err != nil {
+		return j.fail(ctx, protocol.StageStreaming, protocol.FailureUnknown, "bad_client_certificate", err.Error(), nil)
+	}
+	ln, err := net.Listen("tcp", j.cfg.StreamingListen)
+	if err != nil {
+		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
+	}
+	proxy := &streaming.Proxy{JobUUID: j.uuid, Key: key, Upstream: service, Skew: j.cfg.StreamingSkew}
+	srv := &http.Server{Handler: proxy, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(tls.NewListener(ln, tlsCfg)) }() // owned: Shutdown below, then <-served
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		srv.Shutdown(sctx)
+		cancel()
+		<-served
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := j.send(ctx, &protocol.V0StreamingJobReadyRequest{JobUUID: j.uuid, PublicKey: string(certPEM), IP: j.cfg.StreamingHost, Port: port}); err != nil {
+		return err
+	}
+	j.cfg.Log.Info("streaming job serving", "job", j.uuid, "addr", net.JoinHostPort(j.cfg.StreamingHost, fmt.Sprint(port)))
+
+	// Serve until stopped, out of time, or the service exits.
+	start = time.Now()
+	deadline := time.NewTimer(seconds(timing.ExecutionTimeLimit))
+	defer deadline.Stop()
+	code, why := 0, ""
+	func() {
+		for {
+			select {
+			case m, ok := <-j.msgs:
+				if !ok {
+					return
+				}
+				if _, stop := m.(*protocol.V0StopJobRequest); stop {
+					why = "stopped by the client"
+					return
+				}
+			case code = <-exited:
+				why = "the service exited"
+				return
+			case <-deadline.C:
+				why = "time limit reached"
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	j.stage("serve", start)
+	kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	d.ContainerKill(kctx, id)
+	kcancel()
+	res := &result{exit: code}
+	if err := j.collectLogs(res); err != nil {
+		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
+	}
+	j.cfg.Log.Info("streaming job ended", "job", j.uuid, "why", why, "receipts", proxy.Receipts())
+	if why == "the service exited" && code != 0 {
+		return j.fail(ctx, protocol.StageExecution, protocol.FailureNonzeroReturn, "nonzero_exit",
+			fmt.Sprintf("the service exited with code %d", code), func(m *protocol.V0JobFailedRequest) {
+				c := code
+				m.DockerProcessExitStatus, m.DockerProcessStdout, m.DockerProcessStderr = &c, res.stdout, res.stderr
+			})
+	}
+	return j.finish(ctx, req, res, timing)
+}
+
+// waitHealthy polls GET /health until it answers 200, the limit passes or the container exits.
+func waitHealthy(ctx context.Context, service *url.URL, limit time.Duration, exited <-chan int) error {
+	c := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(limit)
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, service.String()+"/health", nil)
+		if resp, err := c.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case code := <-exited:
+			return fmt.Errorf("the service exited (code %d) before answering GET /health", code)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the service did not answer GET /health on port %d within %s", ServicePort, limit)
+		}
+	}
+}

@@ -1,0 +1,36 @@
+// Command llmimage is the demo streaming service: an OpenAI-compatible
+// /v1/completions and /v1/chat/completions server (streaming by server-sent
+// events, logprobs on request) backed by a small word-level trigram model
+// trained at start on a text shipped with it. Generation is deterministic:
+// temperature 0 takes the most likely word; otherwise the seed decides.
+//
+//	llmimage [--port 8000] [--variant NAME]
+//
+// The variant "small" trains on half the text: a different, cheaper model,
+// the kind a cheating miner might serve instead.
+package main
+
+import (
+	_ "embed"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+)
+
+//go:embed corpus.txt
+var corpus string
+
+func main() {
+	port := flag.Int("port", 8000, "port to serve on")
+	variant := flag.String("variant", "full", "model variant: full or small")
+	flag.Parse()
+	text := corpus
+	if *variant == "small" {
+		text = corpus[:len(corpus)/2]
+	}
+	m := Train(text)
+	name := "horde-trigram-" + *variant
+	log.Printf("model %s: %d words, %d contexts", name, len(m.vocab), len(m.next))
+	log.Fatal(http.ListenAndServe(fmt.Sprintf(":%d", *port), NewServer(m, name)))
+}

@@ -45,6 +45,8 @@ type Config struct {
 	// Synthetic configures the validator's rounds (Image defaults to the job
 	// image, Weights to <data-dir>/weights.jsonl).
 	Synthetic validator.SyntheticConfig
+	// StreamingWhitelist maps images streaming jobs may use to their digests.
+	StreamingWhitelist map[string]string
 	// Cheaters lists miners (by index) that claim more than they have: all
 	// their executors share one CPU.
 	Cheaters map[int]bool
@@ -228,7 +230,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	run("validator", func() error {
 		return validator.Run(ctx, validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
 			Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
-			Synthetic: cfg.Synthetic, Started: func(v *validator.Validator) { s.validator = v; close(s.started) }})
+			Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Started: func(v *validator.Validator) { s.validator = v; close(s.started) }})
 	})
 	return s, nil
 }

@@ -81,7 +81,6 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		j.send(ctx, &protocol.V0StreamingJobNotReadyRequest{JobUUID: j.uuid})
 		return j.fail(ctx, protocol.StageStreaming, protocol.FailureTimeout, "streaming_not_ready", err.Error(), j.logs)
 	}
 	j.stage("streaming_start", start)

@@ -329,3 +329,29 @@ func (f *Facilitator) scores(w http.ResponseWriter, r *http.Request, _ *authedRe
 	}
 	writeJSON(w, http.StatusOK, out)
 }
+
+// stopJob ends a streaming job normally (it uploads its outputs and completes).
+func (f *Facilitator) stopJob(w http.ResponseWriter, r *http.Request, ar *authedRequest) {
+	id := r.PathValue("uuid")
+	job, err := f.job(r, id, ar.signatory)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if job.Status != protocol.StatusStreaming {
+		writeError(w, fmt.Errorf("%w: job %s is %s; only a serving streaming job can be stopped", ErrBadRequest, id, job.Status))
+		return
+	}
+	f.mu.Lock()
+	vc := f.validators[job.ValidatorHotkey]
+	f.mu.Unlock()
+	if vc == nil {
+		writeError(w, fmt.Errorf("job %s: its validator is not connected", id))
+		return
+	}
+	if err := vc.conn.Send(r.Context(), &protocol.V0StopJobByFacilitator{UUID: id}); err != nil {
+		writeError(w, fmt.Errorf("forward stop to validator: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusAccepted, job)
+}

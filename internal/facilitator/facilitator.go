@@ -112,6 +112,7 @@ func (f *Facilitator) routes() http.Handler {
 	mux.HandleFunc("GET "+protocol.RouteJobs, f.authed(f.listJobs))
 	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/", f.authed(f.getJob))
 	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/cancel/", f.authed(f.cancelJob))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/stop/", f.authed(f.stopJob))
 	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(f.jobEvents))
 	mux.HandleFunc("GET "+protocol.RouteScores, f.authed(f.scores))
 	return mux

@@ -60,6 +60,25 @@ func JobImage(t testing.TB, cli *docker.Client) string {
 	return images.JobImage
 }
 
+var llmOnce sync.Once
+var llmDigest string
+var llmErr error
+
+// LLMImage builds the demo streaming service image once per test binary and
+// returns its digest.
+func LLMImage(t testing.TB, cli *docker.Client) string {
+	t.Helper()
+	llmOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		llmDigest, llmErr = images.EnsureLLMImage(ctx, cli)
+	})
+	if llmErr != nil {
+		t.Fatalf("build llm image: %v", llmErr)
+	}
+	return llmDigest
+}
+
 // Start runs a horde for the test; it stops when the test ends.
 func Start(t testing.TB, cfg devstack.Config) *Horde {
 	t.Helper()

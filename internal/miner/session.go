@@ -80,6 +80,8 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 			}
 		case *protocol.V0JobRequest:
 			m.toExecutor(ctx, conn, validator, msg.JobUUID, msg)
+		case *protocol.V0StopJobRequest:
+			m.toExecutor(ctx, conn, validator, msg.JobUUID, msg)
 		case *protocol.V0CancelJobRequest:
 			m.cancelJob(ctx, validator, msg.JobUUID)
 		case *protocol.V0JobAcceptedReceiptRequest:
@@ -351,7 +353,9 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 		case *protocol.V0ExecutionDoneRequest:
 			msg.ExecutorToken = ""
 		case *protocol.V0StreamingJobReadyRequest:
+			// The miner vouches for the job's key with its hotkey.
 			msg.ExecutorToken = ""
+			msg.MinerSignature = m.cfg.Hotkey.SignHex(protocol.StreamingReadyMessage(msg.JobUUID, msg.IP, msg.Port, msg.PublicKey))
 		case *protocol.V0MachineSpecsRequest:
 			msg.ExecutorToken = ""
 		case *protocol.V0JobFinishedRequest:
@@ -363,6 +367,8 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 			msg.ReportedBy = protocol.ByExecutor
 		case *protocol.V0ExecutorFailedRequest:
 			msg.ExecutorToken, terminal = "", true
+		case *protocol.V0StreamingJobNotReadyRequest:
+			msg.ExecutorToken = ""
 		default:
 			conn.Send(ctx, &protocol.GenericError{Details: "unexpected message from executor: " + msg.MessageType()})
 			continue

@@ -101,6 +101,10 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 		switch m := m.(type) {
 		case *protocol.V2JobRequest:
 			v.accept(ctx, m)
+		case *protocol.V0StopJobByFacilitator:
+			if !v.Stop(m.UUID) {
+				v.log.Info("stop for a job not serving here", "job", m.UUID)
+			}
 		case *protocol.V0CancelJobByFacilitator:
 			if !v.Cancel(m.UUID) {
 				v.log.Info("cancel for a job not running here", "job", m.UUID)
@@ -219,6 +223,12 @@ func (v *Validator) accept(ctx context.Context, req *protocol.V2JobRequest) {
 	if err := req.JobSpec.Validate(); err != nil {
 		reject(protocol.RejectUnknown, "invalid job: "+err.Error())
 		return
+	}
+	if req.StreamingDetails != nil {
+		if _, ok := v.cfg.StreamingWhitelist[req.DockerImage]; !ok {
+			reject(protocol.RejectUnknown, "image "+req.DockerImage+" is not whitelisted for streaming jobs")
+			return
+		}
 	}
 	rec := store.JobRecord{UUID: req.UUID, Spec: req.JobSpec, Signature: *req.Signature, Status: protocol.StatusReceived,
 		ValidatorHotkey: v.cfg.Hotkey.SS58(), CreatedAt: time.Now().UTC()}

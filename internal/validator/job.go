@@ -10,6 +10,7 @@ import (
 
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/receipt"
+	"github.com/horde-compute/horde/sig"
 )
 
 // outcome is how one attempt on one miner ended.
@@ -194,6 +195,7 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 		v.cfg.Store.PutReceipt(ctx, r)
 	}
 	initial := &protocol.V0InitialJobRequest{JobUUID: uuid, ExecutorClass: spec.ExecutorClass, DockerImage: spec.DockerImage,
+		StreamingDetails: spec.StreamingDetails, ImageDigest: v.cfg.StreamingWhitelist[spec.DockerImage],
 		Volume: spec.Volume, JobStartedReceiptPayload: startedJSON, JobStartedReceiptSignature: startedSig, AllowPull: v.cfg.AllowPull,
 		ExecutorTiming: &protocol.ExecutorTiming{AllowedLeeway: int(t.Leeway.Seconds()), DownloadTimeLimit: spec.DownloadTimeLimit,
 			ExecutionTimeLimit: spec.ExecutionTimeLimit, UploadTimeLimit: spec.UploadTimeLimit, StreamingStartTimeLimit: spec.StreamingStartTimeLimit}}
@@ -266,6 +268,8 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 	note(protocol.StatusExecutorReady, nil)
 
 	// 4. download
+	v.setStop(uuid, func() { mc.send(context.WithoutCancel(ctx), &protocol.V0StopJobRequest{JobUUID: uuid}) })
+	defer v.setStop(uuid, nil)
 	jr := &protocol.V0JobRequest{JobUUID: uuid, ExecutorClass: spec.ExecutorClass, DockerImage: spec.DockerImage, DockerRunOptionsPreset: "none",
 		DockerRunCmd: spec.Args, Env: spec.Env, Volume: spec.Volume, OutputUpload: spec.OutputUpload, ArtifactsDir: spec.ArtifactsDir}
 	if err := mc.send(ctx, jr); err != nil {
@@ -277,6 +281,26 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 	}
 	stageStart = mark("download", stageStart)
 	note(protocol.StatusVolumesReady, nil)
+
+	// 4b. streaming start: the miner vouches for the job's key.
+	if spec.StreamingDetails != nil {
+		deadline = deadline.Add(t.Leeway + time.Duration(max(spec.StreamingStartTimeLimit, 60))*time.Second)
+		var ready *protocol.V0StreamingJobReadyRequest
+		if f := expect("streaming", protocol.HordeStreamingReadyTimeout, func(m protocol.Message) bool {
+			ready, _ = m.(*protocol.V0StreamingJobReadyRequest)
+			return ready != nil
+		}); f != nil {
+			return *f
+		}
+		msg := protocol.StreamingReadyMessage(uuid, ready.IP, ready.Port, ready.PublicKey)
+		if err := sig.VerifyHex(miner, msg, ready.MinerSignature); err != nil {
+			mc.send(context.WithoutCancel(ctx), &protocol.V0CancelJobRequest{JobUUID: uuid})
+			return hordeFail(protocol.HordeSecurityCheckFailed, "the miner's signature of the streaming job's key does not verify: "+err.Error(), false)
+		}
+		stageStart = mark("streaming", stageStart)
+		note(protocol.StatusStreaming, &protocol.StatusMetadata{MinerHotkey: miner, StreamingDetails: &protocol.StreamingServerDetails{
+			StreamingServerCert: ready.PublicKey, StreamingServerAddress: ready.IP, StreamingServerPort: ready.Port, MinerSignature: ready.MinerSignature}})
+	}
 
 	// 5. execute
 	deadline = deadline.Add(time.Duration(spec.ExecutionTimeLimit) * time.Second)

@@ -63,6 +63,9 @@ type Config struct {
 	MaxJobAge time.Duration
 	// Synthetic configures synthetic rounds, scores and weights.
 	Synthetic SyntheticConfig
+	// StreamingWhitelist maps the images streaming jobs may use to their
+	// pinned digests (image id or repo digest); others are refused.
+	StreamingWhitelist map[string]string
 	// Started, if set, is called with the running validator (to run rounds on demand).
 	Started func(*Validator)
 	Log     *slog.Logger
@@ -93,6 +96,7 @@ type Validator struct {
 	mu     sync.Mutex
 	miners map[string]*minerClient
 	cancel map[string]context.CancelCauseFunc // running jobs
+	stop   map[string]func()                  // running jobs that can be stopped
 
 	out *outbox
 
@@ -132,7 +136,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Synthetic.Generators = synthetic.Generators()
 	}
 	v := &Validator{cfg: cfg, log: cfg.Log.With("role", "validator"), life: ctx,
-		miners: map[string]*minerClient{}, cancel: map[string]context.CancelCauseFunc{}, receiptCursor: map[string]int64{}, lastCycle: time.Now()}
+		miners: map[string]*minerClient{}, cancel: map[string]context.CancelCauseFunc{}, stop: map[string]func(){}, receiptCursor: map[string]int64{}, lastCycle: time.Now()}
 	v.out = newOutbox(cfg.Store, v.log)
 	v.recover(ctx)
 	v.wg.Go(func() { v.refreshLoop(ctx) })
@@ -253,6 +257,27 @@ func (v *Validator) Cancel(uuid string) bool {
 }
 
 var errCancelled = errors.New("cancelled by the client")
+
+// Stop ends a running streaming job normally; it reports whether the job was running here.
+func (v *Validator) Stop(uuid string) bool {
+	v.mu.Lock()
+	f := v.stop[uuid]
+	v.mu.Unlock()
+	if f != nil {
+		f()
+	}
+	return f != nil
+}
+
+func (v *Validator) setStop(uuid string, f func()) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if f == nil {
+		delete(v.stop, uuid)
+	} else {
+		v.stop[uuid] = f
+	}
+}
 
 // setStatus records a status and queues it for the facilitator.
 func (v *Validator) setStatus(ctx context.Context, uuid string, s protocol.JobStatus, meta *protocol.StatusMetadata) {

@@ -1,0 +1,178 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/sig"
+	sr "github.com/horde-compute/horde/streamreceipt"
+)
+
+// Stream is a serving streaming job as its client knows it. It marshals to
+// JSON, so a CLI can keep it between commands.
+type Stream struct {
+	JobUUID string `json:"job_uuid"`
+	// URL is the job's signing proxy (https://host:port).
+	URL string `json:"url"`
+	// JobCert is the job's certificate, vouched for by MinerHotkey's MinerSignature.
+	JobCert        string `json:"job_cert"`
+	MinerHotkey    string `json:"miner_hotkey"`
+	MinerSignature string `json:"miner_signature"`
+	// ClientKey (PKCS #8 PEM) and ClientCert authenticate the client to the job.
+	ClientKey  string `json:"client_key"`
+	ClientCert string `json:"client_cert"`
+	// Skew bounds the clock difference tolerated on receipts (default 5s).
+	Skew time.Duration `json:"skew"`
+}
+
+// ErrNotStreaming is returned when a job ended or failed before it served.
+var ErrNotStreaming = errors.New("streaming job did not start")
+
+// StartStreaming makes a client key pair, submits spec as a streaming job,
+// waits until it serves (calling progress for each status, may be nil), and
+// checks the miner's signature of the job's key.
+func (c *Client) StartStreaming(ctx context.Context, spec *protocol.JobSpec, progress func(protocol.StatusEntry)) (*Stream, error) {
+	key, certPEM, err := sr.NewKeyPair("horde-client", 7*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	spec.StreamingDetails = &protocol.StreamingDetails{PublicKey: string(certPEM)}
+	if spec.StreamingStartTimeLimit == 0 {
+		spec.StreamingStartTimeLimit = 120
+	}
+	job, err := c.CreateJob(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	st := &Stream{JobUUID: job.UUID, ClientKey: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), ClientCert: string(certPEM)}
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	errReady := errors.New("ready")
+	var ready *protocol.StatusEntry
+	done, werr := c.Watch(wctx, job.UUID, func(e protocol.StatusEntry) {
+		if progress != nil {
+			progress(e)
+		}
+		if e.Status == protocol.StatusStreaming && ready == nil {
+			ready = &e
+			cancel(errReady)
+		}
+	})
+	if ready == nil {
+		if werr != nil {
+			return st, werr
+		}
+		return st, fmt.Errorf("%w: job %s %s", ErrNotStreaming, job.UUID, done.Status)
+	}
+	d := ready.Metadata.StreamingDetails
+	if d == nil {
+		return st, fmt.Errorf("%w: no streaming details", ErrNotStreaming)
+	}
+	st.URL = "https://" + net.JoinHostPort(d.StreamingServerAddress, strconv.Itoa(d.StreamingServerPort))
+	st.JobCert, st.MinerHotkey, st.MinerSignature = d.StreamingServerCert, ready.Metadata.MinerHotkey, d.MinerSignature
+	msg := protocol.StreamingReadyMessage(job.UUID, d.StreamingServerAddress, d.StreamingServerPort, d.StreamingServerCert)
+	if err := sig.VerifyHex(st.MinerHotkey, msg, st.MinerSignature); err != nil {
+		return st, fmt.Errorf("the miner's signature of the job's key does not verify: %w", err)
+	}
+	return st, nil
+}
+
+// Stop ends a streaming job normally.
+func (c *Client) Stop(ctx context.Context, uuid string) (*protocol.Job, error) {
+	var job protocol.Job
+	if err := c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/stop/", nil, nil, &job); err != nil {
+		return nil, err
+	}
+	return &job, nil
+}
+
+// HTTPClient returns a client that presents the client certificate and
+// accepts only the job's certificate.
+func (s *Stream) HTTPClient() (*http.Client, error) {
+	b, _ := pem.Decode([]byte(s.ClientKey))
+	if b == nil {
+		return nil, errors.New("stream: client key is not PEM")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	key, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, errors.New("stream: client key is not ed25519")
+	}
+	cfg, err := sr.ClientTLS(key, []byte(s.ClientCert), []byte(s.JobCert))
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}, nil
+}
+
+// Result is what one call returned besides its body.
+type Result struct {
+	Status  int
+	Header  http.Header
+	Receipt *sr.Receipt
+	// ReceiptB64 and SignatureB64 are the trailers, kept as evidence.
+	ReceiptB64, SignatureB64 string
+}
+
+// Call sends one request to the job, copies the response body to out as it
+// streams, and verifies the signed receipt against what was sent and
+// received. An error from a response that did not complete or whose receipt
+// does not verify says why; out has whatever arrived.
+func (s *Stream) Call(ctx context.Context, hc *http.Client, method, path string, body []byte, out io.Writer) (*Result, error) {
+	var rid [12]byte
+	rand.Read(rid[:])
+	id := hex.EncodeToString(rid[:])
+	req, err := http.NewRequestWithContext(ctx, method, s.URL+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > 0 {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	sent := time.Now()
+	req.Header.Set(sr.HeaderTimestamp, sent.UTC().Format(sr.TimeFormat))
+	req.Header.Set(sr.HeaderRequestID, id)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", s.JobUUID, err)
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(out, h), resp.Body); err != nil {
+		return &Result{Status: resp.StatusCode, Header: resp.Header}, fmt.Errorf("stream %s: response broke off: %w", s.JobUUID, err)
+	}
+	res := &Result{Status: resp.StatusCode, Header: resp.Header, ReceiptB64: resp.Trailer.Get(sr.TrailerReceipt), SignatureB64: resp.Trailer.Get(sr.TrailerSig)}
+	if resp.StatusCode >= 400 && res.ReceiptB64 == "" {
+		return res, fmt.Errorf("stream %s: HTTP %d", s.JobUUID, resp.StatusCode)
+	}
+	pub, err := sr.PublicKey([]byte(s.JobCert))
+	if err != nil {
+		return res, err
+	}
+	in := sha256.Sum256(body)
+	skew := s.Skew
+	if skew == 0 {
+		skew = 5 * time.Second
+	}
+	res.Receipt, err = sr.Verify(pub, res.ReceiptB64, res.SignatureB64, sr.Expect{JobUUID: s.JobUUID, RequestID: id,
+		InputSHA256: hex.EncodeToString(in[:]), OutputSHA256: hex.EncodeToString(h.Sum(nil)), Sent: sent, Received: time.Now(), Skew: skew})
+	return res, err
+}

@@ -1,0 +1,136 @@
+package hordetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/horde-compute/horde/client"
+	"github.com/horde-compute/horde/internal/devstack"
+	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/protocol"
+	sr "github.com/horde-compute/horde/streamreceipt"
+)
+
+func streamSpec() *protocol.JobSpec {
+	return &protocol.JobSpec{ExecutorClass: protocol.ClassTest, DockerImage: images.LLMImage, Args: []string{},
+		DownloadTimeLimit: 30, ExecutionTimeLimit: 120, UploadTimeLimit: 30, StreamingStartTimeLimit: 30}
+}
+
+// A whitelisted streaming job end to end: start, the miner vouches for the
+// job's key, the client calls the service directly over mutual TLS and each
+// reply carries a receipt that verifies, then stop ends the job normally.
+func TestStreamingJobEndToEnd(t *testing.T) {
+	cli := Docker(t)
+	digest := LLMImage(t, cli)
+	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	st, err := h.Client.StartStreaming(ctx, streamSpec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.MinerHotkey != h.Miners[0].SS58() || !strings.HasPrefix(st.URL, "https://") {
+		t.Fatalf("stream = %+v", st)
+	}
+	hc, err := st.HTTPClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	body := []byte(`{"prompt": "A validator sends work", "max_tokens": 8, "temperature": 0, "stream": true}`)
+	res, err := st.Call(ctx, hc, "POST", "/v1/completions", body, &out)
+	if err != nil {
+		t.Fatalf("call: %v\n%s", err, out.String())
+	}
+	if res.Status != 200 || !strings.Contains(out.String(), "data: [DONE]") || res.Receipt.JobUUID != st.JobUUID {
+		t.Errorf("status %d receipt %+v body %s", res.Status, res.Receipt, out.String())
+	}
+	// Deterministic service: the same request gives the same bytes.
+	var again bytes.Buffer
+	res2, err := st.Call(ctx, hc, "POST", "/v1/completions", body, &again)
+	if err != nil || res2.Receipt.OutputSHA256 != res.Receipt.OutputSHA256 {
+		t.Errorf("second call: %v, output hashes %s vs %s", err, res2.Receipt.OutputSHA256, res.Receipt.OutputSHA256)
+	}
+	// A tampered copy of the reply does not match the receipt.
+	pub, _ := sr.PublicKey([]byte(st.JobCert))
+	if _, err := sr.Verify(pub, res.ReceiptB64, res.SignatureB64, sr.Expect{JobUUID: st.JobUUID, RequestID: res.Receipt.RequestID,
+		InputSHA256: res.Receipt.InputSHA256, OutputSHA256: strings.Repeat("0", 64), Sent: time.Now().Add(-time.Minute), Received: time.Now(), Skew: time.Minute}); !errors.Is(err, sr.ErrReceipt) {
+		t.Errorf("tampered output verified: %v", err)
+	}
+	if _, err := h.Client.Stop(ctx, st.JobUUID); err != nil {
+		t.Fatal(err)
+	}
+	done, err := h.Client.Watch(ctx, st.JobUUID, func(protocol.StatusEntry) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done.Status != protocol.StatusCompleted {
+		t.Fatalf("after stop: %s %+v", done.Status, Last(done).Metadata)
+	}
+	assertNoContainers(t, h.Docker, st.JobUUID)
+	// The proxy is gone with the job.
+	if _, err := st.Call(ctx, hc, "POST", "/v1/completions", body, &out); err == nil {
+		t.Error("the job still answers after it stopped")
+	}
+}
+
+func TestStreamingRefusals(t *testing.T) {
+	cli := Docker(t)
+	digest := LLMImage(t, cli)
+	JobImage(t, cli)
+	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest, images.JobImage: "sha256:not-the-job-image"}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	// Not whitelisted: refused before any executor is reserved.
+	spec := streamSpec()
+	spec.DockerImage = "horde/other:1"
+	_, err := h.Client.StartStreaming(ctx, spec, nil)
+	if !errors.Is(err, client.ErrNotStreaming) {
+		t.Fatalf("non-whitelisted: %v", err)
+	}
+	list, _ := h.Client.Jobs(ctx, 0, 1)
+	j, _ := h.Client.Job(ctx, list.Results[0].UUID)
+	if j.Status != protocol.StatusRejected || !strings.Contains(Last(j).Metadata.JobRejectionDetails.Message, "not whitelisted") {
+		t.Errorf("non-whitelisted: %s %+v", j.Status, Last(j).Metadata)
+	}
+
+	// Whitelisted name, other digest: the executor refuses the image.
+	spec = streamSpec()
+	spec.DockerImage = images.JobImage
+	if _, err := h.Client.StartStreaming(ctx, spec, nil); !errors.Is(err, client.ErrNotStreaming) {
+		t.Fatalf("wrong digest: %v", err)
+	}
+	list, _ = h.Client.Jobs(ctx, 0, 1)
+	j, _ = h.Client.Job(ctx, list.Results[0].UUID)
+	if d := Last(j).Metadata.JobFailureDetails; j.Status != protocol.StatusFailed || d == nil || !strings.Contains(d.Message, "image_not_whitelisted") {
+		t.Errorf("wrong digest: %s %+v", j.Status, Last(j).Metadata)
+	}
+}
+
+// A service that never becomes healthy fails the job at streaming start.
+func TestStreamingServiceNeverHealthy(t *testing.T) {
+	cli := Docker(t)
+	digest := LLMImage(t, cli)
+	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	spec := streamSpec()
+	spec.Args = []string{"--port", "9999"} // serves, but not where horde looks
+	spec.StreamingStartTimeLimit = 2
+	_, err := h.Client.StartStreaming(ctx, spec, nil)
+	if !errors.Is(err, client.ErrNotStreaming) {
+		t.Fatalf("err = %v", err)
+	}
+	list, _ := h.Client.Jobs(ctx, 0, 1)
+	j, _ := h.Client.Job(ctx, list.Results[0].UUID)
+	d := Last(j).Metadata.JobFailureDetails
+	if j.Status != protocol.StatusFailed || d == nil || d.Stage != protocol.StageStreaming || !strings.Contains(d.Message, "GET /health") {
+		t.Errorf("%s %+v", j.Status, Last(j).Metadata)
+	}
+	assertNoContainers(t, h.Docker, j.UUID)
+}

@@ -58,7 +58,7 @@ type Config struct {
 	StreamingListen, StreamingHost string
 	// StreamingSkew bounds clock skew of streaming requests (default 5s).
 	StreamingSkew time.Duration
-	Log            *slog.Logger
+	Log           *slog.Logger
 }
 
 // Validate checks the config.

@@ -48,6 +48,10 @@ Clients:
   job status    show a job and its history
   job list      list your jobs
   job cancel    cancel a job
+  stream start  start a streaming job (whitelisted images) and show where it serves
+  stream call   send one request to it over mutual TLS and verify the signed receipt
+  stream stop   end a streaming job
+  stream receipts   list the receipts kept for a streaming job
   keys new      create a hotkey in a Bittensor wallet
   keys show     show a wallet's hotkey
 
@@ -90,6 +94,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.executor(rest)
 	case "job":
 		return sub(map[string]func([]string) error{"run": e.jobRun, "status": e.jobStatus, "list": e.jobList, "cancel": e.jobCancel})
+	case "stream":
+		return e.stream(rest)
 	case "keys":
 		return sub(map[string]func([]string) error{"new": e.keysNew, "show": e.keysShow})
 	case "dev":

@@ -148,3 +148,31 @@ func TestValidatorScores(t *testing.T) {
 		t.Errorf("--json: exit %d %s", code, out)
 	}
 }
+
+func TestStreamCommands(t *testing.T) {
+	digest := hordetest.LLMImage(t, hordetest.Docker(t))
+	h := hordetest.Start(t, devstack.Config{StreamingWhitelist: map[string]string{"horde/llm:dev": digest}})
+	env := map[string]string{"HORDE_FACILITATOR": h.FacilitatorURL, "HORDE_WALLET_PATH": filepath.Join(h.DataDir, "wallets"),
+		"HORDE_WALLET": "client", "HORDE_STATE_DIR": t.TempDir()}
+	out, errs, code := run(t, env, "stream", "start", "--image", "horde/llm:dev", "--timeout", "2m")
+	if code != 0 || !strings.Contains(out, "serving at https://") || !strings.Contains(errs, "streaming_ready") {
+		t.Fatalf("start: exit %d\n%s%s", code, out, errs)
+	}
+	job := strings.Fields(out)[1]
+	out, errs, code = run(t, env, "stream", "call", job, "/v1/completions", "--data", `{"prompt": "the miner", "max_tokens": 4, "temperature": 0}`)
+	if code != 0 || !strings.Contains(out, `"text_completion"`) || !strings.Contains(errs, "signature OK") {
+		t.Fatalf("call: exit %d\n%s%s", code, out, errs)
+	}
+	out, _, code = run(t, env, "stream", "receipts", job)
+	if code != 0 || !strings.Contains(out, "/v1/completions") || !strings.Contains(out, "yes") {
+		t.Errorf("receipts: exit %d\n%s", code, out)
+	}
+	out, errs, code = run(t, env, "stream", "stop", job)
+	if code != 0 || !strings.Contains(out, "completed") {
+		t.Errorf("stop: exit %d\n%s%s", code, out, errs)
+	}
+	_, errs, code = run(t, env, "stream", "call", "nope", "/x")
+	if code != 1 || !strings.Contains(errs, "horde stream start") {
+		t.Errorf("unknown stream: exit %d %s", code, errs)
+	}
+}

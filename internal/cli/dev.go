@@ -4,11 +4,14 @@ import (
 	"archive/zip"
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/horde-compute/horde/client"
@@ -60,18 +63,24 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 		return nil, nil, nil, fmt.Errorf("the Docker Engine does not answer (is it running, and may you use it?): %w", err)
 	}
 	t := time.Now()
-	fmt.Fprintf(e.stderr, "building the job image %s from source… ", images.JobImage)
+	fmt.Fprintf(e.stderr, "building the images %s and %s from source… ", images.JobImage, images.LLMImage)
 	if err := images.EnsureJobImage(e.ctx, dock); err != nil {
 		fmt.Fprintln(e.stderr)
 		return nil, nil, nil, err
 	}
-	fmt.Fprintf(e.stderr, "done in %.1fs\n", time.Since(t).Seconds())
+	digest, err := images.EnsureLLMImage(e.ctx, dock)
+	if err != nil {
+		fmt.Fprintln(e.stderr)
+		return nil, nil, nil, err
+	}
+	fmt.Fprintf(e.stderr, "done in %.1fs (and %s, whitelisted for streaming as %.19s)\n", time.Since(t).Seconds(), images.LLMImage, digest)
 	params, err := devstack.Calibrate(e.ctx, dock, d.jobTime)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("calibrate synthetic jobs: %w", err)
 	}
 	cfg := devstack.Config{DataDir: d.dataDir, Miners: d.miners, Manifest: man, FacilitatorAddr: d.listen,
-		Log: slog.New(slog.NewTextHandler(logFile, nil)),
+		StreamingWhitelist: map[string]string{images.LLMImage: digest},
+		Log:                slog.New(slog.NewTextHandler(logFile, nil)),
 		// Every miner here shares this machine: test them one after another.
 		Synthetic: validator.SyntheticConfig{Every: d.cycle, Sequential: true,
 			Params: map[string]synthetic.Params{protocol.ClassTest: params}}}
@@ -128,9 +137,12 @@ horde is running. In another shell:
   horde job run --image %s --output-upload zip_put:%s/out.zip -- write result.bin 1024
   horde job list
 
+  horde stream start --image %s --timeout 10m
+  horde stream call JOB_ID /v1/completions --data '{"prompt": "a validator", "max_tokens": 16, "temperature": 0}'
+
 Objects PUT to %s land in %s.
 Press Ctrl-C to stop.
-`, s.FacilitatorURL, abs, images.JobImage, images.JobImage, objects.URL, objects.URL, objects.Dir)
+`, s.FacilitatorURL, abs, images.JobImage, images.JobImage, objects.URL, images.LLMImage, objects.URL, objects.Dir)
 	select {
 	case <-e.ctx.Done():
 		return nil
@@ -189,6 +201,10 @@ func (e *env) devDemo(args []string) error {
 		fmt.Fprintf(e.stdout, "── result.json ──\n%s\n", b)
 	}
 
+	if err := e.demoStreaming(s); err != nil {
+		return err
+	}
+
 	// A synthetic round: every claimed executor gets a job whose answer the
 	// validator can check; one miner claims two executors but has one CPU.
 	fmt.Fprintf(e.stderr, "running a synthetic round against %d miners", len(s.Miners))
@@ -213,4 +229,75 @@ func (e *env) devDemo(args []string) error {
 		}
 	}
 	return nil
+}
+
+// demoStreaming starts a streaming job of the demo language model, asks it
+// one question over mutual TLS, shows the answer as it streams and the
+// verified receipt, then stops the job.
+func (e *env) demoStreaming(s *devstack.Stack) error {
+	cl := client.New(s.FacilitatorURL, s.Client)
+	fmt.Fprintf(e.stderr, "\nstarting a streaming job of %s\n", images.LLMImage)
+	start := time.Now()
+	spec := &protocol.JobSpec{ExecutorClass: protocol.ClassTest, DockerImage: images.LLMImage, Args: []string{},
+		DownloadTimeLimit: 60, ExecutionTimeLimit: 300, UploadTimeLimit: 60, StreamingStartTimeLimit: 60}
+	st, err := cl.StartStreaming(e.ctx, spec, func(x protocol.StatusEntry) {
+		fmt.Fprintf(e.stderr, "  [%6.2fs] %s\n", time.Since(start).Seconds(), describe(x))
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "\nstreaming job %s serves at %s; the miner's signature of its key verified\n", st.JobUUID, st.URL)
+	hc, err := st.HTTPClient()
+	if err != nil {
+		return err
+	}
+	body := []byte(`{"messages": [{"role": "user", "content": "What does a validator do?"}], "max_tokens": 24, "temperature": 0, "stream": true}`)
+	fmt.Fprintf(e.stdout, "Q: What does a validator do?\nA:")
+	res, err := st.Call(e.ctx, hc, "POST", "/v1/chat/completions", body, &sseText{w: e.stdout})
+	fmt.Fprintln(e.stdout)
+	if err != nil {
+		return err
+	}
+	r := res.Receipt
+	fmt.Fprintf(e.stdout, "receipt: request %s from %s to %s\n  input sha256  %s\n  output sha256 %s\n  signed by the job's key: verified\n",
+		r.RequestID, r.TimestampFrom.Format("15:04:05.000000"), r.TimestampTo.Format("15:04:05.000000"), r.InputSHA256, r.OutputSHA256)
+	if _, err := cl.Stop(e.ctx, st.JobUUID); err != nil {
+		return err
+	}
+	j, err := cl.Watch(e.ctx, st.JobUUID, func(protocol.StatusEntry) {})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "streaming job stopped: %s\n", j.Status)
+	return jobErr(j)
+}
+
+// sseText prints the content of OpenAI chat completion chunks as they arrive.
+type sseText struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (s *sseText) Write(p []byte) (int, error) {
+	s.buf = append(s.buf, p...)
+	for {
+		i := bytes.Index(s.buf, []byte("\n\n"))
+		if i < 0 {
+			return len(p), nil
+		}
+		ev := string(s.buf[:i])
+		s.buf = s.buf[i+2:]
+		data, ok := strings.CutPrefix(ev, "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		var chunk struct {
+			Choices []struct {
+				Delta struct{ Content string } `json:"delta"`
+			} `json:"choices"`
+		}
+		if json.Unmarshal([]byte(data), &chunk) == nil && len(chunk.Choices) > 0 {
+			fmt.Fprint(s.w, " "+strings.TrimSpace(chunk.Choices[0].Delta.Content))
+		}
+	}
 }

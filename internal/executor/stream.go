@@ -106,6 +106,7 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		srv.Shutdown(sctx)
 		cancel()
 		<-served
+		proxy.Close()
 	}()
 	port := ln.Addr().(*net.TCPAddr).Port
 	if err := j.send(ctx, &protocol.V0StreamingJobReadyRequest{JobUUID: j.uuid, PublicKey: string(certPEM), IP: j.cfg.StreamingHost, Port: port}); err != nil {

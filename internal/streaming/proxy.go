@@ -54,17 +54,27 @@ func (p *Proxy) now() time.Time {
 	return time.Now()
 }
 
-// upstream keeps connections to services open for reuse: the default
-// transport keeps only two idle per host, and re-dialling costs more than
-// proxying a small request.
-var upstream = &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second,
-	DisableCompression: true}
-
+// transport is the proxy's own connection pool to its one service: kept
+// connections make small requests cheap (the default transport keeps two),
+// and a pool per job never hands a request to another job's service that
+// had the same address.
 func (p *Proxy) transport() http.RoundTripper {
-	if p.Transport != nil {
-		return p.Transport
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.Transport == nil {
+		p.Transport = &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second,
+			DisableCompression: true}
 	}
-	return upstream
+	return p.Transport
+}
+
+// Close drops the proxy's kept connections to the service.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t, ok := p.Transport.(*http.Transport); ok {
+		t.CloseIdleConnections()
+	}
 }
 
 var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

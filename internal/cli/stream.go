@@ -1,0 +1,303 @@
+package cli
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/horde-compute/horde/client"
+	"github.com/horde-compute/horde/protocol"
+	sr "github.com/horde-compute/horde/streamreceipt"
+)
+
+func defaultStateDir() string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(".horde", "streams")
+	}
+	return filepath.Join(home, ".horde", "streams")
+}
+
+// streamState is where a client keeps its streams (keys, pinned job certificates) and receipts.
+type streamState struct{ dir string }
+
+func (s streamState) path(job, ext string) string { return filepath.Join(s.dir, job+ext) }
+
+func (s streamState) save(st *client.Stream) error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	return os.WriteFile(s.path(st.JobUUID, ".json"), b, 0o600)
+}
+
+func (s streamState) load(job string) (*client.Stream, error) {
+	b, err := os.ReadFile(s.path(job, ".json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no stream %s in %s (start one with 'horde stream start')", job, s.dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var st client.Stream
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", job, err)
+	}
+	return &st, nil
+}
+
+// keptReceipt is one line of a stream's receipts file.
+type keptReceipt struct {
+	At        time.Time   `json:"at"`
+	Method    string      `json:"method"`
+	Path      string      `json:"path"`
+	Status    int         `json:"status"`
+	Receipt   *sr.Receipt `json:"receipt,omitempty"`
+	Blob      string      `json:"receipt_b64"`
+	Signature string      `json:"signature_b64"`
+	Verified  bool        `json:"verified"`
+	Error     string      `json:"error,omitempty"`
+}
+
+func (s streamState) keep(job string, k keptReceipt) error {
+	f, err := os.OpenFile(s.path(job, ".receipts.jsonl"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	b, _ := json.Marshal(k)
+	_, err = f.Write(append(b, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (e *env) stream(args []string) error {
+	if len(args) == 0 {
+		return usageErr("horde stream needs a subcommand: start, call, stop, receipts")
+	}
+	cmds := map[string]func([]string) error{"start": e.streamStart, "call": e.streamCall, "stop": e.streamStop, "receipts": e.streamReceipts}
+	f, ok := cmds[args[0]]
+	if !ok {
+		return usageErr("unknown command 'horde stream %s'", args[0])
+	}
+	return f(args[1:])
+}
+
+func stateFlag(fs interface {
+	StringVar(*string, string, string, string)
+}) *string {
+	var dir string
+	fs.StringVar(&dir, "state-dir", defaultStateDir(), "where stream keys, pinned certificates and receipts are kept")
+	return &dir
+}
+
+func (e *env) streamStart(args []string) error {
+	fs := e.flags("stream start")
+	var c clientFlags
+	c.register(fs)
+	state := stateFlag(fs)
+	image := fs.String("image", "", "whitelisted service image (required)")
+	class := fs.String("executor-class", protocol.ClassTest, "executor class")
+	timeout := fs.Duration("timeout", 30*time.Minute, "how long the job may serve")
+	startTimeout := fs.Duration("start-timeout", 2*time.Minute, "how long the service may take to become healthy")
+	var volumes, uploads, envs listFlag
+	fs.Var(&volumes, "volume", volumeHelp)
+	fs.Var(&uploads, "output-upload", uploadHelp)
+	fs.Var(&envs, "env", "environment variable KEY=VALUE, repeatable")
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	spec, err := buildSpec(*image, *class, volumes, uploads, envs, *timeout, 5*time.Minute, 5*time.Minute, fs.Args())
+	if err != nil {
+		return err
+	}
+	spec.StreamingStartTimeLimit = int(startTimeout.Seconds())
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	st, err := cl.StartStreaming(e.ctx, spec, func(s protocol.StatusEntry) {
+		fmt.Fprintf(e.stderr, "  [%6.2fs] %s\n", time.Since(start).Seconds(), describe(s))
+	})
+	if st != nil && st.JobUUID != "" && err == nil {
+		err = streamState{*state}.save(st)
+	}
+	if err != nil {
+		if errors.Is(err, client.ErrNotStreaming) {
+			return &ExitError{Code: 1, Err: err}
+		}
+		return err
+	}
+	cert, _ := sr.ParseCert([]byte(st.JobCert))
+	fp := sha256.Sum256(cert.Raw)
+	fmt.Fprintf(e.stdout, "job %s serving at %s\n  certificate sha256 %s\n  vouched for by miner %s (signature verified)\n",
+		st.JobUUID, st.URL, hex.EncodeToString(fp[:]), st.MinerHotkey)
+	fmt.Fprintf(e.stdout, "call it with: horde stream call %s /v1/completions --data '{\"prompt\": \"hello\", \"max_tokens\": 16}'\n", st.JobUUID)
+	return nil
+}
+
+func (e *env) streamCall(args []string) error {
+	fs := e.flags("stream call")
+	state := stateFlag(fs)
+	data := fs.String("data", "", "request body, or @FILE to read it from a file")
+	method := fs.String("method", "", "HTTP method (default POST with --data, else GET)")
+	fs.Usage = func() {
+		fmt.Fprintln(e.stderr, "Usage: horde stream call JOB_ID PATH [--data BODY|@FILE]")
+		fs.PrintDefaults()
+	}
+	// Flags may come after the positional arguments.
+	var pos []string
+	rest := args
+	for len(rest) > 0 {
+		if err := e.parse(fs, rest); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(pos) != 2 {
+		return usageErr("horde stream call JOB_ID PATH [--data BODY|@FILE]")
+	}
+	job, path := pos[0], pos[1]
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	var body []byte
+	if strings.HasPrefix(*data, "@") {
+		b, err := os.ReadFile((*data)[1:])
+		if err != nil {
+			return usageErr("--data %s: %v", *data, err)
+		}
+		body = b
+	} else {
+		body = []byte(*data)
+	}
+	m := *method
+	if m == "" {
+		m = http.MethodGet
+		if len(body) > 0 {
+			m = http.MethodPost
+		}
+	}
+	ss := streamState{*state}
+	st, err := ss.load(job)
+	if err != nil {
+		return err
+	}
+	hc, err := st.HTTPClient()
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(e.stdout)
+	res, err := st.Call(e.ctx, hc, m, path, body, flushWriter{w})
+	w.Flush()
+	k := keptReceipt{At: time.Now().UTC(), Method: m, Path: path}
+	if res != nil {
+		k.Status, k.Receipt, k.Blob, k.Signature = res.Status, res.Receipt, res.ReceiptB64, res.SignatureB64
+	}
+	k.Verified = err == nil
+	if err != nil {
+		k.Error = err.Error()
+	}
+	if res != nil && res.ReceiptB64 != "" {
+		if kerr := ss.keep(job, k); kerr != nil {
+			fmt.Fprintf(e.stderr, "receipt not kept: %v\n", kerr)
+		}
+	}
+	if err != nil {
+		return &ExitError{Code: 1, Err: err}
+	}
+	r := res.Receipt
+	fmt.Fprintf(e.stderr, "\nreceipt: request %s, HTTP %d\n  from %s to %s\n  input sha256  %s\n  output sha256 %s\n  signature OK (job key vouched for by miner %s)\n",
+		r.RequestID, res.Status, r.TimestampFrom.Format(sr.TimeFormat), r.TimestampTo.Format(sr.TimeFormat), r.InputSHA256, r.OutputSHA256, st.MinerHotkey)
+	return nil
+}
+
+// flushWriter flushes after every write, so a streamed reply shows as it comes.
+type flushWriter struct{ w *bufio.Writer }
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.w.Flush()
+	}
+	return n, err
+}
+
+func (e *env) streamStop(args []string) error {
+	fs := e.flags("stream stop")
+	var c clientFlags
+	c.register(fs)
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageErr("horde stream stop JOB_ID")
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	if _, err := cl.Stop(e.ctx, fs.Arg(0)); err != nil {
+		return err
+	}
+	j, err := cl.Watch(e.ctx, fs.Arg(0), func(s protocol.StatusEntry) {})
+	if err != nil {
+		return err
+	}
+	printResult(e.stdout, j)
+	return jobErr(j)
+}
+
+func (e *env) streamReceipts(args []string) error {
+	fs := e.flags("stream receipts")
+	state := stateFlag(fs)
+	asJSON := fs.Bool("json", false, "print the receipts as JSON lines")
+	if err := e.parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageErr("horde stream receipts JOB_ID")
+	}
+	b, err := os.ReadFile(streamState{*state}.path(fs.Arg(0), ".receipts.jsonl"))
+	if errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintln(e.stdout, "no receipts kept for this job")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		_, err := e.stdout.Write(b)
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%-26s  %-6s %-22s %4s  %-24s  %s\n", "REQUEST", "METHOD", "PATH", "HTTP", "FINISHED", "VERIFIED")
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var k keptReceipt
+		if json.Unmarshal([]byte(line), &k) != nil {
+			continue
+		}
+		id, at, ok := "-", "-", "yes"
+		if k.Receipt != nil {
+			id, at = k.Receipt.RequestID, k.Receipt.TimestampTo.Format(sr.TimeFormat)
+		}
+		if !k.Verified {
+			ok = "NO: " + k.Error
+		}
+		fmt.Fprintf(e.stdout, "%-26s  %-6s %-22s %4d  %-24s  %s\n", id, k.Method, k.Path, k.Status, at, ok)
+	}
+	return nil
+}

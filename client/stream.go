@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -99,6 +100,24 @@ func (c *Client) Stop(ctx context.Context, uuid string) (*protocol.Job, error) {
 		return nil, err
 	}
 	return &job, nil
+}
+
+// SendVolume sends a volume message to a serving streaming job (one more
+// input volume, or an upload of its outputs so far) and returns the job's
+// acknowledgement once it has acted.
+func (c *Client) SendVolume(ctx context.Context, uuid string, msg *protocol.VolumeMessage) (*protocol.VolumeAck, error) {
+	body, err := json.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	var ack protocol.VolumeAck
+	if err := c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/volumes/", body, nil, &ack); err != nil {
+		return nil, err
+	}
+	if !ack.Success {
+		return &ack, fmt.Errorf("volume message %s: %s", ack.MessageID, ack.Error)
+	}
+	return &ack, nil
 }
 
 // HTTPClient returns a client that presents the client certificate and

@@ -37,6 +37,22 @@ const (
 // ScopeSignedFields is the signature scope of a job request.
 const ScopeSignedFields = "SignedFields"
 
+// VolumeMessage is the body of POST /api/v1/jobs/{uuid}/volumes/: one more
+// input volume to download into a serving streaming job, or an upload of its
+// outputs so far. The answer is the VolumeAck, once the job has acted.
+type VolumeMessage struct {
+	Volume       *Volume       `json:"volume,omitempty"`
+	OutputUpload *OutputUpload `json:"output_upload,omitempty"`
+}
+
+// VolumeAck answers a VolumeMessage.
+type VolumeAck struct {
+	MessageID     string            `json:"message_id"`
+	Success       bool              `json:"success"`
+	Error         string            `json:"error,omitempty"`
+	UploadResults map[string]string `json:"upload_results,omitempty"`
+}
+
 // StatusEntry is one step of a job's history.
 type StatusEntry struct {
 	Status    JobStatus       `json:"status"`

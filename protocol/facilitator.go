@@ -230,6 +230,28 @@ type V2JobRequest struct {
 
 func (*V2JobRequest) MessageType() string { return "V2JobRequest" }
 
+// V0JobVolumeRequest (horde): facilitator → validator, a client's volume
+// message for a serving streaming job (see V0VolumeRequest).
+type V0JobVolumeRequest struct {
+	UUID         string        `json:"uuid"`
+	MessageID    string        `json:"message_id"`
+	Volume       *Volume       `json:"volume,omitempty"`
+	OutputUpload *OutputUpload `json:"output_upload,omitempty"`
+}
+
+func (*V0JobVolumeRequest) MessageType() string { return "V0JobVolumeRequest" }
+
+// V0JobVolumeResult (horde): validator → facilitator, the outcome of a volume message.
+type V0JobVolumeResult struct {
+	UUID          string            `json:"uuid"`
+	MessageID     string            `json:"message_id"`
+	Success       bool              `json:"success"`
+	Error         string            `json:"error,omitempty"`
+	UploadResults map[string]string `json:"upload_results,omitempty"`
+}
+
+func (*V0JobVolumeResult) MessageType() string { return "V0JobVolumeResult" }
+
 // V0StopJobByFacilitator (horde): facilitator → validator, the client ends a streaming job.
 type V0StopJobByFacilitator struct {
 	UUID string `json:"uuid"`
@@ -246,7 +268,8 @@ func (*V0CancelJobByFacilitator) MessageType() string { return "V0CancelJobByFac
 
 func init() {
 	register(&V0AuthenticationRequest{}, &Response{}, &V0Heartbeat{}, &V0MachineSpecsUpdate{},
-		&V0JobStatusUpdate{}, &V2JobRequest{}, &V0CancelJobByFacilitator{}, &V0StopJobByFacilitator{})
+		&V0JobStatusUpdate{}, &V2JobRequest{}, &V0CancelJobByFacilitator{}, &V0StopJobByFacilitator{},
+		&V0JobVolumeRequest{}, &V0JobVolumeResult{})
 }
 
 // V0ValidatorReport (horde): validator → facilitator, the scores of a cycle,

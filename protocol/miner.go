@@ -275,6 +275,43 @@ type V0StopJobRequest struct {
 
 func (*V0StopJobRequest) MessageType() string { return "V0StopJobRequest" }
 
+// V0VolumeRequest (horde): validator → miner (→ executor), during a
+// streaming job: download one more volume into /volume, or upload /output
+// as OutputUpload says. Answered by V0VolumeResult with the same MessageID.
+type V0VolumeRequest struct {
+	JobUUID      string        `json:"job_uuid"`
+	MessageID    string        `json:"message_id"`
+	Volume       *Volume       `json:"volume,omitempty"`
+	OutputUpload *OutputUpload `json:"output_upload,omitempty"`
+}
+
+func (*V0VolumeRequest) MessageType() string { return "V0VolumeRequest" }
+
+// Validate checks the message before it is sent on.
+func (m *V0VolumeRequest) Validate() error { return m.validate() }
+
+func (m *V0VolumeRequest) validate() error {
+	if m.MessageID == "" || (m.Volume == nil) == (m.OutputUpload == nil) {
+		return fmt.Errorf("message_id and exactly one of volume and output_upload are required")
+	}
+	if m.Volume != nil {
+		return m.Volume.Validate()
+	}
+	return m.OutputUpload.Validate()
+}
+
+// V0VolumeResult (horde): executor (→ miner) → validator, the outcome of a V0VolumeRequest.
+type V0VolumeResult struct {
+	JobUUID       string            `json:"job_uuid"`
+	ExecutorToken string            `json:"executor_token,omitempty"`
+	MessageID     string            `json:"message_id"`
+	Success       bool              `json:"success"`
+	Error         string            `json:"error,omitempty"`
+	UploadResults map[string]string `json:"upload_results,omitempty"`
+}
+
+func (*V0VolumeResult) MessageType() string { return "V0VolumeResult" }
+
 // V0CancelJobRequest (horde): validator → miner (→ executor), stop the job now.
 type V0CancelJobRequest struct {
 	JobUUID string `json:"job_uuid"`
@@ -288,5 +325,6 @@ func init() {
 		&V0ExecutorFailedRequest{}, &V0StreamingJobReadyRequest{}, &V0StreamingJobNotReadyRequest{},
 		&V0JobRequest{}, &V0VolumesReadyRequest{}, &V0ExecutionDoneRequest{}, &V0JobFinishedRequest{},
 		&V0JobFailedRequest{}, &V0HordeFailedRequest{}, &V0MachineSpecsRequest{},
-		&V0JobAcceptedReceiptRequest{}, &V0JobFinishedReceiptRequest{}, &V0CancelJobRequest{}, &V0StopJobRequest{})
+		&V0JobAcceptedReceiptRequest{}, &V0JobFinishedReceiptRequest{}, &V0CancelJobRequest{}, &V0StopJobRequest{},
+		&V0VolumeRequest{}, &V0VolumeResult{})
 }

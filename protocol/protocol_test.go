@@ -62,6 +62,10 @@ func samples() []Message {
 		&V0CancelJobByFacilitator{UUID: "j"},
 		&V0StopJobByFacilitator{UUID: "j"},
 		&V0StopJobRequest{JobUUID: "j"},
+		&V0VolumeRequest{JobUUID: "j", MessageID: "m1", Volume: &Volume{VolumeType: VolumeZipURL, Contents: "http://127.0.0.1/more.zip"}},
+		&V0VolumeResult{JobUUID: "j", MessageID: "m1", Success: true},
+		&V0JobVolumeRequest{UUID: "j", MessageID: "m1", OutputUpload: up},
+		&V0JobVolumeResult{UUID: "j", MessageID: "m1", Success: false, Error: "HTTP 403"},
 		&V0ValidatorReport{Cycle: 3, At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Scores: json.RawMessage(`[{"miner":"m","score":1}]`)},
 	}
 }

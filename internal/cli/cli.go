@@ -52,6 +52,7 @@ Clients:
   stream call   send one request to it over mutual TLS and verify the signed receipt
   stream stop   end a streaming job
   stream receipts   list the receipts kept for a streaming job
+  stream volume     send a serving job one more input volume, or upload its outputs
   keys new      create a hotkey in a Bittensor wallet
   keys show     show a wallet's hotkey
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"archive/zip"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -166,6 +167,18 @@ func TestStreamCommands(t *testing.T) {
 	out, _, code = run(t, env, "stream", "receipts", job)
 	if code != 0 || !strings.Contains(out, "/v1/completions") || !strings.Contains(out, "yes") {
 		t.Errorf("receipts: exit %d\n%s", code, out)
+	}
+	h.Objects.Put("v.zip", func() []byte {
+		var buf bytes.Buffer
+		zw := zip.NewWriter(&buf)
+		w, _ := zw.Create("note.txt")
+		w.Write([]byte("mid-job input"))
+		zw.Close()
+		return buf.Bytes()
+	}())
+	out, errs, code = run(t, env, "stream", "volume", job, "--volume", "zip_url:"+h.Objects.URL+"/v.zip")
+	if code != 0 || !strings.Contains(out, "acknowledged") {
+		t.Errorf("volume: exit %d\n%s%s", code, out, errs)
 	}
 	out, errs, code = run(t, env, "stream", "stop", job)
 	if code != 0 || !strings.Contains(out, "completed") {

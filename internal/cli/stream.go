@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -84,7 +85,8 @@ func (e *env) stream(args []string) error {
 	if len(args) == 0 {
 		return usageErr("horde stream needs a subcommand: start, call, stop, receipts")
 	}
-	cmds := map[string]func([]string) error{"start": e.streamStart, "call": e.streamCall, "stop": e.streamStop, "receipts": e.streamReceipts}
+	cmds := map[string]func([]string) error{"start": e.streamStart, "call": e.streamCall, "stop": e.streamStop,
+		"receipts": e.streamReceipts, "volume": e.streamVolume}
 	f, ok := cmds[args[0]]
 	if !ok {
 		return usageErr("unknown command 'horde stream %s'", args[0])
@@ -92,9 +94,7 @@ func (e *env) stream(args []string) error {
 	return f(args[1:])
 }
 
-func stateFlag(fs interface {
-	StringVar(*string, string, string, string)
-}) *string {
+func stateFlag(fs *flag.FlagSet) *string {
 	var dir string
 	fs.StringVar(&dir, "state-dir", defaultStateDir(), "where stream keys, pinned certificates and receipts are kept")
 	return &dir
@@ -155,18 +155,9 @@ func (e *env) streamCall(args []string) error {
 		fmt.Fprintln(e.stderr, "Usage: horde stream call JOB_ID PATH [--data BODY|@FILE]")
 		fs.PrintDefaults()
 	}
-	// Flags may come after the positional arguments.
-	var pos []string
-	rest := args
-	for len(rest) > 0 {
-		if err := e.parse(fs, rest); err != nil {
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, err := e.parseInterleaved(fs, args)
+	if err != nil {
+		return err
 	}
 	if len(pos) != 2 {
 		return usageErr("horde stream call JOB_ID PATH [--data BODY|@FILE]")
@@ -300,4 +291,62 @@ func (e *env) streamReceipts(args []string) error {
 		fmt.Fprintf(e.stdout, "%-26s  %-6s %-22s %4d  %-24s  %s\n", id, k.Method, k.Path, k.Status, at, ok)
 	}
 	return nil
+}
+
+func (e *env) streamVolume(args []string) error {
+	fs := e.flags("stream volume")
+	var c clientFlags
+	c.register(fs)
+	volume := fs.String("volume", "", "one more input volume for the job ("+strings.ReplaceAll(volumeHelp, "\n", " ")+")")
+	upload := fs.String("output-upload", "", "upload the job's outputs so far ("+strings.ReplaceAll(uploadHelp, "\n", " ")+")")
+	pos, err := e.parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || (*volume == "") == (*upload == "") {
+		return usageErr("horde stream volume JOB_ID (--volume SPEC | --output-upload SPEC)")
+	}
+	var msg protocol.VolumeMessage
+	if *volume != "" {
+		v, err := parseVolume(*volume)
+		if err != nil {
+			return err
+		}
+		msg.Volume = &v
+	} else {
+		u, err := parseUpload(*upload)
+		if err != nil {
+			return err
+		}
+		msg.OutputUpload = &u
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	ack, err := cl.SendVolume(e.ctx, pos[0], &msg)
+	if err != nil {
+		return &ExitError{Code: 1, Err: err}
+	}
+	fmt.Fprintf(e.stdout, "message %s acknowledged\n", ack.MessageID)
+	for k, v := range ack.UploadResults {
+		fmt.Fprintf(e.stdout, "  %s → HTTP %s\n", k, v)
+	}
+	return nil
+}
+
+// parseInterleaved parses flags that may stand before, between or after the
+// positional arguments, which it returns.
+func (e *env) parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := e.parse(fs, args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }

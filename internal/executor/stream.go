@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/streaming"
 	"github.com/horde-compute/horde/protocol"
 	sr "github.com/horde-compute/horde/streamreceipt"
@@ -126,9 +127,12 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 				if !ok {
 					return
 				}
-				if _, stop := m.(*protocol.V0StopJobRequest); stop {
+				switch m := m.(type) {
+				case *protocol.V0StopJobRequest:
 					why = "stopped by the client"
 					return
+				case *protocol.V0VolumeRequest:
+					j.send(ctx, j.volumeMessage(ctx, m, timing))
 				}
 			case code = <-exited:
 				why = "the service exited"
@@ -186,4 +190,29 @@ func waitHealthy(ctx context.Context, service *url.URL, limit time.Duration, exi
 			return fmt.Errorf("the service did not answer GET /health on port %d within %s", ServicePort, limit)
 		}
 	}
+}
+
+// volumeMessage downloads one more volume into /volume, where the service
+// sees it, or uploads /output as the message asks, and says how it went.
+func (j *job) volumeMessage(ctx context.Context, m *protocol.V0VolumeRequest, timing *protocol.ExecutorTiming) *protocol.V0VolumeResult {
+	res := &protocol.V0VolumeResult{JobUUID: j.uuid, MessageID: m.MessageID}
+	var err error
+	if m.Volume != nil {
+		dctx, cancel := context.WithTimeout(ctx, seconds(timing.DownloadTimeLimit))
+		f := &blob.Fetcher{Limits: j.cfg.Limits, HuggingFaceEndpoint: j.cfg.HuggingFaceEndpoint}
+		err = f.Download(dctx, m.Volume, filepath.Join(j.dir, "volume"))
+		cancel()
+	} else {
+		uctx, cancel := context.WithTimeout(ctx, seconds(timing.UploadTimeLimit))
+		u := &blob.Uploader{Limits: j.cfg.Limits}
+		res.UploadResults, err = u.Upload(uctx, m.OutputUpload, filepath.Join(j.dir, "output"))
+		cancel()
+	}
+	if err != nil {
+		res.Error = err.Error()
+	} else {
+		res.Success = true
+	}
+	j.cfg.Log.Info("volume message", "job", j.uuid, "message", m.MessageID, "success", res.Success, "err", res.Error)
+	return res
 }

@@ -355,3 +355,53 @@ func (f *Facilitator) stopJob(w http.ResponseWriter, r *http.Request, ar *authed
 	}
 	writeJSON(w, http.StatusAccepted, job)
 }
+
+// volumeMessage passes a client's volume message to its serving streaming job
+// and answers with the job's acknowledgement.
+func (f *Facilitator) volumeMessage(w http.ResponseWriter, r *http.Request, ar *authedRequest) {
+	id := r.PathValue("uuid")
+	var msg protocol.VolumeMessage
+	if err := decodeStrict(ar.body, &msg); err != nil {
+		writeError(w, err)
+		return
+	}
+	vr := &protocol.V0VolumeRequest{JobUUID: id, MessageID: uuid.NewString(), Volume: msg.Volume, OutputUpload: msg.OutputUpload}
+	if err := vr.Validate(); err != nil {
+		writeError(w, fmt.Errorf("%w: %v", ErrBadRequest, err))
+		return
+	}
+	job, err := f.job(r, id, ar.signatory)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if job.Status != protocol.StatusStreaming {
+		writeError(w, fmt.Errorf("%w: job %s is %s; volume messages go to serving streaming jobs", ErrBadRequest, id, job.Status))
+		return
+	}
+	f.mu.Lock()
+	vc := f.validators[job.ValidatorHotkey]
+	ch := make(chan *protocol.V0JobVolumeResult, 1)
+	f.pending[vr.MessageID] = ch
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		delete(f.pending, vr.MessageID)
+		f.mu.Unlock()
+	}()
+	if vc == nil {
+		writeError(w, fmt.Errorf("job %s: its validator is not connected", id))
+		return
+	}
+	if err := vc.conn.Send(r.Context(), &protocol.V0JobVolumeRequest{UUID: id, MessageID: vr.MessageID, Volume: msg.Volume, OutputUpload: msg.OutputUpload}); err != nil {
+		writeError(w, fmt.Errorf("forward volume message: %w", err))
+		return
+	}
+	select {
+	case res := <-ch:
+		writeJSON(w, http.StatusOK, protocol.VolumeAck{MessageID: res.MessageID, Success: res.Success, Error: res.Error, UploadResults: res.UploadResults})
+	case <-r.Context().Done():
+	case <-time.After(15 * time.Minute):
+		writeError(w, fmt.Errorf("volume message %s: no acknowledgement from the job within 15 minutes", vr.MessageID))
+	}
+}

@@ -63,6 +63,7 @@ type Facilitator struct {
 	mu         sync.Mutex
 	validators map[string]*validatorConn
 	watchers   map[string]map[chan protocol.StatusEntry]struct{}
+	pending    map[string]chan *protocol.V0JobVolumeResult // volume messages awaiting their ack
 	dispatch   chan struct{}
 }
 
@@ -91,6 +92,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	f := &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
 		validators: map[string]*validatorConn{}, watchers: map[string]map[chan protocol.StatusEntry]struct{}{},
+		pending:  map[string]chan *protocol.V0JobVolumeResult{},
 		dispatch: make(chan struct{}, 1)}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -113,6 +115,7 @@ func (f *Facilitator) routes() http.Handler {
 	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/", f.authed(f.getJob))
 	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/cancel/", f.authed(f.cancelJob))
 	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/stop/", f.authed(f.stopJob))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/volumes/", f.authed(f.volumeMessage))
 	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(f.jobEvents))
 	mux.HandleFunc("GET "+protocol.RouteScores, f.authed(f.scores))
 	return mux
@@ -169,6 +172,17 @@ func (f *Facilitator) serveValidator(w http.ResponseWriter, r *http.Request) {
 				resp = &protocol.Response{Status: "error", Errors: []protocol.ResponseError{{Msg: err.Error(), Type: "status_update"}}}
 			}
 			conn.Send(ctx, resp)
+		case *protocol.V0JobVolumeResult:
+			f.mu.Lock()
+			ch := f.pending[m.MessageID]
+			f.mu.Unlock()
+			if ch != nil {
+				select {
+				case ch <- m:
+				default:
+				}
+			}
+			conn.Send(ctx, &protocol.Response{Status: "success"})
 		case *protocol.V0ValidatorReport:
 			resp := &protocol.Response{Status: "success"}
 			if b, err := protocol.Encode(m); err != nil || f.cfg.Store.PutReport(ctx, hotkey, b) != nil {

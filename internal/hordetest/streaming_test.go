@@ -134,3 +134,51 @@ func TestStreamingServiceNeverHealthy(t *testing.T) {
 	}
 	assertNoContainers(t, h.Docker, j.UUID)
 }
+
+// Volume messages reach a serving job: one more input volume appears in
+// /volume, and /output is uploaded on request; each is acknowledged.
+func TestStreamingVolumeMessages(t *testing.T) {
+	cli := Docker(t)
+	digest := LLMImage(t, cli)
+	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	st, err := h.Client.StartStreaming(ctx, streamSpec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, _ := st.HTTPClient()
+	h.Objects.Put("more.zip", zipOf(t, map[string]string{"added.txt": "arrived mid-job"}))
+	ack, err := h.Client.SendVolume(ctx, st.JobUUID, &protocol.VolumeMessage{Volume: &protocol.Volume{VolumeType: protocol.VolumeZipURL,
+		Contents: h.Objects.URL + "/more.zip", RelativePath: "extra"}})
+	if err != nil || !ack.Success || ack.MessageID == "" {
+		t.Fatalf("volume: %+v %v", ack, err)
+	}
+	var out bytes.Buffer
+	if _, err := st.Call(ctx, hc, "GET", "/volume/extra/added.txt", nil, &out); err != nil || out.String() != "arrived mid-job" {
+		t.Fatalf("the service sees %q, %v", out.String(), err)
+	}
+	out.Reset()
+	if _, err := st.Call(ctx, hc, "PUT", "/output/answer.txt", []byte("forty-two"), &out); err != nil {
+		t.Fatal(err)
+	}
+	ack, err = h.Client.SendVolume(ctx, st.JobUUID, &protocol.VolumeMessage{OutputUpload: &protocol.OutputUpload{
+		OutputUploadType: protocol.UploadSinglePut, URL: h.Objects.URL + "/mid/answer.txt", RelativePath: "answer.txt"}})
+	if err != nil || !ack.Success || ack.UploadResults["answer.txt"] != "200" {
+		t.Fatalf("upload: %+v %v", ack, err)
+	}
+	if b, _ := h.Objects.Get("mid/answer.txt"); string(b) != "forty-two" {
+		t.Errorf("uploaded %q", b)
+	}
+	// A failing message is acknowledged with the reason.
+	ack, err = h.Client.SendVolume(ctx, st.JobUUID, &protocol.VolumeMessage{Volume: &protocol.Volume{VolumeType: protocol.VolumeZipURL,
+		Contents: h.Objects.URL + "/missing.zip"}})
+	if err == nil || ack == nil || ack.Success || !strings.Contains(ack.Error, "HTTP 404") {
+		t.Errorf("failing volume: %+v %v", ack, err)
+	}
+	// Bad messages are refused at the door.
+	if _, err := h.Client.SendVolume(ctx, st.JobUUID, &protocol.VolumeMessage{}); err == nil || !strings.Contains(err.Error(), "exactly one") {
+		t.Errorf("empty message: %v", err)
+	}
+	h.Client.Stop(ctx, st.JobUUID)
+}

@@ -82,6 +82,8 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 			m.toExecutor(ctx, conn, validator, msg.JobUUID, msg)
 		case *protocol.V0StopJobRequest:
 			m.toExecutor(ctx, conn, validator, msg.JobUUID, msg)
+		case *protocol.V0VolumeRequest:
+			m.toExecutor(ctx, conn, validator, msg.JobUUID, msg)
 		case *protocol.V0CancelJobRequest:
 			m.cancelJob(ctx, validator, msg.JobUUID)
 		case *protocol.V0JobAcceptedReceiptRequest:
@@ -368,6 +370,8 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 		case *protocol.V0ExecutorFailedRequest:
 			msg.ExecutorToken, terminal = "", true
 		case *protocol.V0StreamingJobNotReadyRequest:
+			msg.ExecutorToken = ""
+		case *protocol.V0VolumeResult:
 			msg.ExecutorToken = ""
 		default:
 			conn.Send(ctx, &protocol.GenericError{Details: "unexpected message from executor: " + msg.MessageType()})

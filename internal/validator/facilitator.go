@@ -101,6 +101,10 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 		switch m := m.(type) {
 		case *protocol.V2JobRequest:
 			v.accept(ctx, m)
+		case *protocol.V0JobVolumeRequest:
+			if !v.toMiner(m.UUID, &protocol.V0VolumeRequest{JobUUID: m.UUID, MessageID: m.MessageID, Volume: m.Volume, OutputUpload: m.OutputUpload}) {
+				v.out.push(&protocol.V0JobVolumeResult{UUID: m.UUID, MessageID: m.MessageID, Error: "the job is not running on this validator"})
+			}
 		case *protocol.V0StopJobByFacilitator:
 			if !v.Stop(m.UUID) {
 				v.log.Info("stop for a job not serving here", "job", m.UUID)

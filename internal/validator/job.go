@@ -230,6 +230,10 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 			if fail != nil {
 				return fail
 			}
+			if vr, ok := m.(*protocol.V0VolumeResult); ok {
+				v.out.push(&protocol.V0JobVolumeResult{UUID: uuid, MessageID: vr.MessageID, Success: vr.Success, Error: vr.Error, UploadResults: vr.UploadResults})
+				continue
+			}
 			if want(m) {
 				return nil
 			}
@@ -268,7 +272,7 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 	note(protocol.StatusExecutorReady, nil)
 
 	// 4. download
-	v.setStop(uuid, func() { mc.send(context.WithoutCancel(ctx), &protocol.V0StopJobRequest{JobUUID: uuid}) })
+	v.setStop(uuid, func(m protocol.Message) { mc.send(context.WithoutCancel(ctx), m) })
 	defer v.setStop(uuid, nil)
 	jr := &protocol.V0JobRequest{JobUUID: uuid, ExecutorClass: spec.ExecutorClass, DockerImage: spec.DockerImage, DockerRunOptionsPreset: "none",
 		DockerRunCmd: spec.Args, Env: spec.Env, Volume: spec.Volume, OutputUpload: spec.OutputUpload, ArtifactsDir: spec.ArtifactsDir}

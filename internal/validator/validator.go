@@ -96,7 +96,7 @@ type Validator struct {
 	mu     sync.Mutex
 	miners map[string]*minerClient
 	cancel map[string]context.CancelCauseFunc // running jobs
-	stop   map[string]func()                  // running jobs that can be stopped
+	relay  map[string]func(protocol.Message)  // running jobs: send to their miner
 
 	out *outbox
 
@@ -136,7 +136,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Synthetic.Generators = synthetic.Generators()
 	}
 	v := &Validator{cfg: cfg, log: cfg.Log.With("role", "validator"), life: ctx,
-		miners: map[string]*minerClient{}, cancel: map[string]context.CancelCauseFunc{}, stop: map[string]func(){}, receiptCursor: map[string]int64{}, lastCycle: time.Now()}
+		miners: map[string]*minerClient{}, cancel: map[string]context.CancelCauseFunc{}, relay: map[string]func(protocol.Message){}, receiptCursor: map[string]int64{}, lastCycle: time.Now()}
 	v.out = newOutbox(cfg.Store, v.log)
 	v.recover(ctx)
 	v.wg.Go(func() { v.refreshLoop(ctx) })
@@ -260,22 +260,27 @@ var errCancelled = errors.New("cancelled by the client")
 
 // Stop ends a running streaming job normally; it reports whether the job was running here.
 func (v *Validator) Stop(uuid string) bool {
+	return v.toMiner(uuid, &protocol.V0StopJobRequest{JobUUID: uuid})
+}
+
+// toMiner sends m to the miner running job uuid; false if none runs it here.
+func (v *Validator) toMiner(uuid string, m protocol.Message) bool {
 	v.mu.Lock()
-	f := v.stop[uuid]
+	f := v.relay[uuid]
 	v.mu.Unlock()
 	if f != nil {
-		f()
+		f(m)
 	}
 	return f != nil
 }
 
-func (v *Validator) setStop(uuid string, f func()) {
+func (v *Validator) setStop(uuid string, f func(protocol.Message)) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if f == nil {
-		delete(v.stop, uuid)
+		delete(v.relay, uuid)
 	} else {
-		v.stop[uuid] = f
+		v.relay[uuid] = f
 	}
 }
 

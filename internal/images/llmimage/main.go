@@ -1,7 +1,8 @@
 // Command llmimage is the demo streaming service: an OpenAI-compatible
 // /v1/completions and /v1/chat/completions server (streaming by server-sent
 // events, logprobs on request) backed by a small word-level trigram model
-// trained at start on a text shipped with it. Generation is deterministic:
+// trained at start on a text shipped with it; it also serves the job's files
+// (GET /volume/…) and writes results (PUT /output/NAME). Generation is deterministic:
 // temperature 0 takes the most likely word; otherwise the seed decides.
 //
 //	llmimage [--port 8000] [--variant NAME]

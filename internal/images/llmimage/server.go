@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -25,6 +27,25 @@ func NewServer(m *Model, name string) http.Handler {
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{"object": "list", "data": []any{map[string]any{"id": name, "object": "model", "owned_by": "horde"}}})
+	})
+	// The job's files: inputs in /volume (volume messages add to them) and
+	// results in /output (uploaded at the end, or on request).
+	mux.Handle("GET /volume/", http.StripPrefix("/volume/", http.FileServer(http.Dir("/volume"))))
+	mux.HandleFunc("PUT /output/{name}", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if name == "" || strings.ContainsAny(name, "/\\") || strings.HasPrefix(name, ".") {
+			httpError(w, http.StatusBadRequest, "bad file name")
+			return
+		}
+		b, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
+		if err == nil {
+			err = os.WriteFile(filepath.Join("/output", name), b, 0o644)
+		}
+		if err != nil {
+			httpError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		writeJSON(w, map[string]any{"written": name, "bytes": len(b)})
 	})
 	mux.HandleFunc("POST /v1/completions", s.completions)
 	mux.HandleFunc("POST /v1/chat/completions", s.chat)

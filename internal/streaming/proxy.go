@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -135,9 +134,26 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out.RequestURI = ""
 	out.Header.Del(sr.HeaderTimestamp)
 	out.Header.Del(sr.HeaderRequestID)
-	out.Body = hashingBody{r.Body, in}
+	// The request body streams to the service through a pipe, hashed on the
+	// way. HTTP/1 may refuse reads of a request body once the response has
+	// started, so the response waits until the body has been read to its end
+	// (a service that answers without reading all of it gets a grace period).
+	bodyDone := make(chan struct{})
 	if r.Body == nil || r.Body == http.NoBody {
 		out.Body = http.NoBody
+		close(bodyDone)
+	} else {
+		pr, pw := io.Pipe()
+		out.Body = pr
+		go func() { // owned: ends at the body's end, or when the pipe is closed below
+			_, err := io.Copy(io.MultiWriter(pw, in), r.Body)
+			pw.CloseWithError(err)
+			close(bodyDone)
+		}()
+		defer func() {
+			pr.Close()
+			<-bodyDone
+		}()
 	}
 	resp, err := p.transport().RoundTrip(out)
 	if err != nil {
@@ -145,6 +161,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer resp.Body.Close()
+	select {
+	case <-bodyDone:
+	case <-time.After(10 * time.Second):
+	case <-r.Context().Done():
+		return
+	}
 	for k, vs := range resp.Header {
 		for _, v := range vs {
 			w.Header().Add(k, v)
@@ -178,8 +200,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			panic(http.ErrAbortHandler)
 		}
 	}
-	// Drain what the service did not read, so the input hash covers the whole request.
-	io.Copy(in, r.Body)
 	rc := &sr.Receipt{JobUUID: p.JobUUID, RequestID: id, TimestampFrom: from.UTC().Truncate(time.Microsecond),
 		TimestampTo: p.now().UTC().Truncate(time.Microsecond), InputSHA256: hex.EncodeToString(in.Sum(nil)),
 		OutputSHA256: hex.EncodeToString(outHash.Sum(nil))}
@@ -220,16 +240,4 @@ func (p *Proxy) Receipts() int {
 	return n
 }
 
-// hashingBody hashes what the service reads of the request body.
-type hashingBody struct {
-	r io.ReadCloser
-	h hash.Hash
-}
 
-func (b hashingBody) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	b.h.Write(p[:n])
-	return n, err
-}
-
-func (b hashingBody) Close() error { return b.r.Close() }

@@ -260,3 +260,14 @@ func TestTamperedReceipts(t *testing.T) {
 		}
 	}
 }
+
+// Many requests with bodies over one kept-alive connection all complete with
+// receipts (the request body is read to its end before the response starts).
+func TestManyRequestsOneConnection(t *testing.T) {
+	r := newRig(t, echo())
+	for i := range 200 {
+		if _, _, _, err := r.call(t, fmt.Sprintf("k%d", i), bytes.Repeat([]byte("z"), i*37), nil); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+}

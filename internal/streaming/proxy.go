@@ -239,5 +239,3 @@ func (p *Proxy) Receipts() int {
 	}
 	return n
 }
-
-

@@ -188,3 +188,30 @@ func TestStreamingVolumeMessages(t *testing.T) {
 	}
 	h.Client.Stop(ctx, st.JobUUID)
 }
+
+// A streaming job ends by itself when its time runs out: outputs go up, the
+// job completes.
+func TestStreamingTimeLimit(t *testing.T) {
+	digest := LLMImage(t, Docker(t))
+	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	spec := streamSpec()
+	spec.ExecutionTimeLimit = 2
+	spec.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: h.Objects.URL + "/timed/out.zip"}
+	st, err := h.Client.StartStreaming(ctx, spec, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := h.Client.Watch(ctx, st.JobUUID, func(protocol.StatusEntry) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done.Status != protocol.StatusCompleted {
+		t.Fatalf("%s %+v", done.Status, Last(done).Metadata)
+	}
+	if _, ok := h.Objects.Get("timed/out.zip"); !ok {
+		t.Error("outputs not uploaded at the end")
+	}
+	assertNoContainers(t, h.Docker, st.JobUUID)
+}

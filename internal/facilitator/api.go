@@ -330,23 +330,30 @@ func (f *Facilitator) scores(w http.ResponseWriter, r *http.Request, _ *authedRe
 	writeJSON(w, http.StatusOK, out)
 }
 
-// stopJob ends a streaming job normally (it uploads its outputs and completes).
-func (f *Facilitator) stopJob(w http.ResponseWriter, r *http.Request, ar *authedRequest) {
-	id := r.PathValue("uuid")
-	job, err := f.job(r, id, ar.signatory)
+// serving returns a client's serving streaming job and its validator's session.
+func (f *Facilitator) serving(r *http.Request, id, signatory string) (*protocol.Job, *validatorConn, error) {
+	job, err := f.job(r, id, signatory)
 	if err != nil {
-		writeError(w, err)
-		return
+		return nil, nil, err
 	}
 	if job.Status != protocol.StatusStreaming {
-		writeError(w, fmt.Errorf("%w: job %s is %s; only a serving streaming job can be stopped", ErrBadRequest, id, job.Status))
-		return
+		return nil, nil, fmt.Errorf("%w: job %s is %s, not a serving streaming job", ErrBadRequest, id, job.Status)
 	}
 	f.mu.Lock()
 	vc := f.validators[job.ValidatorHotkey]
 	f.mu.Unlock()
 	if vc == nil {
-		writeError(w, fmt.Errorf("job %s: its validator is not connected", id))
+		return nil, nil, fmt.Errorf("job %s: its validator is not connected", id)
+	}
+	return job, vc, nil
+}
+
+// stopJob ends a streaming job normally (it uploads its outputs and completes).
+func (f *Facilitator) stopJob(w http.ResponseWriter, r *http.Request, ar *authedRequest) {
+	id := r.PathValue("uuid")
+	job, vc, err := f.serving(r, id, ar.signatory)
+	if err != nil {
+		writeError(w, err)
 		return
 	}
 	if err := vc.conn.Send(r.Context(), &protocol.V0StopJobByFacilitator{UUID: id}); err != nil {
@@ -370,18 +377,13 @@ func (f *Facilitator) volumeMessage(w http.ResponseWriter, r *http.Request, ar *
 		writeError(w, fmt.Errorf("%w: %v", ErrBadRequest, err))
 		return
 	}
-	job, err := f.job(r, id, ar.signatory)
+	_, vc, err := f.serving(r, id, ar.signatory)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	if job.Status != protocol.StatusStreaming {
-		writeError(w, fmt.Errorf("%w: job %s is %s; volume messages go to serving streaming jobs", ErrBadRequest, id, job.Status))
-		return
-	}
-	f.mu.Lock()
-	vc := f.validators[job.ValidatorHotkey]
 	ch := make(chan *protocol.V0JobVolumeResult, 1)
+	f.mu.Lock()
 	f.pending[vr.MessageID] = ch
 	f.mu.Unlock()
 	defer func() {
@@ -389,10 +391,6 @@ func (f *Facilitator) volumeMessage(w http.ResponseWriter, r *http.Request, ar *
 		delete(f.pending, vr.MessageID)
 		f.mu.Unlock()
 	}()
-	if vc == nil {
-		writeError(w, fmt.Errorf("job %s: its validator is not connected", id))
-		return
-	}
 	if err := vc.conn.Send(r.Context(), &protocol.V0JobVolumeRequest{UUID: id, MessageID: vr.MessageID, Volume: msg.Volume, OutputUpload: msg.OutputUpload}); err != nil {
 		writeError(w, fmt.Errorf("forward volume message: %w", err))
 		return

@@ -20,19 +20,30 @@ func streamSpec() *protocol.JobSpec {
 		DownloadTimeLimit: 30, ExecutionTimeLimit: 120, UploadTimeLimit: 30, StreamingStartTimeLimit: 30}
 }
 
+// startStream runs a horde that whitelists the demo LLM image and starts a
+// streaming job of it (spec edits streamSpec first, when given).
+func startStream(t *testing.T, edit func(*Horde, *protocol.JobSpec)) (*Horde, *client.Stream, context.Context) {
+	t.Helper()
+	digest := LLMImage(t, Docker(t))
+	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	t.Cleanup(cancel)
+	spec := streamSpec()
+	if edit != nil {
+		edit(h, spec)
+	}
+	st, err := h.Client.StartStreaming(ctx, spec, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, st, ctx
+}
+
 // A whitelisted streaming job end to end: start, the miner vouches for the
 // job's key, the client calls the service directly over mutual TLS and each
 // reply carries a receipt that verifies, then stop ends the job normally.
 func TestStreamingJobEndToEnd(t *testing.T) {
-	cli := Docker(t)
-	digest := LLMImage(t, cli)
-	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	st, err := h.Client.StartStreaming(ctx, streamSpec(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, st, ctx := startStream(t, nil)
 	if st.MinerHotkey != h.Miners[0].SS58() || !strings.HasPrefix(st.URL, "https://") {
 		t.Fatalf("stream = %+v", st)
 	}
@@ -144,15 +155,7 @@ func TestStreamingServiceNeverHealthy(t *testing.T) {
 // Volume messages reach a serving job: one more input volume appears in
 // /volume, and /output is uploaded on request; each is acknowledged.
 func TestStreamingVolumeMessages(t *testing.T) {
-	cli := Docker(t)
-	digest := LLMImage(t, cli)
-	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	st, err := h.Client.StartStreaming(ctx, streamSpec(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, st, ctx := startStream(t, nil)
 	hc, _ := st.HTTPClient()
 	h.Objects.Put("more.zip", zipOf(t, map[string]string{"added.txt": "arrived mid-job"}))
 	ack, err := h.Client.SendVolume(ctx, st.JobUUID, &protocol.VolumeMessage{Volume: &protocol.Volume{VolumeType: protocol.VolumeZipURL,
@@ -192,17 +195,10 @@ func TestStreamingVolumeMessages(t *testing.T) {
 // A streaming job ends by itself when its time runs out: outputs go up, the
 // job completes.
 func TestStreamingTimeLimit(t *testing.T) {
-	digest := LLMImage(t, Docker(t))
-	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	spec := streamSpec()
-	spec.ExecutionTimeLimit = 2
-	spec.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: h.Objects.URL + "/timed/out.zip"}
-	st, err := h.Client.StartStreaming(ctx, spec, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, st, ctx := startStream(t, func(h *Horde, spec *protocol.JobSpec) {
+		spec.ExecutionTimeLimit = 2
+		spec.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: h.Objects.URL + "/timed/out.zip"}
+	})
 	done, err := h.Client.Watch(ctx, st.JobUUID, func(protocol.StatusEntry) {})
 	if err != nil {
 		t.Fatal(err)

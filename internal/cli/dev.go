@@ -73,7 +73,7 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 		fmt.Fprintln(e.stderr)
 		return nil, nil, nil, err
 	}
-	fmt.Fprintf(e.stderr, "done in %.1fs (and %s, whitelisted for streaming as %.19s)\n", time.Since(t).Seconds(), images.LLMImage, digest)
+	fmt.Fprintf(e.stderr, "done in %.1fs; %s is whitelisted for streaming as %.19s\n", time.Since(t).Seconds(), images.LLMImage, digest)
 	params, err := devstack.Calibrate(e.ctx, dock, d.jobTime)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("calibrate synthetic jobs: %w", err)

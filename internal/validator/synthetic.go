@@ -215,7 +215,7 @@ func (v *Validator) runSynthetic(ctx context.Context, mc *minerClient, class str
 		if err := task.Check(res); err != nil {
 			r.Reason = err.Error()
 		} else if took := time.Duration(r.TookMS) * time.Millisecond; took > task.Expected {
-			r.Reason = fmt.Sprintf("too slow: executed in %s, the class allows %s", took, task.Expected)
+			r.Reason = fmt.Sprintf("too slow: executed in %s, the class allows %s", took, task.Expected.Round(time.Millisecond))
 		} else {
 			r.Passed = true
 		}

@@ -142,6 +142,18 @@ func (s *Stream) HTTPClient() (*http.Client, error) {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}, nil
 }
 
+// VerifyReceipt checks a receipt (the base64 trailers) against the job's
+// certificate and what the client sent and received: the signature, both
+// hashes, and the timestamps against the client's clock. Stream.Call does
+// this for every call; this is for receipts checked later or by others.
+func VerifyReceipt(jobCertPEM, receiptB64, signatureB64 string, want sr.Expect) (*sr.Receipt, error) {
+	pub, err := sr.PublicKey([]byte(jobCertPEM))
+	if err != nil {
+		return nil, fmt.Errorf("%w: job certificate: %v", sr.ErrReceipt, err)
+	}
+	return sr.Verify(pub, receiptB64, signatureB64, want)
+}
+
 // Result is what one call returned besides its body.
 type Result struct {
 	Status  int
@@ -182,16 +194,12 @@ func (s *Stream) Call(ctx context.Context, hc *http.Client, method, path string,
 	if resp.StatusCode >= 400 && res.ReceiptB64 == "" {
 		return res, fmt.Errorf("stream %s: HTTP %d", s.JobUUID, resp.StatusCode)
 	}
-	pub, err := sr.PublicKey([]byte(s.JobCert))
-	if err != nil {
-		return res, err
-	}
 	in := sha256.Sum256(body)
 	skew := s.Skew
 	if skew == 0 {
 		skew = 5 * time.Second
 	}
-	res.Receipt, err = sr.Verify(pub, res.ReceiptB64, res.SignatureB64, sr.Expect{JobUUID: s.JobUUID, RequestID: id,
+	res.Receipt, err = VerifyReceipt(s.JobCert, res.ReceiptB64, res.SignatureB64, sr.Expect{JobUUID: s.JobUUID, RequestID: id,
 		InputSHA256: hex.EncodeToString(in[:]), OutputSHA256: hex.EncodeToString(h.Sum(nil)), Sent: sent, Received: time.Now(), Skew: skew})
 	return res, err
 }

@@ -139,6 +139,9 @@ func (e *env) miner(args []string) error {
 	dataDir := fs.String("data-dir", "miner-jobs", "directory for job files")
 	dockerHost := fs.String("docker-host", "", "Docker Engine (default $DOCKER_HOST or the local socket)")
 	hf := fs.String("huggingface-endpoint", "", "Hugging Face compatible hub for huggingface volumes")
+	streamListen := fs.String("streaming-listen", ":0", "where streaming jobs' signing proxies listen")
+	streamHost := fs.String("streaming-host", "127.0.0.1", "the address clients reach streaming jobs at")
+	skew := fs.Duration("streaming-skew", 5*time.Second, "clock skew streaming requests may have")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parse(fs, args); err != nil {
 		return err
@@ -169,8 +172,9 @@ func (e *env) miner(args []string) error {
 	defer st.Close()
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
 		TrustedValidator: *trusted, Store: st, Log: log,
-		Backend: &miner.Local{Docker: dock, DataDir: *dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: *hf, Log: log},
-		Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: *dataDir, Log: log}}
+		Backend: &miner.Local{Docker: dock, DataDir: *dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: *hf, Log: log,
+			StreamingListen: *streamListen, StreamingHost: *streamHost, StreamingSkew: *skew},
+		Reaper: &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: *dataDir, Log: log}}
 	if *trusted == "" {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}

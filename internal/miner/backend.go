@@ -38,8 +38,12 @@ type Local struct {
 	Owner               string
 	Limits              blob.Limits
 	HuggingFaceEndpoint string
-	Log                 *slog.Logger
-	wg                  sync.WaitGroup
+	// StreamingListen, StreamingHost and StreamingSkew configure streaming
+	// jobs' proxies (see executor.Config).
+	StreamingListen, StreamingHost string
+	StreamingSkew                  time.Duration
+	Log                            *slog.Logger
+	wg                             sync.WaitGroup
 }
 
 var _ Backend = (*Local)(nil)
@@ -55,6 +59,7 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 		err := executor.Run(ctx, executor.Config{
 			MinerURL: spec.MinerURL, DataDir: l.DataDir, Docker: l.Docker, Class: spec.Limits,
 			Limits: l.Limits, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
+			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew,
 			Log: l.Log.With("role", "executor"),
 		})
 		if err != nil && ctx.Err() == nil {

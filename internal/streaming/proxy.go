@@ -176,7 +176,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Del("Content-Length") // the body is streamed, then the trailers
 	w.WriteHeader(resp.StatusCode)
 	outHash := sha256.New()
-	flusher, _ := w.(http.Flusher)
+	// Stream token by token what the service streams (SSE, chunked replies);
+	// a reply of known length goes out in as few writes as it can.
+	var flusher http.Flusher
+	if resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		flusher, _ = w.(http.Flusher)
+	}
 	bp := buffers.Get().(*[]byte)
 	defer buffers.Put(bp)
 	buf := *bp
@@ -188,7 +193,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return // the client went away: no receipt
 			}
 			if flusher != nil {
-				flusher.Flush() // token by token for SSE and chunked replies
+				flusher.Flush()
 			}
 		}
 		if rerr == io.EOF {

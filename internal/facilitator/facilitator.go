@@ -274,7 +274,13 @@ func (f *Facilitator) pickValidator(target string) *validatorConn {
 }
 
 func (f *Facilitator) send(ctx context.Context, j store.JobRecord) {
-	vc := f.pickValidator(j.Spec.TargetValidatorHotkey)
+	target := j.Spec.TargetValidatorHotkey
+	if j.ValidatorHotkey != "" {
+		// Given before and not acknowledged: only the same validator gets it
+		// again (it ignores a job it has), so the job never runs twice.
+		target = j.ValidatorHotkey
+	}
+	vc := f.pickValidator(target)
 	if vc == nil {
 		return
 	}

@@ -82,6 +82,7 @@ type Miner struct {
 	tokens *wsconn.Tokens
 	guard  *wsconn.ReplayGuard
 
+	watchers sync.WaitGroup // one per accepted job
 	mu       sync.Mutex
 	jobs     map[string]*job // by uuid
 	reserved map[string]int  // by class
@@ -131,6 +132,7 @@ func Run(ctx context.Context, cfg Config) error {
 	stop()
 	wg.Wait()
 	cfg.Backend.Wait()
+	m.watchers.Wait()
 	return err
 }
 

@@ -166,7 +166,7 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 		return j
 	}
 	log.Info("job accepted, executor starting", "class", j.class)
-	go m.watch(jctx, j, done) // owned: ends when done closes, which Backend.Wait awaits
+	m.watchers.Go(func() { m.watch(jctx, j, done) }) // ends when the executor has
 	return j
 }
 

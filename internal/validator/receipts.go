@@ -92,7 +92,9 @@ func (v *Validator) acceptReceipt(ctx context.Context, miner string, r receipt.R
 	}
 	want, _ := receipt.Bytes(p)
 	for _, o := range ours {
-		if o.Type != r.Type {
+		var ob receipt.Base
+		json.Unmarshal(o.Payload, &ob)
+		if o.Type != r.Type || ob.MinerHotkey != miner {
 			continue
 		}
 		op, err := o.Decode()

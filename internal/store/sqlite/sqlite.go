@@ -264,21 +264,22 @@ func (d *DB) SetAssignment(ctx context.Context, uuid, validator, miner string) e
 	return err
 }
 
-// PutReceipt implements store.Receipts; a receipt of the same job and type is replaced
-// only to add a miner signature.
+// PutReceipt implements store.Receipts; a receipt of the same job, miner and
+// type is replaced only to add a miner signature.
 func (d *DB) PutReceipt(ctx context.Context, r receipt.Receipt) error {
 	if _, err := r.Decode(); err != nil {
 		return err
 	}
 	var base struct {
-		JobUUID string `json:"job_uuid"`
+		JobUUID     string `json:"job_uuid"`
+		MinerHotkey string `json:"miner_hotkey"`
 	}
 	json.Unmarshal(r.Payload, &base)
-	_, err := d.db.ExecContext(ctx, `INSERT INTO receipts (job_uuid, receipt_type, payload, validator_signature, miner_signature, stored_at)
-		VALUES (?, ?, ?, ?, ?, ?)
-		ON CONFLICT(job_uuid, receipt_type) DO UPDATE SET miner_signature = excluded.miner_signature
+	_, err := d.db.ExecContext(ctx, `INSERT INTO receipts (job_uuid, miner_hotkey, receipt_type, payload, validator_signature, miner_signature, stored_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(job_uuid, miner_hotkey, receipt_type) DO UPDATE SET miner_signature = excluded.miner_signature
 		WHERE receipts.miner_signature = '' AND receipts.payload = excluded.payload`,
-		base.JobUUID, r.Type, string(r.Payload), r.ValidatorSignature, r.MinerSignature, time.Now().UnixMicro())
+		base.JobUUID, base.MinerHotkey, r.Type, string(r.Payload), r.ValidatorSignature, r.MinerSignature, time.Now().UnixMicro())
 	if err != nil {
 		return fmt.Errorf("put receipt: %w", err)
 	}

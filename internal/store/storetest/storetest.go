@@ -93,15 +93,25 @@ func testReceipts(t *testing.T, s Store) {
 	if err != nil || len(got) != 1 || got[0].MinerSignature != "0xbb" {
 		t.Fatalf("receipts = %+v, %v", got, err)
 	}
+	// The same job offered to another miner has receipts of its own.
+	p2 := *p
+	p2.MinerHotkey = "m2"
+	r2, _ := receipt.New(&p2, "0xdd")
+	if err := s.PutReceipt(ctx, r2); err != nil {
+		t.Fatal(err)
+	}
+	if both, _ := s.ReceiptsForJob(ctx, "j1"); len(both) != 2 {
+		t.Errorf("receipts of a job with two miners = %d, want 2", len(both))
+	}
 	stored, err := s.ReceiptsStored(ctx, since, time.Now().Add(time.Second))
-	if err != nil || len(stored) != 1 {
+	if err != nil || len(stored) != 2 {
 		t.Errorf("stored = %d, %v", len(stored), err)
 	}
-	page, err := s.ReceiptsAfter(ctx, 0, 10)
+	page, err := s.ReceiptsAfter(ctx, 0, 1)
 	if err != nil || len(page) != 1 || page[0].ID == 0 {
 		t.Fatalf("after 0 = %+v, %v", page, err)
 	}
-	if rest, _ := s.ReceiptsAfter(ctx, page[0].ID, 10); len(rest) != 0 {
+	if rest, _ := s.ReceiptsAfter(ctx, page[0].ID, 10); len(rest) != 1 {
 		t.Errorf("after last = %d", len(rest))
 	}
 }

@@ -12,26 +12,23 @@
 package main
 
 import (
-	_ "embed"
 	"flag"
 	"fmt"
 	"log"
 	"net/http"
-)
 
-//go:embed corpus.txt
-var corpus string
+	"github.com/horde-compute/horde/internal/llm"
+)
 
 func main() {
 	port := flag.Int("port", 8000, "port to serve on")
 	variant := flag.String("variant", "full", "model variant: full or small")
 	flag.Parse()
-	text := corpus
+	text := llm.Corpus()
 	if *variant == "small" {
-		text = corpus[:len(corpus)/2]
+		text = text[:len(text)/2]
 	}
-	m := Train(text)
 	name := "horde-trigram-" + *variant
-	log.Printf("model %s: %d words, %d contexts", name, len(m.vocab), len(m.next))
-	log.Fatal(http.ListenAndServe(fmt.Sprintf(":%d", *port), NewServer(m, name)))
+	log.Printf("model %s trained on %d bytes", name, len(text))
+	log.Fatal(http.ListenAndServe(fmt.Sprintf(":%d", *port), llm.NewServer(llm.Train(text), name)))
 }

@@ -1,4 +1,4 @@
-package main
+package llm
 
 import (
 	"bytes"
@@ -25,7 +25,7 @@ func post(t *testing.T, url, body string) []byte {
 }
 
 func TestDeterministicCompletions(t *testing.T) {
-	srv := httptest.NewServer(NewServer(Train(corpus), "full"))
+	srv := httptest.NewServer(NewServer(Train(Corpus()), "full"))
 	defer srv.Close()
 	req := `{"prompt": "A validator sends work", "max_tokens": 12, "temperature": 0, "logprobs": 2}`
 	a, b := post(t, srv.URL+"/v1/completions", req), post(t, srv.URL+"/v1/completions", req)
@@ -49,7 +49,7 @@ func TestDeterministicCompletions(t *testing.T) {
 		t.Error("same seed, different output")
 	}
 	// The small variant is a different model.
-	small := httptest.NewServer(NewServer(Train(corpus[:len(corpus)/2]), "small"))
+	small := httptest.NewServer(NewServer(Train(Corpus()[:len(Corpus())/2]), "small"))
 	defer small.Close()
 	if bytes.Equal(post(t, small.URL+"/v1/completions", req), a) {
 		t.Error("the small model answers like the full one")
@@ -57,7 +57,7 @@ func TestDeterministicCompletions(t *testing.T) {
 }
 
 func TestStreamingChat(t *testing.T) {
-	srv := httptest.NewServer(NewServer(Train(corpus), "full"))
+	srv := httptest.NewServer(NewServer(Train(Corpus()), "full"))
 	defer srv.Close()
 	b := post(t, srv.URL+"/v1/chat/completions", `{"messages": [{"role": "user", "content": "what do validators do"}], "max_tokens": 5, "temperature": 0, "stream": true, "logprobs": true, "top_logprobs": 1}`)
 	events := strings.Count(string(b), "data: ")
@@ -70,7 +70,7 @@ func TestStreamingChat(t *testing.T) {
 }
 
 func TestScoreTeacherForcing(t *testing.T) {
-	m := Train(corpus)
+	m := Train(Corpus())
 	likely := m.Score("a validator sends", "work whose answer it already knows")
 	unlikely := m.Score("a validator sends", "purple elephants dance quietly")
 	sum := func(ts []Token) (s float64) {

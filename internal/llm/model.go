@@ -1,12 +1,24 @@
-package main
+// Package llm is the demo language model: a word-level trigram model trained
+// on a text shipped with it, deterministic for a seed and at temperature 0,
+// and its OpenAI-compatible HTTP API (completions, chat completions, SSE
+// streaming, logprobs). The demo streaming image serves it; validators'
+// comparators are tested against it.
+package llm
 
 import (
+	_ "embed"
 	"math"
 	"math/rand/v2"
 	"sort"
 	"strings"
 	"unicode"
 )
+
+//go:embed corpus.txt
+var corpus string
+
+// Corpus is the text the model is trained on.
+func Corpus() string { return corpus }
 
 // Model is a word-level trigram model with add-k smoothing over its vocabulary.
 type Model struct {

@@ -1,4 +1,4 @@
-package main
+package llm
 
 import (
 	"crypto/sha256"

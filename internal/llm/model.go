@@ -182,19 +182,22 @@ func (m *Model) Generate(prompt string, n int, temperature float64, seed uint64,
 	return out
 }
 
-// Score returns the log-probability of each token of text after prompt
-// (teacher forcing): what a validator's comparator asks of a reference model.
-func (m *Model) Score(prompt, text string) []Token {
+// Score returns the log-probability of each token of text after prompt, and
+// the top alternatives at each position (teacher forcing): what a
+// validator's comparator asks of a reference model.
+func (m *Model) Score(prompt, text string, top int) []Token {
 	ctx := m.context(Tokenize(prompt))
 	var out []Token
 	for _, t := range Tokenize(text) {
 		p := m.dist(ctx)
-		lp := math.Log(addK / (addK * float64(len(m.vocab)))) // an unknown word: as unlikely as can be
+		// A word the model never saw: as unlikely as an unseen word after the
+		// most common context.
+		lp := math.Log(addK / (float64(m.total) + addK*float64(len(m.vocab))))
 		if w, ok := m.index[t]; ok {
 			lp = math.Log(p[w])
 			ctx = [2]int{ctx[1], w}
 		}
-		out = append(out, Token{Text: t, Logprob: lp})
+		out = append(out, Token{Text: t, Logprob: lp, Top: m.topK(p, top)})
 	}
 	return out
 }

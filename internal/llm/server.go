@@ -133,7 +133,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	}
 	toks := s.m.Generate(q.Prompt, n, temp, q.Seed, top)
 	if q.Echo { // the prompt's own tokens, scored: teacher forcing
-		toks = append(s.m.Score("", q.Prompt), toks...)
+		toks = append(s.m.Score("", q.Prompt, top), toks...)
 	}
 	id := requestID("cmpl-", body)
 	if q.Stream {

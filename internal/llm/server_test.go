@@ -71,8 +71,8 @@ func TestStreamingChat(t *testing.T) {
 
 func TestScoreTeacherForcing(t *testing.T) {
 	m := Train(Corpus())
-	likely := m.Score("a validator sends", "work whose answer it already knows")
-	unlikely := m.Score("a validator sends", "purple elephants dance quietly")
+	likely := m.Score("a validator sends", "work whose answer it already knows", 0)
+	unlikely := m.Score("a validator sends", "purple elephants dance quietly", 0)
 	sum := func(ts []Token) (s float64) {
 		for _, x := range ts {
 			s += x.Logprob

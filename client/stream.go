@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -202,4 +203,20 @@ func (s *Stream) Call(ctx context.Context, hc *http.Client, method, path string,
 	res.Receipt, err = VerifyReceipt(s.JobCert, res.ReceiptB64, res.SignatureB64, sr.Expect{JobUUID: s.JobUUID, RequestID: id,
 		InputSHA256: hex.EncodeToString(in[:]), OutputSHA256: hex.EncodeToString(h.Sum(nil)), Sent: sent, Received: time.Now(), Skew: skew})
 	return res, err
+}
+
+// ReportPair hands one exchange with a streaming job and its receipt to the
+// facilitator, for validators to replay on trusted hardware.
+func (c *Client) ReportPair(ctx context.Context, uuid string, p *protocol.StreamPair) error {
+	body, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/pairs/", body, nil, nil)
+}
+
+// Pair makes the report of one call: what was sent, what came back, the receipt.
+func Pair(method, path string, request, response []byte, res *Result) *protocol.StreamPair {
+	return &protocol.StreamPair{Method: method, Path: path, RequestB64: base64.StdEncoding.EncodeToString(request),
+		ResponseB64: base64.StdEncoding.EncodeToString(response), ReceiptB64: res.ReceiptB64, SignatureB64: res.SignatureB64}
 }

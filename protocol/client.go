@@ -53,6 +53,18 @@ type VolumeAck struct {
 	UploadResults map[string]string `json:"upload_results,omitempty"`
 }
 
+// StreamPair is one request/response exchange with a streaming job and its
+// signed receipt, as a client reports it to POST /api/v1/jobs/{uuid}/pairs/
+// for validators to check. Bodies are base64, exactly as sent and received.
+type StreamPair struct {
+	Method       string `json:"method"`
+	Path         string `json:"path"`
+	RequestB64   string `json:"request_b64"`
+	ResponseB64  string `json:"response_b64"`
+	ReceiptB64   string `json:"receipt_b64"`
+	SignatureB64 string `json:"signature_b64"`
+}
+
 // StatusEntry is one step of a job's history.
 type StatusEntry struct {
 	Status    JobStatus       `json:"status"`

@@ -8,7 +8,9 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -149,6 +151,35 @@ func Verify(pub ed25519.PublicKey, blobB64, sigB64 string, want Expect) (*Receip
 	case r.TimestampTo.After(want.Received.Add(want.Skew)):
 		return r, fmt.Errorf("%w: timestamp_to %s is after the response was received (%s) beyond the skew of %s", ErrReceipt,
 			r.TimestampTo.Format(TimeFormat), want.Received.UTC().Format(TimeFormat), want.Skew)
+	}
+	return r, nil
+}
+
+// VerifyEvidence checks a receipt kept as evidence, away from the exchange:
+// the signature by the job's key and that it covers exactly these request
+// and response bodies of this job. Timestamps are returned for the caller
+// to judge against the job's life.
+func VerifyEvidence(pub ed25519.PublicKey, jobUUID, blobB64, sigB64 string, request, response []byte) (*Receipt, error) {
+	blob, err := base64.StdEncoding.DecodeString(blobB64)
+	if err != nil {
+		return nil, fmt.Errorf("%w: receipt is not base64", ErrReceipt)
+	}
+	sig, err := base64.StdEncoding.DecodeString(sigB64)
+	if err != nil || !ed25519.Verify(pub, blob, sig) {
+		return nil, fmt.Errorf("%w: signature does not verify with the job's key", ErrReceipt)
+	}
+	r, err := ParseBlob(blob)
+	if err != nil {
+		return nil, err
+	}
+	in, out := sha256.Sum256(request), sha256.Sum256(response)
+	switch {
+	case r.JobUUID != jobUUID:
+		return r, fmt.Errorf("%w: receipt is for job %s, not %s", ErrReceipt, r.JobUUID, jobUUID)
+	case r.InputSHA256 != hex.EncodeToString(in[:]):
+		return r, fmt.Errorf("%w: the request body does not match the receipt's input_sha256", ErrReceipt)
+	case r.OutputSHA256 != hex.EncodeToString(out[:]):
+		return r, fmt.Errorf("%w: the response body does not match the receipt's output_sha256", ErrReceipt)
 	}
 	return r, nil
 }

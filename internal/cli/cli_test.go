@@ -96,6 +96,9 @@ func TestUsageErrors(t *testing.T) {
 		{"job", "run", "--image", "x", "--env", "NOEQUALS"},
 		{"job", "run", "--image", "x", "--timeout", "0s"},
 		{"miner", "--manifest", "gpu=1"},
+		{"miner", "--trusted"},
+		{"miner", "--validator", "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"},
+		{"miner", "--trusted", "--validator", "not-an-address"},
 	}
 	for _, args := range cases {
 		_, errs, code := run(t, map[string]string{"HORDE_WALLET_PATH": t.TempDir()}, args...)
@@ -160,8 +163,8 @@ func TestStreamCommands(t *testing.T) {
 		t.Fatalf("start: exit %d\n%s%s", code, out, errs)
 	}
 	job := strings.Fields(out)[1]
-	out, errs, code = run(t, env, "stream", "call", job, "/v1/completions", "--data", `{"prompt": "the miner", "max_tokens": 4, "temperature": 0}`)
-	if code != 0 || !strings.Contains(out, `"text_completion"`) || !strings.Contains(errs, "signature OK") {
+	out, errs, code = run(t, env, "stream", "call", job, "/v1/completions", "--report", "--data", `{"prompt": "the miner", "max_tokens": 4, "temperature": 0}`)
+	if code != 0 || !strings.Contains(out, `"text_completion"`) || !strings.Contains(errs, "signature OK") || !strings.Contains(errs, "reported") {
 		t.Fatalf("call: exit %d\n%s%s", code, out, errs)
 	}
 	out, _, code = run(t, env, "stream", "receipts", job)

@@ -15,6 +15,7 @@ import (
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/validator"
+	"github.com/horde-compute/horde/sig"
 )
 
 func (e *env) facilitator(args []string) error {
@@ -133,7 +134,8 @@ func (e *env) miner(args []string) error {
 	listen := fs.String("listen", "0.0.0.0:8000", "address validators and executors connect to")
 	advertise := fs.String("executor-url", "", "how executors reach this miner (default ws://<listen>)")
 	metagraph := fs.String("metagraph", "metagraph.json", "metagraph file: validators with a permit may connect")
-	trusted := fs.String("trusted-validator", "", "serve only this validator (a trusted miner, outside the metagraph)")
+	trusted := fs.Bool("trusted", false, "run as a trusted miner: outside the metagraph, serving only --validator")
+	pinned := fs.String("validator", "", "with --trusted: the one validator (SS58 hotkey) this miner serves")
 	manifest := fs.String("manifest", "always_on.test=1", "executors per class: CLASS=COUNT,…")
 	db := fs.String("db", "miner.db", "SQLite database file")
 	dataDir := fs.String("data-dir", "miner-jobs", "directory for job files")
@@ -149,6 +151,14 @@ func (e *env) miner(args []string) error {
 	man, err := parseManifest(*manifest)
 	if err != nil {
 		return err
+	}
+	if *trusted != (*pinned != "") {
+		return usageErr("--trusted and --validator go together: a trusted miner serves exactly one validator")
+	}
+	if *pinned != "" {
+		if _, err := sig.ParseSS58(*pinned); err != nil {
+			return usageErr("--validator: %v", err)
+		}
 	}
 	k, err := w.load()
 	if err != nil {
@@ -171,11 +181,11 @@ func (e *env) miner(args []string) error {
 	}
 	defer st.Close()
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
-		TrustedValidator: *trusted, Store: st, Log: log,
+		TrustedValidator: *pinned, Store: st, Log: log,
 		Backend: &miner.Local{Docker: dock, DataDir: *dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: *hf, Log: log,
 			StreamingListen: *streamListen, StreamingHost: *streamHost, StreamingSkew: *skew},
 		Reaper: &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: *dataDir, Log: log}}
-	if *trusted == "" {
+	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
 	return miner.Run(e.ctx, cfg)

@@ -2,12 +2,14 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -151,6 +153,9 @@ func (e *env) streamCall(args []string) error {
 	state := stateFlag(fs)
 	data := fs.String("data", "", "request body, or @FILE to read it from a file")
 	method := fs.String("method", "", "HTTP method (default POST with --data, else GET)")
+	report := fs.Bool("report", false, "hand the exchange and its receipt to the facilitator for validators to check")
+	var c clientFlags
+	c.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(e.stderr, "Usage: horde stream call JOB_ID PATH [--data BODY|@FILE]")
 		fs.PrintDefaults()
@@ -193,7 +198,8 @@ func (e *env) streamCall(args []string) error {
 		return err
 	}
 	w := bufio.NewWriter(e.stdout)
-	res, err := st.Call(e.ctx, hc, m, path, body, flushWriter{w})
+	var got bytes.Buffer
+	res, err := st.Call(e.ctx, hc, m, path, body, io.MultiWriter(flushWriter{w}, &got))
 	w.Flush()
 	k := keptReceipt{At: time.Now().UTC(), Method: m, Path: path}
 	if res != nil {
@@ -210,6 +216,16 @@ func (e *env) streamCall(args []string) error {
 	}
 	if err != nil {
 		return &ExitError{Code: 1, Err: err}
+	}
+	if *report {
+		cl, err := c.client()
+		if err == nil {
+			err = cl.ReportPair(e.ctx, job, client.Pair(m, path, body, got.Bytes(), res))
+		}
+		if err != nil {
+			return &ExitError{Code: 1, Err: fmt.Errorf("report the pair: %w", err)}
+		}
+		fmt.Fprintln(e.stderr, "\nreported to the facilitator for validation")
 	}
 	r := res.Receipt
 	fmt.Fprintf(e.stderr, "\nreceipt: request %s, HTTP %d\n  from %s to %s\n  input sha256  %s\n  output sha256 %s\n  signature OK (job key vouched for by miner %s)\n",

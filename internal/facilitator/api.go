@@ -16,6 +16,7 @@ import (
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
+	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
 // Errors of the client API, mapped to HTTP statuses in writeError.
@@ -402,4 +403,68 @@ func (f *Facilitator) volumeMessage(w http.ResponseWriter, r *http.Request, ar *
 	case <-time.After(15 * time.Minute):
 		writeError(w, fmt.Errorf("volume message %s: no acknowledgement from the job within 15 minutes", vr.MessageID))
 	}
+}
+
+// reportPair takes a streaming pair a client kept, for validators to check.
+// It is verified before it is accepted: the miner vouched for the job's key,
+// the key signed the receipt, the receipt covers exactly these bodies and
+// falls within the job's life. Tampered pairs are refused with the reason.
+func (f *Facilitator) reportPair(w http.ResponseWriter, r *http.Request, ar *authedRequest) {
+	id := r.PathValue("uuid")
+	var p protocol.StreamPair
+	if err := decodeStrict(ar.body, &p); err != nil {
+		writeError(w, err)
+		return
+	}
+	job, err := f.job(r, id, ar.signatory)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var ready *protocol.StatusEntry
+	for i := range job.StatusHistory {
+		if e := job.StatusHistory[i]; e.Status == protocol.StatusStreaming && e.Metadata != nil && e.Metadata.StreamingDetails != nil {
+			ready = &job.StatusHistory[i]
+		}
+	}
+	if ready == nil {
+		writeError(w, fmt.Errorf("%w: job %s never served as a streaming job", ErrBadRequest, id))
+		return
+	}
+	d, miner := ready.Metadata.StreamingDetails, ready.Metadata.MinerHotkey
+	bad := func(format string, a ...any) {
+		writeError(w, fmt.Errorf("%w: pair refused: %s", ErrBadRequest, fmt.Sprintf(format, a...)))
+	}
+	if err := sig.VerifyHex(miner, protocol.StreamingReadyMessage(id, d.StreamingServerAddress, d.StreamingServerPort, d.StreamingServerCert), d.MinerSignature); err != nil {
+		bad("the miner's signature of the job's key does not verify: %v", err)
+		return
+	}
+	pub, err := sr.PublicKey([]byte(d.StreamingServerCert))
+	if err != nil {
+		bad("job certificate: %v", err)
+		return
+	}
+	req, err1 := base64.StdEncoding.DecodeString(p.RequestB64)
+	resp, err2 := base64.StdEncoding.DecodeString(p.ResponseB64)
+	if err1 != nil || err2 != nil {
+		bad("bodies must be base64")
+		return
+	}
+	rc, err := sr.VerifyEvidence(pub, id, p.ReceiptB64, p.SignatureB64, req, resp)
+	if err != nil {
+		bad("%v", err)
+		return
+	}
+	if rc.TimestampFrom.Before(ready.CreatedAt.Add(-time.Minute)) || rc.TimestampTo.After(time.Now().Add(time.Minute)) {
+		bad("the receipt's time (%s to %s) is outside the job's life", rc.TimestampFrom.Format(time.RFC3339), rc.TimestampTo.Format(time.RFC3339))
+		return
+	}
+	rec := store.PairRecord{JobUUID: id, RequestID: rc.RequestID, Image: job.DockerImage, MinerHotkey: miner,
+		ValidatorHotkey: job.ValidatorHotkey, ReportedBy: ar.signatory, Pair: p, At: time.Now().UTC()}
+	if err := f.cfg.Store.PutPair(r.Context(), rec); err != nil {
+		writeError(w, err)
+		return
+	}
+	f.log.Info("streaming pair accepted", "job", id, "request", rc.RequestID)
+	writeJSON(w, http.StatusCreated, map[string]string{"job_uuid": id, "request_id": rc.RequestID})
 }

@@ -25,6 +25,7 @@ import (
 type Store interface {
 	store.Jobs
 	store.Reports
+	store.Pairs
 }
 
 // Config configures a facilitator.
@@ -116,6 +117,7 @@ func (f *Facilitator) routes() http.Handler {
 	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/cancel/", f.authed(f.cancelJob))
 	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/stop/", f.authed(f.stopJob))
 	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/volumes/", f.authed(f.volumeMessage))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/pairs/", f.authed(f.reportPair))
 	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(f.jobEvents))
 	mux.HandleFunc("GET "+protocol.RouteScores, f.authed(f.scores))
 	return mux

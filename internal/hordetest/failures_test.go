@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -18,6 +20,8 @@ import (
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/miner"
+	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
@@ -409,5 +413,41 @@ func TestRestartLosesNothing(t *testing.T) {
 	// And the restarted horde serves new jobs.
 	if j := h2.Run(t, Spec("echo", "again")); j.Status != protocol.StatusCompleted {
 		t.Errorf("new job after restart: %s", j.Status)
+	}
+}
+
+// A trusted miner is outside the metagraph and serves only its validator.
+func TestTrustedMinerServesOnlyItsValidator(t *testing.T) {
+	cli := Docker(t)
+	mine, _ := sig.FromSeed(sig.RandomSeed())
+	pinned, _ := sig.FromSeed(sig.RandomSeed())
+	other, _ := sig.FromSeed(sig.RandomSeed())
+	db, err := sqlite.Open(t.Context(), t.TempDir()+"/miner.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- miner.Run(ctx, miner.Config{Hotkey: mine, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1},
+			TrustedValidator: pinned.SS58(), Store: db, Backend: &miner.Local{Docker: cli, DataDir: t.TempDir(), Owner: mine.SS58(), Log: slog.New(slog.DiscardHandler)}})
+	}()
+	defer func() { cancel(); <-done }()
+	for _, tc := range []struct {
+		k    *sig.Hotkey
+		want string
+	}{{pinned, "V0ExecutorManifestRequest"}, {other, "UnauthorizedError"}} {
+		conn, err := wsconn.Dial(ctx, "ws://"+ln.Addr().String()+protocol.ValidatorAuthPath+tc.k.SS58(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Send(ctx, wsconn.NewValidatorAuth(tc.k, mine.SS58(), time.Now()))
+		m, err := conn.Recv(ctx)
+		if err != nil || m.MessageType() != tc.want {
+			t.Errorf("%s: got %v %v, want %s", tc.k.SS58()[:8], m, err, tc.want)
+		}
+		conn.Close("")
 	}
 }

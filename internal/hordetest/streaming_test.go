@@ -211,3 +211,38 @@ func TestStreamingTimeLimit(t *testing.T) {
 	}
 	assertNoContainers(t, h.Docker, st.JobUUID)
 }
+
+// Clients hand pairs with their receipts to the facilitator; tampered pairs
+// and receipts of other jobs are refused at intake, each pair is taken once.
+func TestStreamingPairIntake(t *testing.T) {
+	h, st, ctx := startStream(t, nil)
+	hc, _ := st.HTTPClient()
+	req := []byte(`{"prompt": "a client that keeps its receipts", "max_tokens": 6, "temperature": 0}`)
+	var out bytes.Buffer
+	res, err := st.Call(ctx, hc, "POST", "/v1/completions", req, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair := client.Pair("POST", "/v1/completions", req, out.Bytes(), res)
+	if err := h.Client.ReportPair(ctx, st.JobUUID, pair); err != nil {
+		t.Fatalf("honest pair: %v", err)
+	}
+	var apiErr *client.APIError
+	if err := h.Client.ReportPair(ctx, st.JobUUID, pair); !errors.As(err, &apiErr) || apiErr.Status != 409 {
+		t.Errorf("same pair twice: %v", err)
+	}
+	tampered := *client.Pair("POST", "/v1/completions", req, []byte(`{"choices": [{"text": "something else"}]}`), res)
+	if err := h.Client.ReportPair(ctx, st.JobUUID, &tampered); err == nil || !strings.Contains(err.Error(), "output_sha256") {
+		t.Errorf("tampered response: %v", err)
+	}
+	forged := *pair
+	forged.SignatureB64 = res.ReceiptB64[:20] + "=="
+	if err := h.Client.ReportPair(ctx, st.JobUUID, &forged); err == nil || !strings.Contains(err.Error(), "signature") {
+		t.Errorf("forged signature: %v", err)
+	}
+	// A receipt of this job reported for another job of the client.
+	other := h.Run(t, Spec("echo", "not streaming"))
+	if err := h.Client.ReportPair(ctx, other.UUID, pair); err == nil || !strings.Contains(err.Error(), "never served") {
+		t.Errorf("pair for a non-streaming job: %v", err)
+	}
+}

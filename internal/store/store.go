@@ -117,3 +117,18 @@ type Reports interface {
 	PutReport(ctx context.Context, validator string, body []byte) error
 	Reports(ctx context.Context) (map[string]json.RawMessage, error)
 }
+
+// PairRecord is a verified streaming pair kept for validation.
+type PairRecord struct {
+	JobUUID, RequestID, Image, MinerHotkey, ValidatorHotkey, ReportedBy string
+	Pair                                                                protocol.StreamPair
+	At                                                                  time.Time
+}
+
+// Pairs keeps verified streaming request/response pairs.
+type Pairs interface {
+	// PutPair stores a pair; ErrDuplicate if the job's request id was reported before.
+	PutPair(ctx context.Context, p PairRecord) error
+	// PairsForImage returns the pairs of image after id, oldest first, and their ids.
+	PairsForImage(ctx context.Context, image string, after int64, limit int) ([]PairRecord, []int64, error)
+}

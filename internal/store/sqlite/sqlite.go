@@ -35,6 +35,7 @@ var (
 	_ store.Outbox   = (*DB)(nil)
 	_ store.Scores   = (*DB)(nil)
 	_ store.Reports  = (*DB)(nil)
+	_ store.Pairs    = (*DB)(nil)
 )
 
 // Open opens (creating) the database at path and applies migrations.
@@ -462,4 +463,46 @@ func (d *DB) Reports(ctx context.Context) (map[string]json.RawMessage, error) {
 		out[v] = json.RawMessage(body)
 	}
 	return out, rows.Err()
+}
+
+// PutPair implements store.Pairs.
+func (d *DB) PutPair(ctx context.Context, p store.PairRecord) error {
+	body, err := json.Marshal(p.Pair)
+	if err != nil {
+		return err
+	}
+	_, err = d.db.ExecContext(ctx, `INSERT INTO stream_pairs (job_uuid, request_id, image, miner_hotkey, validator_hotkey, reported_by, body, at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, p.JobUUID, p.RequestID, p.Image, p.MinerHotkey, p.ValidatorHotkey, p.ReportedBy, string(body), p.At.UnixMicro())
+	if isUnique(err) {
+		return fmt.Errorf("pair %s/%s: %w", p.JobUUID, p.RequestID, store.ErrDuplicate)
+	}
+	if err != nil {
+		return fmt.Errorf("put pair: %w", err)
+	}
+	return nil
+}
+
+// PairsForImage implements store.Pairs.
+func (d *DB) PairsForImage(ctx context.Context, image string, after int64, limit int) ([]store.PairRecord, []int64, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, job_uuid, request_id, image, miner_hotkey, validator_hotkey, reported_by, body, at
+		FROM stream_pairs WHERE image = ? AND id > ? ORDER BY id LIMIT ?`, image, after, limit)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var out []store.PairRecord
+	var ids []int64
+	for rows.Next() {
+		var p store.PairRecord
+		var id, at int64
+		var body string
+		if err := rows.Scan(&id, &p.JobUUID, &p.RequestID, &p.Image, &p.MinerHotkey, &p.ValidatorHotkey, &p.ReportedBy, &body, &at); err != nil {
+			return nil, nil, err
+		}
+		json.Unmarshal([]byte(body), &p.Pair)
+		p.At = time.UnixMicro(at).UTC()
+		out = append(out, p)
+		ids = append(ids, id)
+	}
+	return out, ids, rows.Err()
 }

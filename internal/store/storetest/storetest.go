@@ -18,6 +18,7 @@ type Store interface {
 	store.Outbox
 	store.Scores
 	store.Reports
+	store.Pairs
 }
 
 // Run runs the suite against stores made by open (a fresh, empty one per call).
@@ -26,6 +27,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 	t.Run("receipts", func(t *testing.T) { testReceipts(t, open(t)) })
 	t.Run("outbox", func(t *testing.T) { testOutbox(t, open(t)) })
 	t.Run("scores", func(t *testing.T) { testScores(t, open(t)) })
+	t.Run("pairs", func(t *testing.T) { testPairs(t, open(t)) })
 }
 
 func testJobs(t *testing.T, s Store) {
@@ -165,5 +167,26 @@ func testScores(t *testing.T, s Store) {
 	reps, err := s.Reports(ctx)
 	if err != nil || string(reps["v"]) != `{"a":1}` {
 		t.Errorf("reports = %v, %v", reps, err)
+	}
+}
+
+func testPairs(t *testing.T, s Store) {
+	ctx := t.Context()
+	for i, img := range []string{"a", "b", "a"} {
+		p := store.PairRecord{JobUUID: "j", RequestID: string(rune('x' + i)), Image: img, MinerHotkey: "m", At: time.Now(),
+			Pair: protocol.StreamPair{Path: "/p", RequestB64: "cQ=="}}
+		if err := s.PutPair(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutPair(ctx, store.PairRecord{JobUUID: "j", RequestID: "x", Image: "a"}); !errors.Is(err, store.ErrDuplicate) {
+		t.Errorf("duplicate request id: %v", err)
+	}
+	ps, ids, err := s.PairsForImage(ctx, "a", 0, 10)
+	if err != nil || len(ps) != 2 || ps[0].RequestID != "x" || ps[1].Pair.Path != "/p" {
+		t.Fatalf("pairs = %+v %v", ps, err)
+	}
+	if rest, _, _ := s.PairsForImage(ctx, "a", ids[0], 10); len(rest) != 1 {
+		t.Errorf("after first = %d", len(rest))
 	}
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"flag"
 	"fmt"
 	"strconv"
 	"strings"
@@ -138,12 +139,8 @@ func (e *env) miner(args []string) error {
 	pinned := fs.String("validator", "", "with --trusted: the one validator (SS58 hotkey) this miner serves")
 	manifest := fs.String("manifest", "always_on.test=1", "executors per class: CLASS=COUNT,…")
 	db := fs.String("db", "miner.db", "SQLite database file")
-	dataDir := fs.String("data-dir", "miner-jobs", "directory for job files")
-	dockerHost := fs.String("docker-host", "", "Docker Engine (default $DOCKER_HOST or the local socket)")
-	hf := fs.String("huggingface-endpoint", "", "Hugging Face compatible hub for huggingface volumes")
-	streamListen := fs.String("streaming-listen", ":0", "where streaming jobs' signing proxies listen")
-	streamHost := fs.String("streaming-host", "127.0.0.1", "the address clients reach streaming jobs at")
-	skew := fs.Duration("streaming-skew", 5*time.Second, "clock skew streaming requests may have")
+	var x executorFlags
+	x.register(fs, "miner-jobs")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parse(fs, args); err != nil {
 		return err
@@ -168,12 +165,9 @@ func (e *env) miner(args []string) error {
 	if err != nil {
 		return err
 	}
-	dock, err := docker.New(*dockerHost)
+	dock, err := x.docker(e)
 	if err != nil {
 		return err
-	}
-	if err := dock.Ping(e.ctx); err != nil {
-		return fmt.Errorf("the Docker Engine does not answer: %w", err)
 	}
 	st, err := sqlite.Open(e.ctx, *db)
 	if err != nil {
@@ -182,9 +176,9 @@ func (e *env) miner(args []string) error {
 	defer st.Close()
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
 		TrustedValidator: *pinned, Store: st, Log: log,
-		Backend: &miner.Local{Docker: dock, DataDir: *dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: *hf, Log: log,
-			StreamingListen: *streamListen, StreamingHost: *streamHost, StreamingSkew: *skew},
-		Reaper: &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: *dataDir, Log: log}}
+		Backend: &miner.Local{Docker: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
+			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew},
+		Reaper: &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
@@ -194,11 +188,10 @@ func (e *env) miner(args []string) error {
 func (e *env) executor(args []string) error {
 	fs := e.flags("executor")
 	minerURL := fs.String("miner-url", "", "the miner's executor URL with this executor's one-time token")
-	dataDir := fs.String("data-dir", "executor-jobs", "directory for job files")
 	class := fs.String("class", "always_on.test", "executor class (sets the container limits)")
 	owner := fs.String("owner", "", "owner label of job containers (the miner's hotkey)")
-	dockerHost := fs.String("docker-host", "", "Docker Engine (default $DOCKER_HOST or the local socket)")
-	hf := fs.String("huggingface-endpoint", "", "Hugging Face compatible hub for huggingface volumes")
+	var x executorFlags
+	x.register(fs, "executor-jobs")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parse(fs, args); err != nil {
 		return err
@@ -214,10 +207,38 @@ func (e *env) executor(args []string) error {
 	if err != nil {
 		return err
 	}
-	dock, err := docker.New(*dockerHost)
+	dock, err := x.docker(e)
 	if err != nil {
 		return err
 	}
-	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: *dataDir, Docker: dock, Class: spec,
-		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: *hf, Log: log})
+	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Docker: dock, Class: spec,
+		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: x.hf, Log: log,
+		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew})
+}
+
+// executorFlags are the flags of whatever runs executors (miner, executor).
+type executorFlags struct {
+	dataDir, dockerHost, hf, streamListen, streamHost string
+	skew                                              time.Duration
+}
+
+func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
+	fs.StringVar(&x.dataDir, "data-dir", dataDir, "directory for job files")
+	fs.StringVar(&x.dockerHost, "docker-host", "", "Docker Engine (default $DOCKER_HOST or the local socket)")
+	fs.StringVar(&x.hf, "huggingface-endpoint", "", "Hugging Face compatible hub for huggingface volumes")
+	fs.StringVar(&x.streamListen, "streaming-listen", ":0", "where streaming jobs' signing proxies listen")
+	fs.StringVar(&x.streamHost, "streaming-host", "127.0.0.1", "the address clients reach streaming jobs at")
+	fs.DurationVar(&x.skew, "streaming-skew", 5*time.Second, "clock skew streaming requests may have")
+}
+
+// docker connects to the Docker Engine and checks that it answers.
+func (x *executorFlags) docker(e *env) (*docker.Client, error) {
+	dock, err := docker.New(x.dockerHost)
+	if err != nil {
+		return nil, err
+	}
+	if err := dock.Ping(e.ctx); err != nil {
+		return nil, fmt.Errorf("the Docker Engine does not answer (is it running, and may you use it?): %w", err)
+	}
+	return dock, nil
 }

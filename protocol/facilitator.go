@@ -252,6 +252,19 @@ type V0JobVolumeResult struct {
 
 func (*V0JobVolumeResult) MessageType() string { return "V0JobVolumeResult" }
 
+// V0StreamPairReport (horde): facilitator → validator, a pair a client
+// reported for a streaming job the validator routed, with the proof that the
+// miner vouched for the job's key. The validator verifies it again.
+type V0StreamPairReport struct {
+	UUID        string                 `json:"uuid"`
+	Image       string                 `json:"image"`
+	MinerHotkey string                 `json:"miner_hotkey"`
+	Proof       StreamingServerDetails `json:"proof"`
+	Pair        StreamPair             `json:"pair"`
+}
+
+func (*V0StreamPairReport) MessageType() string { return "V0StreamPairReport" }
+
 // V0StopJobByFacilitator (horde): facilitator → validator, the client ends a streaming job.
 type V0StopJobByFacilitator struct {
 	UUID string `json:"uuid"`
@@ -269,7 +282,7 @@ func (*V0CancelJobByFacilitator) MessageType() string { return "V0CancelJobByFac
 func init() {
 	register(&V0AuthenticationRequest{}, &Response{}, &V0Heartbeat{}, &V0MachineSpecsUpdate{},
 		&V0JobStatusUpdate{}, &V2JobRequest{}, &V0CancelJobByFacilitator{}, &V0StopJobByFacilitator{},
-		&V0JobVolumeRequest{}, &V0JobVolumeResult{})
+		&V0JobVolumeRequest{}, &V0JobVolumeResult{}, &V0StreamPairReport{})
 }
 
 // V0ValidatorReport (horde): validator → facilitator, the scores of a cycle,

@@ -14,9 +14,9 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
-	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
 // Errors of the client API, mapped to HTTP statuses in writeError.
@@ -435,22 +435,7 @@ func (f *Facilitator) reportPair(w http.ResponseWriter, r *http.Request, ar *aut
 	bad := func(format string, a ...any) {
 		writeError(w, fmt.Errorf("%w: pair refused: %s", ErrBadRequest, fmt.Sprintf(format, a...)))
 	}
-	if err := sig.VerifyHex(miner, protocol.StreamingReadyMessage(id, d.StreamingServerAddress, d.StreamingServerPort, d.StreamingServerCert), d.MinerSignature); err != nil {
-		bad("the miner's signature of the job's key does not verify: %v", err)
-		return
-	}
-	pub, err := sr.PublicKey([]byte(d.StreamingServerCert))
-	if err != nil {
-		bad("job certificate: %v", err)
-		return
-	}
-	req, err1 := base64.StdEncoding.DecodeString(p.RequestB64)
-	resp, err2 := base64.StdEncoding.DecodeString(p.ResponseB64)
-	if err1 != nil || err2 != nil {
-		bad("bodies must be base64")
-		return
-	}
-	rc, err := sr.VerifyEvidence(pub, id, p.ReceiptB64, p.SignatureB64, req, resp)
+	rc, err := validation.VerifyPair(id, miner, *d, p)
 	if err != nil {
 		bad("%v", err)
 		return
@@ -460,11 +445,12 @@ func (f *Facilitator) reportPair(w http.ResponseWriter, r *http.Request, ar *aut
 		return
 	}
 	rec := store.PairRecord{JobUUID: id, RequestID: rc.RequestID, Image: job.DockerImage, MinerHotkey: miner,
-		ValidatorHotkey: job.ValidatorHotkey, ReportedBy: ar.signatory, Pair: p, At: time.Now().UTC()}
+		ValidatorHotkey: job.ValidatorHotkey, ReportedBy: ar.signatory, Pair: p, Proof: *d, At: time.Now().UTC()}
 	if err := f.cfg.Store.PutPair(r.Context(), rec); err != nil {
 		writeError(w, err)
 		return
 	}
 	f.log.Info("streaming pair accepted", "job", id, "request", rc.RequestID)
+	f.kick() // pass it on to the job's validator
 	writeJSON(w, http.StatusCreated, map[string]string{"job_uuid": id, "request_id": rc.RequestID})
 }

@@ -256,6 +256,7 @@ func (f *Facilitator) dispatchLoop(ctx context.Context) {
 				f.send(ctx, j)
 			}
 		}
+		f.forwardPairs(ctx)
 	}
 }
 
@@ -326,6 +327,31 @@ func (f *Facilitator) publish(uuid string, e protocol.StatusEntry) {
 		select {
 		case ch <- e:
 		default: // a slow watcher re-reads the history when it catches up
+		}
+	}
+}
+
+// forwardPairs passes reported streaming pairs on to the validators of their
+// jobs; pairs wait here while a validator is away.
+func (f *Facilitator) forwardPairs(ctx context.Context) {
+	f.mu.Lock()
+	vcs := make([]*validatorConn, 0, len(f.validators))
+	for _, vc := range f.validators {
+		vcs = append(vcs, vc)
+	}
+	f.mu.Unlock()
+	for _, vc := range vcs {
+		pairs, ids, err := f.cfg.Store.UnforwardedPairs(ctx, vc.hotkey, 100)
+		if err != nil {
+			f.log.Error("forward pairs", "err", err)
+			return
+		}
+		for i, p := range pairs {
+			m := &protocol.V0StreamPairReport{UUID: p.JobUUID, Image: p.Image, MinerHotkey: p.MinerHotkey, Proof: p.Proof, Pair: p.Pair}
+			if err := vc.conn.Send(ctx, m); err != nil {
+				break
+			}
+			f.cfg.Store.MarkForwarded(ctx, ids[i])
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/protocol"
 	sr "github.com/horde-compute/horde/streamreceipt"
 )
@@ -239,6 +241,23 @@ func TestStreamingPairIntake(t *testing.T) {
 	forged.SignatureB64 = res.ReceiptB64[:20] + "=="
 	if err := h.Client.ReportPair(ctx, st.JobUUID, &forged); err == nil || !strings.Contains(err.Error(), "signature") {
 		t.Errorf("forged signature: %v", err)
+	}
+	// The pair reaches the job's validator, which verifies it again and keeps it by image.
+	vdb, err := sqlite.Open(ctx, filepath.Join(h.DataDir, "validator.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		kept, _, err := vdb.PairsForImage(ctx, images.LLMImage, 0, 10)
+		if err == nil && len(kept) == 1 && kept[0].RequestID == res.Receipt.RequestID && kept[0].MinerHotkey == st.MinerHotkey {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the validator has %d pairs, %v", len(kept), err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	// A receipt of this job reported for another job of the client.
 	other := h.Run(t, Spec("echo", "not streaming"))

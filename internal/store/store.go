@@ -118,10 +118,12 @@ type Reports interface {
 	Reports(ctx context.Context) (map[string]json.RawMessage, error)
 }
 
-// PairRecord is a verified streaming pair kept for validation.
+// PairRecord is a verified streaming pair kept for validation, with what
+// proves it: the job's certificate and the miner's signature vouching for it.
 type PairRecord struct {
 	JobUUID, RequestID, Image, MinerHotkey, ValidatorHotkey, ReportedBy string
 	Pair                                                                protocol.StreamPair
+	Proof                                                               protocol.StreamingServerDetails
 	At                                                                  time.Time
 }
 
@@ -131,4 +133,7 @@ type Pairs interface {
 	PutPair(ctx context.Context, p PairRecord) error
 	// PairsForImage returns the pairs of image after id, oldest first, and their ids.
 	PairsForImage(ctx context.Context, image string, after int64, limit int) ([]PairRecord, []int64, error)
+	// UnforwardedPairs returns the pairs for validator not yet passed on to it.
+	UnforwardedPairs(ctx context.Context, validator string, limit int) ([]PairRecord, []int64, error)
+	MarkForwarded(ctx context.Context, id int64) error
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
@@ -105,6 +106,8 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 			if !v.toMiner(m.UUID, &protocol.V0VolumeRequest{JobUUID: m.UUID, MessageID: m.MessageID, Volume: m.Volume, OutputUpload: m.OutputUpload}) {
 				v.out.push(&protocol.V0JobVolumeResult{UUID: m.UUID, MessageID: m.MessageID, Error: "the job is not running on this validator"})
 			}
+		case *protocol.V0StreamPairReport:
+			v.takePair(ctx, m)
 		case *protocol.V0StopJobByFacilitator:
 			if !v.Stop(m.UUID) {
 				v.log.Info("stop for a job not serving here", "job", m.UUID)
@@ -263,4 +266,24 @@ func (v *Validator) accept(ctx context.Context, req *protocol.V2JobRequest) {
 		}()
 		v.drive(jctx, req.UUID, &req.JobSpec, true)
 	})
+}
+
+// takePair keeps a reported streaming pair for validation windows, after
+// verifying it itself: the facilitator is not trusted with evidence.
+func (v *Validator) takePair(ctx context.Context, m *protocol.V0StreamPairReport) {
+	job, err := v.cfg.Store.Job(ctx, m.UUID)
+	if err != nil {
+		v.log.Warn("pair for a job this validator does not know", "job", m.UUID)
+		return
+	}
+	rc, err := validation.VerifyPair(m.UUID, m.MinerHotkey, m.Proof, m.Pair)
+	if err != nil {
+		v.log.Warn("pair refused", "job", m.UUID, "err", err)
+		return
+	}
+	rec := store.PairRecord{JobUUID: m.UUID, RequestID: rc.RequestID, Image: job.Spec.DockerImage, MinerHotkey: m.MinerHotkey,
+		ValidatorHotkey: v.cfg.Hotkey.SS58(), ReportedBy: "facilitator", Pair: m.Pair, Proof: m.Proof, At: time.Now().UTC()}
+	if err := v.cfg.Store.PutPair(ctx, rec); err != nil && !errors.Is(err, store.ErrDuplicate) {
+		v.log.Error("store pair", "job", m.UUID, "err", err)
+	}
 }

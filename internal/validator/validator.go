@@ -26,6 +26,7 @@ type Store interface {
 	store.Receipts
 	store.Outbox
 	store.Scores
+	store.Pairs
 }
 
 // Timing holds the validator's stage deadlines (upstream defaults).

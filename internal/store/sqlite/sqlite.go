@@ -467,7 +467,7 @@ func (d *DB) Reports(ctx context.Context) (map[string]json.RawMessage, error) {
 
 // PutPair implements store.Pairs.
 func (d *DB) PutPair(ctx context.Context, p store.PairRecord) error {
-	body, err := json.Marshal(p.Pair)
+	body, err := json.Marshal(pairBody{p.Pair, p.Proof})
 	if err != nil {
 		return err
 	}
@@ -482,10 +482,31 @@ func (d *DB) PutPair(ctx context.Context, p store.PairRecord) error {
 	return nil
 }
 
+// pairBody is what the body column holds.
+type pairBody struct {
+	Pair  protocol.StreamPair             `json:"pair"`
+	Proof protocol.StreamingServerDetails `json:"proof"`
+}
+
 // PairsForImage implements store.Pairs.
 func (d *DB) PairsForImage(ctx context.Context, image string, after int64, limit int) ([]store.PairRecord, []int64, error) {
+	return d.queryPairs(ctx, `WHERE image = ? AND id > ? ORDER BY id LIMIT ?`, image, after, limit)
+}
+
+// UnforwardedPairs implements store.Pairs.
+func (d *DB) UnforwardedPairs(ctx context.Context, validator string, limit int) ([]store.PairRecord, []int64, error) {
+	return d.queryPairs(ctx, `WHERE validator_hotkey = ? AND forwarded = 0 ORDER BY id LIMIT ?`, validator, limit)
+}
+
+// MarkForwarded implements store.Pairs.
+func (d *DB) MarkForwarded(ctx context.Context, id int64) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE stream_pairs SET forwarded = 1 WHERE id = ?`, id)
+	return err
+}
+
+func (d *DB) queryPairs(ctx context.Context, where string, args ...any) ([]store.PairRecord, []int64, error) {
 	rows, err := d.db.QueryContext(ctx, `SELECT id, job_uuid, request_id, image, miner_hotkey, validator_hotkey, reported_by, body, at
-		FROM stream_pairs WHERE image = ? AND id > ? ORDER BY id LIMIT ?`, image, after, limit)
+		FROM stream_pairs `+where, args...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -499,7 +520,9 @@ func (d *DB) PairsForImage(ctx context.Context, image string, after int64, limit
 		if err := rows.Scan(&id, &p.JobUUID, &p.RequestID, &p.Image, &p.MinerHotkey, &p.ValidatorHotkey, &p.ReportedBy, &body, &at); err != nil {
 			return nil, nil, err
 		}
-		json.Unmarshal([]byte(body), &p.Pair)
+		var pb pairBody
+		json.Unmarshal([]byte(body), &pb)
+		p.Pair, p.Proof = pb.Pair, pb.Proof
 		p.At = time.UnixMicro(at).UTC()
 		out = append(out, p)
 		ids = append(ids, id)

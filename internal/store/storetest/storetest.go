@@ -173,8 +173,8 @@ func testScores(t *testing.T, s Store) {
 func testPairs(t *testing.T, s Store) {
 	ctx := t.Context()
 	for i, img := range []string{"a", "b", "a"} {
-		p := store.PairRecord{JobUUID: "j", RequestID: string(rune('x' + i)), Image: img, MinerHotkey: "m", At: time.Now(),
-			Pair: protocol.StreamPair{Path: "/p", RequestB64: "cQ=="}}
+		p := store.PairRecord{JobUUID: "j", RequestID: string(rune('x' + i)), Image: img, MinerHotkey: "m", ValidatorHotkey: "v", At: time.Now(),
+			Pair: protocol.StreamPair{Path: "/p", RequestB64: "cQ=="}, Proof: protocol.StreamingServerDetails{MinerSignature: "0x1"}}
 		if err := s.PutPair(ctx, p); err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +186,15 @@ func testPairs(t *testing.T, s Store) {
 	if err != nil || len(ps) != 2 || ps[0].RequestID != "x" || ps[1].Pair.Path != "/p" {
 		t.Fatalf("pairs = %+v %v", ps, err)
 	}
-	if rest, _, _ := s.PairsForImage(ctx, "a", ids[0], 10); len(rest) != 1 {
-		t.Errorf("after first = %d", len(rest))
+	if rest, _, _ := s.PairsForImage(ctx, "a", ids[0], 10); len(rest) != 1 || rest[0].Proof.MinerSignature != "0x1" {
+		t.Errorf("after first = %+v", rest)
+	}
+	pending, pids, err := s.UnforwardedPairs(ctx, "v", 10)
+	if err != nil || len(pending) != 3 {
+		t.Fatalf("unforwarded = %d, %v", len(pending), err)
+	}
+	s.MarkForwarded(ctx, pids[0])
+	if pending, _, _ = s.UnforwardedPairs(ctx, "v", 10); len(pending) != 2 {
+		t.Errorf("after forwarding one: %d", len(pending))
 	}
 }

@@ -1,0 +1,1 @@
+ALTER TABLE stream_pairs ADD COLUMN forwarded INTEGER NOT NULL DEFAULT 0;

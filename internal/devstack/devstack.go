@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -47,6 +48,13 @@ type Config struct {
 	Synthetic validator.SyntheticConfig
 	// StreamingWhitelist maps images streaming jobs may use to their digests.
 	StreamingWhitelist map[string]string
+	// StreamCheaters maps miners (by index) to the fraction of streaming
+	// requests on which they serve the demo LLM's cheaper model.
+	StreamCheaters map[int]float64
+	// TrustedMiner starts the validator's own unregistered miner, with
+	// Validation passed to the validator.
+	TrustedMiner bool
+	Validation   validator.ValidationConfig
 	// Cheaters lists miners (by index) that claim more than they have: all
 	// their executors share one CPU.
 	Cheaters map[int]bool
@@ -213,6 +221,14 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		}
 		execDir := filepath.Join(cfg.DataDir, fmt.Sprintf("miner%d-jobs", i))
 		mlog := cfg.Log.With("miner", i)
+		var rewrite func(*protocol.V0JobRequest)
+		if f, ok := cfg.StreamCheaters[i]; ok {
+			rewrite = func(r *protocol.V0JobRequest) {
+				if r.DockerImage == images.LLMImage {
+					r.DockerRunCmd = append(r.DockerRunCmd, "--cheat-fraction", strconv.FormatFloat(f, 'f', -1, 64))
+				}
+			}
+		}
 		classes := miner.DefaultClasses()
 		if cfg.Cheaters[i] {
 			for name, c := range classes {
@@ -223,16 +239,53 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		run(fmt.Sprintf("miner %d", i), func() error {
 			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
 				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog},
+				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite},
 				Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
+		})
+	}
+	if cfg.TrustedMiner {
+		k, err := LoadOrCreate(wallets, "trusted")
+		if err != nil {
+			s.fail()
+			return nil, err
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			s.fail()
+			return nil, err
+		}
+		tdb, err := open("trusted")
+		if err != nil {
+			s.fail()
+			return nil, err
+		}
+		execDir := filepath.Join(cfg.DataDir, "trusted-jobs")
+		tlog := cfg.Log.With("miner", "trusted")
+		a := ln.Addr().(*net.TCPAddr)
+		cfg.Validation.TrustedMiner = &chain.Neuron{Hotkey: k.SS58(), AxonInfo: chain.AxonInfo{IP: "127.0.0.1", Port: a.Port}}
+		run("trusted miner", func() error {
+			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
+				TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
+				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog},
+				Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
 		})
 	}
 	run("validator", func() error {
 		return validator.Run(ctx, validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
 			Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
-			Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Started: func(v *validator.Validator) { s.validator = v; close(s.started) }})
+			Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation, Started: func(v *validator.Validator) { s.validator = v; close(s.started) }})
 	})
 	return s, nil
+}
+
+// Validate opens a validation window for image on the validator now.
+func (s *Stack) Validate(ctx context.Context, image string) (*validator.WindowReport, error) {
+	select {
+	case <-s.started:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.validator.Validate(ctx, image)
 }
 
 // Round runs one synthetic round on the validator now.

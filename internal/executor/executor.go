@@ -58,7 +58,10 @@ type Config struct {
 	StreamingListen, StreamingHost string
 	// StreamingSkew bounds clock skew of streaming requests (default 5s).
 	StreamingSkew time.Duration
-	Log           *slog.Logger
+	// Rewrite, if set, changes each job before it runs. Dev stacks and tests
+	// use it to make a miner that cheats; real executors leave it nil.
+	Rewrite func(*protocol.V0JobRequest)
+	Log     *slog.Logger
 }
 
 // Validate checks the config.
@@ -248,6 +251,9 @@ func (j *job) run(ctx context.Context) error {
 	}
 	if req.Volume == nil {
 		req.Volume = initial.Volume
+	}
+	if j.cfg.Rewrite != nil {
+		j.cfg.Rewrite(req)
 	}
 
 	j.dir, err = os.MkdirTemp(j.cfg.DataDir, "job-"+j.uuid+"-")

@@ -16,13 +16,35 @@ import (
 // deterministic: ids derive from the request and "created" is 0, so the same
 // request gives the same bytes (what an exact comparator needs).
 type Server struct {
-	m    *Model
-	name string
+	m, other *Model
+	fraction float64
+	name     string
+}
+
+// model picks the model that answers a request.
+func (s *Server) model(body []byte) *Model {
+	if s.other == nil {
+		return s.m
+	}
+	sum := sha256.Sum256(body)
+	if float64(uint16(sum[0])<<8|uint16(sum[1]))/65536 < s.fraction {
+		return s.other
+	}
+	return s.m
 }
 
 // NewServer returns the API handler.
-func NewServer(m *Model, name string) http.Handler {
-	s := &Server{m: m, name: name}
+func NewServer(m *Model, name string) http.Handler { return newServer(m, nil, 0, name) }
+
+// NewCheatingServer answers a fraction of requests (chosen by a hash of the
+// request, so replays of them get the same answer) with the model other: a
+// stand-in for a miner that serves a cheaper model some of the time.
+func NewCheatingServer(m, other *Model, fraction float64, name string) http.Handler {
+	return newServer(m, other, fraction, name)
+}
+
+func newServer(m, other *Model, fraction float64, name string) http.Handler {
+	s := &Server{m: m, other: other, fraction: fraction, name: name}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, r *http.Request) {
@@ -131,9 +153,10 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	if wantLogprobs {
 		json.Unmarshal(q.Logprobs, &top)
 	}
-	toks := s.m.Generate(q.Prompt, n, temp, q.Seed, top)
+	m := s.model(body)
+	toks := m.Generate(q.Prompt, n, temp, q.Seed, top)
 	if q.Echo { // the prompt's own tokens, scored: teacher forcing
-		toks = append(s.m.Score("", q.Prompt, top), toks...)
+		toks = append(m.Score("", q.Prompt, top), toks...)
 	}
 	id := requestID("cmpl-", body)
 	if q.Stream {
@@ -181,7 +204,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	}
 	n, temp := q.params()
 	wantLogprobs := string(q.Logprobs) == "true"
-	toks := s.m.Generate(strings.Join(prompt, "\n"), n, temp, q.Seed, q.TopLogprobs)
+	toks := s.model(body).Generate(strings.Join(prompt, "\n"), n, temp, q.Seed, q.TopLogprobs)
 	id := requestID("chatcmpl-", body)
 	lpEntry := func(t Token) map[string]any {
 		var tops []any

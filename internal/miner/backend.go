@@ -12,6 +12,7 @@ import (
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/protocol"
 )
 
 // ExecutorSpec is what a back-end needs to start an executor for one job.
@@ -42,8 +43,10 @@ type Local struct {
 	// jobs' proxies (see executor.Config).
 	StreamingListen, StreamingHost string
 	StreamingSkew                  time.Duration
-	Log                            *slog.Logger
-	wg                             sync.WaitGroup
+	// Rewrite is passed to executors (see executor.Config); nil for real miners.
+	Rewrite func(*protocol.V0JobRequest)
+	Log     *slog.Logger
+	wg      sync.WaitGroup
 }
 
 var _ Backend = (*Local)(nil)
@@ -59,7 +62,7 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 		err := executor.Run(ctx, executor.Config{
 			MinerURL: spec.MinerURL, DataDir: l.DataDir, Docker: l.Docker, Class: spec.Limits,
 			Limits: l.Limits, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
-			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew,
+			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew, Rewrite: l.Rewrite,
 			Log: l.Log.With("role", "executor"),
 		})
 		if err != nil && ctx.Err() == nil {

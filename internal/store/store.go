@@ -137,3 +137,33 @@ type Pairs interface {
 	UnforwardedPairs(ctx context.Context, validator string, limit int) ([]PairRecord, []int64, error)
 	MarkForwarded(ctx context.Context, id int64) error
 }
+
+// Window is one validation window as the validator keeps it.
+type Window struct {
+	ID       int64           `json:"id"`
+	Image    string          `json:"image"`
+	LastPair int64           `json:"last_pair"`
+	Body     json.RawMessage `json:"body"`
+	At       time.Time       `json:"at"`
+}
+
+// Cheat is proof that a miner cheated: evidence that can back a slash.
+type Cheat struct {
+	ID       int64           `json:"id"`
+	Window   int64           `json:"window"`
+	Miner    string          `json:"miner"`
+	JobUUID  string          `json:"job_uuid"`
+	Evidence json.RawMessage `json:"evidence"`
+	At       time.Time       `json:"at"`
+}
+
+// Validations keeps the validator's validation windows and the cheats they proved.
+type Validations interface {
+	// PutWindow stores a window and its cheats together; it returns the window's id.
+	PutWindow(ctx context.Context, w Window, cheats []Cheat) (int64, error)
+	// LastPair is the id of the last pair of image a window covered (0: none).
+	LastPair(ctx context.Context, image string) (int64, error)
+	Windows(ctx context.Context, limit int) ([]Window, error)
+	// Cheats returns cheats proved at or after since.
+	Cheats(ctx context.Context, since time.Time) ([]Cheat, error)
+}

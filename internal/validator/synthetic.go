@@ -290,6 +290,17 @@ func (v *Validator) score(ctx context.Context, cycle int64, from, to time.Time, 
 		d.Receipts = append(d.Receipts, fp.JobUUID)
 		totals[fp.MinerHotkey] += secs * v.cfg.Synthetic.Params[class].Weight
 	}
+	// A cheat proved in a validation window zeroes the miner for the cycle.
+	cheats, err := v.cfg.Store.Cheats(ctx, from)
+	if err != nil {
+		v.log.Error("score: read cheats", "err", err)
+	}
+	for _, c := range cheats {
+		if d := details[c.Miner]; d != nil {
+			totals[c.Miner] = 0
+			d.Note = fmt.Sprintf("cheating proved in validation window %d (job %s); evidence kept", c.Window, c.JobUUID)
+		}
+	}
 	var sum float64
 	for _, t := range totals {
 		sum += t

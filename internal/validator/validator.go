@@ -27,6 +27,7 @@ type Store interface {
 	store.Outbox
 	store.Scores
 	store.Pairs
+	store.Validations
 }
 
 // Timing holds the validator's stage deadlines (upstream defaults).
@@ -67,6 +68,8 @@ type Config struct {
 	// StreamingWhitelist maps the images streaming jobs may use to their
 	// pinned digests (image id or repo digest); others are refused.
 	StreamingWhitelist map[string]string
+	// Validation configures the validation of streaming jobs.
+	Validation ValidationConfig
 	// Started, if set, is called with the running validator (to run rounds on demand).
 	Started func(*Validator)
 	Log     *slog.Logger
@@ -104,6 +107,7 @@ type Validator struct {
 	roundMu       sync.Mutex // one round at a time
 	rounds        int64
 	lastCycle     time.Time        // end of the last scored cycle
+	trusted       *minerClient     // the validator's own miner, for validation windows
 	receiptCursor map[string]int64 // by miner: last receipt id fetched
 }
 
@@ -133,6 +137,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Synthetic.Params == nil {
 		cfg.Synthetic.Params = synthetic.DefaultParams()
 	}
+	cfg.Validation.defaults()
 	if len(cfg.Synthetic.Generators) == 0 {
 		cfg.Synthetic.Generators = synthetic.Generators()
 	}
@@ -143,6 +148,9 @@ func Run(ctx context.Context, cfg Config) error {
 	v.wg.Go(func() { v.refreshLoop(ctx) })
 	if cfg.Synthetic.Every > 0 {
 		v.wg.Go(func() { v.roundLoop(ctx) })
+	}
+	if cfg.Validation.Every > 0 && cfg.Validation.TrustedMiner != nil {
+		v.wg.Go(func() { v.validationLoop(ctx) })
 	}
 	if cfg.FacilitatorURL != "" {
 		v.wg.Go(func() { v.facilitatorLoop(ctx) })

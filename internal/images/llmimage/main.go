@@ -8,7 +8,8 @@
 //	llmimage [--port 8000] [--variant NAME]
 //
 // The variant "small" trains on half the text: a different, cheaper model,
-// the kind a cheating miner might serve instead.
+// the kind a cheating miner might serve instead; --cheat-fraction serves it
+// on a fraction of requests only.
 package main
 
 import (
@@ -23,6 +24,7 @@ import (
 func main() {
 	port := flag.Int("port", 8000, "port to serve on")
 	variant := flag.String("variant", "full", "model variant: full or small")
+	cheat := flag.Float64("cheat-fraction", 0, "answer this fraction of requests with the small model (demo and tests of validation)")
 	flag.Parse()
 	text := llm.Corpus()
 	if *variant == "small" {
@@ -30,5 +32,10 @@ func main() {
 	}
 	name := "horde-trigram-" + *variant
 	log.Printf("model %s trained on %d bytes", name, len(text))
-	log.Fatal(http.ListenAndServe(fmt.Sprintf(":%d", *port), llm.NewServer(llm.Train(text), name)))
+	h := llm.NewServer(llm.Train(text), name)
+	if *cheat > 0 {
+		small := llm.Corpus()
+		h = llm.NewCheatingServer(llm.Train(text), llm.Train(small[:len(small)/2]), *cheat, name)
+	}
+	log.Fatal(http.ListenAndServe(fmt.Sprintf(":%d", *port), h))
 }

@@ -30,12 +30,13 @@ var migrations embed.FS
 type DB struct{ db *sql.DB }
 
 var (
-	_ store.Jobs     = (*DB)(nil)
-	_ store.Receipts = (*DB)(nil)
-	_ store.Outbox   = (*DB)(nil)
-	_ store.Scores   = (*DB)(nil)
-	_ store.Reports  = (*DB)(nil)
-	_ store.Pairs    = (*DB)(nil)
+	_ store.Jobs        = (*DB)(nil)
+	_ store.Receipts    = (*DB)(nil)
+	_ store.Outbox      = (*DB)(nil)
+	_ store.Scores      = (*DB)(nil)
+	_ store.Reports     = (*DB)(nil)
+	_ store.Pairs       = (*DB)(nil)
+	_ store.Validations = (*DB)(nil)
 )
 
 // Open opens (creating) the database at path and applies migrations.
@@ -528,4 +529,75 @@ func (d *DB) queryPairs(ctx context.Context, where string, args ...any) ([]store
 		ids = append(ids, id)
 	}
 	return out, ids, rows.Err()
+}
+
+// PutWindow implements store.Validations.
+func (d *DB) PutWindow(ctx context.Context, w store.Window, cheats []store.Cheat) (int64, error) {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `INSERT INTO validation_windows (image, last_pair, body, at) VALUES (?, ?, ?, ?)`,
+		w.Image, w.LastPair, string(w.Body), w.At.UnixMicro())
+	if err != nil {
+		return 0, fmt.Errorf("put window: %w", err)
+	}
+	id, _ := res.LastInsertId()
+	for _, c := range cheats {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO cheats (window, miner, job_uuid, evidence, at) VALUES (?, ?, ?, ?, ?)`,
+			id, c.Miner, c.JobUUID, string(c.Evidence), c.At.UnixMicro()); err != nil {
+			return 0, fmt.Errorf("put cheat: %w", err)
+		}
+	}
+	return id, tx.Commit()
+}
+
+// LastPair implements store.Validations.
+func (d *DB) LastPair(ctx context.Context, image string) (int64, error) {
+	var last sql.NullInt64
+	err := d.db.QueryRowContext(ctx, `SELECT MAX(last_pair) FROM validation_windows WHERE image = ?`, image).Scan(&last)
+	return last.Int64, err
+}
+
+// Windows implements store.Validations.
+func (d *DB) Windows(ctx context.Context, limit int) ([]store.Window, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, image, last_pair, body, at FROM validation_windows ORDER BY id DESC LIMIT ?`, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Window
+	for rows.Next() {
+		var w store.Window
+		var body string
+		var at int64
+		if err := rows.Scan(&w.ID, &w.Image, &w.LastPair, &body, &at); err != nil {
+			return nil, err
+		}
+		w.Body, w.At = json.RawMessage(body), time.UnixMicro(at).UTC()
+		out = append(out, w)
+	}
+	return out, rows.Err()
+}
+
+// Cheats implements store.Validations.
+func (d *DB) Cheats(ctx context.Context, since time.Time) ([]store.Cheat, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, window, miner, job_uuid, evidence, at FROM cheats WHERE at >= ? ORDER BY id`, since.UnixMicro())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Cheat
+	for rows.Next() {
+		var c store.Cheat
+		var ev string
+		var at int64
+		if err := rows.Scan(&c.ID, &c.Window, &c.Miner, &c.JobUUID, &ev, &at); err != nil {
+			return nil, err
+		}
+		c.Evidence, c.At = json.RawMessage(ev), time.UnixMicro(at).UTC()
+		out = append(out, c)
+	}
+	return out, rows.Err()
 }

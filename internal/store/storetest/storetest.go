@@ -19,6 +19,7 @@ type Store interface {
 	store.Scores
 	store.Reports
 	store.Pairs
+	store.Validations
 }
 
 // Run runs the suite against stores made by open (a fresh, empty one per call).
@@ -28,6 +29,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 	t.Run("outbox", func(t *testing.T) { testOutbox(t, open(t)) })
 	t.Run("scores", func(t *testing.T) { testScores(t, open(t)) })
 	t.Run("pairs", func(t *testing.T) { testPairs(t, open(t)) })
+	t.Run("validations", func(t *testing.T) { testValidations(t, open(t)) })
 }
 
 func testJobs(t *testing.T, s Store) {
@@ -196,5 +198,29 @@ func testPairs(t *testing.T, s Store) {
 	s.MarkForwarded(ctx, pids[0])
 	if pending, _, _ = s.UnforwardedPairs(ctx, "v", 10); len(pending) != 2 {
 		t.Errorf("after forwarding one: %d", len(pending))
+	}
+}
+
+func testValidations(t *testing.T, s Store) {
+	ctx := t.Context()
+	before := time.Now().Add(-time.Second)
+	if last, err := s.LastPair(ctx, "img"); err != nil || last != 0 {
+		t.Fatalf("last pair of nothing = %d, %v", last, err)
+	}
+	id, err := s.PutWindow(ctx, store.Window{Image: "img", LastPair: 7, Body: []byte(`{"checked":3}`), At: time.Now()},
+		[]store.Cheat{{Miner: "m", JobUUID: "j", Evidence: []byte(`{"pair":1}`), At: time.Now()}})
+	if err != nil || id == 0 {
+		t.Fatal(err)
+	}
+	if last, _ := s.LastPair(ctx, "img"); last != 7 {
+		t.Errorf("last pair = %d", last)
+	}
+	ws, err := s.Windows(ctx, 5)
+	if err != nil || len(ws) != 1 || string(ws[0].Body) != `{"checked":3}` {
+		t.Errorf("windows = %+v %v", ws, err)
+	}
+	cs, err := s.Cheats(ctx, before)
+	if err != nil || len(cs) != 1 || cs[0].Window != id || cs[0].Miner != "m" {
+		t.Errorf("cheats = %+v %v", cs, err)
 	}
 }

@@ -1,0 +1,106 @@
+package hordetest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/horde-compute/horde/client"
+	"github.com/horde-compute/horde/internal/devstack"
+	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/validation"
+	"github.com/horde-compute/horde/internal/validator"
+)
+
+// Two miners serve the demo LLM; one answers every request with a cheaper
+// model. Clients report their pairs; a validation window replays them on the
+// validator's trusted miner: the cheater is caught with evidence, the honest
+// miner never flagged.
+func TestValidationWindowCatchesSwappedModel(t *testing.T) {
+	digest := LLMImage(t, Docker(t))
+	h := Start(t, devstack.Config{Miners: 2, Manifest: map[string]int{"always_on.test": 1},
+		StreamingWhitelist: map[string]string{images.LLMImage: digest},
+		StreamCheaters:     map[int]float64{1: 1.0}, TrustedMiner: true,
+		Validation: validator.ValidationConfig{Sample: 1, Comparators: map[string]validation.Comparator{images.LLMImage: validation.LLM{}}}})
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	streams := make([]*client.Stream, 2)
+	errs := make(chan error, 2)
+	for i := range streams {
+		go func() {
+			st, err := h.Client.StartStreaming(ctx, streamSpec(), nil)
+			streams[i] = st
+			errs <- err
+		}()
+	}
+	for range streams {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	reported := 0
+	for _, st := range streams {
+		hc, _ := st.HTTPClient()
+		for _, p := range []string{"a client that keeps its receipts", "every answer carries a receipt", "good systems are boring",
+			"the market grows when", "if the trusted machine disagrees", "when a machine fails"} {
+			req := []byte(fmt.Sprintf(`{"prompt": %q, "max_tokens": 12, "temperature": 0}`, p))
+			var out bytes.Buffer
+			res, err := st.Call(ctx, hc, "POST", "/v1/completions", req, &out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := h.Client.ReportPair(ctx, st.JobUUID, client.Pair("POST", "/v1/completions", req, out.Bytes(), res)); err != nil {
+				t.Fatal(err)
+			}
+			reported++
+		}
+	}
+	vdb, err := sqlite.Open(ctx, filepath.Join(h.DataDir, "validator.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vdb.Close()
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		kept, _, _ := vdb.PairsForImage(ctx, images.LLMImage, 0, 1000)
+		if len(kept) == reported {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the validator has %d of %d pairs", len(kept), reported)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	rep, err := h.Validate(ctx, images.LLMImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cheater := h.Miners[1].SS58()
+	failedBy := map[string]int{}
+	for _, v := range rep.Verdicts {
+		if v.Error != "" {
+			t.Errorf("verdict error: %s", v.Error)
+		}
+		if !v.Verdict.Pass {
+			failedBy[v.Miner]++
+		}
+	}
+	t.Logf("window: %d pairs, %d checked, %d failed (%v), trusted %.1fs, covered %.1fs", rep.Pairs, rep.Checked, rep.Failed, failedBy, rep.TrustedSeconds, rep.CoveredSeconds)
+	if rep.Checked != reported || failedBy[cheater] == 0 || len(failedBy) != 1 {
+		t.Errorf("the cheater %s was not singled out: %v", cheater[:8], failedBy)
+	}
+	cheats, err := vdb.Cheats(ctx, time.Now().Add(-time.Hour))
+	if err != nil || len(cheats) != failedBy[cheater] || cheats[0].Miner != cheater {
+		t.Errorf("cheats kept = %d, %v", len(cheats), err)
+	}
+	// A second window finds nothing new to check: every pair was covered.
+	if _, err := h.Validate(ctx, images.LLMImage); err != validator.ErrNoPairs {
+		t.Errorf("second window: %v", err)
+	}
+	for _, st := range streams {
+		h.Client.Stop(ctx, st.JobUUID)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -103,4 +104,51 @@ func TestValidationWindowCatchesSwappedModel(t *testing.T) {
 	for _, st := range streams {
 		h.Client.Stop(ctx, st.JobUUID)
 	}
+}
+
+// A trusted miner that cannot serve the window leaves the pairs queued.
+func TestValidationWindowKeepsPairsWhenTrustedMinerFails(t *testing.T) {
+	digest := LLMImage(t, Docker(t))
+	// The trusted miner is asked for a class it does not have: it declines.
+	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}, TrustedMiner: true,
+		Validation: validator.ValidationConfig{Sample: 1, Class: "always_on.gpu-24gb"}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	st, err := h.Client.StartStreaming(ctx, streamSpec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, _ := st.HTTPClient()
+	req := []byte(`{"prompt": "the miner", "max_tokens": 4, "temperature": 0}`)
+	var out bytes.Buffer
+	res, err := st.Call(ctx, hc, "POST", "/v1/completions", req, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Client.ReportPair(ctx, st.JobUUID, client.Pair("POST", "/v1/completions", req, out.Bytes(), res)); err != nil {
+		t.Fatal(err)
+	}
+	vdb, err := sqlite.Open(ctx, filepath.Join(h.DataDir, "validator.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vdb.Close()
+	pending := func() int {
+		last, _ := vdb.LastPair(ctx, images.LLMImage)
+		p, _, _ := vdb.PairsForImage(ctx, images.LLMImage, last, 10)
+		return len(p)
+	}
+	for deadline := time.Now().Add(10 * time.Second); pending() != 1; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the pair did not reach the validator")
+		}
+	}
+	_, err = h.Validate(ctx, images.LLMImage)
+	if err == nil || !strings.Contains(err.Error(), "trusted miner") {
+		t.Fatalf("window on a trusted miner that declines: %v", err)
+	}
+	if n := pending(); n != 1 {
+		t.Errorf("after the failed window %d pairs wait, want 1", n)
+	}
+	h.Client.Stop(ctx, st.JobUUID)
 }

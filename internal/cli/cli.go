@@ -40,6 +40,7 @@ Roles:
   facilitator   serve the client API and dispatch jobs to validators
   validator     route jobs to miners, check them, sign receipts
   validator scores   per-miner results of the last synthetic rounds
+  validator validations   streaming validation windows, verdicts, evidence of cheats
   miner         offer executors to validators
   executor      run one job (started by a miner)
 
@@ -87,6 +88,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "validator":
 		if len(rest) > 0 && rest[0] == "scores" {
 			return e.validatorScores(rest[1:])
+		}
+		if len(rest) > 0 && rest[0] == "validations" {
+			return e.validatorValidations(rest[1:])
 		}
 		return e.validator(rest)
 	case "miner":

@@ -13,7 +13,10 @@ import (
 
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/hordetest"
+	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/synthetic"
+	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -99,6 +102,9 @@ func TestUsageErrors(t *testing.T) {
 		{"miner", "--trusted"},
 		{"miner", "--validator", "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"},
 		{"miner", "--trusted", "--validator", "not-an-address"},
+		{"validator", "--streaming-whitelist", "img"},
+		{"validator", "--comparators", "img=fuzzy"},
+		{"validator", "--trusted-miner", "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"},
 	}
 	for _, args := range cases {
 		_, errs, code := run(t, map[string]string{"HORDE_WALLET_PATH": t.TempDir()}, args...)
@@ -190,5 +196,27 @@ func TestStreamCommands(t *testing.T) {
 	_, errs, code = run(t, env, "stream", "call", "nope", "/x")
 	if code != 1 || !strings.Contains(errs, "horde stream start") {
 		t.Errorf("unknown stream: exit %d %s", code, errs)
+	}
+}
+
+func TestValidatorValidations(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "validator.db")
+	st, err := sqlite.Open(t.Context(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(validator.WindowReport{Image: "horde/llm:dev", Comparator: "llm", Pairs: 3, Checked: 2, Failed: 1,
+		Verdicts: []validator.PairVerdict{{JobUUID: "0123456789", RequestID: "r1", Miner: "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY",
+			Verdict: validation.Verdict{Detail: "4 of 12 tokens agree"}}}})
+	st.PutWindow(t.Context(), store.Window{Image: "horde/llm:dev", LastPair: 3, Body: body, At: time.Now()},
+		[]store.Cheat{{Miner: "5Grw", JobUUID: "0123456789", Evidence: []byte(`{"verdict": "x"}`), At: time.Now()}})
+	st.Close()
+	out, errs, code := run(t, nil, "validator", "validations", "--db", db)
+	if code != 0 || !strings.Contains(out, "checked 2, failed 1") || !strings.Contains(out, "✗ CHEAT") {
+		t.Errorf("validations: exit %d\n%s%s", code, out, errs)
+	}
+	out, _, code = run(t, nil, "validator", "validations", "--db", db, "--evidence")
+	if code != 0 || !strings.Contains(out, `"evidence":{"verdict":"x"}`) {
+		t.Errorf("evidence: exit %d\n%s", code, out)
 	}
 }

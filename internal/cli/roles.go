@@ -3,6 +3,7 @@ package cli
 import (
 	"flag"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/sig"
 )
@@ -77,9 +79,44 @@ func (e *env) validator(args []string) error {
 	pylonToken := fs.String("pylon-token", "", "Pylon bearer token")
 	pylonIdentity := fs.String("pylon-identity", "", "Pylon identity name")
 	netuid := fs.Int("netuid", 12, "subnet")
+	whitelist := fs.String("streaming-whitelist", "", "images streaming jobs may use, pinned: IMAGE=DIGEST,…")
+	comparators := fs.String("comparators", "", "comparator per whitelisted image: IMAGE=exact|llm,… (default exact)")
+	trusted := fs.String("trusted-miner", "", "the validator's own miner for validation windows: HOTKEY@HOST:PORT")
+	valEvery := fs.Duration("validation-every", 5*time.Minute, "how often waiting streaming pairs are looked at")
+	sample := fs.Float64("validation-sample", 0.1, "fraction of gathered pairs replayed on the trusted miner")
+	threshold := fs.Int("validation-threshold", 100, "pairs of an image that open a validation window")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parse(fs, args); err != nil {
 		return err
+	}
+	wl, err := parsePairs("--streaming-whitelist", *whitelist)
+	if err != nil {
+		return err
+	}
+	cmps := map[string]validation.Comparator{}
+	names, err := parsePairs("--comparators", *comparators)
+	if err != nil {
+		return err
+	}
+	for image, name := range names {
+		switch name {
+		case "exact":
+			cmps[image] = validation.Exact{}
+		case "llm":
+			cmps[image] = validation.LLM{}
+		default:
+			return usageErr("--comparators: %q is not exact or llm", name)
+		}
+	}
+	val := validator.ValidationConfig{Comparators: cmps, Sample: *sample, Threshold: *threshold, Every: *valEvery}
+	if *trusted != "" {
+		hk, addr, ok := strings.Cut(*trusted, "@")
+		host, port, err := net.SplitHostPort(addr)
+		p, perr := strconv.Atoi(port)
+		if _, kerr := sig.ParseSS58(hk); !ok || err != nil || perr != nil || kerr != nil {
+			return usageErr("--trusted-miner %q: want HOTKEY@HOST:PORT", *trusted)
+		}
+		val.TrustedMiner = &chain.Neuron{Hotkey: hk, AxonInfo: chain.AxonInfo{IP: host, Port: p}}
 	}
 	var meta chain.Source = chain.File{Path: *metagraph}
 	var weights chain.WeightSetter = chain.WeightsFile{Path: *weightsFile}
@@ -102,7 +139,8 @@ func (e *env) validator(args []string) error {
 	defer st.Close()
 	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, Metagraph: meta,
 		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log,
-		Synthetic: validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights}})
+		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights},
+		StreamingWhitelist: wl, Validation: val})
 }
 
 // parseManifest reads "class=count,class=count".
@@ -241,4 +279,20 @@ func (x *executorFlags) docker(e *env) (*docker.Client, error) {
 		return nil, fmt.Errorf("the Docker Engine does not answer (is it running, and may you use it?): %w", err)
 	}
 	return dock, nil
+}
+
+// parsePairs reads "KEY=VALUE,…".
+func parsePairs(flag, s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(part, "=")
+		if !ok || k == "" || v == "" {
+			return nil, usageErr("%s entry %q: want KEY=VALUE", flag, part)
+		}
+		out[k] = v
+	}
+	return out, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/synthetic"
+	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -27,6 +28,7 @@ type devFlags struct {
 	dataDir, listen, manifest string
 	miners, cheater           int
 	cycle, jobTime            time.Duration
+	sample                    float64
 }
 
 func (d *devFlags) register(e *env, name, dataDir, listen string, miners, cheater int, cycle time.Duration) *flag.FlagSet {
@@ -38,6 +40,11 @@ func (d *devFlags) register(e *env, name, dataDir, listen string, miners, cheate
 	fs.IntVar(&d.cheater, "cheater", cheater, "index of a miner that cheats: its executors share one CPU (-1: none)")
 	fs.DurationVar(&d.cycle, "cycle", cycle, "synthetic round cycle (0: rounds only on demand)")
 	fs.DurationVar(&d.jobTime, "synthetic-job-time", time.Second, "how long a synthetic job takes on one core of this machine")
+	d.sample = 0.25
+	if cycle == 0 { // the demo replays every pair it reports
+		d.sample = 1
+	}
+	fs.Float64Var(&d.sample, "validation-sample", d.sample, "fraction of reported streaming pairs a validation window replays")
 	return fs
 }
 
@@ -84,8 +91,12 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 		// Every miner here shares this machine: test them one after another.
 		Synthetic: validator.SyntheticConfig{Every: d.cycle, Sequential: true,
 			Params: map[string]synthetic.Params{protocol.ClassTest: params}}}
+	cfg.TrustedMiner = true
+	cfg.Validation = validator.ValidationConfig{Comparators: map[string]validation.Comparator{images.LLMImage: validation.LLM{}},
+		Sample: d.sample, Threshold: 20, Every: d.cycle}
 	if d.cheater >= 0 && d.cheater < d.miners {
 		cfg.Cheaters = map[int]bool{d.cheater: true}
+		cfg.StreamCheaters = map[int]float64{d.cheater: 0.5}
 	}
 	s, err := devstack.Start(e.ctx, cfg)
 	if err != nil {
@@ -201,7 +212,7 @@ func (e *env) devDemo(args []string) error {
 		fmt.Fprintf(e.stdout, "── result.json ──\n%s\n", b)
 	}
 
-	if err := e.demoStreaming(s); err != nil {
+	if err := e.demoStreaming(s, d.cheater); err != nil {
 		return err
 	}
 
@@ -231,29 +242,44 @@ func (e *env) devDemo(args []string) error {
 	return nil
 }
 
-// demoStreaming starts a streaming job of the demo language model, asks it
-// one question over mutual TLS, shows the answer as it streams and the
-// verified receipt, then stops the job.
-func (e *env) demoStreaming(s *devstack.Stack) error {
+// demoStreaming starts a streaming job of the demo language model on each
+// miner, asks one question over mutual TLS and shows the answer as it streams
+// with its verified receipt, reports a few exchanges per job for validation,
+// runs a validation window on the validator's trusted miner, and stops the jobs.
+func (e *env) demoStreaming(s *devstack.Stack, cheater int) error {
 	cl := client.New(s.FacilitatorURL, s.Client)
-	fmt.Fprintf(e.stderr, "\nstarting a streaming job of %s\n", images.LLMImage)
-	start := time.Now()
-	spec := &protocol.JobSpec{ExecutorClass: protocol.ClassTest, DockerImage: images.LLMImage, Args: []string{},
-		DownloadTimeLimit: 60, ExecutionTimeLimit: 300, UploadTimeLimit: 60, StreamingStartTimeLimit: 60}
-	st, err := cl.StartStreaming(e.ctx, spec, func(x protocol.StatusEntry) {
-		fmt.Fprintf(e.stderr, "  [%6.2fs] %s\n", time.Since(start).Seconds(), describe(x))
-	})
-	if err != nil {
-		return err
+	spec := func() *protocol.JobSpec {
+		return &protocol.JobSpec{ExecutorClass: protocol.ClassTest, DockerImage: images.LLMImage, Args: []string{},
+			DownloadTimeLimit: 60, ExecutionTimeLimit: 300, UploadTimeLimit: 60, StreamingStartTimeLimit: 60}
 	}
-	fmt.Fprintf(e.stdout, "\nstreaming job %s serves at %s; the miner's signature of its key verified\n", st.JobUUID, st.URL)
-	hc, err := st.HTTPClient()
+	var streams []*client.Stream
+	defer func() {
+		for _, st := range streams {
+			cl.Stop(e.ctx, st.JobUUID)
+			if j, err := cl.Watch(e.ctx, st.JobUUID, func(protocol.StatusEntry) {}); err == nil {
+				fmt.Fprintf(e.stdout, "streaming job %s stopped: %s\n", st.JobUUID[:8], j.Status)
+			}
+		}
+	}()
+	for i := range s.Miners {
+		fmt.Fprintf(e.stderr, "\nstarting streaming job %d of %s\n", i+1, images.LLMImage)
+		start := time.Now()
+		st, err := cl.StartStreaming(e.ctx, spec(), func(x protocol.StatusEntry) {
+			fmt.Fprintf(e.stderr, "  [%6.2fs] %s\n", time.Since(start).Seconds(), describe(x))
+		})
+		if err != nil {
+			return err
+		}
+		streams = append(streams, st)
+		fmt.Fprintf(e.stdout, "\nstreaming job %s serves at %s on miner %s; the miner's signature of its key verified\n", st.JobUUID[:8], st.URL, short(st.MinerHotkey))
+	}
+	hc, err := streams[0].HTTPClient()
 	if err != nil {
 		return err
 	}
 	body := []byte(`{"messages": [{"role": "user", "content": "What does a validator do?"}], "max_tokens": 24, "temperature": 0, "stream": true}`)
 	fmt.Fprintf(e.stdout, "Q: What does a validator do?\nA:")
-	res, err := st.Call(e.ctx, hc, "POST", "/v1/chat/completions", body, &sseText{w: e.stdout})
+	res, err := streams[0].Call(e.ctx, hc, "POST", "/v1/chat/completions", body, &sseText{w: e.stdout})
 	fmt.Fprintln(e.stdout)
 	if err != nil {
 		return err
@@ -261,15 +287,65 @@ func (e *env) demoStreaming(s *devstack.Stack) error {
 	r := res.Receipt
 	fmt.Fprintf(e.stdout, "receipt: request %s from %s to %s\n  input sha256  %s\n  output sha256 %s\n  signed by the job's key: verified\n",
 		r.RequestID, r.TimestampFrom.Format("15:04:05.000000"), r.TimestampTo.Format("15:04:05.000000"), r.InputSHA256, r.OutputSHA256)
-	if _, err := cl.Stop(e.ctx, st.JobUUID); err != nil {
-		return err
+
+	// The client hands its exchanges to validators, who replay them on their own trusted miner.
+	prompts := []string{"a client that keeps its receipts", "every answer carries a receipt", "good systems are boring",
+		"the market grows when", "if the trusted machine disagrees", "when a machine fails", "miners compete on", "clients come back when"}
+	reported := 0
+	for _, st := range streams {
+		hc, err := st.HTTPClient()
+		if err != nil {
+			return err
+		}
+		for _, p := range prompts {
+			req := []byte(fmt.Sprintf(`{"prompt": %q, "max_tokens": 12, "temperature": 0}`, p))
+			var out bytes.Buffer
+			res, err := st.Call(e.ctx, hc, "POST", "/v1/completions", req, &out)
+			if err != nil {
+				return err
+			}
+			if err := cl.ReportPair(e.ctx, st.JobUUID, client.Pair("POST", "/v1/completions", req, out.Bytes(), res)); err != nil {
+				return err
+			}
+			reported++
+		}
 	}
-	j, err := cl.Watch(e.ctx, st.JobUUID, func(protocol.StatusEntry) {})
+	fmt.Fprintf(e.stderr, "\nreported %d exchanges with their receipts; opening a validation window on the validator's trusted miner…\n", reported)
+	// The facilitator verifies each pair and passes it on; the validator verifies it again.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if n, err := s.PairsWaiting(e.ctx, images.LLMImage); err == nil && n >= reported {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the reported pairs did not reach the validator")
+		}
+	}
+	rep, err := s.Validate(e.ctx, images.LLMImage)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "streaming job stopped: %s\n", j.Status)
-	return jobErr(j)
+	fmt.Fprintf(e.stdout, "\nvalidation window (%s comparator): %d pairs, %d replayed on the trusted miner, %d failed\n", rep.Comparator, rep.Pairs, rep.Checked, rep.Failed)
+	fmt.Fprintf(e.stdout, "  trusted executor-seconds %.1f for %.1f streaming seconds covered\n", rep.TrustedSeconds, rep.CoveredSeconds)
+	failed := map[string]int{}
+	for _, v := range rep.Verdicts {
+		if !v.Verdict.Pass {
+			failed[v.Miner]++
+		}
+	}
+	for _, st := range streams {
+		fmt.Fprintf(e.stdout, "  miner %s: %d of its answers failed\n", short(st.MinerHotkey), failed[st.MinerHotkey])
+	}
+	if cheater >= 0 && cheater < len(s.Miners) {
+		for i, k := range s.Miners {
+			if i != cheater && failed[k.SS58()] > 0 {
+				return fmt.Errorf("the honest miner %s was flagged", short(k.SS58()))
+			}
+		}
+		if failed[s.Miners[cheater].SS58()] > 0 {
+			fmt.Fprintf(e.stdout, "the miner serving a cheaper model on half its requests (%s) is caught; evidence kept ('horde validator validations --evidence').\n", short(s.Miners[cheater].SS58()))
+		}
+	}
+	return nil
 }
 
 // sseText prints the content of OpenAI chat completion chunks as they arrive.

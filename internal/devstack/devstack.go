@@ -278,6 +278,16 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	return s, nil
 }
 
+// PairsWaiting returns how many pairs of image wait for validation on the validator.
+func (s *Stack) PairsWaiting(ctx context.Context, image string) (int, error) {
+	select {
+	case <-s.started:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return s.validator.PairsWaiting(ctx, image)
+}
+
 // Validate opens a validation window for image on the validator now.
 func (s *Stack) Validate(ctx context.Context, image string) (*validator.WindowReport, error) {
 	select {

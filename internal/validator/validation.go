@@ -116,6 +116,16 @@ func (v *Validator) validationLoop(ctx context.Context) {
 	}
 }
 
+// PairsWaiting returns how many pairs of image wait for a validation window.
+func (v *Validator) PairsWaiting(ctx context.Context, image string) (int, error) {
+	last, err := v.cfg.Store.LastPair(ctx, image)
+	if err != nil {
+		return 0, err
+	}
+	_, ids, err := v.cfg.Store.PairsForImage(ctx, image, last, 100000)
+	return len(ids), err
+}
+
 // ErrNoPairs is returned when an image has no pairs waiting.
 var ErrNoPairs = errors.New("no pairs waiting for validation")
 

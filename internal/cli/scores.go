@@ -78,6 +78,9 @@ func printScores(w io.Writer, scores []store.MinerScore) {
 				fmt.Fprintf(w, "      ✗ %s\n", r)
 			}
 		}
+		if d.Note != "" {
+			fmt.Fprintf(w, "      ! %s\n", d.Note)
+		}
 		if len(d.Receipts) > 0 {
 			fmt.Fprintf(w, "      %d receipts counted (%v executor-seconds)\n", len(d.Receipts), roundMap(d.ExecutorSeconds))
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
+	"github.com/horde-compute/horde/protocol"
 )
 
 // Two miners serve the demo LLM; one answers every request with a cheaper
@@ -101,8 +102,25 @@ func TestValidationWindowCatchesSwappedModel(t *testing.T) {
 	if _, err := h.Validate(ctx, images.LLMImage); err != validator.ErrNoPairs {
 		t.Errorf("second window: %v", err)
 	}
+	// The cycle's scores: the proven cheat zeroes the cheater, whatever its synthetic results.
 	for _, st := range streams {
 		h.Client.Stop(ctx, st.JobUUID)
+		if _, err := h.Client.Watch(ctx, st.JobUUID, func(protocol.StatusEntry) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	round, err := h.Round(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range round.Scores {
+		d := details(t, sc.Details)
+		if sc.Miner == cheater && (sc.Score != 0 || !strings.Contains(d.Note, "cheating proved")) {
+			t.Errorf("cheater scored %v (%s)", sc.Score, d.Note)
+		}
+		if sc.Miner != cheater && sc.Score == 0 {
+			t.Errorf("honest miner scored 0: %+v", d)
+		}
 	}
 }
 

@@ -93,7 +93,10 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 			Params: map[string]synthetic.Params{protocol.ClassTest: params}}}
 	cfg.TrustedMiner = true
 	cfg.Validation = validator.ValidationConfig{Comparators: map[string]validation.Comparator{images.LLMImage: validation.LLM{}},
-		Sample: d.sample, Threshold: 20, Every: d.cycle}
+		Sample: d.sample, Threshold: 20, Every: d.cycle, CanaryEvery: d.cycle,
+		Canaries: map[string]validator.CanarySpec{images.LLMImage: {Path: "/v1/completions", Requests: [][]byte{
+			[]byte(`{"prompt": "a validator that gathers receipts", "max_tokens": 12, "temperature": 0}`),
+			[]byte(`{"prompt": "every answer carries a receipt", "max_tokens": 12, "temperature": 0}`)}}}}
 	if d.cheater >= 0 && d.cheater < d.miners {
 		cfg.Cheaters = map[int]bool{d.cheater: true}
 		cfg.StreamCheaters = map[int]float64{d.cheater: 0.5}

@@ -298,6 +298,16 @@ func (s *Stack) Validate(ctx context.Context, image string) (*validator.WindowRe
 	return s.validator.Validate(ctx, image)
 }
 
+// Canary sends the validator's own requests to a streaming job of image.
+func (s *Stack) Canary(ctx context.Context, image string, requests [][]byte, path string) (int, error) {
+	select {
+	case <-s.started:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return s.validator.Canary(ctx, image, requests, path)
+}
+
 // Round runs one synthetic round on the validator now.
 func (s *Stack) Round(ctx context.Context) (*validator.Report, error) {
 	select {

@@ -170,3 +170,30 @@ func TestValidationWindowKeepsPairsWhenTrustedMinerFails(t *testing.T) {
 	}
 	h.Client.Stop(ctx, st.JobUUID)
 }
+
+// The validator's own canary requests go to a streaming job like a client's;
+// their pairs are validated like any other and catch a cheater.
+func TestCanaryRequests(t *testing.T) {
+	digest := LLMImage(t, Docker(t))
+	h := Start(t, devstack.Config{Manifest: map[string]int{"always_on.test": 1},
+		StreamingWhitelist: map[string]string{images.LLMImage: digest},
+		StreamCheaters:     map[int]float64{0: 1.0}, TrustedMiner: true,
+		Validation: validator.ValidationConfig{Sample: 1, Comparators: map[string]validation.Comparator{images.LLMImage: validation.LLM{}}}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	var reqs [][]byte
+	for _, p := range []string{"a client that keeps its receipts", "every answer carries a receipt", "good systems are boring", "the market grows when"} {
+		reqs = append(reqs, []byte(fmt.Sprintf(`{"prompt": %q, "max_tokens": 12, "temperature": 0}`, p)))
+	}
+	n, err := h.Canary(ctx, images.LLMImage, reqs, "/v1/completions")
+	if err != nil || n != len(reqs) {
+		t.Fatalf("canary kept %d pairs: %v", n, err)
+	}
+	rep, err := h.Validate(ctx, images.LLMImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Checked != len(reqs) || rep.Failed == 0 {
+		t.Errorf("window over canary pairs: %d checked, %d failed", rep.Checked, rep.Failed)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,6 +43,17 @@ type ValidationConfig struct {
 	MaxAge    time.Duration
 	// Every is how often waiting pairs are looked at (0: windows only on demand).
 	Every time.Duration
+	// Canaries are the validator's own requests, by image, sent every
+	// CanaryEvery to a streaming job of that image on a miner picked like a
+	// client's (0: none).
+	Canaries    map[string]CanarySpec
+	CanaryEvery time.Duration
+}
+
+// CanarySpec is what a canary sends to an image's service.
+type CanarySpec struct {
+	Path     string
+	Requests [][]byte
 }
 
 // PairVerdict is the judgement of one replayed pair.
@@ -85,6 +97,25 @@ func (c *ValidationConfig) defaults() {
 	}
 	if c.MaxAge == 0 {
 		c.MaxAge = time.Hour
+	}
+}
+
+func (v *Validator) canaryLoop(ctx context.Context) {
+	t := time.NewTicker(v.cfg.Validation.CanaryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for image, c := range v.cfg.Validation.Canaries {
+			if n, err := v.Canary(ctx, image, c.Requests, c.Path); err != nil {
+				v.log.Warn("canary", "image", image, "err", err)
+			} else {
+				v.log.Info("canary requests sent", "image", image, "pairs", n)
+			}
+		}
 	}
 }
 
@@ -223,12 +254,20 @@ func (v *Validator) startTrusted(ctx context.Context, image string, rep *WindowR
 	if err := mc.connect(ctx, v.cfg.Hotkey, &v.wg, v.life); err != nil {
 		return nil, nil, err
 	}
-	key, certPEM, err := sr.NewKeyPair("horde-validator", 24*time.Hour)
+	id := uuid.NewString()
+	rep.TrustedJob = id
+	return v.startStream(ctx, mc, id, image, false)
+}
+
+// startStream runs image as a streaming job on mc with the validator as its
+// client, and returns the stream and how to stop it (stop returns how long
+// the job served). Organic jobs look to the miner like any client's.
+func (v *Validator) startStream(ctx context.Context, mc *minerClient, id, image string, organic bool) (*client.Stream, func() time.Duration, error) {
+	vc := v.cfg.Validation
+	key, certPEM, err := sr.NewKeyPair("horde-client", 7*24*time.Hour)
 	if err != nil {
 		return nil, nil, err
 	}
-	id := uuid.NewString()
-	rep.TrustedJob = id
 	spec := &protocol.JobSpec{ExecutorClass: vc.Class, DockerImage: image, Args: []string{}, DownloadTimeLimit: 60,
 		ExecutionTimeLimit: 3600, UploadTimeLimit: 60, StreamingStartTimeLimit: 120,
 		StreamingDetails: &protocol.StreamingDetails{PublicKey: string(certPEM)}}
@@ -237,7 +276,7 @@ func (v *Validator) startTrusted(ctx context.Context, image string, rep *WindowR
 	start := time.Now()
 	jctx, cancel := context.WithCancel(v.life)
 	v.wg.Go(func() {
-		done <- v.attempt(jctx, mc, id, spec, false, func(s protocol.JobStatus, m *protocol.StatusMetadata) {
+		done <- v.attempt(jctx, mc, id, spec, organic, func(s protocol.JobStatus, m *protocol.StatusMetadata) {
 			if s == protocol.StatusStreaming {
 				ready <- m
 			}
@@ -319,4 +358,46 @@ func (v *Validator) coveredSeconds(ctx context.Context, pairs []store.PairRecord
 		total += to.Sub(from).Seconds()
 	}
 	return total
+}
+
+// Canary runs the validator's own requests against a streaming job of image
+// on a miner picked like any client's job would be, and keeps the pairs for
+// validation windows: the miner cannot tell them from a client's.
+func (v *Validator) Canary(ctx context.Context, image string, requests [][]byte, path string) (int, error) {
+	class := v.cfg.Validation.Class
+	v.refresh(ctx)
+	mc, _ := v.pick(ctx, class, nil)
+	if mc == nil {
+		return 0, fmt.Errorf("canary: no miner with a free %s executor", class)
+	}
+	id := uuid.NewString()
+	st, stop, err := v.startStream(ctx, mc, id, image, true)
+	if err != nil {
+		return 0, fmt.Errorf("canary: %w", err)
+	}
+	defer stop()
+	hc, err := st.HTTPClient()
+	if err != nil {
+		return 0, err
+	}
+	kept := 0
+	for _, req := range requests {
+		var out bytes.Buffer
+		res, err := st.Call(ctx, hc, http.MethodPost, path, req, &out)
+		if err != nil {
+			v.log.Warn("canary request failed", "miner", mc.neuron.Hotkey, "err", err)
+			continue
+		}
+		p := client.Pair(http.MethodPost, path, req, out.Bytes(), res)
+		proof := protocol.StreamingServerDetails{StreamingServerCert: st.JobCert, MinerSignature: st.MinerSignature}
+		host, port, _ := net.SplitHostPort(strings.TrimPrefix(st.URL, "https://"))
+		proof.StreamingServerAddress = host
+		proof.StreamingServerPort, _ = strconv.Atoi(port)
+		err = v.cfg.Store.PutPair(ctx, store.PairRecord{JobUUID: id, RequestID: res.Receipt.RequestID, Image: image,
+			MinerHotkey: mc.neuron.Hotkey, ValidatorHotkey: v.cfg.Hotkey.SS58(), ReportedBy: "canary", Pair: *p, Proof: proof, At: time.Now().UTC()})
+		if err == nil {
+			kept++
+		}
+	}
+	return kept, nil
 }

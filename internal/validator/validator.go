@@ -152,6 +152,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Validation.Every > 0 && cfg.Validation.TrustedMiner != nil {
 		v.wg.Go(func() { v.validationLoop(ctx) })
 	}
+	if cfg.Validation.CanaryEvery > 0 && len(cfg.Validation.Canaries) > 0 {
+		v.wg.Go(func() { v.canaryLoop(ctx) })
+	}
 	if cfg.FacilitatorURL != "" {
 		v.wg.Go(func() { v.facilitatorLoop(ctx) })
 	}

@@ -3,18 +3,22 @@ package hordetest
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/synthetic"
+	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -135,4 +139,52 @@ func BenchmarkRound100Miners(b *testing.B) {
 		total += rep.Took
 	}
 	b.ReportMetric(float64((total/time.Duration(b.N))-work)/float64(time.Millisecond), "round-beyond-jobs-ms")
+}
+
+// BenchmarkValidationWindow reports 250 pairs of the demo LLM and replays all
+// of them in one validation window on the trusted miner, and reports the
+// trusted executor-seconds it takes per 1,000 validated pairs.
+func BenchmarkValidationWindow(b *testing.B) {
+	digest := LLMImage(b, Docker(b))
+	h := Start(b, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}, TrustedMiner: true,
+		Log:        slog.New(slog.DiscardHandler),
+		Validation: validator.ValidationConfig{Sample: 1, Comparators: map[string]validation.Comparator{images.LLMImage: validation.LLM{}}}})
+	ctx := b.Context()
+	for range b.N {
+		st, err := h.Client.StartStreaming(ctx, streamSpec(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		hc, _ := st.HTTPClient()
+		const pairs = 250
+		for i := range pairs {
+			req := []byte(fmt.Sprintf(`{"prompt": "the miner %d", "max_tokens": 12, "temperature": 0}`, i))
+			var out bytes.Buffer
+			res, err := st.Call(ctx, hc, "POST", "/v1/completions", req, &out)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := h.Client.ReportPair(ctx, st.JobUUID, client.Pair("POST", "/v1/completions", req, out.Bytes(), res)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if n, _ := h.PairsWaiting(ctx, images.LLMImage); n >= pairs {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatal("pairs did not reach the validator")
+			}
+		}
+		rep, err := h.Validate(ctx, images.LLMImage)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if rep.Checked != pairs || rep.Failed != 0 {
+			b.Fatalf("%d checked, %d failed", rep.Checked, rep.Failed)
+		}
+		b.ReportMetric(rep.TrustedSeconds*1000/pairs, "trusted-s-per-1000-pairs")
+		h.Client.Stop(ctx, st.JobUUID)
+		h.Client.Watch(ctx, st.JobUUID, func(protocol.StatusEntry) {})
+	}
 }

@@ -196,6 +196,9 @@ func (m *Model) Score(prompt, text string, top int) []Token {
 		if w, ok := m.index[t]; ok {
 			lp = math.Log(p[w])
 			ctx = [2]int{ctx[1], w}
+		} else {
+			// As in generation, an unknown word starts the context afresh.
+			ctx = [2]int{m.index[bos], m.index[bos]}
 		}
 		out = append(out, Token{Text: t, Logprob: lp, Top: m.topK(p, top)})
 	}

@@ -22,7 +22,11 @@ func requests(n int, rng *rand.Rand) [][]byte {
 	for i := range out {
 		at := rng.IntN(len(words) - 6)
 		k := 2 + rng.IntN(4)
-		out[i] = fmt.Appendf(nil, `{"prompt": %q, "max_tokens": 10, "temperature": 0, "seed": %d}`, strings.Join(words[at:at+k], " "), i)
+		prompt := strings.Join(words[at:at+k], " ")
+		if rng.IntN(3) == 0 { // words the model never saw, too
+			prompt += fmt.Sprintf(" zq%d", rng.IntN(1000))
+		}
+		out[i] = fmt.Appendf(nil, `{"prompt": %q, "max_tokens": 10, "temperature": 0, "seed": %d}`, prompt, i)
 	}
 	return out
 }

@@ -54,6 +54,7 @@ Clients:
   stream stop   end a streaming job
   stream receipts   list the receipts kept for a streaming job
   stream volume     send a serving job one more input volume, or upload its outputs
+  stream report     hand the kept exchanges and receipts to validators
   keys new      create a hotkey in a Bittensor wallet
   keys show     show a wallet's hotkey
 

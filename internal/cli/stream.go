@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -68,7 +69,14 @@ type keptReceipt struct {
 	Signature string      `json:"signature_b64"`
 	Verified  bool        `json:"verified"`
 	Error     string      `json:"error,omitempty"`
+	// The bodies, kept (up to keepBodies each) so the pair can be reported later.
+	RequestB64  string `json:"request_b64,omitempty"`
+	ResponseB64 string `json:"response_b64,omitempty"`
+	Reported    bool   `json:"reported,omitempty"`
 }
+
+// keepBodies bounds the bodies a receipts file keeps for later reports.
+const keepBodies = 1 << 20
 
 func (s streamState) keep(job string, k keptReceipt) error {
 	f, err := os.OpenFile(s.path(job, ".receipts.jsonl"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
@@ -88,7 +96,7 @@ func (e *env) stream(args []string) error {
 		return usageErr("horde stream needs a subcommand: start, call, stop, receipts")
 	}
 	cmds := map[string]func([]string) error{"start": e.streamStart, "call": e.streamCall, "stop": e.streamStop,
-		"receipts": e.streamReceipts, "volume": e.streamVolume}
+		"receipts": e.streamReceipts, "volume": e.streamVolume, "report": e.streamReport}
 	f, ok := cmds[args[0]]
 	if !ok {
 		return usageErr("unknown command 'horde stream %s'", args[0])
@@ -204,10 +212,21 @@ func (e *env) streamCall(args []string) error {
 	k := keptReceipt{At: time.Now().UTC(), Method: m, Path: path}
 	if res != nil {
 		k.Status, k.Receipt, k.Blob, k.Signature = res.Status, res.Receipt, res.ReceiptB64, res.SignatureB64
+		if len(body) <= keepBodies && got.Len() <= keepBodies {
+			k.RequestB64, k.ResponseB64 = base64.StdEncoding.EncodeToString(body), base64.StdEncoding.EncodeToString(got.Bytes())
+		}
 	}
 	k.Verified = err == nil
 	if err != nil {
 		k.Error = err.Error()
+	}
+	var reportErr error
+	if err == nil && *report {
+		cl, cerr := c.client()
+		if cerr == nil {
+			cerr = cl.ReportPair(e.ctx, job, client.Pair(m, path, body, got.Bytes(), res))
+		}
+		reportErr, k.Reported = cerr, cerr == nil
 	}
 	if res != nil && res.ReceiptB64 != "" {
 		if kerr := ss.keep(job, k); kerr != nil {
@@ -217,14 +236,10 @@ func (e *env) streamCall(args []string) error {
 	if err != nil {
 		return &ExitError{Code: 1, Err: err}
 	}
+	if reportErr != nil {
+		return &ExitError{Code: 1, Err: fmt.Errorf("report the pair (kept; 'horde stream report' retries): %w", reportErr)}
+	}
 	if *report {
-		cl, err := c.client()
-		if err == nil {
-			err = cl.ReportPair(e.ctx, job, client.Pair(m, path, body, got.Bytes(), res))
-		}
-		if err != nil {
-			return &ExitError{Code: 1, Err: fmt.Errorf("report the pair: %w", err)}
-		}
 		fmt.Fprintln(e.stderr, "\nreported to the facilitator for validation")
 	}
 	r := res.Receipt
@@ -365,4 +380,74 @@ func (e *env) parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
+}
+
+// streamReport hands the kept, verified exchanges of a job not yet reported
+// to the facilitator, for validators to check.
+func (e *env) streamReport(args []string) error {
+	fs := e.flags("stream report")
+	var c clientFlags
+	c.register(fs)
+	state := stateFlag(fs)
+	pos, err := e.parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageErr("horde stream report JOB_ID")
+	}
+	job := pos[0]
+	path := streamState{*state}.path(job, ".receipts.jsonl")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no receipts kept for job %s", job)
+	}
+	if err != nil {
+		return err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	var lines []keptReceipt
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var k keptReceipt
+		if json.Unmarshal([]byte(line), &k) == nil {
+			lines = append(lines, k)
+		}
+	}
+	sent, skipped := 0, 0
+	var failed error
+	for i, k := range lines {
+		if k.Reported || !k.Verified || k.RequestB64 == "" && k.ResponseB64 == "" {
+			skipped++
+			continue
+		}
+		p := &protocol.StreamPair{Method: k.Method, Path: k.Path, RequestB64: k.RequestB64, ResponseB64: k.ResponseB64,
+			ReceiptB64: k.Blob, SignatureB64: k.Signature}
+		err := cl.ReportPair(e.ctx, job, p)
+		var apiErr *client.APIError
+		if errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict {
+			err = nil // taken before
+		}
+		if err != nil {
+			failed = err
+			continue
+		}
+		lines[i].Reported = true
+		sent++
+	}
+	var buf bytes.Buffer
+	for _, k := range lines {
+		b, _ := json.Marshal(k)
+		buf.Write(append(b, '\n'))
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "reported %d pairs (%d skipped: already reported, unverified or without bodies)\n", sent, skipped)
+	if failed != nil {
+		return &ExitError{Code: 1, Err: fmt.Errorf("some pairs were refused: %w", failed)}
+	}
+	return nil
 }

@@ -167,6 +167,8 @@ var ErrNoPairs = errors.New("no pairs waiting for validation")
 // proof of cheating, kept as evidence. If the trusted miner cannot serve,
 // nothing is recorded and the pairs wait for the next window.
 func (v *Validator) Validate(ctx context.Context, image string) (*WindowReport, error) {
+	v.validateMu.Lock() // one window at a time: two would take the same pairs
+	defer v.validateMu.Unlock()
 	vc := v.cfg.Validation
 	if vc.TrustedMiner == nil {
 		return nil, errors.New("validation: no trusted miner configured")
@@ -231,6 +233,10 @@ func (v *Validator) Validate(ctx context.Context, image string) (*WindowReport, 
 		rep.Verdicts = append(rep.Verdicts, pv)
 	}
 	rep.TrustedSeconds = stop().Seconds()
+	if rep.Checked == 0 {
+		// The reference could answer nothing: keep the pairs for the next window.
+		return nil, fmt.Errorf("validation: no pair could be replayed (first error: %s)", rep.Verdicts[0].Error)
+	}
 	body, _ := json.Marshal(rep)
 	rep.ID, err = v.cfg.Store.PutWindow(context.WithoutCancel(ctx), store.Window{Image: image, LastPair: ids[len(ids)-1], Body: body, At: time.Now().UTC()}, cheats)
 	if err != nil {

@@ -105,6 +105,7 @@ type Validator struct {
 	out *outbox
 
 	roundMu       sync.Mutex // one round at a time
+	validateMu    sync.Mutex // one validation window at a time
 	rounds        int64
 	lastCycle     time.Time        // end of the last scored cycle
 	trusted       *minerClient     // the validator's own miner, for validation windows

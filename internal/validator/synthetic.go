@@ -70,19 +70,26 @@ type Report struct {
 	Details map[string]*ScoreDetails `json:"-"`
 }
 
-func (v *Validator) roundLoop(ctx context.Context) {
-	t := time.NewTicker(v.cfg.Synthetic.Every)
+// every calls f every d until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			f()
 		}
+	}
+}
+
+func (v *Validator) roundLoop(ctx context.Context) {
+	every(ctx, v.cfg.Synthetic.Every, func() {
 		if _, err := v.Round(ctx); err != nil && ctx.Err() == nil {
 			v.log.Error("synthetic round failed", "err", err)
 		}
-	}
+	})
 }
 
 // Round runs one synthetic cycle: every executor every miner claims gets a

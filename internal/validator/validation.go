@@ -101,14 +101,7 @@ func (c *ValidationConfig) defaults() {
 }
 
 func (v *Validator) canaryLoop(ctx context.Context) {
-	t := time.NewTicker(v.cfg.Validation.CanaryEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, v.cfg.Validation.CanaryEvery, func() {
 		for image, c := range v.cfg.Validation.Canaries {
 			if n, err := v.Canary(ctx, image, c.Requests, c.Path); err != nil {
 				v.log.Warn("canary", "image", image, "err", err)
@@ -116,18 +109,11 @@ func (v *Validator) canaryLoop(ctx context.Context) {
 				v.log.Info("canary requests sent", "image", image, "pairs", n)
 			}
 		}
-	}
+	})
 }
 
 func (v *Validator) validationLoop(ctx context.Context) {
-	t := time.NewTicker(v.cfg.Validation.Every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, v.cfg.Validation.Every, func() {
 		for image := range v.cfg.StreamingWhitelist {
 			last, err := v.cfg.Store.LastPair(ctx, image)
 			if err != nil {
@@ -144,7 +130,7 @@ func (v *Validator) validationLoop(ctx context.Context) {
 				v.log.Warn("validation window failed; the pairs wait for the next", "image", image, "err", err)
 			}
 		}
-	}
+	})
 }
 
 // PairsWaiting returns how many pairs of image wait for a validation window.

@@ -98,6 +98,3 @@ type APIError struct {
 	Error string `json:"error"`
 	Code  string `json:"code"`
 }
-
-// Event is one item of a job's live status stream (server-sent events).
-type Event = StatusEntry

@@ -173,7 +173,7 @@ func TestStreamCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"text_completion"`) || !strings.Contains(errs, "signature OK") || !strings.Contains(errs, "reported") {
 		t.Fatalf("call: exit %d\n%s%s", code, out, errs)
 	}
-	out, errs, code = run(t, env, "stream", "call", job, "/v1/completions", "--data", `{"prompt": "every answer", "max_tokens": 4, "temperature": 0}`)
+	_, errs, code = run(t, env, "stream", "call", job, "/v1/completions", "--data", `{"prompt": "every answer", "max_tokens": 4, "temperature": 0}`)
 	if code != 0 {
 		t.Fatalf("second call: exit %d %s", code, errs)
 	}

@@ -145,15 +145,15 @@ func (e *env) validator(args []string) error {
 
 // parseManifest reads "class=count,class=count".
 func parseManifest(s string) (map[string]int, error) {
+	pairs, err := parsePairs("--manifest", s)
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]int{}
-	for _, part := range strings.Split(s, ",") {
-		if part = strings.TrimSpace(part); part == "" {
-			continue
-		}
-		class, n, ok := strings.Cut(part, "=")
+	for class, n := range pairs {
 		count, err := strconv.Atoi(n)
-		if !ok || err != nil || count < 0 {
-			return nil, usageErr("--manifest entry %q: want CLASS=COUNT", part)
+		if err != nil || count < 0 {
+			return nil, usageErr("--manifest entry %s=%s: COUNT must be a whole number", class, n)
 		}
 		if _, known := miner.DefaultClasses()[class]; !known {
 			return nil, usageErr("--manifest: unknown executor class %q", class)

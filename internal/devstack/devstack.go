@@ -326,16 +326,6 @@ func (s *Stack) fail() {
 	}
 }
 
-// Err reports the first role that failed, if any (non-blocking).
-func (s *Stack) Err() error {
-	select {
-	case err := <-s.errs:
-		return err
-	default:
-		return nil
-	}
-}
-
 // Errors yields the error of a role that failed.
 func (s *Stack) Errors() <-chan error { return s.errs }
 

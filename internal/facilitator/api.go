@@ -23,7 +23,6 @@ import (
 var (
 	ErrBadRequest   = errors.New("bad request")
 	ErrUnauthorized = errors.New("unauthorized")
-	ErrForbidden    = errors.New("forbidden")
 )
 
 // MaxBody bounds a request body (inline volumes travel inside).
@@ -302,8 +301,6 @@ func writeError(w http.ResponseWriter, err error) {
 		status, code = http.StatusBadRequest, "bad_request"
 	case errors.Is(err, ErrUnauthorized):
 		status, code = http.StatusUnauthorized, "unauthorized"
-	case errors.Is(err, ErrForbidden):
-		status, code = http.StatusForbidden, "forbidden"
 	case errors.Is(err, store.ErrNotFound):
 		status, code = http.StatusNotFound, "not_found"
 	case errors.Is(err, store.ErrDuplicate):

@@ -20,8 +20,6 @@ type outcome struct {
 	retry  bool // declined or lost before execution: another miner may try
 	// excuses are the receipts a busy miner declined with.
 	excuses []json.RawMessage
-	took    time.Duration
-	start   time.Time
 }
 
 // drive runs a job to a terminal status, trying up to MaxAttempts miners. A
@@ -160,17 +158,17 @@ func (v *Validator) attempt(ctx context.Context, mc *minerClient, uuid string, s
 	}
 	// Whatever happens, the miner gets a job-finished receipt (score 0 on failure).
 	defer func() {
-		o.took, o.start = time.Since(startedAt), startedAt
+		took := time.Since(startedAt)
 		if o.retry && o.status == protocol.StatusRejected {
 			return // declined: nothing ran, nothing to sign
 		}
 		score := "0"
 		if o.status == protocol.StatusCompleted {
-			score = fmt.Sprintf("%.6f", o.took.Seconds())
+			score = fmt.Sprintf("%.6f", took.Seconds())
 		}
 		v.sendReceipt(context.WithoutCancel(ctx), mc, &receipt.FinishedPayload{
 			Base:        receipt.Base{JobUUID: uuid, MinerHotkey: miner, ValidatorHotkey: me, Timestamp: receipt.At(time.Now())},
-			TimeStarted: receipt.At(startedAt), TimeTookUS: o.took.Microseconds(), ScoreStr: score})
+			TimeStarted: receipt.At(startedAt), TimeTookUS: took.Microseconds(), ScoreStr: score})
 		if o.meta != nil {
 			if o.meta.Timings == nil {
 				o.meta.Timings = map[string]int64{}

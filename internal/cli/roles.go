@@ -59,7 +59,11 @@ func (e *env) facilitator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	return facilitator.Run(e.ctx, facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log})
+	f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log})
+	if err != nil {
+		return err
+	}
+	return f.Run(e.ctx)
 }
 
 func (e *env) validator(args []string) error {

@@ -62,7 +62,9 @@ Local:
   dev           run a whole horde on this machine (SQLite, local Docker)
   dev demo      run one, build the demo image, run a demo job, print its result
 
-Run 'horde <command> -h' for a command's flags.
+Run 'horde <command> -h' for a command's flags. Flags may come before or after
+the other arguments; each can also be set by an environment variable
+(--facilitator by HORDE_FACILITATOR, --db by HORDE_DB, …), which -h shows.
 `
 
 // Run runs the horde command with args (without the program name).

@@ -111,7 +111,7 @@ func TestRedispatchTiming(t *testing.T) {
 		if err := f.statusUpdate(t.Context(), hk, &protocol.V0JobStatusUpdate{UUID: j.UUID, Status: protocol.StatusReceived}); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(5 * time.Minute)
+		time.Sleep(3 * f.cfg.Redispatch)
 		synctest.Wait()
 		if !holder.none() || !other.none() {
 			t.Errorf("an acknowledged job was given again")
@@ -127,7 +127,7 @@ func TestJobsDispatchedWhenAValidatorConnects(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Hour) // many ticks with nobody to give it to
+		time.Sleep(time.Minute) // a dozen ticks with nobody to give it to
 		synctest.Wait()
 		if rec, err := db.Job(t.Context(), j.UUID); err != nil || rec.ValidatorHotkey != "" || rec.Status != protocol.StatusSent {
 			t.Fatalf("waiting job: %+v %v", rec, err)

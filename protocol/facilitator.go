@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/blake2b"
@@ -32,10 +33,15 @@ type V0AuthenticationRequest struct {
 func (*V0AuthenticationRequest) MessageType() string { return "V0AuthenticationRequest" }
 
 // AuthMessage returns the signed bytes: raw public key ‖ ":{timestamp}:{nonce}".
+// public_key must be 64 lower-case hex digits, as upstream writes it
+// (public_key.hex()): one text per key, like signatures (see package sig).
 func (m *V0AuthenticationRequest) AuthMessage() ([]byte, error) {
+	if len(m.PublicKey) != 64 || strings.ToLower(m.PublicKey) != m.PublicKey {
+		return nil, fmt.Errorf("public_key must be 64 lower-case hex digits")
+	}
 	pk, err := hex.DecodeString(m.PublicKey)
-	if err != nil || len(pk) != 32 {
-		return nil, fmt.Errorf("public_key must be 64 hex digits")
+	if err != nil {
+		return nil, fmt.Errorf("public_key must be 64 lower-case hex digits")
 	}
 	return append(pk, ":"+strconv.FormatInt(m.Timestamp, 10)+":"+m.Nonce...), nil
 }

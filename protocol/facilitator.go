@@ -12,6 +12,7 @@ import (
 	"golang.org/x/crypto/blake2b"
 
 	"github.com/horde-compute/horde/pyjson"
+	"github.com/horde-compute/horde/sig"
 )
 
 // This file: the validator ↔ facilitator link, WebSocket /ws/v0/, dialled by
@@ -153,6 +154,14 @@ type Signature struct {
 	TimestampNS    int64  `json:"timestamp_ns"`
 	Signature      string `json:"signature"`
 	SignatureScope string `json:"signature_scope"`
+}
+
+// Decode returns the signature's bytes, refusing any text but standard
+// padded base64 with zero unused bits (sig.ParseBase64): a re-encoded copy
+// of a signature is not a new signature. Dedupe jobs on these bytes
+// (Key), never on the text.
+func (s *Signature) Decode() (sig.Signature, error) {
+	return sig.ParseBase64(s.Signature)
 }
 
 // SignatureTypeBittensor is the only signature type horde accepts.

@@ -298,11 +298,24 @@ func Time(t time.Time) string {
 	return t.Format("2006-01-02T15:04:05") + fmt.Sprintf(".%06dZ", t.Nanosecond()/1000)
 }
 
-// ParseTime parses the pydantic datetime forms (RFC 3339 with or without fraction).
+// ParseTime parses the pydantic datetime forms (RFC 3339 with or without
+// fraction). Times outside years 1–9999 once in UTC are refused: Time
+// could not write them back in a form Python (or ParseTime) reads.
 func ParseTime(s string) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("parse time %q: %w", s, err)
 	}
+	if err := TimeInRange(t); err != nil {
+		return time.Time{}, fmt.Errorf("parse time %q: %w", s, err)
+	}
 	return t, nil
+}
+
+// TimeInRange refuses a time Time cannot write back: outside years 1–9999 in UTC.
+func TimeInRange(t time.Time) error {
+	if y := t.UTC().Year(); y < 1 || y > 9999 {
+		return fmt.Errorf("%w: year %d in UTC is outside 1–9999", ErrUnwritable, y)
+	}
+	return nil
 }

@@ -59,6 +59,11 @@ func TestTime(t *testing.T) {
 	if _, err := ParseTime("2020-01-01T00:00:00.120000+02:00"); err != nil {
 		t.Error(err)
 	}
+	for _, s := range []string{"9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+00:01"} {
+		if _, err := ParseTime(s); !errors.Is(err, ErrUnwritable) {
+			t.Errorf("ParseTime(%s) err = %v, want ErrUnwritable (outside years 1-9999 in UTC)", s, err)
+		}
+	}
 }
 
 // TestRefusesUnwritable: what Canonical cannot write back (issue #15 row 13,

@@ -182,3 +182,41 @@ func TestLoopbackVolumesAndUploadsRefused(t *testing.T) {
 func writeFileT(dir, name, s string) error {
 	return os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644)
 }
+
+// The hub token goes to the hub only: a redirect to another host (a CDN)
+// gets no Authorization header.
+func TestHuggingFaceTokenNotSentOnRedirect(t *testing.T) {
+	var cdnAuth atomic.Value
+	cdnAuth.Store("")
+	cdn, _ := counted(t, func(w http.ResponseWriter, r *http.Request) {
+		cdnAuth.Store(r.Header.Get("Authorization"))
+		w.Write([]byte("weights"))
+	})
+	hub, _ := counted(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer tok" {
+			w.WriteHeader(401)
+			return
+		}
+		if r.URL.Path == "/api/models/org/m/revision/main" {
+			w.Write([]byte(`{"siblings":[{"rfilename":"w.bin"}]}`))
+			return
+		}
+		// Another host: a name for the same loopback address.
+		http.Redirect(w, r, strings.Replace(cdn.URL, "127.0.0.1", "localhost", 1)+"/blob", http.StatusFound)
+	})
+	guard, err := NewDialGuard("127.0.0.0/8", "::1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &Fetcher{Net: guard, Limits: testLimits(), HuggingFaceEndpoint: hub.URL}
+	dir := t.TempDir()
+	if err := f.Download(t.Context(), &protocol.Volume{VolumeType: protocol.VolumeHuggingFace, RepoID: "org/m", Token: "tok"}, dir); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "w.bin")); string(b) != "weights" {
+		t.Fatalf("w.bin = %q", b)
+	}
+	if got := cdnAuth.Load().(string); got != "" {
+		t.Errorf("the redirect target got Authorization %q", got)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"math/big"
+	"os"
 	"strings"
 	"testing"
 )
@@ -204,6 +205,52 @@ func FuzzVerify(f *testing.F) {
 			if _, perr := ParseHex(g.Hex()); perr != nil {
 				t.Fatalf("verified bytes do not parse: %v", perr)
 			}
+		}
+	})
+}
+
+// FuzzParseSS58: an address is accepted only in its one text, which is the
+// key's SS58; long input is refused before decoding.
+func FuzzParseSS58(f *testing.F) {
+	f.Add("5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY")
+	f.Add("15GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY")
+	f.Add(strings.Repeat("z", 100))
+	f.Fuzz(func(t *testing.T, s string) {
+		pk, err := ParseSS58(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadAddress) {
+				t.Fatalf("error %v is not ErrBadAddress", err)
+			}
+			return
+		}
+		if pk.SS58() != s {
+			t.Fatalf("accepted %q, canonical %q", s, pk.SS58())
+		}
+	})
+}
+
+// FuzzParseKeyfile: any key file bytes either load a key that agrees with
+// what the file says, or are refused with ErrBadKey/ErrEncrypted.
+func FuzzParseKeyfile(f *testing.F) {
+	for _, p := range []string{"testdata/wallets/validator/hotkeys/default", "testdata/wallets/miner/hotkeys/default"} {
+		if b, err := os.ReadFile(p); err == nil {
+			f.Add(b)
+		}
+	}
+	f.Add([]byte(`{"secretSeed":"0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a"}`))
+	f.Add([]byte(`{"privateKey":"0x1f1995bdf3a17b60626a26cfe6f564b337d46056b7a1281b64c649d592ccda0a9cffd34d9fb01cae1fba61aeed184c817442a2186d5172416729a4b54dd4b84e"}`))
+	f.Add([]byte(`$NACL`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k, err := ParseKeyfile(b, "") // no password: argon2 costs 512 MiB a try
+		if err != nil {
+			if !errors.Is(err, ErrBadKey) && !errors.Is(err, ErrEncrypted) {
+				t.Fatalf("error %v is neither ErrBadKey nor ErrEncrypted", err)
+			}
+			return
+		}
+		msg := []byte("m")
+		if err := Verify(k.Public(), msg, k.Sign(msg)); err != nil {
+			t.Fatalf("loaded key does not sign: %v", err)
 		}
 	})
 }

@@ -140,3 +140,20 @@ func mustB64(t *testing.T, s string) []byte {
 	}
 	return b
 }
+
+// FuzzPublicKey: any certificate text is refused with an error or gives an
+// ed25519 key; nothing panics.
+func FuzzPublicKey(f *testing.F) {
+	_, cert, err := NewKeyPair("job", time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(cert)
+	f.Add([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+	f.Fuzz(func(t *testing.T, pemBytes []byte) {
+		pub, err := PublicKey(pemBytes)
+		if err == nil && len(pub) != ed25519.PublicKeySize {
+			t.Fatalf("key of %d bytes", len(pub))
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/crypto/blake2b"
 
 	"github.com/horde-compute/horde/pyjson"
+	"github.com/horde-compute/horde/sig"
 )
 
 // This file: the validator ↔ facilitator link, WebSocket /ws/v0/, dialled by
@@ -34,10 +35,15 @@ type V0AuthenticationRequest struct {
 func (*V0AuthenticationRequest) MessageType() string { return "V0AuthenticationRequest" }
 
 // AuthMessage returns the signed bytes: raw public key ‖ ":{timestamp}:{nonce}".
+// public_key must be 64 lower-case hex digits, as upstream writes it
+// (public_key.hex()): one text per key, like signatures (see package sig).
 func (m *V0AuthenticationRequest) AuthMessage() ([]byte, error) {
+	if len(m.PublicKey) != 64 || strings.ToLower(m.PublicKey) != m.PublicKey {
+		return nil, fmt.Errorf("public_key must be 64 lower-case hex digits")
+	}
 	pk, err := hex.DecodeString(m.PublicKey)
-	if err != nil || len(pk) != 32 {
-		return nil, fmt.Errorf("public_key must be 64 hex digits")
+	if err != nil {
+		return nil, fmt.Errorf("public_key must be 64 lower-case hex digits")
 	}
 	return append(pk, ":"+strconv.FormatInt(m.Timestamp, 10)+":"+m.Nonce...), nil
 }
@@ -149,6 +155,14 @@ type Signature struct {
 	TimestampNS    int64  `json:"timestamp_ns"`
 	Signature      string `json:"signature"`
 	SignatureScope string `json:"signature_scope"`
+}
+
+// Decode returns the signature's bytes, refusing any text but standard
+// padded base64 with zero unused bits (sig.ParseBase64): a re-encoded copy
+// of a signature is not a new signature. Dedupe jobs on these bytes
+// (Key), never on the text.
+func (s *Signature) Decode() (sig.Signature, error) {
+	return sig.ParseBase64(s.Signature)
 }
 
 // SignatureTypeBittensor is the only signature type horde accepts.

@@ -125,23 +125,21 @@ func CheckValidatorAuth(m *protocol.ValidatorAuthForMiner, pathHotkey, minerHotk
 	return g.useAll(now, forgetAfter(m.Timestamp, now), "miner-auth-sig:"+s.Key())
 }
 
-// NewFacilitatorAuth builds a validator's signed auth message for the facilitator.
-func NewFacilitatorAuth(k *sig.Hotkey, now time.Time) *protocol.V0AuthenticationRequest {
-	m := &protocol.V0AuthenticationRequest{PublicKey: k.Public().Hex(), Timestamp: now.Unix(), Nonce: Token()}
+// NewFacilitatorAuth builds a validator's horde auth message for the
+// facilitator (protocol.CapAuthV1): timestamped, with a fresh nonce.
+func NewFacilitatorAuth(k *sig.Hotkey, now time.Time) *protocol.V0HordeAuthenticationRequest {
+	m := &protocol.V0HordeAuthenticationRequest{PublicKey: k.Public().Hex(), Timestamp: now.Unix(), Nonce: Token()}
 	b, _ := m.AuthMessage()
 	m.Signature = k.SignHex(b)
 	return m
 }
 
-// CheckFacilitatorAuth verifies a validator's auth on the facilitator's side
-// and returns the validator's SS58 address.
-func CheckFacilitatorAuth(m *protocol.V0AuthenticationRequest, allowed func(string) bool, g *ReplayGuard, now time.Time) (string, error) {
+// CheckFacilitatorAuth verifies a validator's horde auth on the
+// facilitator's side and returns the validator's SS58 address.
+func CheckFacilitatorAuth(m *protocol.V0HordeAuthenticationRequest, allowed func(string) bool, g *ReplayGuard, now time.Time) (string, error) {
 	b, err := m.AuthMessage()
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
-	}
-	if m.Timestamp == 0 {
-		return "", fmt.Errorf("%w: no horde_timestamp (unsigned-time auth can be replayed)", ErrStale)
 	}
 	if err := checkAge(m.Timestamp, now); err != nil {
 		return "", err
@@ -161,6 +159,43 @@ func CheckFacilitatorAuth(m *protocol.V0AuthenticationRequest, allowed func(stri
 	// Keyed on the signature's bytes and on the signed message (public key,
 	// timestamp and nonce): neither a re-encoded nor a re-signed copy passes.
 	return pk.SS58(), g.useAll(now, forgetAfter(m.Timestamp, now), "facilitator-auth-sig:"+s.Key(), "facilitator-auth-msg:"+string(b))
+}
+
+// NewUpstreamFacilitatorAuth builds upstream's auth message for the
+// facilitator: the hotkey's signature over its raw public key.
+func NewUpstreamFacilitatorAuth(k *sig.Hotkey) *protocol.V0AuthenticationRequest {
+	pk := k.Public()
+	return &protocol.V0AuthenticationRequest{PublicKey: pk.Hex(), Signature: k.SignHex(pk[:])}
+}
+
+// UpstreamAuthMemory is how long the facilitator remembers an upstream
+// auth's signature to refuse its replay. Upstream's auth has no time in it,
+// so a captured one could be replayed forever; remembering its signature
+// refuses the exact replay (re-encodings are refused by the strict
+// decoding), but only while remembered: after this long, or after the
+// facilitator restarts, a captured auth passes again. Only a connected
+// validator is safe from it: its second session is refused.
+const UpstreamAuthMemory = 7 * 24 * time.Hour
+
+// CheckUpstreamFacilitatorAuth verifies upstream's auth message on the
+// facilitator's side and returns the validator's SS58 address. The message
+// carries no time: see UpstreamAuthMemory for what a replay can do.
+func CheckUpstreamFacilitatorAuth(m *protocol.V0AuthenticationRequest, allowed func(string) bool, g *ReplayGuard, now time.Time) (string, error) {
+	pk, err := m.PublicKeyBytes()
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	s, err := sig.ParseHex(m.Signature)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	if err := s.Verify(pk, pk[:]); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	if !allowed(pk.SS58()) {
+		return "", fmt.Errorf("%w: validator %s", ErrNotAllowed, pk.SS58())
+	}
+	return pk.SS58(), g.useAll(now, now.Add(UpstreamAuthMemory), "facilitator-upstream-auth-sig:"+s.Key())
 }
 
 // Token returns a random 128-bit hex token.

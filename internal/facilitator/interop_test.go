@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"os"
 	"strconv"
@@ -635,5 +636,33 @@ func TestCapabilityNegotiation(t *testing.T) {
 	streamingReady(t, v, j2.UUID)
 	if _, err := h.client.Stop(h.ctx(), j2.UUID); err == nil || !strings.Contains(err.Error(), protocol.CapStop) {
 		t.Errorf("stop without the stop extension: %v", err)
+	}
+}
+
+// TestDialFacilitator: the validator side's helper negotiates with horde's
+// facilitator (horde's auth, the capabilities both list) and, without
+// horde's auth, is refused unless the operator allows upstream's.
+func TestDialFacilitator(t *testing.T) {
+	h := newHarness(t, Config{})
+	k := hotkey(t)
+	h.allow(k)
+	s, err := wsconn.DialFacilitator(h.ctx(), h.wsURL(), k, []string{protocol.CapAuthV1, protocol.CapResponses, "future"}, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(s.Capabilities, ",") != protocol.CapAuthV1+","+protocol.CapResponses {
+		t.Errorf("capabilities %q", s.Capabilities)
+	}
+	if err := s.Send(h.ctx(), &protocol.V0Heartbeat{}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.Recv(h.ctx()); err != nil || m.(*protocol.Response).Status != "success" {
+		t.Errorf("heartbeat answer: %+v %v", m, err)
+	}
+	s.Close("done")
+	other := hotkey(t)
+	h.allow(other)
+	if _, err := wsconn.DialFacilitator(h.ctx(), h.wsURL(), other, nil, false, nil); !errors.Is(err, wsconn.ErrRefused) {
+		t.Errorf("upstream auth where it is not allowed: %v", err)
 	}
 }

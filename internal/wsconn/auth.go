@@ -1,10 +1,12 @@
 package wsconn
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -239,4 +241,62 @@ func (t *Tokens) Revoke(tok string) {
 	t.mu.Lock()
 	delete(t.issued, tok)
 	t.mu.Unlock()
+}
+
+// FacilitatorSession is a validator's authenticated session with a
+// facilitator.
+type FacilitatorSession struct {
+	*Conn
+	// Capabilities are the extensions both ends advertised: none with an
+	// upstream facilitator. Send horde-only messages only when listed.
+	Capabilities []string
+}
+
+// Has reports whether both ends speak the extension.
+func (s *FacilitatorSession) Has(capability string) bool {
+	for _, c := range s.Capabilities {
+		if c == capability {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrRefused is a facilitator's refusal of the authentication.
+var ErrRefused = errors.New("facilitator refused the authentication")
+
+// DialFacilitator opens a validator's session with the facilitator at url
+// as upstream's and horde's facilitators expect it: it advertises caps on
+// the upgrade; when the facilitator's 101 advertises protocol.CapAuthV1 it
+// sends horde's auth, else upstream's (or, with requireHorde, gives up:
+// upstream's auth can be replayed); it returns once the facilitator
+// answered success. Frames decode with protocol.DecodeFacilitatorFrame and
+// bad ones are not answered (the facilitator link has no GenericError).
+func DialFacilitator(ctx context.Context, url string, k *sig.Hotkey, caps []string, requireHorde bool, log *slog.Logger) (*FacilitatorSession, error) {
+	conn, err := DialWith(ctx, url, Options{Capabilities: caps, Decode: protocol.DecodeFacilitatorFrame, BadFrame: NoAnswer}, log)
+	if err != nil {
+		return nil, err
+	}
+	common := protocol.CommonCapabilities(caps, conn.PeerCapabilities())
+	var auth protocol.Message = NewUpstreamFacilitatorAuth(k)
+	if (&FacilitatorSession{Capabilities: common}).Has(protocol.CapAuthV1) {
+		auth = NewFacilitatorAuth(k, time.Now())
+	} else if requireHorde {
+		conn.Close("horde auth required")
+		return nil, fmt.Errorf("%w: the facilitator does not offer %s and upstream's auth is not allowed", ErrRefused, protocol.CapAuthV1)
+	}
+	if err := conn.Send(ctx, auth); err != nil {
+		conn.Close("")
+		return nil, err
+	}
+	m, err := conn.Recv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, ok := m.(*protocol.Response)
+	if !ok || r.Status != "success" {
+		conn.Close("refused")
+		return nil, fmt.Errorf("%w: %+v", ErrRefused, m)
+	}
+	return &FacilitatorSession{Conn: conn, Capabilities: common}, nil
 }

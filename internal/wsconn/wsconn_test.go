@@ -271,3 +271,46 @@ func TestOptionsOnTheUpgrade(t *testing.T) {
 		t.Errorf("ping: %v", err)
 	}
 }
+
+// DialFacilitator against an upstream facilitator (no capabilities in its
+// 101, Response without message_type): upstream's auth, in upstream's
+// shape; with requireHorde nothing is sent.
+func TestDialFacilitatorUpstream(t *testing.T) {
+	v := hotkey(t)
+	got := make(chan []byte, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		_, b, err := ws.Read(r.Context())
+		if err != nil {
+			got <- nil
+			return
+		}
+		got <- b
+		ws.Write(r.Context(), websocket.MessageText, []byte(`{"status": "success", "errors": []}`))
+		ws.Read(r.Context()) // until the client goes
+	}))
+	defer srv.Close()
+	url := "ws" + strings.TrimPrefix(srv.URL, "http")
+	s, err := DialFacilitator(t.Context(), url, v, protocol.FacilitatorCapabilities, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close("done")
+	if len(s.Capabilities) != 0 || s.Has(protocol.CapResponses) {
+		t.Errorf("capabilities with an upstream facilitator: %q", s.Capabilities)
+	}
+	pk := v.Public()
+	if b := <-got; !strings.HasPrefix(string(b), `{"message_type":"V0AuthenticationRequest","public_key":"`+pk.Hex()+`","signature":"0x`) || strings.Count(string(b), ":") != 3 {
+		t.Errorf("auth sent: %s", b)
+	}
+	if _, err := DialFacilitator(t.Context(), url, v, protocol.FacilitatorCapabilities, true, nil); !errors.Is(err, ErrRefused) {
+		t.Errorf("requireHorde: %v", err)
+	}
+	if b := <-got; b != nil {
+		t.Errorf("requireHorde sent %s", b)
+	}
+}

@@ -34,7 +34,8 @@ import (
 //   - the facilitator, from the client's request body (SignedFieldsOfRequest):
 //     missing keys take defaults (docker_image "", args [], env {}, use_gpu
 //     false, artifacts_dir "" also for null, on_trusted_miner false, limits
-//     0), and each element of volumes and uploads is written as the client
+//     0; horde also reads a null args, env, volumes or uploads as absent,
+//     where upstream fails), and each element of volumes and uploads is written as the client
 //     sent it (its keys in its order);
 //   - a validator, from V2JobRequest: volumes are volume.volumes when it is a
 //     multi_volume, [volume] for another volume, [] for null; uploads are
@@ -233,6 +234,8 @@ func signedFromRequest(body ovalue) (ovalue, error) {
 			return ovalue{}, fmt.Errorf("executor_class is required")
 		case k == "artifacts_dir" && ok && v.kind == 'n':
 			v = ostr("") // upstream: value or ""
+		case ok && v.kind == 'n' && (k == "args" || k == "env" || k == "volumes" || k == "uploads"):
+			v = sdkDefault(k) // upstream refuses these nulls; horde reads them as absent
 		case k == "streaming_details" && ok:
 			var err error
 			if v, err = streamingDetails(v, k); err != nil {

@@ -263,7 +263,9 @@ type StreamingServerDetails struct {
 	StreamingServerAddress string `json:"streaming_server_address"`
 	StreamingServerPort    int    `json:"streaming_server_port"`
 	// MinerSignature (horde) is the miner hotkey's signature over
-	// StreamingReadyMessage: the miner vouches for the job's key.
+	// StreamingReadyMessage: the miner vouches for the job's key. Upstream's
+	// StreamingServerDetails refuses extra keys: in a status update send it
+	// as StatusMetadata.StreamingProof instead, which upstream keeps.
 	MinerSignature string `json:"horde_miner_signature,omitempty"`
 }
 
@@ -281,6 +283,19 @@ type StatusMetadata struct {
 	Timings map[string]int64 `json:"horde_timings,omitempty"`
 	// Receipts (horde): the receipts of the job, as stored by the validator.
 	Receipts []json.RawMessage `json:"horde_receipts,omitempty"`
+	// StreamingProof (horde) is StreamingDetails' miner signature, at this
+	// level (extra="allow" upstream) rather than inside streaming_details
+	// (extra="forbid" upstream).
+	StreamingProof string `json:"horde_streaming_proof,omitempty"`
+}
+
+// StreamingMinerSignature returns the miner's signature over the streaming
+// details, wherever the validator put it.
+func (m *StatusMetadata) StreamingMinerSignature() string {
+	if m.StreamingDetails != nil && m.StreamingDetails.MinerSignature != "" {
+		return m.StreamingDetails.MinerSignature
+	}
+	return m.StreamingProof
 }
 
 // V0JobStatusUpdate: validator → facilitator, a job moved on.

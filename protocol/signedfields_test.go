@@ -455,3 +455,22 @@ func TestRequestPayload(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+// TestStreamingProofPlace: a streaming_ready update with the miner's proof
+// beside streaming_details validates against upstream's model; inside it,
+// it does not (upstream's StreamingServerDetails is forbid).
+func TestStreamingProofPlace(t *testing.T) {
+	d := &StreamingServerDetails{StreamingServerCert: "PEM", StreamingServerAddress: "1.2.3.4", StreamingServerPort: 8443}
+	m := &StatusMetadata{StreamingDetails: d, StreamingProof: "0x01"}
+	b, _ := Encode(&V0JobStatusUpdate{UUID: "u", Status: StatusStreaming, Metadata: m})
+	schematest.Valid(t, "fv_validator_requests.JobStatusUpdate", b)
+	if m.StreamingMinerSignature() != "0x01" {
+		t.Error("proof not found beside the details")
+	}
+	d.MinerSignature, m.StreamingProof = "0x02", ""
+	b, _ = Encode(&V0JobStatusUpdate{UUID: "u", Status: StatusStreaming, Metadata: m})
+	schematest.Invalid(t, "fv_validator_requests.JobStatusUpdate", b)
+	if m.StreamingMinerSignature() != "0x02" {
+		t.Error("proof not found in the details")
+	}
+}

@@ -248,8 +248,9 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 	if ready == nil {
 		return "", fmt.Errorf("%w: job %s never served as a streaming job", ErrBadRequest, id)
 	}
-	d, miner := ready.Metadata.StreamingDetails, ready.Metadata.MinerHotkey
-	rc, err := validation.VerifyPair(id, miner, *d, p)
+	d, miner := *ready.Metadata.StreamingDetails, ready.Metadata.MinerHotkey
+	d.MinerSignature = ready.Metadata.StreamingMinerSignature()
+	rc, err := validation.VerifyPair(id, miner, d, p)
 	if err != nil {
 		return "", fmt.Errorf("%w: pair refused: %v", ErrBadRequest, err)
 	}
@@ -258,7 +259,7 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 			rc.TimestampFrom.Format(time.RFC3339), rc.TimestampTo.Format(time.RFC3339))
 	}
 	rec := store.PairRecord{JobUUID: id, RequestID: rc.RequestID, Image: job.DockerImage, MinerHotkey: miner,
-		ValidatorHotkey: job.ValidatorHotkey, ReportedBy: signatory, Pair: p, Proof: *d, At: now.UTC()}
+		ValidatorHotkey: job.ValidatorHotkey, ReportedBy: signatory, Pair: p, Proof: d, At: now.UTC()}
 	if err := f.cfg.Store.PutPair(ctx, rec); err != nil {
 		return "", err
 	}

@@ -432,7 +432,7 @@ func TestTrustedMinerServesOnlyItsValidator(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- miner.Run(ctx, miner.Config{Hotkey: mine, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1},
-			TrustedValidator: pinned.SS58(), Store: db, Backend: &miner.Local{Docker: cli, DataDir: t.TempDir(), Owner: mine.SS58(), Log: slog.New(slog.DiscardHandler)}})
+			TrustedValidator: pinned.SS58(), Store: db, Backend: &miner.Local{Runtime: cli, DataDir: t.TempDir(), Owner: mine.SS58(), Log: slog.New(slog.DiscardHandler)}})
 	}()
 	defer func() { cancel(); <-done }()
 	for _, tc := range []struct {

@@ -2,6 +2,8 @@
 // token, makes sure the image is present, downloads volumes, runs the
 // container isolated (no network, limits, read-only root, no capabilities),
 // uploads outputs and reports the result, then removes everything it made.
+// Containers run on a Runtime: the Docker Engine (package docker), or in
+// tests the in-process fake (package fakert), which isolates nothing.
 package executor
 
 import (

@@ -220,10 +220,14 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	validatorKey := s.Validator.SS58()
-	run("facilitator", func() error {
-		return facilitator.Run(ctx, facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log,
-			AllowValidator: func(hk string) bool { return hk == validatorKey }})
-	})
+	fac, err := facilitator.New(facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log,
+		AllowValidator: func(hk string) bool { return hk == validatorKey }})
+	if err != nil {
+		fln.Close()
+		s.fail()
+		return nil, err
+	}
+	run("facilitator", func() error { return fac.Run(ctx) })
 	for i, k := range s.Miners {
 		mdb, err := open(fmt.Sprintf("miner%d", i))
 		if err != nil {

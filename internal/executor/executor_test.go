@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -497,4 +498,52 @@ func TestUnexpectedMessages(t *testing.T) {
 	if err := (&executor.Config{MinerURL: "ws://x", DataDir: "d"}).Validate(); err == nil || !strings.Contains(err.Error(), "Runtime") {
 		t.Errorf("config without a runtime: %v", err)
 	}
+}
+
+// slowEngine is a runtime whose container creation takes until release is
+// closed. Like the Docker Engine, it makes the container even when the
+// caller gives up waiting, and then only later.
+type slowEngine struct {
+	executor.Runtime
+	called, release chan struct{}
+	late            sync.WaitGroup // containers made after their caller gave up
+}
+
+func (e *slowEngine) ContainerCreate(ctx context.Context, name string, cfg *docker.ContainerConfig) (string, error) {
+	close(e.called)
+	select {
+	case <-e.release:
+		return e.Runtime.ContainerCreate(ctx, name, cfg)
+	case <-ctx.Done():
+		e.late.Go(func() {
+			<-e.release
+			e.Runtime.ContainerCreate(context.Background(), name, cfg)
+		})
+		return "", ctx.Err()
+	}
+}
+
+// A shutdown while the engine creates the container leaves nothing behind:
+// the executor waits for the creation and removes what it made.
+func TestShutdownDuringCreate(t *testing.T) {
+	h := newHarness(t)
+	engine := &slowEngine{Runtime: h.rt, called: make(chan struct{}), release: make(chan struct{})}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- executor.Run(ctx, executor.Config{MinerURL: h.url, DataDir: h.dataDir, Runtime: engine, Owner: "m"})
+	}()
+	conn := <-h.conns
+	conn.Send(ctx, initial("d", blockImage))
+	conn.Recv(ctx)
+	conn.Send(ctx, request("d", blockImage))
+	<-engine.called
+	cancel()
+	close(engine.release)
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Errorf("executor after shutdown: %v", err)
+	}
+	engine.late.Wait()
+	h.assertClean(t)
 }

@@ -71,16 +71,32 @@ func ContainerConfig(req *protocol.V0JobRequest, class ClassSpec, p Paths, owner
 	}
 }
 
-// createContainer creates the job's container, named after the job. Cleanup
-// removes it by that name should the engine have made it while the call
-// failed (say, cancelled midway).
+// createTimeout bounds creating a container or network.
+const createTimeout = time.Minute
+
+// uncancelled is ctx without its cancellation, bounded by createTimeout: a
+// create call cut short may still make its container (or network) in the
+// engine, after cleanup has looked for it. So creations run to their end
+// whatever happens to the job, and cleanup removes what they made.
+func uncancelled(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), createTimeout)
+}
+
+// createContainer creates the job's container, named after the job; it
+// fails if the job ended meanwhile (the container is then removed in
+// cleanup, by id, or by name should the call have failed).
 func (j *job) createContainer(ctx context.Context, cfg *docker.ContainerConfig) (string, error) {
 	j.containerName = "horde-job-" + j.uuid
-	id, err := j.cfg.Runtime.ContainerCreate(ctx, j.containerName, cfg)
+	cctx, cancel := uncancelled(ctx)
+	defer cancel()
+	id, err := j.cfg.Runtime.ContainerCreate(cctx, j.containerName, cfg)
 	if err != nil {
 		return "", err
 	}
 	j.container = id
+	if ctx.Err() != nil {
+		return "", context.Cause(ctx)
+	}
 	return id, nil
 }
 

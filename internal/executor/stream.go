@@ -48,7 +48,10 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	d := j.cfg.Runtime
 	netName := "horde-job-" + j.uuid
 	j.network = netName // removed by name in cleanup, even if creating it failed midway
-	if _, err := d.NetworkCreate(ctx, netName, true, map[string]string{LabelJob: j.uuid, LabelOwner: j.cfg.Owner}); err != nil {
+	nctx, cancel := uncancelled(ctx)
+	_, err := d.NetworkCreate(nctx, netName, true, map[string]string{LabelJob: j.uuid, LabelOwner: j.cfg.Owner})
+	cancel()
+	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
 	p := Paths{Volume: filepath.Join(j.dir, "volume"), Output: filepath.Join(j.dir, "output"), Artifacts: filepath.Join(j.dir, "artifacts")}

@@ -111,7 +111,7 @@ func (r *Run) Relay(ctx context.Context, m protocol.Message) bool {
 func (r *Run) reserve(ctx context.Context) *Outcome {
 	t, spec := r.p.Timing, r.job.Spec
 	me := r.p.Hotkey.SS58()
-	r.ttl = int((t.Reserve+t.SpinUp[spec.ExecutorClass]+t.StartupSlack+t.Leeway).Seconds()) + spec.DownloadTimeLimit + spec.ExecutionTimeLimit + spec.UploadTimeLimit
+	r.ttl = int((t.Reserve + t.SpinUp[spec.ExecutorClass] + t.StartupSlack + t.Leeway).Seconds()) + spec.DownloadTimeLimit + spec.ExecutionTimeLimit + spec.UploadTimeLimit
 	started := &receipt.StartedPayload{Base: receipt.Base{JobUUID: r.job.UUID, MinerHotkey: r.miner, ValidatorHotkey: me, Timestamp: receipt.At(time.Now())},
 		ExecutorClass: spec.ExecutorClass, IsOrganic: r.job.Organic, TTL: r.ttl}
 	startedSig, err := receipt.Sign(r.p.Hotkey, started)

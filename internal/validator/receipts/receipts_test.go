@@ -31,7 +31,9 @@ func (f transport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 type failing struct{}
 
-func (failing) RoundTrip(*http.Request) (*http.Response, error) { return nil, errors.New("connection refused") }
+func (failing) RoundTrip(*http.Request) (*http.Response, error) {
+	return nil, errors.New("connection refused")
+}
 
 func hotkey(t *testing.T) *sig.Hotkey {
 	k, err := sig.FromSeed(sig.RandomSeed())

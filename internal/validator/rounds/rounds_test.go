@@ -91,7 +91,9 @@ func (m miners) Refresh(ctx context.Context) ([]chain.Neuron, error) {
 func (m miners) Connect(ctx context.Context, hk string) (map[string]int, error) {
 	return m.pool.Connect(ctx, hk)
 }
-func (m miners) LeaseOn(hk, job, class string) (jobrun.Lease, error) { return m.pool.LeaseOn(hk, job, class) }
+func (m miners) LeaseOn(hk, job, class string) (jobrun.Lease, error) {
+	return m.pool.LeaseOn(hk, job, class)
+}
 
 type outbox struct {
 	mu  sync.Mutex

@@ -77,7 +77,6 @@ type Stack struct {
 	MinerAddrs     []string
 
 	validator *validator.Validator
-	started   chan struct{}
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -145,7 +144,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		rt = dock
 	}
 	wallets := filepath.Join(cfg.DataDir, "wallets")
-	s := &Stack{DataDir: cfg.DataDir, errs: make(chan error, 8), started: make(chan struct{})}
+	s := &Stack{DataDir: cfg.DataDir, errs: make(chan error, 8)}
 	var err error
 	if cfg.Synthetic.Image == "" {
 		cfg.Synthetic.Image = images.JobImage
@@ -285,51 +284,35 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
 		})
 	}
-	run("validator", func() error {
-		return validator.Run(ctx, validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
-			Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
-			Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation, Started: func(v *validator.Validator) { s.validator = v; close(s.started) }})
-	})
+	v, err := validator.New(validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
+		Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
+		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation})
+	if err != nil {
+		s.fail()
+		return nil, err
+	}
+	s.validator = v
+	run("validator", func() error { return v.Run(ctx) })
 	return s, nil
 }
 
 // PairsWaiting returns how many pairs of image wait for validation on the validator.
 func (s *Stack) PairsWaiting(ctx context.Context, image string) (int, error) {
-	select {
-	case <-s.started:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
 	return s.validator.PairsWaiting(ctx, image)
 }
 
 // Validate opens a validation window for image on the validator now.
 func (s *Stack) Validate(ctx context.Context, image string) (*validator.WindowReport, error) {
-	select {
-	case <-s.started:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	return s.validator.Validate(ctx, image)
+	return s.validator.OpenWindow(ctx, image)
 }
 
 // Canary sends the validator's own requests to a streaming job of image.
 func (s *Stack) Canary(ctx context.Context, image string, requests [][]byte, path string) (int, error) {
-	select {
-	case <-s.started:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
 	return s.validator.Canary(ctx, image, requests, path)
 }
 
 // Round runs one synthetic round on the validator now.
 func (s *Stack) Round(ctx context.Context) (*validator.Report, error) {
-	select {
-	case <-s.started:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 	return s.validator.Round(ctx)
 }
 

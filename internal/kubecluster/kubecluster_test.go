@@ -27,11 +27,11 @@ import (
 )
 
 // The tests share one cluster, started by the first that needs it and
-// stopped by TestMain.
+// stopped by TestMain (or by TestMachineRestored, which needs the machine
+// to itself). Tests in this package do not run in parallel.
 var shared struct {
-	once sync.Once
-	c    *Cluster
-	err  error
+	mu sync.Mutex
+	c  *Cluster
 }
 
 // probeImage is this package's network probe (./probe).
@@ -39,15 +39,24 @@ const probeImage = "horde/kubeprobe:dev"
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if shared.c != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		if err := shared.c.Stop(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "stop the shared cluster:", err)
-			code = 1
-		}
-		cancel()
+	if err := stopShared(); err != nil {
+		fmt.Fprintln(os.Stderr, "stop the shared cluster:", err)
+		code = 1
 	}
 	os.Exit(code)
+}
+
+func stopShared() error {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.c == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err := shared.c.Stop(ctx)
+	shared.c = nil
+	return err
 }
 
 // gate skips only when HORDE_KUBE_TESTS=off; anything missing is a failure.
@@ -90,19 +99,19 @@ func startOrFail(tb testing.TB, opts Options) *Cluster {
 func cluster(tb testing.TB) *Cluster {
 	tb.Helper()
 	gate(tb)
-	shared.once.Do(func() {
-		// Its logger must outlive the test that starts it.
-		c := startOrFail(tb, Options{Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-		shared.c = c
-		shared.err = importTestImages(tb, c)
-	})
-	if shared.c == nil {
-		tb.Fatal("the shared cluster did not start (see the first test's failure)")
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.c != nil {
+		return shared.c
 	}
-	if shared.err != nil {
-		tb.Fatal(shared.err)
+	// Its logger must outlive the test that starts it.
+	c := startOrFail(tb, Options{Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err := importTestImages(tb, c); err != nil {
+		c.Stop(context.Background())
+		tb.Fatal(err)
 	}
-	return shared.c
+	shared.c = c
+	return c
 }
 
 func importTestImages(tb testing.TB, c *Cluster) error {
@@ -337,9 +346,11 @@ func TestPodNetwork(t *testing.T) {
 // cleaned up by the next Start, and a second Start works.
 func TestMachineRestored(t *testing.T) {
 	gate(t)
-	if shared.c != nil {
-		t.Fatal("run before the shared cluster starts")
+	if err := stopShared(); err != nil {
+		t.Fatal(err)
 	}
+	shared.mu.Lock() // no shared cluster until this test ends
+	defer shared.mu.Unlock()
 	before := machineState(t)
 	log := testLog(t)
 

@@ -45,7 +45,7 @@ var globalDirs = []string{
 // sharedDirs may be created by the cluster but are shared with other
 // programs (Docker's containerd puts its shim sockets in /run/containerd/s):
 // they are removed only when empty.
-var sharedDirs = []string{"/run/containerd/s", "/run/containerd", "/var/run/netns", "/etc/cni/net.d", "/etc/cni", "/opt/cni/bin", "/opt/cni", "/opt/containerd"}
+var sharedDirs = []string{"/run/mount", "/run/containerd/s", "/run/containerd", "/var/run/netns", "/etc/cni/net.d", "/etc/cni", "/opt/cni/bin", "/opt/cni", "/opt/containerd"}
 
 // sysctls the kubelet sets at start (vm.overcommit_memory, kernel.panic…)
 // and the bridge plugin may set (ip_forward): restored at Stop.
@@ -72,6 +72,9 @@ type journal struct {
 	Sysctls map[string]string   `json:"sysctls"` // under /proc/sys → value
 	Absent  []string            `json:"absent"`  // global and shared dirs, kubepods cgroups
 	Chains  map[string][]string `json:"chains"`  // "iptables/nat" → KUBE-/CNI- chains already there
+	// nftables tables (iptables-nft's "ip mangle", "ip6 nat"…) already there;
+	// nil when nft is not installed.
+	NftTables []string `json:"nftTables"`
 }
 
 func journalPath(dir string) string { return filepath.Join(dir, "journal.json") }
@@ -98,6 +101,7 @@ func record(ctx context.Context, dir, bridge string) (*journal, error) {
 			j.Chains[tool+"/"+table] = ours(chains)
 		}
 	}
+	j.NftTables, _ = nftTables(ctx)
 	b, err := json.MarshalIndent(j, "", "  ")
 	if err != nil {
 		return nil, err
@@ -156,6 +160,9 @@ func restore(ctx context.Context, dir string, j *journal, log *slog.Logger) erro
 			}
 		}
 		errs = append(errs, removeChains(ctx, j.Chains, log))
+		if j.NftTables != nil {
+			errs = append(errs, removeNftTables(ctx, j.NftTables, log))
+		}
 		for _, s := range sysctls {
 			v, ok := j.Sysctls[s]
 			if !ok {
@@ -484,4 +491,54 @@ func run(ctx context.Context, name string, args ...string) error {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// nftTables lists the nftables tables as "family name".
+func nftTables(ctx context.Context) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "nft", "list", "tables").Output()
+	if err != nil {
+		return nil, fmt.Errorf("nft list tables: %w", err)
+	}
+	tables := []string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if t, ok := strings.CutPrefix(strings.TrimSpace(line), "table "); ok {
+			tables = append(tables, t)
+		}
+	}
+	return tables, nil
+}
+
+// removeNftTables deletes the iptables-nft tables that the kubelet brought
+// into being (it creates its canary chains in mangle, and in ip6 tables
+// where none were) once they are empty again.
+func removeNftTables(ctx context.Context, before []string, log *slog.Logger) error {
+	now, err := nftTables(ctx)
+	if err != nil {
+		return err
+	}
+	tools := map[string]string{"ip": "iptables", "ip6": "ip6tables"}
+	var errs []error
+	for _, t := range now {
+		family, name, _ := strings.Cut(t, " ")
+		tool, ok := tools[family]
+		if !ok || slices.Contains(before, t) || !slices.Contains(iptablesTables, name) {
+			continue
+		}
+		out, err := exec.CommandContext(ctx, tool, "-w", "5", "-t", name, "-S").Output()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s -t %s -S: %w", tool, name, err))
+			continue
+		}
+		empty := true
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if f := strings.Fields(line); len(f) != 3 || f[0] != "-P" || f[2] != "ACCEPT" {
+				empty = false
+			}
+		}
+		if empty {
+			log.Debug("removing nftables table", "table", t)
+			errs = append(errs, run(ctx, "nft", "delete", "table", family, name))
+		}
+	}
+	return errors.Join(errs...)
 }

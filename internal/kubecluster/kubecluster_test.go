@@ -407,6 +407,7 @@ func crash(t *testing.T, c *Cluster) {
 
 // machineState is what Start changes and Stop must put back.
 type state struct {
+	NftTables []string
 	Mounts    []string
 	Chains    map[string][]string
 	Links     []string
@@ -454,6 +455,7 @@ func machineState(t *testing.T) state {
 		s.Dirs[d] = err == nil
 	}
 	s.Processes = clusterProcesses(DefaultDir, nil)
+	s.NftTables, _ = nftTables(t.Context())
 	sort.Strings(s.Mounts)
 	return s
 }

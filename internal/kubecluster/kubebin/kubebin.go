@@ -354,5 +354,6 @@ func Version(ctx context.Context, dir, name string) (string, error) {
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("%s --version: %w: %s", name, err, b.Bytes())
 	}
-	return strings.TrimSpace(b.String()), nil
+	first, _, _ := strings.Cut(strings.TrimSpace(b.String()), "\n")
+	return first, nil
 }

@@ -218,7 +218,7 @@ func Find(ctx context.Context, root string) (string, error) {
 	}
 	dir := filepath.Join(cache, r.Key())
 	if !complete(dir) {
-		return "", fmt.Errorf("%w in %s: build them with `%s` from the repository root %s (about 13 minutes cold on 2 cores, seconds when cached)",
+		return "", fmt.Errorf("%w in %s: build them with `%s` from the repository root %s (cold: about 13 minutes on an idle 2-core machine, 47 measured under load; seconds when cached)",
 			ErrNotBuilt, dir, BuildCommand, root)
 	}
 	return dir, nil

@@ -88,6 +88,8 @@ func (c *Cluster) controllerManagerArgs() []string {
 		"--service-account-private-key-file=" + p.pki("sa.key"),
 		"--root-ca-file=" + p.pki("ca.crt"),
 		"--service-cluster-ip-range=" + serviceCIDR,
+		// Else it creates /usr/libexec/kubernetes/kubelet-plugins/volume/exec.
+		"--flex-volume-plugin-dir=" + p.j("kubelet-plugins"),
 		"--profiling=false",
 	}
 }

@@ -281,11 +281,9 @@ func (c *Cluster) start(ctx context.Context) error {
 	}
 
 	// The control plane, each waited for before the next needs it.
-	etcd, err := c.spawn("etcd", filepath.Join(c.bin, kubebin.Etcd), c.etcdArgs()...)
-	if err != nil {
+	if _, err := c.spawn("etcd", filepath.Join(c.bin, kubebin.Etcd), c.etcdArgs()...); err != nil {
 		return err
 	}
-	_ = etcd
 	if err := c.waitUntil(ctx, "etcd", 100*time.Millisecond, c.httpOK(nil, "http://127.0.0.1:"+strconv.Itoa(etcdClientPort)+"/health")); err != nil {
 		return err
 	}

@@ -5,12 +5,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/blake2b"
 
 	"github.com/horde-compute/horde/pyjson"
+	"github.com/horde-compute/horde/sig"
 )
 
 // This file: the validator ↔ facilitator link, WebSocket /ws/v0/, dialled by
@@ -32,10 +35,15 @@ type V0AuthenticationRequest struct {
 func (*V0AuthenticationRequest) MessageType() string { return "V0AuthenticationRequest" }
 
 // AuthMessage returns the signed bytes: raw public key ‖ ":{timestamp}:{nonce}".
+// public_key must be 64 lower-case hex digits, as upstream writes it
+// (public_key.hex()): one text per key, like signatures (see package sig).
 func (m *V0AuthenticationRequest) AuthMessage() ([]byte, error) {
+	if len(m.PublicKey) != 64 || strings.ToLower(m.PublicKey) != m.PublicKey {
+		return nil, fmt.Errorf("public_key must be 64 lower-case hex digits")
+	}
 	pk, err := hex.DecodeString(m.PublicKey)
-	if err != nil || len(pk) != 32 {
-		return nil, fmt.Errorf("public_key must be 64 hex digits")
+	if err != nil {
+		return nil, fmt.Errorf("public_key must be 64 lower-case hex digits")
 	}
 	return append(pk, ":"+strconv.FormatInt(m.Timestamp, 10)+":"+m.Nonce...), nil
 }
@@ -149,6 +157,14 @@ type Signature struct {
 	SignatureScope string `json:"signature_scope"`
 }
 
+// Decode returns the signature's bytes, refusing any text but standard
+// padded base64 with zero unused bits (sig.ParseBase64): a re-encoded copy
+// of a signature is not a new signature. Dedupe jobs on these bytes
+// (Key), never on the text.
+func (s *Signature) Decode() (sig.Signature, error) {
+	return sig.ParseBase64(s.Signature)
+}
+
 // SignatureTypeBittensor is the only signature type horde accepts.
 const SignatureTypeBittensor = "bittensor"
 
@@ -208,6 +224,11 @@ func (s *JobSpec) Validate() error {
 	case s.DownloadTimeLimit < 0 || s.UploadTimeLimit < 0 || s.StreamingStartTimeLimit < 0:
 		return fmt.Errorf("time limits must not be negative")
 	}
+	if s.ArtifactsDir != "" {
+		if err := CheckArtifactsDir(s.ArtifactsDir); err != nil {
+			return err
+		}
+	}
 	if s.Volume != nil {
 		if err := s.Volume.Validate(); err != nil {
 			return err
@@ -216,6 +237,38 @@ func (s *JobSpec) Validate() error {
 	if s.OutputUpload != nil {
 		if err := s.OutputUpload.Validate(); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// CheckArtifactsDir checks a job's artifacts_dir: the directory in the
+// container whose files come back as artifacts. It is mounted there, so it
+// must be an absolute, clean path that carries no mount options (no ':' or
+// ','), is not the root and is none of the job's other mounts (/volume,
+// /output, /tmp) nor beneath the kernel's (/proc, /sys, /dev).
+func CheckArtifactsDir(dir string) error {
+	bad := func(why string) error { return fmt.Errorf("artifacts_dir %q: %s", dir, why) }
+	switch {
+	case !strings.HasPrefix(dir, "/"):
+		return bad("must be an absolute path")
+	case strings.ContainsAny(dir, ":,"):
+		return bad("must not contain ':' or ',' (mount options)")
+	case strings.ContainsFunc(dir, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return bad("must not contain control characters")
+	case path.Clean(dir) != dir:
+		return bad("must be clean (no trailing '/', '//', '.' or '..')")
+	case len(dir) > 255:
+		return bad("is longer than 255 bytes")
+	}
+	reserved := bad("is reserved (/, /volume, /output, /tmp and what is under /proc, /sys and /dev)")
+	switch dir {
+	case "/", "/volume", "/output", "/tmp":
+		return reserved
+	}
+	for _, k := range []string{"/proc", "/sys", "/dev"} {
+		if dir == k || strings.HasPrefix(dir, k+"/") {
+			return reserved
 		}
 	}
 	return nil

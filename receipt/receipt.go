@@ -31,8 +31,14 @@ var ErrInvalid = errors.New("invalid receipt")
 // Time is a timestamp that encodes as pydantic does.
 type Time struct{ time.Time }
 
-// MarshalJSON writes the pydantic form.
-func (t Time) MarshalJSON() ([]byte, error) { return json.Marshal(pyjson.Time(t.Time)) }
+// MarshalJSON writes the pydantic form; it refuses a time outside years
+// 1–9999 in UTC, which that form cannot hold.
+func (t Time) MarshalJSON() ([]byte, error) {
+	if err := pyjson.TimeInRange(t.Time); err != nil {
+		return nil, err
+	}
+	return json.Marshal(pyjson.Time(t.Time))
+}
 
 // UnmarshalJSON reads an RFC 3339 time.
 func (t *Time) UnmarshalJSON(b []byte) error {

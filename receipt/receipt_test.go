@@ -1,10 +1,12 @@
 package receipt
 
 import (
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
 
+	"github.com/horde-compute/horde/pyjson"
 	"github.com/horde-compute/horde/sig"
 )
 
@@ -98,4 +100,45 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "receipts/s")
+}
+
+// FuzzReceipt: any stored receipt that decodes has signing bytes; they are
+// canonical JSON and a fixed point (decoding them gives the same bytes), and
+// verifying it never panics nor passes with a signature that was not made.
+func FuzzReceipt(f *testing.F) {
+	f.Add([]byte(`{"receipt_type":"JobStartedReceipt","payload":{"job_uuid":"j","miner_hotkey":"m","validator_hotkey":"v","timestamp":"2020-01-01T00:00:00Z","executor_class":"c","is_organic":true,"ttl":30},"validator_signature":"0x00"}`))
+	f.Add([]byte(`{"receipt_type":"JobFinishedReceipt","payload":{"job_uuid":"j","timestamp":"2020-01-01T00:00:00.120000+02:00","time_started":"2020-01-01T00:00:00Z","time_took_us":1,"score_str":"1.5","block_numbers":[1,2]},"validator_signature":"","miner_signature":"0x"}`))
+	// testdata/fuzz/FuzzReceipt holds what found bugs: a time that is year
+	// 10000 in UTC made signing bytes no one could read back.
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var r Receipt
+		if json.Unmarshal(line, &r) != nil {
+			return
+		}
+		p, err := r.Decode()
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("decode error %v is not ErrInvalid", err)
+			}
+			return
+		}
+		b, err := Bytes(p)
+		if err != nil {
+			return // refused, with an error, is fine
+		}
+		if c, err := pyjson.Canonical(b); err != nil || string(c) != string(b) {
+			t.Fatalf("signing bytes %s are not canonical: %v", b, err)
+		}
+		again, err := Receipt{Type: r.Type, Payload: b}.Decode()
+		if err != nil {
+			t.Fatalf("signing bytes %s do not decode: %v", b, err)
+		}
+		b2, err := Bytes(again)
+		if err != nil || string(b2) != string(b) {
+			t.Fatalf("signing bytes are not a fixed point:\n%s\n%s (%v)", b, b2, err)
+		}
+		if err := r.Verify(); err == nil {
+			t.Fatalf("a fuzzed receipt verified: %s", line)
+		}
+	})
 }

@@ -1,6 +1,7 @@
 // Package sig holds Bittensor hotkeys: sr25519 key pairs addressed by SS58,
-// signatures compatible with Python bittensor and polkadot.js, and the
-// Bittensor wallet files they are stored in.
+// signatures compatible with Python bittensor and polkadot.js, their strict
+// text encodings (one per wire place, see ParseHex), and the Bittensor
+// wallet files they are stored in.
 package sig
 
 import (
@@ -240,16 +241,17 @@ func Verify(pub PublicKey, msg, signature []byte) error {
 	return ErrBadSignature
 }
 
-// VerifyHex verifies a signature given as hex (with or without 0x) by the
-// holder of the SS58 address.
+// VerifyHex verifies a protocol or receipt signature ("0x" and lower-case
+// hex, see ParseHex; any other text is refused) by the holder of the SS58
+// address.
 func VerifyHex(address string, msg []byte, sigHex string) error {
 	pub, err := ParseSS58(address)
 	if err != nil {
 		return err
 	}
-	s, err := hex.DecodeString(strings.TrimPrefix(sigHex, "0x"))
+	s, err := ParseHex(sigHex)
 	if err != nil {
-		return fmt.Errorf("%w: not hex", ErrBadSignature)
+		return err
 	}
-	return Verify(pub, msg, s)
+	return s.Verify(pub, msg)
 }

@@ -115,7 +115,8 @@ func TestPolkadotJSVectors(t *testing.T) {
 		if r["address"] != w.SS58() {
 			t.Errorf("vector address %s is not the wallet's %s", r["address"], w.SS58())
 		}
-		if err := VerifyHex(r["address"], mustHex(t, r["msg_hex"]), r["sig_hex"]); err != nil {
+		// polkadot.js writes "0x" and lower-case hex; the vectors keep bare hex.
+		if err := VerifyHex(r["address"], mustHex(t, r["msg_hex"]), "0x"+r["sig_hex"]); err != nil {
 			t.Errorf("msg of %d bytes: %v", len(r["msg_hex"])/2, err)
 		}
 	}
@@ -136,7 +137,7 @@ func TestBittensorWalletSignature(t *testing.T) {
 	if got := hex.EncodeToString(msg); got != "2a22a1498ee1ce0fc6ee7414dd61d2a635790346ec02ea3acb761cfb0353aa2ab895eea87a70148ac7cf2b185367b8d387ab8b22c5e0eed955409078a1d2e3a8" {
 		t.Fatalf("message = %s", got)
 	}
-	if err := VerifyHex("5FUJCuGtQPonu8B9JKH4BwsKzEdtyBTpyvbBk2beNZ4iX8sk", msg,
+	if err := VerifyBareHex("5FUJCuGtQPonu8B9JKH4BwsKzEdtyBTpyvbBk2beNZ4iX8sk", msg,
 		"0426e2194361e82df8ff34c2f1c220b367f532f5d7f74ab503ed850a209efe7c685ed080aab063bda7100311f8f369b84df03f481c3c18c2eb4ee5ac2173b682"); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,9 @@ import (
 // SS58Prefix is the network prefix bittensor uses (generic substrate).
 const SS58Prefix = 42
 
+// maxSS58Len bounds the text of an address (48 for 35 bytes; some slack).
+const maxSS58Len = 64
+
 const b58Alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 // SS58 encodes the key as base58(prefix ‖ key ‖ checksum[0:2]).
@@ -26,6 +29,11 @@ func (p PublicKey) SS58() string {
 // ParseSS58 decodes an SS58 address with prefix 42, checking length and checksum.
 func ParseSS58(s string) (PublicKey, error) {
 	var pk PublicKey
+	// 35 bytes are at most 48 base58 characters; refuse long input before
+	// the (quadratic) big-number decoding.
+	if len(s) > maxSS58Len {
+		return pk, fmt.Errorf("%w: %d characters, an address has at most %d", ErrBadAddress, len(s), maxSS58Len)
+	}
 	raw, err := base58Decode(s)
 	if err != nil {
 		return pk, fmt.Errorf("%w %q: %v", ErrBadAddress, s, err)

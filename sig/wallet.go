@@ -81,10 +81,11 @@ func ParseKeyfile(b []byte, password string) (*Hotkey, error) {
 	case kf.SecretSeed != "":
 		k, err = FromURI(kf.SecretSeed)
 	case kf.PrivateKey != "":
-		var raw []byte
-		if raw, err = hex.DecodeString(strings.TrimPrefix(kf.PrivateKey, "0x")); err == nil {
-			k, err = FromPrivateKey(raw)
+		raw, herr := hex.DecodeString(strings.TrimPrefix(kf.PrivateKey, "0x"))
+		if herr != nil {
+			return nil, fmt.Errorf("%w: privateKey is not hex: %v", ErrBadKey, herr)
 		}
+		k, err = FromPrivateKey(raw)
 	default:
 		return nil, fmt.Errorf("%w: key file holds no secret (public key only)", ErrBadKey)
 	}

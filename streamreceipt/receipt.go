@@ -103,6 +103,18 @@ func Sign(key ed25519.PrivateKey, r *Receipt) (blob, signature string) {
 	return base64.StdEncoding.EncodeToString(b), base64.StdEncoding.EncodeToString(ed25519.Sign(key, b))
 }
 
+// decodeBase64 reads standard padded base64 in its one canonical text (no
+// line breaks, zero unused bits), so that a receipt or signature has one
+// text and a re-encoded copy is not a different one. ed25519.Verify refuses
+// non-canonical signature bytes itself.
+func decodeBase64(s string) ([]byte, error) {
+	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	if err != nil || base64.StdEncoding.EncodeToString(b) != s {
+		return nil, fmt.Errorf("not canonical standard padded base64")
+	}
+	return b, nil
+}
+
 // Expect is what a client knows of one of its requests.
 type Expect struct {
 	JobUUID, RequestID        string
@@ -119,13 +131,13 @@ func Verify(pub ed25519.PublicKey, blobB64, sigB64 string, want Expect) (*Receip
 	if blobB64 == "" || sigB64 == "" {
 		return nil, fmt.Errorf("%w: no receipt (the response did not complete)", ErrReceipt)
 	}
-	blob, err := base64.StdEncoding.DecodeString(blobB64)
+	blob, err := decodeBase64(blobB64)
 	if err != nil {
-		return nil, fmt.Errorf("%w: receipt is not base64", ErrReceipt)
+		return nil, fmt.Errorf("%w: receipt: %v", ErrReceipt, err)
 	}
-	sig, err := base64.StdEncoding.DecodeString(sigB64)
+	sig, err := decodeBase64(sigB64)
 	if err != nil {
-		return nil, fmt.Errorf("%w: signature is not base64", ErrReceipt)
+		return nil, fmt.Errorf("%w: signature: %v", ErrReceipt, err)
 	}
 	if !ed25519.Verify(pub, blob, sig) {
 		return nil, fmt.Errorf("%w: signature does not verify with the job's key", ErrReceipt)
@@ -160,12 +172,15 @@ func Verify(pub ed25519.PublicKey, blobB64, sigB64 string, want Expect) (*Receip
 // and response bodies of this job. Timestamps are returned for the caller
 // to judge against the job's life.
 func VerifyEvidence(pub ed25519.PublicKey, jobUUID, blobB64, sigB64 string, request, response []byte) (*Receipt, error) {
-	blob, err := base64.StdEncoding.DecodeString(blobB64)
+	blob, err := decodeBase64(blobB64)
 	if err != nil {
-		return nil, fmt.Errorf("%w: receipt is not base64", ErrReceipt)
+		return nil, fmt.Errorf("%w: receipt: %v", ErrReceipt, err)
 	}
-	sig, err := base64.StdEncoding.DecodeString(sigB64)
-	if err != nil || !ed25519.Verify(pub, blob, sig) {
+	sig, err := decodeBase64(sigB64)
+	if err != nil {
+		return nil, fmt.Errorf("%w: signature: %v", ErrReceipt, err)
+	}
+	if !ed25519.Verify(pub, blob, sig) {
 		return nil, fmt.Errorf("%w: signature does not verify with the job's key", ErrReceipt)
 	}
 	r, err := ParseBlob(blob)

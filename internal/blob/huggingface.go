@@ -4,17 +4,21 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"path"
 	"strings"
 
 	"github.com/horde-compute/horde/protocol"
 )
 
+// maxListing bounds a hub's file listing.
+const maxListing = 16 << 20
+
 // huggingFace downloads a repository snapshot through the hub's HTTP API:
 // the file list from /api/{type}s/{repo}/revision/{rev}, each file from
-// /{repo}/resolve/{rev}/{file} (datasets under /datasets/).
-func (f *Fetcher) huggingFace(ctx context.Context, v *protocol.Volume, target string) error {
+// /{repo}/resolve/{rev}/{file} (datasets under /datasets/), each streamed
+// to its file beneath t. The token goes to the hub only (net/http drops it
+// on a redirect to another host, such as a CDN).
+func (f *Fetcher) huggingFace(ctx context.Context, v *protocol.Volume, t *tree, m *volumeMeter) error {
 	if f.HuggingFaceEndpoint == "" {
 		return fmt.Errorf("%w: huggingface_volume needs a hub endpoint (--huggingface-endpoint)", ErrDownload)
 	}
@@ -28,7 +32,7 @@ func (f *Fetcher) huggingFace(ctx context.Context, v *protocol.Volume, target st
 		rev = "main"
 	}
 	listURL := fmt.Sprintf("%s/api/%ss/%s/revision/%s", base, kind, v.RepoID, rev)
-	b, err := f.getAuth(ctx, listURL, v.Token)
+	b, err := f.getSmall(ctx, listURL, v.Token, maxListing)
 	if err != nil {
 		return err
 	}
@@ -44,51 +48,24 @@ func (f *Fetcher) huggingFace(ctx context.Context, v *protocol.Volume, target st
 	if kind != "model" {
 		prefix = "/" + kind + "s"
 	}
-	var total int64
+	files := 0
 	for _, s := range info.Siblings {
 		if !matchAny(v.AllowPattern, s.Rfilename) {
 			continue
 		}
-		dst, err := SafeJoin(target, s.Rfilename)
-		if err != nil {
+		if _, err := components(s.Rfilename); err != nil {
 			return err
 		}
-		data, err := f.getAuth(ctx, fmt.Sprintf("%s%s/%s/resolve/%s/%s", base, prefix, v.RepoID, rev, s.Rfilename), v.Token)
-		if err != nil {
-			return err
+		if files++; f.Limits.MaxFiles > 0 && files > f.Limits.MaxFiles {
+			return fmt.Errorf("%w: repository has more than %d files", ErrTooLarge, f.Limits.MaxFiles)
 		}
-		if total += int64(len(data)); total > f.Limits.MaxVolumeBytes {
-			return fmt.Errorf("%w: repository over %d bytes", ErrTooLarge, f.Limits.MaxVolumeBytes)
-		}
-		if err := writeFile(dst, data); err != nil {
+		rel := path.Join(v.RelativePath, s.Rfilename)
+		url := fmt.Sprintf("%s%s/%s/resolve/%s/%s", base, prefix, v.RepoID, rev, s.Rfilename)
+		if err := f.getFile(ctx, t, rel, url, v.Token, m); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func (f *Fetcher) getAuth(ctx context.Context, url, token string) ([]byte, error) {
-	if token == "" {
-		return f.get(ctx, url)
-	}
-	c := *f
-	base := f.client().Transport
-	if base == nil {
-		base = http.DefaultTransport
-	}
-	c.HTTP = &http.Client{Transport: bearer{token, base}}
-	return c.get(ctx, url)
-}
-
-type bearer struct {
-	token string
-	next  http.RoundTripper
-}
-
-func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
-	return b.next.RoundTrip(r)
 }
 
 func matchAny(patterns []string, name string) bool {

@@ -62,7 +62,9 @@ Local:
   dev           run a whole horde on this machine (SQLite, local Docker)
   dev demo      run one, build the demo image, run a demo job, print its result
 
-Run 'horde <command> -h' for a command's flags.
+Run 'horde <command> -h' for a command's flags. Flags may come before or after
+the other arguments; each can also be set by an environment variable
+(--facilitator by HORDE_FACILITATOR, --db by HORDE_DB, …), which -h shows.
 `
 
 // Run runs the horde command with args (without the program name).
@@ -118,21 +120,94 @@ type env struct {
 	stdout, stderr io.Writer
 }
 
-// flags makes a flag set whose defaults can come from HORDE_<NAME> variables.
+// synopses are the first line of each command's help.
+var synopses = map[string]string{
+	"job run":         "horde job run --image IMAGE [flags] [-- CMD ARGS…]",
+	"job status":      "horde job status JOB_ID [flags]",
+	"job cancel":      "horde job cancel JOB_ID [flags]",
+	"stream start":    "horde stream start --image IMAGE [flags] [-- CMD ARGS…]",
+	"stream call":     "horde stream call JOB_ID PATH [--data BODY|@FILE] [flags]",
+	"stream stop":     "horde stream stop JOB_ID [flags]",
+	"stream receipts": "horde stream receipts JOB_ID [flags]",
+	"stream volume":   "horde stream volume JOB_ID (--volume SPEC | --output-upload SPEC) [flags]",
+	"stream report":   "horde stream report JOB_ID [flags]",
+}
+
+// secretFlags are flags whose values help never shows.
+var secretFlags = map[string]bool{"password": true, "pylon-token": true}
+
+// envName is the environment variable a flag's default comes from.
+func envName(flagName string) string {
+	return "HORDE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// flags makes a flag set whose defaults can come from HORDE_<NAME> variables
+// and whose help says so, with the values those variables hold now.
 func (e *env) flags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("horde "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		syn, ok := synopses[name]
+		if !ok {
+			syn = "horde " + name + " [flags]"
+		}
+		fmt.Fprintf(e.stderr, "Usage: %s\n\nFlags may come before or after the other arguments. Each can also be set by the\nenvironment variable named below it; a flag on the command line wins.\n\n", syn)
+		printFlags(e.stderr, fs)
+	}
 	return fs
 }
 
-// parse parses args, taking unset flags from the environment (HORDE_DB for --db).
-func (e *env) parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return &ExitError{Code: 0, Err: err}
+// printFlags lists fs's flags with their defaults, their variables and the
+// values those variables hold now (secrets hidden).
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		kind, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if kind != "" {
+			line += " " + kind
 		}
-		return &ExitError{Code: 2, Err: err}
+		fmt.Fprintln(w, line)
+		for _, l := range strings.Split(usage, "\n") {
+			fmt.Fprintf(w, "        %s\n", l)
+		}
+		var notes []string
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
+			notes = append(notes, fmt.Sprintf("default %q", f.DefValue))
+		}
+		name := envName(f.Name)
+		v, set := os.LookupEnv(name)
+		switch {
+		case !set:
+			notes = append(notes, "$"+name)
+		case secretFlags[f.Name]:
+			notes = append(notes, fmt.Sprintf("$%s is set (value hidden): used unless --%s is given", name, f.Name))
+		default:
+			notes = append(notes, fmt.Sprintf("$%s=%q: used unless --%s is given", name, v, f.Name))
+		}
+		fmt.Fprintf(w, "        %s\n", strings.Join(notes, "; "))
+	})
+}
+
+// parse parses args and returns the positional arguments. Flags may stand
+// before, between or after them; everything after a "--" is positional.
+// Flags not given take their values from HORDE_<NAME> (HORDE_DB for --db).
+func (e *env) parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	flags, rest := splitDashes(fs, args)
+	var pos []string
+	for {
+		if err := fs.Parse(flags); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, &ExitError{Code: 0, Err: err}
+			}
+			return nil, &ExitError{Code: 2, Err: err}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		flags = fs.Args()[1:]
 	}
+	pos = append(pos, rest...)
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
@@ -140,14 +215,56 @@ func (e *env) parse(fs *flag.FlagSet, args []string) error {
 		if set[f.Name] {
 			return
 		}
-		name := "HORDE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		name := envName(f.Name)
 		if v, ok := os.LookupEnv(name); ok {
 			if serr := fs.Set(f.Name, v); serr != nil && err == nil {
+				if secretFlags[f.Name] {
+					v = "…"
+				}
 				err = usageErr("%s=%q: %v", name, v, serr)
 			}
 		}
 	})
-	return err
+	return pos, err
+}
+
+// parseFlags parses a command that takes no positional arguments.
+func (e *env) parseFlags(fs *flag.FlagSet, args []string) error {
+	pos, err := e.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("%s takes no argument %q (see '%s -h')", fs.Name(), pos[0], fs.Name())
+	}
+	return nil
+}
+
+// splitDashes splits args at the first "--" that ends the flags (not one
+// that is a flag's value), dropping it.
+func splitDashes(fs *flag.FlagSet, args []string) (flags, rest []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return args[:i], args[i+1:]
+		}
+		if len(a) < 2 || a[0] != '-' {
+			continue
+		}
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue // Parse reports it
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			continue
+		}
+		i++ // the flag's value
+	}
+	return args, nil
 }
 
 // logger returns a text logger at level ("debug", "info", "warn", "error").

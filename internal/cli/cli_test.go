@@ -3,6 +3,7 @@ package cli
 import (
 	"archive/zip"
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"os"
@@ -51,7 +52,7 @@ func TestJobCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("job run exit %d\n%s%s", code, out, errs)
 	}
-	for _, want := range []string{"completed", "in.txt: 13 bytes, 3 words", "result.json → HTTP 200", "JobFinishedReceipt", "validator signature verified"} {
+	for _, want := range []string{"completed", "in.txt: 13 bytes, 3 words", "result.json → " + h.Objects.URL + "/cli/result.json (HTTP 200)", "JobFinishedReceipt", "validator signature verified"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, out)
 		}
@@ -75,12 +76,32 @@ func TestJobCommands(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &job); code != 0 || err != nil || job.Status != protocol.StatusCompleted {
 		t.Errorf("--json: exit %d, %v\n%s", code, err, out)
 	}
+	var top struct{ Stdout, Stderr *string }
+	if err := json.Unmarshal([]byte(out), &top); err != nil || top.Stdout == nil || *top.Stdout != "json\n" || top.Stderr == nil {
+		t.Errorf("--json: stdout and stderr not at the top level: %v\n%s", err, out)
+	}
+
+	// Artifacts: asked for, collected by the executor, returned and saved.
+	saved := filepath.Join(t.TempDir(), "artifacts")
+	out, errs, code = run(t, env, "job", "run", "--image", "horde/job:dev", "--json", "--artifacts-dir", "/artifacts", "--save-artifacts", saved, "--", "matmul", "3", "4")
+	var arts struct {
+		Artifacts map[string]string `json:"artifacts"`
+		Saved     []string          `json:"saved_artifacts"`
+	}
+	if err := json.Unmarshal([]byte(out), &arts); code != 0 || err != nil || len(arts.Artifacts) != 1 || len(arts.Saved) != 1 {
+		t.Fatalf("artifacts: exit %d %v\n%s%s", code, err, out, errs)
+	}
+	got, err := os.ReadFile(filepath.Join(saved, "c-000.bin"))
+	want := synthetic.Multiply(synthetic.Inputs(3, 4)).Encode()
+	if err != nil || !bytes.Equal(got, want) || base64.StdEncoding.EncodeToString(got) != arts.Artifacts["/artifacts/c-000.bin"] {
+		t.Errorf("saved artifact: %x %v, want the product %x; reported %v", got, err, want, arts.Artifacts)
+	}
 
 	out, _, code = run(t, env, "job", "list")
-	if code != 0 || !strings.Contains(out, "3 of 3") {
+	if code != 0 || !strings.Contains(out, "4 of 4") {
 		t.Errorf("list: exit %d\n%s", code, out)
 	}
-	out, _, code = run(t, env, "job", "status", job.UUID)
+	out, _, code = run(t, env, "job", "status", job.UUID, "--wallet", "client")
 	if code != 0 || !strings.Contains(out, "execution_done") || !strings.Contains(out, "json") {
 		t.Errorf("status: exit %d\n%s", code, out)
 	}
@@ -169,6 +190,9 @@ func TestStreamCommands(t *testing.T) {
 		t.Fatalf("start: exit %d\n%s%s", code, out, errs)
 	}
 	job := strings.Fields(out)[1]
+	if kept := filepath.Join(env["HORDE_STATE_DIR"], job+".json"); !strings.Contains(out, "client key and job certificate kept in "+kept) {
+		t.Errorf("start does not say where the key is kept:\n%s", out)
+	}
 	out, errs, code = run(t, env, "stream", "call", job, "/v1/completions", "--report", "--data", `{"prompt": "the miner", "max_tokens": 4, "temperature": 0}`)
 	if code != 0 || !strings.Contains(out, `"text_completion"`) || !strings.Contains(errs, "signature OK") || !strings.Contains(errs, "reported") {
 		t.Fatalf("call: exit %d\n%s%s", code, out, errs)
@@ -200,6 +224,10 @@ func TestStreamCommands(t *testing.T) {
 	out, errs, code = run(t, env, "stream", "stop", job)
 	if code != 0 || !strings.Contains(out, "completed") {
 		t.Errorf("stop: exit %d\n%s%s", code, out, errs)
+	}
+	_, errs, code = run(t, env, "stream", "call", job, "/v1/completions", "--data", `{"prompt": "the end", "max_tokens": 2}`)
+	if code != 1 || !strings.Contains(errs, "has ended (completed)") {
+		t.Errorf("call after stop: exit %d %s", code, errs)
 	}
 	_, errs, code = run(t, env, "stream", "call", "nope", "/x")
 	if code != 1 || !strings.Contains(errs, "horde stream start") {

@@ -54,6 +54,9 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if err := stopWithParent(); err != nil {
+		fmt.Fprintf(e.stderr, "warning: %v; if the process that started horde is killed, stop horde yourself\n", err)
+	}
 	if err := os.MkdirAll(d.dataDir, 0o755); err != nil {
 		return nil, nil, nil, err
 	}
@@ -134,7 +137,7 @@ func short(ss58 string) string {
 func (e *env) dev(args []string) error {
 	var d devFlags
 	p := d.register(e, "dev", filepath.Join(".horde", "dev"), "127.0.0.1:9000", 1, -1, time.Minute)
-	if err := e.parse(p, args); err != nil {
+	if err := e.parseFlags(p, args); err != nil {
 		return err
 	}
 	s, objects, stop, err := e.startDev(&d)
@@ -142,21 +145,8 @@ func (e *env) dev(args []string) error {
 		return err
 	}
 	defer stop()
-	abs, _ := filepath.Abs(filepath.Join(d.dataDir, "wallets"))
-	fmt.Fprintf(e.stdout, `
-horde is running. In another shell:
-
-  export HORDE_FACILITATOR=%s HORDE_WALLET_PATH=%s HORDE_WALLET=client
-  horde job run --image %s -- echo hello
-  horde job run --image %s --output-upload zip_put:%s/out.zip -- write result.bin 1024
-  horde job list
-
-  horde stream start --image %s --timeout 10m
-  horde stream call JOB_ID /v1/completions --data '{"prompt": "a validator", "max_tokens": 16, "temperature": 0}'
-
-Objects PUT to %s land in %s.
-Press Ctrl-C to stop.
-`, s.FacilitatorURL, abs, images.JobImage, images.JobImage, objects.URL, images.LLMImage, objects.URL, objects.Dir)
+	wallets, _ := filepath.Abs(filepath.Join(d.dataDir, "wallets"))
+	fmt.Fprint(e.stdout, devHelp(progName(), s.FacilitatorURL, wallets, objects.URL, objects.Dir))
 	select {
 	case <-e.ctx.Done():
 		return nil
@@ -165,10 +155,42 @@ Press Ctrl-C to stop.
 	}
 }
 
+// devHelp is what 'horde dev' prints once the stack is up: how to use it
+// from another shell. README shows it as printed by 'go run ./cmd/horde dev'.
+func devHelp(prog, facilitatorURL, wallets, objectsURL, objectsDir string) string {
+	return fmt.Sprintf(`
+horde is running. In another shell, in this directory:
+
+  export HORDE_FACILITATOR=%[2]s HORDE_WALLET_PATH=%[3]s HORDE_WALLET=client
+  %[1]s job run --image %[4]s -- echo hello
+  %[1]s job run --image %[4]s --volume inline:README.md --output-upload zip_put:%[6]s/out.zip -- demo
+  %[1]s job run --image %[4]s --artifacts-dir /artifacts --save-artifacts artifacts -- matmul 7 64
+  %[1]s job list
+  %[1]s job status JOB_ID --json
+
+  %[1]s stream start --image %[5]s --timeout 10m
+  %[1]s stream call JOB_ID /v1/completions --data '{"prompt": "a validator", "max_tokens": 16, "temperature": 0}'
+  %[1]s stream stop JOB_ID
+
+Objects PUT to %[6]s land in %[7]s.
+Press Ctrl-C to stop.
+`, prog, facilitatorURL, wallets, images.JobImage, images.LLMImage, objectsURL, objectsDir)
+}
+
+// progName is how the user started horde: "go run ./cmd/horde" when the
+// binary is one the go command built to run, else "horde".
+func progName() string {
+	exe, err := os.Executable()
+	if err == nil && strings.Contains(filepath.ToSlash(exe), "/go-build") {
+		return "go run ./cmd/horde"
+	}
+	return "horde"
+}
+
 func (e *env) devDemo(args []string) error {
 	var d devFlags
 	p := d.register(e, "dev demo", filepath.Join(".horde", "demo"), "127.0.0.1:0", 2, 1, 0)
-	if err := e.parse(p, args); err != nil {
+	if err := e.parseFlags(p, args); err != nil {
 		return err
 	}
 	s, objects, stop, err := e.startDev(&d)
@@ -202,7 +224,7 @@ func (e *env) devDemo(args []string) error {
 			Uploads:      []protocol.OutputUpload{{OutputUploadType: protocol.UploadSinglePut, URL: objects.URL + "/outputs/" + run + "/result.json", RelativePath: "result.json"}},
 			SystemOutput: &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: objects.URL + "/outputs/" + run + "/system.zip"}}}
 	fmt.Fprintf(e.stderr, "running the demo organic job as client %s\n", short(s.Client.SS58()))
-	if err := e.runJob(e.ctx, client.New(s.FacilitatorURL, s.Client), spec, false); err != nil {
+	if err := e.runJob(e.ctx, client.New(s.FacilitatorURL, s.Client), spec, runOptions{}); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "outputs in %s:\n", filepath.Join(objects.Dir, "outputs", run))

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -202,31 +203,73 @@ func (e *env) jobRun(args []string) error {
 	download := fs.Duration("download-timeout", 5*time.Minute, "volume download time limit")
 	upload := fs.Duration("upload-timeout", 5*time.Minute, "output upload time limit")
 	asJSON := fs.Bool("json", false, "print one JSON object instead of progress and text")
+	artifactsDir := fs.String("artifacts-dir", "", "a directory in the container (e.g. /artifacts) whose files, each under 1 MB,\ncome back with the result")
+	save := fs.String("save-artifacts", "", "write the artifacts that came back into this local directory")
 	var volumes, uploads, envs listFlag
 	fs.Var(&volumes, "volume", volumeHelp)
 	fs.Var(&uploads, "output-upload", uploadHelp)
 	fs.Var(&envs, "env", "environment variable KEY=VALUE, repeatable")
-	fs.Usage = func() {
-		fmt.Fprintln(e.stderr, "Usage: horde job run --image IMAGE [flags] [-- CMD ARGS…]")
-		fs.PrintDefaults()
-	}
-	if err := e.parse(fs, args); err != nil {
-		return err
-	}
-	spec, err := buildSpec(*image, *class, volumes, uploads, envs, *timeout, *download, *upload, fs.Args())
+	cmd, err := e.parse(fs, args)
 	if err != nil {
 		return err
+	}
+	spec, err := buildSpec(*image, *class, volumes, uploads, envs, *timeout, *download, *upload, cmd)
+	if err != nil {
+		return err
+	}
+	if *artifactsDir != "" {
+		if err := protocol.CheckArtifactsDir(*artifactsDir); err != nil {
+			return usageErr("--artifacts-dir: %v", err)
+		}
+		spec.ArtifactsDir = *artifactsDir
+	}
+	if *save != "" && spec.ArtifactsDir == "" {
+		return usageErr("--save-artifacts needs --artifacts-dir: the directory in the container they come from")
 	}
 	cl, err := c.client()
 	if err != nil {
 		return err
 	}
-	return e.runJob(e.ctx, cl, spec, *asJSON)
+	return e.runJob(e.ctx, cl, spec, runOptions{json: *asJSON, saveArtifacts: *save})
+}
+
+// runOptions say how 'job run' shows a job and what it keeps of it.
+type runOptions struct {
+	json          bool
+	saveArtifacts string // local directory, or ""
+}
+
+// runOutput is what 'horde job run --json' prints: the job as 'horde job
+// status --json' shows it, and what it returned at the top level.
+type runOutput struct {
+	*protocol.Job
+	Stdout     string `json:"stdout"`
+	Stderr     string `json:"stderr"`
+	ExitStatus *int   `json:"exit_status,omitempty"`
+	// Reason says why a job that did not complete ended.
+	Reason string `json:"reason,omitempty"`
+	// Artifacts are base64, keyed by their path in the container.
+	Artifacts      map[string]string `json:"artifacts"`
+	UploadResults  map[string]string `json:"upload_results"`
+	SavedArtifacts []string          `json:"saved_artifacts,omitempty"`
+}
+
+func newRunOutput(j *protocol.Job, res *client.JobResult, saved []string) *runOutput {
+	out := &runOutput{Job: j, Stdout: res.Stdout, Stderr: res.Stderr, ExitStatus: res.ExitStatus,
+		Artifacts: map[string]string{}, UploadResults: res.UploadResults, SavedArtifacts: saved}
+	if j.Status != protocol.StatusCompleted {
+		out.Reason = reason(lastEntry(j))
+	}
+	for p, b := range res.Artifacts {
+		out.Artifacts[p] = base64.StdEncoding.EncodeToString(b)
+	}
+	return out
 }
 
 // runJob submits spec, shows progress, prints the result; a job that did not
 // complete is an error with exit code 1.
-func (e *env) runJob(ctx context.Context, cl *client.Client, spec *protocol.JobSpec, asJSON bool) error {
+func (e *env) runJob(ctx context.Context, cl *client.Client, spec *protocol.JobSpec, opts runOptions) error {
+	asJSON := opts.json
 	start := time.Now()
 	job, err := cl.CreateJob(ctx, spec)
 	if err != nil {
@@ -246,14 +289,26 @@ func (e *env) runJob(ctx context.Context, cl *client.Client, spec *protocol.JobS
 		}
 		return err
 	}
+	res, err := client.ResultOf(done)
+	if err != nil {
+		return err
+	}
+	var saved []string
+	var saveErr error
+	if opts.saveArtifacts != "" && len(res.Artifacts) > 0 {
+		saved, saveErr = res.SaveArtifacts(opts.saveArtifacts, spec.ArtifactsDir)
+	}
 	if asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(done); err != nil {
+		if err := enc.Encode(newRunOutput(done, res, saved)); err != nil {
 			return err
 		}
 	} else {
-		printResult(e.stdout, done)
+		printResult(e.stdout, done, spec.OutputUpload, saved)
+	}
+	if saveErr != nil {
+		return &ExitError{Code: 1, Err: saveErr}
 	}
 	return jobErr(done)
 }
@@ -313,8 +368,9 @@ func describe(s protocol.StatusEntry) string {
 	return out
 }
 
-// printResult prints what a finished job returned.
-func printResult(w io.Writer, j *protocol.Job) {
+// printResult prints what a finished job returned. up, when known, names
+// where the outputs went; saved lists the artifacts written locally.
+func printResult(w io.Writer, j *protocol.Job, up *protocol.OutputUpload, saved []string) {
 	last := lastEntry(j)
 	took := last.CreatedAt.Sub(j.CreatedAt)
 	fmt.Fprintf(w, "job %s %s in %.2fs\n", j.UUID, j.Status, took.Seconds())
@@ -337,27 +393,40 @@ func printResult(w io.Writer, j *protocol.Job) {
 		}
 		fmt.Fprintln(w)
 	}
-	stdout, stderr := "", ""
-	if r := m.MinerResponse; r != nil {
-		stdout, stderr = r.DockerProcessStdout, r.DockerProcessStderr
-	} else if d := m.JobFailureDetails; d != nil {
-		stdout, stderr = d.DockerProcessStdout, d.DockerProcessStderr
+	res, err := client.ResultOf(j)
+	if err != nil {
+		fmt.Fprintf(w, "  (result unreadable: %v)\n", err)
 	}
-	if stdout != "" {
-		fmt.Fprintf(w, "── stdout ──\n%s", withNewline(stdout))
+	if res.Stdout != "" {
+		fmt.Fprintf(w, "── stdout ──\n%s", withNewline(res.Stdout))
 	}
-	if stderr != "" {
-		fmt.Fprintf(w, "── stderr ──\n%s", withNewline(stderr))
+	if res.Stderr != "" {
+		fmt.Fprintf(w, "── stderr ──\n%s", withNewline(res.Stderr))
 	}
-	if r := m.MinerResponse; r != nil && len(r.UploadResults) > 0 {
-		keys := make([]string, 0, len(r.UploadResults))
-		for k := range r.UploadResults {
+	if len(res.UploadResults) > 0 {
+		targets := uploadTargets(up)
+		keys := make([]string, 0, len(res.UploadResults))
+		for k := range res.UploadResults {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
 		fmt.Fprintln(w, "uploads:")
 		for _, k := range keys {
-			fmt.Fprintf(w, "  %s → HTTP %s\n", k, r.UploadResults[k])
+			if url, ok := targets[k]; ok {
+				fmt.Fprintf(w, "  %s → %s (HTTP %s)\n", k, url, res.UploadResults[k])
+			} else {
+				fmt.Fprintf(w, "  %s → HTTP %s\n", k, res.UploadResults[k])
+			}
+		}
+	}
+	if paths := res.ArtifactPaths(); len(paths) > 0 {
+		fmt.Fprintln(w, "artifacts:")
+		for i, p := range paths {
+			line := fmt.Sprintf("  %s (%d bytes)", p, len(res.Artifacts[p]))
+			if i < len(saved) {
+				line += " → " + saved[i]
+			}
+			fmt.Fprintln(w, line)
 		}
 	}
 	if len(m.Receipts) > 0 {
@@ -377,6 +446,43 @@ func printResult(w io.Writer, j *protocol.Job) {
 	}
 }
 
+// uploadTargets maps the keys of a job's upload results to where each
+// upload went: the URL without credentials, query or fragment, so that no
+// presigned secret is printed.
+func uploadTargets(up *protocol.OutputUpload) map[string]string {
+	out := map[string]string{}
+	var walk func(u *protocol.OutputUpload, prefix string)
+	walk = func(u *protocol.OutputUpload, prefix string) {
+		switch u.OutputUploadType {
+		case protocol.UploadZipPut, protocol.UploadZipPost:
+			out[prefix+"outputs.zip"] = redactURL(u.URL)
+		case protocol.UploadSinglePut, protocol.UploadSinglePost:
+			out[prefix+u.RelativePath] = redactURL(u.URL)
+		case protocol.UploadMulti:
+			for i := range u.Uploads {
+				walk(&u.Uploads[i], prefix)
+			}
+			if u.SystemOutput != nil {
+				walk(u.SystemOutput, prefix+"system/")
+			}
+		}
+	}
+	if up != nil {
+		walk(up, "")
+	}
+	return out
+}
+
+// redactURL returns s without user info, query and fragment.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(a URL that does not parse)"
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	return u.String()
+}
+
 func withNewline(s string) string {
 	if strings.HasSuffix(s, "\n") {
 		return s
@@ -389,17 +495,18 @@ func (e *env) jobStatus(args []string) error {
 	var c clientFlags
 	c.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := e.parse(fs, args); err != nil {
+	pos, err := e.parse(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		return usageErr("horde job status JOB_ID")
 	}
 	cl, err := c.client()
 	if err != nil {
 		return err
 	}
-	j, err := cl.Job(e.ctx, fs.Arg(0))
+	j, err := cl.Job(e.ctx, pos[0])
 	if err != nil {
 		return err
 	}
@@ -410,7 +517,7 @@ func (e *env) jobStatus(args []string) error {
 		fmt.Fprintf(e.stdout, "%s  %s\n", s.CreatedAt.Local().Format("15:04:05.000"), describe(s))
 	}
 	if j.Status.Terminal() {
-		printResult(e.stdout, j)
+		printResult(e.stdout, j, nil, nil)
 	}
 	return nil
 }
@@ -422,7 +529,7 @@ func (e *env) jobList(args []string) error {
 	limit := fs.Int("limit", 20, "how many")
 	offset := fs.Int("offset", 0, "skip this many (newest first)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := e.parse(fs, args); err != nil {
+	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	cl, err := c.client()
@@ -448,22 +555,23 @@ func (e *env) jobCancel(args []string) error {
 	fs := e.flags("job cancel")
 	var c clientFlags
 	c.register(fs)
-	if err := e.parse(fs, args); err != nil {
+	pos, err := e.parse(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		return usageErr("horde job cancel JOB_ID")
 	}
 	cl, err := c.client()
 	if err != nil {
 		return err
 	}
-	if _, err := cl.Cancel(e.ctx, fs.Arg(0)); err != nil {
+	if _, err := cl.Cancel(e.ctx, pos[0]); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
-	j, err := cl.Watch(ctx, fs.Arg(0), func(protocol.StatusEntry) {})
+	j, err := cl.Watch(ctx, pos[0], func(protocol.StatusEntry) {})
 	if errors.Is(err, context.DeadlineExceeded) {
 		fmt.Fprintln(e.stdout, "cancel requested; the job has not ended yet")
 		return nil

@@ -12,7 +12,7 @@ func (e *env) keysNew(args []string) error {
 	fs := e.flags("keys new")
 	var w walletFlags
 	w.register(fs, "default")
-	if err := e.parse(fs, args); err != nil {
+	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	if _, err := os.Stat(w.file()); err == nil {
@@ -35,7 +35,7 @@ func (e *env) keysShow(args []string) error {
 	var w walletFlags
 	w.register(fs, "default")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := e.parse(fs, args); err != nil {
+	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	k, err := w.load()

@@ -28,7 +28,7 @@ func (e *env) facilitator(args []string) error {
 	validators := fs.String("validators", "", "comma-separated validator hotkeys allowed to connect")
 	metagraph := fs.String("metagraph", "", "metagraph file: validators with a permit may connect")
 	level := fs.String("log-level", "info", "log level")
-	if err := e.parse(fs, args); err != nil {
+	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *validators == "" && *metagraph == "" {
@@ -59,7 +59,11 @@ func (e *env) facilitator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	return facilitator.Run(e.ctx, facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log})
+	f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log})
+	if err != nil {
+		return err
+	}
+	return f.Run(e.ctx)
 }
 
 func (e *env) validator(args []string) error {
@@ -86,7 +90,7 @@ func (e *env) validator(args []string) error {
 	sample := fs.Float64("validation-sample", 0.1, "fraction of gathered pairs replayed on the trusted miner")
 	threshold := fs.Int("validation-threshold", 100, "pairs of an image that open a validation window")
 	level := fs.String("log-level", "info", "log level")
-	if err := e.parse(fs, args); err != nil {
+	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	wl, err := parsePairs("--streaming-whitelist", *whitelist)
@@ -180,7 +184,7 @@ func (e *env) miner(args []string) error {
 	var x executorFlags
 	x.register(fs, "miner-jobs")
 	level := fs.String("log-level", "info", "log level")
-	if err := e.parse(fs, args); err != nil {
+	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	man, err := parseManifest(*manifest)
@@ -214,9 +218,9 @@ func (e *env) miner(args []string) error {
 	defer st.Close()
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
 		TrustedValidator: *pinned, Store: st, Log: log,
-		Backend: &miner.Local{Docker: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
+		Backend: &miner.Local{Runtime: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
 			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew},
-		Reaper: &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
+		Reaper: &miner.Reaper{Runtime: dock, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
@@ -231,7 +235,7 @@ func (e *env) executor(args []string) error {
 	var x executorFlags
 	x.register(fs, "executor-jobs")
 	level := fs.String("log-level", "info", "log level")
-	if err := e.parse(fs, args); err != nil {
+	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *minerURL == "" {
@@ -249,7 +253,7 @@ func (e *env) executor(args []string) error {
 	if err != nil {
 		return err
 	}
-	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Docker: dock, Class: spec,
+	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Runtime: dock, Class: spec,
 		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: x.hf, Log: log,
 		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew})
 }

@@ -17,7 +17,7 @@ func (e *env) validatorScores(args []string) error {
 	db := fs.String("db", "validator.db", "the validator's SQLite database file")
 	rounds := fs.Int("rounds", 3, "how many of the last rounds")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := e.parse(fs, args); err != nil {
+	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	st, err := sqlite.Open(e.ctx, *db)

@@ -123,10 +123,11 @@ func (e *env) streamStart(args []string) error {
 	fs.Var(&volumes, "volume", volumeHelp)
 	fs.Var(&uploads, "output-upload", uploadHelp)
 	fs.Var(&envs, "env", "environment variable KEY=VALUE, repeatable")
-	if err := e.parse(fs, args); err != nil {
+	cmd, err := e.parse(fs, args)
+	if err != nil {
 		return err
 	}
-	spec, err := buildSpec(*image, *class, volumes, uploads, envs, *timeout, 5*time.Minute, 5*time.Minute, fs.Args())
+	spec, err := buildSpec(*image, *class, volumes, uploads, envs, *timeout, 5*time.Minute, 5*time.Minute, cmd)
 	if err != nil {
 		return err
 	}
@@ -150,9 +151,9 @@ func (e *env) streamStart(args []string) error {
 	}
 	cert, _ := sr.ParseCert([]byte(st.JobCert))
 	fp := sha256.Sum256(cert.Raw)
-	fmt.Fprintf(e.stdout, "job %s serving at %s\n  certificate sha256 %s\n  vouched for by miner %s (signature verified)\n",
-		st.JobUUID, st.URL, hex.EncodeToString(fp[:]), st.MinerHotkey)
-	fmt.Fprintf(e.stdout, "call it with: horde stream call %s /v1/completions --data '{\"prompt\": \"hello\", \"max_tokens\": 16}'\n", st.JobUUID)
+	fmt.Fprintf(e.stdout, "job %s serving at %s\n  certificate sha256 %s\n  vouched for by miner %s (signature verified)\n  client key and job certificate kept in %s\n",
+		st.JobUUID, st.URL, hex.EncodeToString(fp[:]), st.MinerHotkey, streamState{*state}.path(st.JobUUID, ".json"))
+	fmt.Fprintf(e.stdout, "call it with: %s stream call %s /v1/completions --data '{\"prompt\": \"hello\", \"max_tokens\": 16}'\n", progName(), st.JobUUID)
 	return nil
 }
 
@@ -164,11 +165,7 @@ func (e *env) streamCall(args []string) error {
 	report := fs.Bool("report", false, "hand the exchange and its receipt to the facilitator for validators to check")
 	var c clientFlags
 	c.register(fs)
-	fs.Usage = func() {
-		fmt.Fprintln(e.stderr, "Usage: horde stream call JOB_ID PATH [--data BODY|@FILE]")
-		fs.PrintDefaults()
-	}
-	pos, err := e.parseInterleaved(fs, args)
+	pos, err := e.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -234,6 +231,9 @@ func (e *env) streamCall(args []string) error {
 		}
 	}
 	if err != nil {
+		if res == nil {
+			err = e.whyUnreachable(c, st, err)
+		}
 		return &ExitError{Code: 1, Err: err}
 	}
 	if reportErr != nil {
@@ -246,6 +246,24 @@ func (e *env) streamCall(args []string) error {
 	fmt.Fprintf(e.stderr, "\nreceipt: request %s, HTTP %d\n  from %s to %s\n  input sha256  %s\n  output sha256 %s\n  signature OK (job key vouched for by miner %s)\n",
 		r.RequestID, res.Status, r.TimestampFrom.Format(sr.TimeFormat), r.TimestampTo.Format(sr.TimeFormat), r.InputSHA256, r.OutputSHA256, st.MinerHotkey)
 	return nil
+}
+
+// whyUnreachable explains a call that reached no job: when the facilitator
+// says the job has ended, that is the reason, with the job's final status.
+func (e *env) whyUnreachable(c clientFlags, st *client.Stream, callErr error) error {
+	cl, err := c.client()
+	if err != nil {
+		return callErr
+	}
+	j, err := cl.Job(e.ctx, st.JobUUID)
+	if err != nil || !j.Status.Terminal() {
+		return callErr
+	}
+	why := string(j.Status)
+	if r := reason(lastEntry(j)); r != why {
+		why += ": " + r
+	}
+	return fmt.Errorf("job %s has ended (%s): nothing serves at %s any more", st.JobUUID, why, st.URL)
 }
 
 // flushWriter flushes after every write, so a streamed reply shows as it comes.
@@ -263,24 +281,25 @@ func (e *env) streamStop(args []string) error {
 	fs := e.flags("stream stop")
 	var c clientFlags
 	c.register(fs)
-	if err := e.parse(fs, args); err != nil {
+	pos, err := e.parse(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		return usageErr("horde stream stop JOB_ID")
 	}
 	cl, err := c.client()
 	if err != nil {
 		return err
 	}
-	if _, err := cl.Stop(e.ctx, fs.Arg(0)); err != nil {
+	if _, err := cl.Stop(e.ctx, pos[0]); err != nil {
 		return err
 	}
-	j, err := cl.Watch(e.ctx, fs.Arg(0), func(s protocol.StatusEntry) {})
+	j, err := cl.Watch(e.ctx, pos[0], func(s protocol.StatusEntry) {})
 	if err != nil {
 		return err
 	}
-	printResult(e.stdout, j)
+	printResult(e.stdout, j, nil, nil)
 	return jobErr(j)
 }
 
@@ -288,13 +307,14 @@ func (e *env) streamReceipts(args []string) error {
 	fs := e.flags("stream receipts")
 	state := stateFlag(fs)
 	asJSON := fs.Bool("json", false, "print the receipts as JSON lines")
-	if err := e.parse(fs, args); err != nil {
+	pos, err := e.parse(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		return usageErr("horde stream receipts JOB_ID")
 	}
-	b, err := os.ReadFile(streamState{*state}.path(fs.Arg(0), ".receipts.jsonl"))
+	b, err := os.ReadFile(streamState{*state}.path(pos[0], ".receipts.jsonl"))
 	if errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintln(e.stdout, "no receipts kept for this job")
 		return nil
@@ -330,7 +350,7 @@ func (e *env) streamVolume(args []string) error {
 	c.register(fs)
 	volume := fs.String("volume", "", "one more input volume for the job ("+strings.ReplaceAll(volumeHelp, "\n", " ")+")")
 	upload := fs.String("output-upload", "", "upload the job's outputs so far ("+strings.ReplaceAll(uploadHelp, "\n", " ")+")")
-	pos, err := e.parseInterleaved(fs, args)
+	pos, err := e.parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -366,22 +386,6 @@ func (e *env) streamVolume(args []string) error {
 	return nil
 }
 
-// parseInterleaved parses flags that may stand before, between or after the
-// positional arguments, which it returns.
-func (e *env) parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := e.parse(fs, args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
 // streamReport hands the kept, verified exchanges of a job not yet reported
 // to the facilitator, for validators to check.
 func (e *env) streamReport(args []string) error {
@@ -389,7 +393,7 @@ func (e *env) streamReport(args []string) error {
 	var c clientFlags
 	c.register(fs)
 	state := stateFlag(fs)
-	pos, err := e.parseInterleaved(fs, args)
+	pos, err := e.parse(fs, args)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,7 @@ func (e *env) validatorValidations(args []string) error {
 	limit := fs.Int("windows", 10, "how many of the last windows")
 	evidence := fs.Bool("evidence", false, "print the evidence of proven cheats (JSON lines) instead")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := e.parse(fs, args); err != nil {
+	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	st, err := sqlite.Open(e.ctx, *db)

@@ -1,5 +1,6 @@
 // Package devstack runs a whole horde on loopback in one process — a
-// facilitator, a validator and miners with local Docker executors — with
+// facilitator, a validator and miners with local executors on Docker (or on
+// an in-process fake runtime, for tests) — with
 // SQLite stores and Bittensor wallets under one data directory. It backs
 // `horde dev` and the integration tests.
 package devstack
@@ -18,6 +19,7 @@ import (
 
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
@@ -58,7 +60,11 @@ type Config struct {
 	// Cheaters lists miners (by index) that claim more than they have: all
 	// their executors share one CPU.
 	Cheaters map[int]bool
-	Log      *slog.Logger
+	// Runtime runs every executor's containers. Nil: the local Docker Engine
+	// (what `horde dev` uses); tests may pass an in-process fake (package
+	// fakert, with images.RegisterFake) and need no Docker at all.
+	Runtime executor.Runtime
+	Log     *slog.Logger
 }
 
 // Stack is a running dev horde.
@@ -127,15 +133,20 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	if cfg.Refresh == 0 {
 		cfg.Refresh = 5 * time.Second
 	}
-	dock, err := docker.New("")
-	if err != nil {
-		return nil, err
-	}
-	if err := dock.Ping(ctx); err != nil {
-		return nil, fmt.Errorf("devstack: the Docker Engine does not answer (is it running?): %w", err)
+	rt := cfg.Runtime
+	if rt == nil {
+		dock, err := docker.New("")
+		if err != nil {
+			return nil, err
+		}
+		if err := dock.Ping(ctx); err != nil {
+			return nil, fmt.Errorf("devstack: the Docker Engine does not answer (is it running?): %w", err)
+		}
+		rt = dock
 	}
 	wallets := filepath.Join(cfg.DataDir, "wallets")
 	s := &Stack{DataDir: cfg.DataDir, errs: make(chan error, 8), started: make(chan struct{})}
+	var err error
 	if cfg.Synthetic.Image == "" {
 		cfg.Synthetic.Image = images.JobImage
 	}
@@ -209,10 +220,14 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	validatorKey := s.Validator.SS58()
-	run("facilitator", func() error {
-		return facilitator.Run(ctx, facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log,
-			AllowValidator: func(hk string) bool { return hk == validatorKey }})
-	})
+	fac, err := facilitator.New(facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log,
+		AllowValidator: func(hk string) bool { return hk == validatorKey }})
+	if err != nil {
+		fln.Close()
+		s.fail()
+		return nil, err
+	}
+	run("facilitator", func() error { return fac.Run(ctx) })
 	for i, k := range s.Miners {
 		mdb, err := open(fmt.Sprintf("miner%d", i))
 		if err != nil {
@@ -239,8 +254,8 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		run(fmt.Sprintf("miner %d", i), func() error {
 			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
 				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite},
-				Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
+				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite},
+				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
 		})
 	}
 	if cfg.TrustedMiner {
@@ -266,8 +281,8 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		run("trusted miner", func() error {
 			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
 				TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog},
-				Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
+				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog},
+				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
 		})
 	}
 	run("validator", func() error {

@@ -1,7 +1,17 @@
-// Package facilitator runs the front door: clients submit, watch, list and
+// Package facilitator is the front door: clients submit, watch, list and
 // cancel jobs over HTTP (signed with their hotkeys); validators dial in over
 // WebSocket, receive jobs and report status. Every job's status history is
 // kept, and a job accepted is stored before it is acknowledged.
+//
+// A Facilitator is a value like http.Server: New checks its Config, Handler
+// serves the client API and the validator link, and Run drives what goes on
+// in the background (dispatching jobs, forwarding reported pairs) and, when
+// the Config names a listener, serves on it.
+//
+// Inside, transport is kept apart from logic: api.go and auth.go turn HTTP
+// requests into calls of the logic in jobs.go; link.go turns a validator's
+// WebSocket frames into calls of the same logic; dispatch.go decides which
+// validator gets which job; errors.go alone maps errors to HTTP statuses.
 package facilitator
 
 import (
@@ -9,10 +19,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/horde-compute/horde/internal/httpserve"
@@ -30,328 +40,188 @@ type Store interface {
 
 // Config configures a facilitator.
 type Config struct {
+	// Listener, or else Listen (an address), is where Run serves Handler.
+	// With neither, Run serves nothing: the caller serves Handler itself.
 	Listener net.Listener
 	Listen   string
 	Store    Store
 	// AllowValidator decides which validator hotkeys may connect.
 	AllowValidator func(hotkey string) bool
-	// MaxSkew bounds the age of a client's request signature.
+	// MaxSkew bounds the age of a client's request signature (default 5m).
 	MaxSkew time.Duration
 	// Redispatch is how long a job given to a validator may go unacknowledged
-	// before it is given again (default 30s).
+	// before it is given again, to the same validator (default 30s).
 	Redispatch time.Duration
-	Log        *slog.Logger
-	Ready      func(addr string)
+	// DispatchEvery is how often waiting jobs and pairs are looked at besides
+	// the moments something happens (a job arrives, a validator connects)
+	// (default 5s).
+	DispatchEvery time.Duration
+	// VolumeTimeout bounds the wait for a streaming job to acknowledge a
+	// client's volume message (default 15m).
+	VolumeTimeout time.Duration
+	// MaxBody bounds a client's request body (default MaxBody).
+	MaxBody int64
+	Log     *slog.Logger
 }
 
-// Validate checks the config.
+// Validate checks the config and names the first bad field.
 func (c *Config) Validate() error {
 	switch {
 	case c.Store == nil:
 		return errors.New("facilitator config: Store is required")
 	case c.AllowValidator == nil:
 		return errors.New("facilitator config: AllowValidator is required")
+	case c.MaxSkew < 0:
+		return fmt.Errorf("facilitator config: MaxSkew %s is negative", c.MaxSkew)
+	case c.Redispatch < 0:
+		return fmt.Errorf("facilitator config: Redispatch %s is negative", c.Redispatch)
+	case c.DispatchEvery < 0:
+		return fmt.Errorf("facilitator config: DispatchEvery %s is negative", c.DispatchEvery)
+	case c.VolumeTimeout < 0:
+		return fmt.Errorf("facilitator config: VolumeTimeout %s is negative", c.VolumeTimeout)
+	case c.MaxBody < 0:
+		return fmt.Errorf("facilitator config: MaxBody %d is negative", c.MaxBody)
 	}
 	return nil
 }
 
-// Facilitator is a running facilitator.
+func (c *Config) setDefaults() {
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.MaxSkew == 0 {
+		c.MaxSkew = 5 * time.Minute
+	}
+	if c.Redispatch == 0 {
+		c.Redispatch = 30 * time.Second
+	}
+	if c.DispatchEvery == 0 {
+		c.DispatchEvery = 5 * time.Second
+	}
+	if c.VolumeTimeout == 0 {
+		c.VolumeTimeout = 15 * time.Minute
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = MaxBody
+	}
+}
+
+// Facilitator is the front door of a horde. Make one with New.
 type Facilitator struct {
 	cfg   Config
 	log   *slog.Logger
 	guard *wsconn.ReplayGuard
 
+	// base ends the requests being served (validator sessions, event
+	// streams) when Run returns.
+	base     context.Context
+	stopBase context.CancelFunc
+	running  atomic.Bool
+
 	mu         sync.Mutex
-	validators map[string]*validatorConn
-	watchers   map[string]map[chan protocol.StatusEntry]struct{}
+	closed     bool           // Run has returned: no new requests
+	active     sync.WaitGroup // requests being served
+	validators map[string]*session
+	watchers   map[string]map[chan struct{}]struct{}
 	pending    map[string]chan *protocol.V0JobVolumeResult // volume messages awaiting their ack
 	dispatch   chan struct{}
 }
 
-type validatorConn struct {
-	hotkey string
-	conn   *wsconn.Conn
-}
-
-// Run serves until ctx ends.
-func Run(ctx context.Context, cfg Config) error {
+// New checks cfg, fills in its defaults and returns a facilitator that is
+// not yet running: it starts no goroutine.
+func New(cfg Config) (*Facilitator, error) {
 	if err := cfg.Validate(); err != nil {
-		return err
+		return nil, err
 	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
-	if cfg.MaxSkew == 0 {
-		cfg.MaxSkew = 5 * time.Minute
-	}
-	if cfg.Redispatch == 0 {
-		cfg.Redispatch = 30 * time.Second
-	}
-	ln, err := httpserve.Listen(cfg.Listener, cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("facilitator: %w", err)
-	}
-	f := &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
-		validators: map[string]*validatorConn{}, watchers: map[string]map[chan protocol.StatusEntry]struct{}{},
-		pending:  map[string]chan *protocol.V0JobVolumeResult{},
-		dispatch: make(chan struct{}, 1)}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	dctx, stop := context.WithCancel(ctx)
-	defer stop()
-	wg.Go(func() { f.dispatchLoop(dctx) })
-	f.log.Info("facilitator listening", "addr", ln.Addr().String())
-	if cfg.Ready != nil {
-		cfg.Ready(ln.Addr().String())
-	}
-	return httpserve.Serve(ctx, ln, f.routes())
+	cfg.setDefaults()
+	base, stop := context.WithCancel(context.Background())
+	return &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
+		base: base, stopBase: stop,
+		validators: map[string]*session{}, watchers: map[string]map[chan struct{}]struct{}{},
+		pending: map[string]chan *protocol.V0JobVolumeResult{}, dispatch: make(chan struct{}, 1)}, nil
 }
 
-func (f *Facilitator) routes() http.Handler {
+// Handler returns the client API and the validator link. Requests it serves
+// end when Run returns; after that it answers 503.
+func (f *Facilitator) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET "+protocol.FacilitatorPath, f.serveValidator)
-	mux.HandleFunc("POST "+protocol.RouteCreateJob, f.authed(f.createJob))
-	mux.HandleFunc("GET "+protocol.RouteJobs, f.authed(f.listJobs))
-	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/", f.authed(f.getJob))
-	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/cancel/", f.authed(f.cancelJob))
-	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/stop/", f.authed(f.stopJob))
-	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/volumes/", f.authed(f.volumeMessage))
-	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/pairs/", f.authed(f.reportPair))
-	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(f.jobEvents))
-	mux.HandleFunc("GET "+protocol.RouteScores, f.authed(f.scores))
-	return mux
+	mux.HandleFunc("POST "+protocol.RouteCreateJob, f.authed(f.handleCreate))
+	mux.HandleFunc("GET "+protocol.RouteJobs, f.authed(f.handleList))
+	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/", f.authed(f.handleGet))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/cancel/", f.authed(f.handleCancel))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/stop/", f.authed(f.handleStop))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/volumes/", f.authed(f.handleVolume))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/pairs/", f.authed(f.handlePair))
+	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(f.handleEvents))
+	mux.HandleFunc("GET "+protocol.RouteScores, f.authed(f.handleScores))
+	return f.track(mux)
 }
 
-// serveValidator handles a validator's session.
-func (f *Facilitator) serveValidator(w http.ResponseWriter, r *http.Request) {
-	conn, first, err := wsconn.AcceptAuth(w, r, f.log)
-	if err != nil {
-		return
-	}
-	ctx := r.Context()
-	auth, ok := first.(*protocol.V0AuthenticationRequest)
-	var hotkey string
-	if !ok {
-		err = fmt.Errorf("first message must be V0AuthenticationRequest, got %s", first.MessageType())
-	} else {
-		hotkey, err = wsconn.CheckFacilitatorAuth(auth, f.cfg.AllowValidator, f.guard, time.Now())
-	}
-	if err != nil {
-		f.log.Warn("validator refused", "err", err)
-		conn.Send(ctx, &protocol.Response{Status: "error", Errors: []protocol.ResponseError{{Msg: err.Error(), Type: "authentication"}}})
-		conn.CloseWith("unauthorized")
-		return
-	}
-	if err := conn.Send(ctx, &protocol.Response{Status: "success"}); err != nil {
-		return
-	}
-	vc := &validatorConn{hotkey: hotkey, conn: conn}
-	f.mu.Lock()
-	f.validators[hotkey] = vc
-	f.mu.Unlock()
-	f.log.Info("validator connected", "validator", hotkey)
-	f.kick()
-	defer func() {
+// track counts the requests being served, so Run can wait for them, and
+// ends them when Run returns.
+func (f *Facilitator) track(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
-		if f.validators[hotkey] == vc {
-			delete(f.validators, hotkey)
-		}
-		f.mu.Unlock()
-		f.log.Info("validator disconnected", "validator", hotkey)
-	}()
-	for {
-		m, err := conn.Recv(ctx)
-		if err != nil {
+		if f.closed {
+			f.mu.Unlock()
+			writeError(w, fmt.Errorf("%w: the facilitator is shutting down", ErrUnavailable))
 			return
 		}
-		switch m := m.(type) {
-		case *protocol.V0JobStatusUpdate:
-			err := f.statusUpdate(ctx, hotkey, m)
-			resp := &protocol.Response{Status: "success"}
-			if err != nil {
-				f.log.Warn("status update refused", "job", m.UUID, "err", err)
-				resp = &protocol.Response{Status: "error", Errors: []protocol.ResponseError{{Msg: err.Error(), Type: "status_update"}}}
-			}
-			conn.Send(ctx, resp)
-		case *protocol.V0JobVolumeResult:
-			f.mu.Lock()
-			ch := f.pending[m.MessageID]
-			f.mu.Unlock()
-			if ch != nil {
-				select {
-				case ch <- m:
-				default:
-				}
-			}
-			conn.Send(ctx, &protocol.Response{Status: "success"})
-		case *protocol.V0ValidatorReport:
-			resp := &protocol.Response{Status: "success"}
-			if b, err := protocol.Encode(m); err != nil || f.cfg.Store.PutReport(ctx, hotkey, b) != nil {
-				resp = &protocol.Response{Status: "error", Errors: []protocol.ResponseError{{Msg: "report not stored", Type: "report"}}}
-			}
-			conn.Send(ctx, resp)
-		case *protocol.V0Heartbeat, *protocol.V0MachineSpecsUpdate:
-			conn.Send(ctx, &protocol.Response{Status: "success"})
-		default:
-			conn.Send(ctx, &protocol.GenericError{Details: "unexpected message " + m.MessageType()})
-		}
-	}
+		f.active.Add(1)
+		f.mu.Unlock()
+		defer f.active.Done()
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		stop := context.AfterFunc(f.base, cancel)
+		defer stop()
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
 }
 
-// statusUpdate records a validator's report on a job it was given.
-func (f *Facilitator) statusUpdate(ctx context.Context, validator string, m *protocol.V0JobStatusUpdate) error {
-	j, err := f.cfg.Store.Job(ctx, m.UUID)
+// Run dispatches jobs to validators and forwards reported pairs until ctx
+// ends, serving Handler on the configured listener when there is one. It
+// returns after every goroutine it started has ended and every request it
+// was serving has returned. Run may be called once.
+func (f *Facilitator) Run(ctx context.Context) error {
+	if !f.running.CompareAndSwap(false, true) {
+		return errors.New("facilitator: Run called twice")
+	}
+	defer f.shutdown()
+	var ln net.Listener
+	if f.cfg.Listener != nil || f.cfg.Listen != "" {
+		var err error
+		if ln, err = httpserve.Listen(f.cfg.Listener, f.cfg.Listen); err != nil {
+			return fmt.Errorf("facilitator: %w", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Hijacked connections (validator sessions) outlive a server's
+	// shutdown: end them as soon as ctx ends.
+	defer context.AfterFunc(ctx, f.stopBase)()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { f.dispatchLoop(ctx) })
+	if ln == nil {
+		<-ctx.Done()
+		return nil
+	}
+	f.log.Info("facilitator listening", "addr", ln.Addr().String())
+	err := httpserve.Serve(ctx, ln, f.Handler())
+	cancel() // the server failed, or ctx ended: either way the loops stop
 	if err != nil {
-		return err
+		return fmt.Errorf("facilitator: %w", err)
 	}
-	if j.ValidatorHotkey != validator {
-		return fmt.Errorf("job %s was not given to validator %s", m.UUID, validator)
-	}
-	if j.Status.Terminal() {
-		return nil // already ended (e.g. cancelled here); later news changes nothing
-	}
-	e := protocol.StatusEntry{Status: m.Status, CreatedAt: time.Now().UTC(), Metadata: m.Metadata}
-	if err := f.cfg.Store.AddStatus(ctx, m.UUID, e); err != nil {
-		return err
-	}
-	if m.Metadata != nil && m.Metadata.MinerHotkey != "" && j.MinerHotkey == "" {
-		f.cfg.Store.SetAssignment(ctx, m.UUID, validator, m.Metadata.MinerHotkey)
-	}
-	f.publish(m.UUID, e)
 	return nil
 }
 
-// kick wakes the dispatcher.
-func (f *Facilitator) kick() {
-	select {
-	case f.dispatch <- struct{}{}:
-	default:
-	}
-}
-
-// dispatchLoop hands jobs not yet given to a validator to a connected one:
-// jobs accepted while no validator was connected wait here, durably. A job a
-// validator has not acknowledged in time is given again.
-func (f *Facilitator) dispatchLoop(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-f.dispatch:
-		case <-t.C:
-		}
-		jobs, err := f.cfg.Store.Unfinished(ctx)
-		if err != nil {
-			f.log.Error("dispatch: list jobs", "err", err)
-			continue
-		}
-		for _, j := range jobs {
-			if j.Status != protocol.StatusSent {
-				continue
-			}
-			if j.ValidatorHotkey == "" || time.Since(j.UpdatedAt) > f.cfg.Redispatch {
-				f.send(ctx, j)
-			}
-		}
-		f.forwardPairs(ctx)
-	}
-}
-
-func (f *Facilitator) pickValidator(target string) *validatorConn {
+// shutdown ends the requests being served and waits for them.
+func (f *Facilitator) shutdown() {
+	f.stopBase()
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if target != "" {
-		return f.validators[target]
-	}
-	all := make([]*validatorConn, 0, len(f.validators))
-	for _, v := range f.validators {
-		all = append(all, v)
-	}
-	if len(all) == 0 {
-		return nil
-	}
-	return all[rand.IntN(len(all))]
-}
-
-func (f *Facilitator) send(ctx context.Context, j store.JobRecord) {
-	target := j.Spec.TargetValidatorHotkey
-	if j.ValidatorHotkey != "" {
-		// Given before and not acknowledged: only the same validator gets it
-		// again (it ignores a job it has), so the job never runs twice.
-		target = j.ValidatorHotkey
-	}
-	vc := f.pickValidator(target)
-	if vc == nil {
-		return
-	}
-	if err := f.cfg.Store.SetAssignment(ctx, j.UUID, vc.hotkey, ""); err != nil {
-		f.log.Error("dispatch: assign", "job", j.UUID, "err", err)
-		return
-	}
-	sg := j.Signature
-	if err := vc.conn.Send(ctx, &protocol.V2JobRequest{UUID: j.UUID, JobSpec: j.Spec, Signature: &sg}); err != nil {
-		f.log.Warn("dispatch: send failed; will retry", "job", j.UUID, "err", err)
-		f.cfg.Store.SetAssignment(ctx, j.UUID, "", "")
-		return
-	}
-	f.log.Info("job sent to validator", "job", j.UUID, "validator", vc.hotkey)
-}
-
-func (f *Facilitator) subscribe(uuid string) chan protocol.StatusEntry {
-	ch := make(chan protocol.StatusEntry, 32)
-	f.mu.Lock()
-	if f.watchers[uuid] == nil {
-		f.watchers[uuid] = map[chan protocol.StatusEntry]struct{}{}
-	}
-	f.watchers[uuid][ch] = struct{}{}
+	f.closed = true
 	f.mu.Unlock()
-	return ch
-}
-
-func (f *Facilitator) unsubscribe(uuid string, ch chan protocol.StatusEntry) {
-	f.mu.Lock()
-	delete(f.watchers[uuid], ch)
-	if len(f.watchers[uuid]) == 0 {
-		delete(f.watchers, uuid)
-	}
-	f.mu.Unlock()
-}
-
-func (f *Facilitator) publish(uuid string, e protocol.StatusEntry) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for ch := range f.watchers[uuid] {
-		select {
-		case ch <- e:
-		default: // a slow watcher re-reads the history when it catches up
-		}
-	}
-}
-
-// forwardPairs passes reported streaming pairs on to the validators of their
-// jobs; pairs wait here while a validator is away.
-func (f *Facilitator) forwardPairs(ctx context.Context) {
-	f.mu.Lock()
-	vcs := make([]*validatorConn, 0, len(f.validators))
-	for _, vc := range f.validators {
-		vcs = append(vcs, vc)
-	}
-	f.mu.Unlock()
-	for _, vc := range vcs {
-		pairs, ids, err := f.cfg.Store.UnforwardedPairs(ctx, vc.hotkey, 100)
-		if err != nil {
-			f.log.Error("forward pairs", "err", err)
-			return
-		}
-		for i, p := range pairs {
-			m := &protocol.V0StreamPairReport{UUID: p.JobUUID, Image: p.Image, MinerHotkey: p.MinerHotkey, Proof: p.Proof, Pair: p.Pair}
-			if err := vc.conn.Send(ctx, m); err != nil {
-				break
-			}
-			f.cfg.Store.MarkForwarded(ctx, ids[i])
-		}
-	}
+	f.active.Wait()
 }

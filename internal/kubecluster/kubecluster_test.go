@@ -22,7 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/executor/docker/dockertest"
 	"github.com/horde-compute/horde/internal/images"
 )
 
@@ -59,14 +59,19 @@ func stopShared() error {
 	return err
 }
 
-// gate skips only when HORDE_KUBE_TESTS=off; anything missing is a failure.
+// gate skips only when HORDE_KUBE_TESTS=off, or when the Docker Engine
+// tests are off (the cluster's images are built by Docker): anything missing
+// is a failure.
 func gate(tb testing.TB) {
 	tb.Helper()
-	if v := os.Getenv("HORDE_KUBE_TESTS"); v == "off" {
+	switch v := os.Getenv("HORDE_KUBE_TESTS"); v {
+	case "off":
 		tb.Skip("HORDE_KUBE_TESTS=off: the Kubernetes tests are skipped")
-	} else if v != "" {
-		tb.Fatalf("HORDE_KUBE_TESTS=%q: only \"off\" (skip the Kubernetes tests) is understood", v)
+	case "", "on":
+	default:
+		tb.Fatalf("HORDE_KUBE_TESTS=%q: want off (skip the Kubernetes tests), on or unset", v)
 	}
+	dockertest.Engine(tb)
 }
 
 func testLog(tb testing.TB) *slog.Logger {
@@ -116,10 +121,7 @@ func cluster(tb testing.TB) *Cluster {
 
 func importTestImages(tb testing.TB, c *Cluster) error {
 	ctx := context.Background()
-	cli, err := docker.New("")
-	if err != nil {
-		return err
-	}
+	cli := dockertest.Engine(tb)
 	for ref, pkg := range map[string]string{
 		images.JobImage: "github.com/horde-compute/horde/internal/images/jobimage",
 		probeImage:      "github.com/horde-compute/horde/internal/kubecluster/probe",

@@ -24,10 +24,13 @@ var (
 	ErrWrongPeer  = errors.New("auth message is addressed to someone else")
 )
 
-// ReplayGuard remembers signatures seen within MaxAuthAge so none is used twice.
+// ReplayGuard remembers the authentications seen while they are fresh, so
+// none is used twice. Keys are made from decoded bytes (signature bytes,
+// signed messages), never from the text a peer sent, so a re-encoded replay
+// ("0x" toggled, upper-case hex) is the same key as the original.
 type ReplayGuard struct {
 	mu   sync.Mutex
-	seen map[string]time.Time
+	seen map[string]time.Time // key → when it may be forgotten
 }
 
 // NewReplayGuard returns an empty guard.
@@ -35,18 +38,42 @@ func NewReplayGuard() *ReplayGuard { return &ReplayGuard{seen: map[string]time.T
 
 // Use records key; it fails if key was used within the window.
 func (g *ReplayGuard) Use(key string, now time.Time) error {
+	return g.useAll(now, now.Add(2*MaxAuthAge), key)
+}
+
+// useAll records every key, or none: it fails if any of them was seen.
+// Each is remembered until forget, which must be no earlier than the time
+// the authentication stops being fresh.
+func (g *ReplayGuard) useAll(now, forget time.Time, keys ...string) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for k, t := range g.seen {
-		if now.Sub(t) > 2*MaxAuthAge {
+		if now.After(t) {
 			delete(g.seen, k)
 		}
 	}
-	if _, ok := g.seen[key]; ok {
-		return ErrReplayed
+	for _, k := range keys {
+		if _, ok := g.seen[k]; ok {
+			return ErrReplayed
+		}
 	}
-	g.seen[key] = now
+	for _, k := range keys {
+		g.seen[k] = forget
+	}
 	return nil
+}
+
+// forgetAfter is when an auth stamped ts (unix seconds) can no longer pass
+// checkAge, whatever the clock said when it was first seen.
+func forgetAfter(ts int64, now time.Time) time.Time {
+	return later(time.Unix(ts, 0).Add(MaxAuthAge+time.Second), now.Add(2*MaxAuthAge))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func checkAge(ts int64, now time.Time) error {
@@ -76,13 +103,26 @@ func CheckValidatorAuth(m *protocol.ValidatorAuthForMiner, pathHotkey, minerHotk
 	if err := checkAge(m.Timestamp, now); err != nil {
 		return err
 	}
-	if err := sig.VerifyHex(m.ValidatorHotkey, m.AuthMessage(), m.Signature); err != nil {
+	pub, err := sig.ParseSS58(m.ValidatorHotkey)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	s, err := sig.ParseHex(m.Signature)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	if err := s.Verify(pub, m.AuthMessage()); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadAuth, err)
 	}
 	if !allowed(m.ValidatorHotkey) {
 		return fmt.Errorf("%w: validator %s has no permit here", ErrNotAllowed, m.ValidatorHotkey)
 	}
-	return g.Use(m.Signature, now)
+	// The key is the signature's bytes, which ParseHex has proven to be the
+	// only encoding of that signature, and sr25519 signatures cannot be
+	// re-made without the key. The signed message is not a key here: it has
+	// one-second resolution and no nonce, and an upstream validator opens a
+	// session per job, so two honest sessions may sign the same message.
+	return g.useAll(now, forgetAfter(m.Timestamp, now), "miner-auth-sig:"+s.Key())
 }
 
 // NewFacilitatorAuth builds a validator's signed auth message for the facilitator.
@@ -107,26 +147,20 @@ func CheckFacilitatorAuth(m *protocol.V0AuthenticationRequest, allowed func(stri
 		return "", err
 	}
 	var pk sig.PublicKey
-	raw, _ := hex.DecodeString(m.PublicKey)
-	copy(pk[:], raw)
-	s, err := hex.DecodeString(trim0x(m.Signature))
+	copy(pk[:], b) // AuthMessage starts with the 32 raw public-key bytes
+	s, err := sig.ParseHex(m.Signature)
 	if err != nil {
-		return "", fmt.Errorf("%w: signature is not hex", ErrBadAuth)
+		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
 	}
-	if err := sig.Verify(pk, b, s); err != nil {
+	if err := s.Verify(pk, b); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
 	}
 	if !allowed(pk.SS58()) {
 		return "", fmt.Errorf("%w: validator %s", ErrNotAllowed, pk.SS58())
 	}
-	return pk.SS58(), g.Use(m.Signature, now)
-}
-
-func trim0x(s string) string {
-	if len(s) >= 2 && s[:2] == "0x" {
-		return s[2:]
-	}
-	return s
+	// Keyed on the signature's bytes and on the signed message (public key,
+	// timestamp and nonce): neither a re-encoded nor a re-signed copy passes.
+	return pk.SS58(), g.useAll(now, forgetAfter(m.Timestamp, now), "facilitator-auth-sig:"+s.Key(), "facilitator-auth-msg:"+string(b))
 }
 
 // Token returns a random 128-bit hex token.

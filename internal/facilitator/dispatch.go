@@ -1,0 +1,145 @@
+package facilitator
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/protocol"
+)
+
+// This file: which validator gets which job, and the passing on of pairs.
+
+// kick wakes the dispatcher.
+func (f *Facilitator) kick() {
+	select {
+	case f.dispatch <- struct{}{}:
+	default:
+	}
+}
+
+// dispatchLoop hands jobs not yet given to a validator to a connected one:
+// jobs accepted while no validator was connected wait here, durably. A job a
+// validator has not acknowledged in time is given again, to the same
+// validator. Reported pairs are passed on to their validators.
+func (f *Facilitator) dispatchLoop(ctx context.Context) {
+	t := time.NewTicker(f.cfg.DispatchEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.dispatch:
+		case <-t.C:
+		}
+		f.dispatchPass(ctx, time.Now())
+		f.forwardPairs(ctx)
+	}
+}
+
+// dispatchPass gives every job that is due to a validator.
+func (f *Facilitator) dispatchPass(ctx context.Context, now time.Time) {
+	jobs, err := f.cfg.Store.Unfinished(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			f.log.Error("dispatch: list jobs", "err", err)
+		}
+		return
+	}
+	for _, j := range jobs {
+		if due(j, now, f.cfg.Redispatch) {
+			f.send(ctx, j)
+		}
+	}
+}
+
+// due reports whether a job should be given to a validator now: it was
+// never given, or the validator has not acknowledged it within redispatch.
+func due(j store.JobRecord, now time.Time, redispatch time.Duration) bool {
+	if j.Status != protocol.StatusSent {
+		return false
+	}
+	return j.ValidatorHotkey == "" || now.Sub(j.UpdatedAt) > redispatch
+}
+
+// target is the validator a job may go to: the one it was given before (it
+// ignores a job it has, so the job never runs twice), else the one the client
+// named, else "" for any.
+func target(j store.JobRecord) string {
+	if j.ValidatorHotkey != "" {
+		return j.ValidatorHotkey
+	}
+	return j.Spec.TargetValidatorHotkey
+}
+
+// pick returns the session of the validator hotkey, or of a random
+// connected validator when hotkey is "", or nil.
+func (f *Facilitator) pick(hotkey string) *session {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if hotkey != "" {
+		return f.validators[hotkey]
+	}
+	all := make([]*session, 0, len(f.validators))
+	for _, v := range f.validators {
+		all = append(all, v)
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	return all[rand.IntN(len(all))]
+}
+
+// send gives a job to its validator, recording the assignment first.
+func (f *Facilitator) send(ctx context.Context, j store.JobRecord) {
+	vs := f.pick(target(j))
+	if vs == nil {
+		return
+	}
+	if err := f.cfg.Store.SetAssignment(ctx, j.UUID, vs.hotkey, ""); err != nil {
+		f.log.Error("dispatch: assign", "job", j.UUID, "err", err)
+		return
+	}
+	sg := j.Signature
+	if err := vs.send(ctx, &protocol.V2JobRequest{UUID: j.UUID, JobSpec: j.Spec, Signature: &sg}); err != nil {
+		f.log.Warn("dispatch: send failed; will retry", "job", j.UUID, "err", err)
+		if j.ValidatorHotkey == "" { // never reached a validator: any may have it
+			f.cfg.Store.SetAssignment(ctx, j.UUID, "", "")
+		}
+		return
+	}
+	f.log.Info("job sent to validator", "job", j.UUID, "validator", vs.hotkey)
+}
+
+// forwardPairs passes reported streaming pairs on to the validators of their
+// jobs; pairs wait here while a validator is away.
+func (f *Facilitator) forwardPairs(ctx context.Context) {
+	f.mu.Lock()
+	all := make([]*session, 0, len(f.validators))
+	for _, vs := range f.validators {
+		all = append(all, vs)
+	}
+	f.mu.Unlock()
+	for _, vs := range all {
+		pairs, ids, err := f.cfg.Store.UnforwardedPairs(ctx, vs.hotkey, 100)
+		if err != nil {
+			if ctx.Err() == nil {
+				f.log.Error("forward pairs", "err", err)
+			}
+			return
+		}
+		for i, p := range pairs {
+			m := &protocol.V0StreamPairReport{UUID: p.JobUUID, Image: p.Image, MinerHotkey: p.MinerHotkey, Proof: p.Proof, Pair: p.Pair}
+			if err := vs.send(ctx, m); err != nil {
+				break
+			}
+			if err := f.cfg.Store.MarkForwarded(ctx, ids[i]); err != nil {
+				if ctx.Err() == nil {
+					f.log.Error("forward pairs: mark forwarded", "err", err)
+				}
+				break
+			}
+		}
+	}
+}

@@ -362,6 +362,11 @@ type JobSpec struct {
 	JobNamespace string `json:"job_namespace,omitempty"`
 	// TargetValidatorHotkey is the validator the client chose; not signed.
 	TargetValidatorHotkey string `json:"target_validator_hotkey,omitempty"`
+	// Nonce is not used: it is neither signed (SignedFields has no place for
+	// it; two submissions differ by their timestamps) nor sent.
+	//
+	// Deprecated: kept until internal/validator's tests stop setting it.
+	Nonce string `json:"horde_nonce,omitempty"`
 	// SignedFields is the SignedFields text the spec was decoded from (its
 	// typed fields were read from it), kept byte for byte because env and
 	// the maps of volumes and uploads keep the order they were signed in.

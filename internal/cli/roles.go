@@ -249,9 +249,9 @@ func (e *env) miner(args []string) error {
 	defer st.Close()
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
 		TrustedValidator: *pinned, Store: st, Log: log,
-		Backend: &miner.Local{Docker: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
+		Backend: &miner.Local{Runtime: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
 			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew},
-		Reaper: &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
+		Reaper: &miner.Reaper{Runtime: dock, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
@@ -284,7 +284,7 @@ func (e *env) executor(args []string) error {
 	if err != nil {
 		return err
 	}
-	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Docker: dock, Class: spec,
+	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Runtime: dock, Class: spec,
 		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: x.hf, Log: log,
 		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew})
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/horde-compute/horde/internal/executor"
-	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/synthetic"
@@ -23,7 +22,7 @@ import (
 // miner claiming two executors with the hardware of one). For dev stacks and
 // tests only, where every miner shares this machine; real classes are sized
 // by configuration.
-func Calibrate(ctx context.Context, cli *docker.Client, target time.Duration) (synthetic.Params, error) {
+func Calibrate(ctx context.Context, cli executor.Runtime, target time.Duration) (synthetic.Params, error) {
 	run := func(cpuset string, args ...string) (time.Duration, error) {
 		dir, err := os.MkdirTemp("", "horde-calibrate-")
 		if err != nil {

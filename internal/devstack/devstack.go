@@ -1,5 +1,6 @@
 // Package devstack runs a whole horde on loopback in one process — a
-// facilitator, a validator and miners with local Docker executors — with
+// facilitator, a validator and miners with local executors on Docker (or on
+// an in-process fake runtime, for tests) — with
 // SQLite stores and Bittensor wallets under one data directory. It backs
 // `horde dev` and the integration tests.
 package devstack
@@ -18,6 +19,7 @@ import (
 
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
@@ -58,7 +60,11 @@ type Config struct {
 	// Cheaters lists miners (by index) that claim more than they have: all
 	// their executors share one CPU.
 	Cheaters map[int]bool
-	Log      *slog.Logger
+	// Runtime runs every executor's containers. Nil: the local Docker Engine
+	// (what `horde dev` uses); tests may pass an in-process fake (package
+	// fakert, with images.RegisterFake) and need no Docker at all.
+	Runtime executor.Runtime
+	Log     *slog.Logger
 }
 
 // Stack is a running dev horde.
@@ -71,7 +77,6 @@ type Stack struct {
 	MinerAddrs     []string
 
 	validator *validator.Validator
-	started   chan struct{}
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -127,15 +132,20 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	if cfg.Refresh == 0 {
 		cfg.Refresh = 5 * time.Second
 	}
-	dock, err := docker.New("")
-	if err != nil {
-		return nil, err
-	}
-	if err := dock.Ping(ctx); err != nil {
-		return nil, fmt.Errorf("devstack: the Docker Engine does not answer (is it running?): %w", err)
+	rt := cfg.Runtime
+	if rt == nil {
+		dock, err := docker.New("")
+		if err != nil {
+			return nil, err
+		}
+		if err := dock.Ping(ctx); err != nil {
+			return nil, fmt.Errorf("devstack: the Docker Engine does not answer (is it running?): %w", err)
+		}
+		rt = dock
 	}
 	wallets := filepath.Join(cfg.DataDir, "wallets")
-	s := &Stack{DataDir: cfg.DataDir, errs: make(chan error, 8), started: make(chan struct{})}
+	s := &Stack{DataDir: cfg.DataDir, errs: make(chan error, 8)}
+	var err error
 	if cfg.Synthetic.Image == "" {
 		cfg.Synthetic.Image = images.JobImage
 	}
@@ -243,8 +253,8 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		run(fmt.Sprintf("miner %d", i), func() error {
 			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
 				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite},
-				Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
+				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite},
+				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
 		})
 	}
 	if cfg.TrustedMiner {
@@ -270,55 +280,39 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		run("trusted miner", func() error {
 			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
 				TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Docker: dock, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog},
-				Reaper:  &miner.Reaper{Docker: dock, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
+				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog},
+				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
 		})
 	}
-	run("validator", func() error {
-		return validator.Run(ctx, validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
-			Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
-			Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation, Started: func(v *validator.Validator) { s.validator = v; close(s.started) }})
-	})
+	v, err := validator.New(validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
+		Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
+		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation})
+	if err != nil {
+		s.fail()
+		return nil, err
+	}
+	s.validator = v
+	run("validator", func() error { return v.Run(ctx) })
 	return s, nil
 }
 
 // PairsWaiting returns how many pairs of image wait for validation on the validator.
 func (s *Stack) PairsWaiting(ctx context.Context, image string) (int, error) {
-	select {
-	case <-s.started:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
 	return s.validator.PairsWaiting(ctx, image)
 }
 
 // Validate opens a validation window for image on the validator now.
 func (s *Stack) Validate(ctx context.Context, image string) (*validator.WindowReport, error) {
-	select {
-	case <-s.started:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	return s.validator.Validate(ctx, image)
+	return s.validator.OpenWindow(ctx, image)
 }
 
 // Canary sends the validator's own requests to a streaming job of image.
 func (s *Stack) Canary(ctx context.Context, image string, requests [][]byte, path string) (int, error) {
-	select {
-	case <-s.started:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
 	return s.validator.Canary(ctx, image, requests, path)
 }
 
 // Round runs one synthetic round on the validator now.
 func (s *Stack) Round(ctx context.Context) (*validator.Report, error) {
-	select {
-	case <-s.started:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 	return s.validator.Round(ctx)
 }
 

@@ -2,9 +2,12 @@
 // token, makes sure the image is present, downloads volumes, runs the
 // container isolated (no network, limits, read-only root, no capabilities),
 // uploads outputs and reports the result, then removes everything it made.
+// Containers run on a Runtime: the Docker Engine (package docker), or in
+// tests the in-process fake (package fakert), which isolates nothing.
 package executor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,7 +48,8 @@ type Config struct {
 	MinerURL string
 	// DataDir holds the job's working directories; they are removed at the end.
 	DataDir string
-	Docker  *docker.Client
+	// Runtime runs the job's container: the Docker Engine, or a fake in tests.
+	Runtime Runtime
 	Class   ClassSpec
 	Limits  blob.Limits
 	// Owner labels containers (the miner's hotkey) for reaping.
@@ -71,8 +75,8 @@ func (c *Config) Validate() error {
 		return errors.New("executor config: MinerURL is required")
 	case c.DataDir == "":
 		return errors.New("executor config: DataDir is required")
-	case c.Docker == nil:
-		return errors.New("executor config: Docker is required")
+	case c.Runtime == nil:
+		return errors.New("executor config: Runtime is required")
 	}
 	return nil
 }
@@ -152,15 +156,17 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 type job struct {
-	cfg       Config
-	conn      *wsconn.Conn
-	msgs      <-chan protocol.Message
-	uuid      string
-	token     string
-	dir       string
-	container string
-	network   string
-	timings   map[string]int64
+	cfg   Config
+	conn  *wsconn.Conn
+	msgs  <-chan protocol.Message
+	uuid  string
+	token string
+	dir   string
+	// container is the job container's id once created; containerName its
+	// name from the moment creation was asked for.
+	container, containerName string
+	network                  string
+	timings                  map[string]int64
 }
 
 func (j *job) send(ctx context.Context, m protocol.Message) error {
@@ -365,7 +371,7 @@ func (j *job) ensureImage(ctx context.Context, image string, allowPull bool) err
 	if image == "" {
 		return errors.New("no docker_image given")
 	}
-	if _, err := j.cfg.Docker.ImageInspect(ctx, image); err == nil {
+	if _, err := j.cfg.Runtime.ImageInspect(ctx, image); err == nil {
 		return nil
 	} else if !errors.Is(err, docker.ErrNotFound) {
 		return err
@@ -373,7 +379,7 @@ func (j *job) ensureImage(ctx context.Context, image string, allowPull bool) err
 	if !allowPull {
 		return fmt.Errorf("image %s is not present on this executor and pulling is not allowed", image)
 	}
-	if err := j.cfg.Docker.ImagePull(ctx, image, nil); err != nil {
+	if err := j.cfg.Runtime.ImagePull(ctx, image, nil); err != nil {
 		return err
 	}
 	return nil
@@ -383,13 +389,13 @@ func (j *job) ensureImage(ctx context.Context, image string, allowPull bool) err
 func (j *job) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if j.container != "" {
-		if err := j.cfg.Docker.ContainerRemove(ctx, j.container); err != nil {
+	if c := cmp.Or(j.container, j.containerName); c != "" {
+		if err := j.cfg.Runtime.ContainerRemove(ctx, c); err != nil {
 			j.cfg.Log.Warn("remove container", "job", j.uuid, "err", err)
 		}
 	}
 	if j.network != "" {
-		if err := j.cfg.Docker.NetworkRemove(ctx, j.network); err != nil {
+		if err := j.cfg.Runtime.NetworkRemove(ctx, j.network); err != nil {
 			j.cfg.Log.Warn("remove network", "job", j.uuid, "err", err)
 		}
 	}

@@ -71,6 +71,35 @@ func ContainerConfig(req *protocol.V0JobRequest, class ClassSpec, p Paths, owner
 	}
 }
 
+// createTimeout bounds creating a container or network.
+const createTimeout = time.Minute
+
+// uncancelled is ctx without its cancellation, bounded by createTimeout: a
+// create call cut short may still make its container (or network) in the
+// engine, after cleanup has looked for it. So creations run to their end
+// whatever happens to the job, and cleanup removes what they made.
+func uncancelled(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), createTimeout)
+}
+
+// createContainer creates the job's container, named after the job; it
+// fails if the job ended meanwhile (the container is then removed in
+// cleanup, by id, or by name should the call have failed).
+func (j *job) createContainer(ctx context.Context, cfg *docker.ContainerConfig) (string, error) {
+	j.containerName = "horde-job-" + j.uuid
+	cctx, cancel := uncancelled(ctx)
+	defer cancel()
+	id, err := j.cfg.Runtime.ContainerCreate(cctx, j.containerName, cfg)
+	if err != nil {
+		return "", err
+	}
+	j.container = id
+	if ctx.Err() != nil {
+		return "", context.Cause(ctx)
+	}
+	return id, nil
+}
+
 type result struct {
 	exit           int
 	timedOut, oom  bool
@@ -79,22 +108,21 @@ type result struct {
 
 func (j *job) execute(ctx context.Context, req *protocol.V0JobRequest, limit time.Duration) (*result, error) {
 	p := Paths{Volume: filepath.Join(j.dir, "volume"), Output: filepath.Join(j.dir, "output"), Artifacts: filepath.Join(j.dir, "artifacts")}
-	id, err := j.cfg.Docker.ContainerCreate(ctx, "horde-job-"+j.uuid, ContainerConfig(req, j.cfg.Class, p, j.cfg.Owner))
+	id, err := j.createContainer(ctx, ContainerConfig(req, j.cfg.Class, p, j.cfg.Owner))
 	if err != nil {
 		return nil, err
 	}
-	j.container = id
-	if err := j.cfg.Docker.ContainerStart(ctx, id); err != nil {
+	if err := j.cfg.Runtime.ContainerStart(ctx, id); err != nil {
 		return nil, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	code, werr := j.cfg.Docker.ContainerWait(wctx, id)
+	code, werr := j.cfg.Runtime.ContainerWait(wctx, id)
 	res := &result{exit: code}
 	if wctx.Err() != nil {
 		// Timed out or cancelled: kill now, the logs so far still count.
 		kctx, kcancel := context.WithTimeout(context.Background(), 10*time.Second)
-		j.cfg.Docker.ContainerKill(kctx, id)
+		j.cfg.Runtime.ContainerKill(kctx, id)
 		kcancel()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -113,12 +141,12 @@ func (j *job) execute(ctx context.Context, req *protocol.V0JobRequest, limit tim
 func (j *job) collectLogs(res *result) error {
 	lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer lcancel()
-	if st, err := j.cfg.Docker.ContainerInspect(lctx, j.container); err == nil && st.OOMKilled {
+	if st, err := j.cfg.Runtime.ContainerInspect(lctx, j.container); err == nil && st.OOMKilled {
 		res.oom = true
 	}
 	var out, errb tailBuffer
 	out.max, errb.max = MaxLogBytes, MaxLogBytes
-	if err := j.cfg.Docker.ContainerLogs(lctx, j.container, &out, &errb); err != nil {
+	if err := j.cfg.Runtime.ContainerLogs(lctx, j.container, &out, &errb); err != nil {
 		return err
 	}
 	res.stdout, res.stderr = out.String(), errb.String()

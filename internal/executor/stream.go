@@ -26,7 +26,7 @@ func (j *job) checkDigest(ctx context.Context, image, digest string) error {
 	if digest == "" {
 		return errors.New("streaming jobs need a whitelisted image digest; the validator sent none")
 	}
-	img, err := j.cfg.Docker.ImageInspect(ctx, image)
+	img, err := j.cfg.Runtime.ImageInspect(ctx, image)
 	if err != nil {
 		return err
 	}
@@ -45,22 +45,24 @@ func (j *job) checkDigest(ctx context.Context, image, digest string) error {
 // proxy reaches, health first, then the signing proxy until the job is
 // stopped, its time runs out or the service exits.
 func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest, req *protocol.V0JobRequest, timing *protocol.ExecutorTiming) error {
-	d := j.cfg.Docker
+	d := j.cfg.Runtime
 	netName := "horde-job-" + j.uuid
-	if _, err := d.NetworkCreate(ctx, netName, true, map[string]string{LabelJob: j.uuid, LabelOwner: j.cfg.Owner}); err != nil {
+	j.network = netName // removed by name in cleanup, even if creating it failed midway
+	nctx, cancel := uncancelled(ctx)
+	_, err := d.NetworkCreate(nctx, netName, true, map[string]string{LabelJob: j.uuid, LabelOwner: j.cfg.Owner})
+	cancel()
+	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
-	j.network = netName
 	p := Paths{Volume: filepath.Join(j.dir, "volume"), Output: filepath.Join(j.dir, "output"), Artifacts: filepath.Join(j.dir, "artifacts")}
 	cfg := ContainerConfig(req, j.cfg.Class, p, j.cfg.Owner)
 	cfg.NetworkDisabled = false
 	cfg.HostConfig.NetworkMode = netName
 	start := time.Now()
-	id, err := d.ContainerCreate(ctx, "horde-job-"+j.uuid, cfg)
+	id, err := j.createContainer(ctx, cfg)
 	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, "container: "+err.Error())
 	}
-	j.container = id
 	if err := d.ContainerStart(ctx, id); err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, "container: "+err.Error())
 	}
@@ -69,11 +71,11 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		code, _ := d.ContainerWait(context.WithoutCancel(ctx), id)
 		exited <- code
 	}()
-	ip, err := d.ContainerIP(ctx, id, netName)
+	addr, err := d.ServiceAddr(ctx, id, netName, ServicePort)
 	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
-	service := &url.URL{Scheme: "http", Host: net.JoinHostPort(ip, fmt.Sprint(ServicePort))}
+	service := &url.URL{Scheme: "http", Host: addr}
 	limit := seconds(timing.StreamingStartTimeLimit)
 	if timing.StreamingStartTimeLimit == 0 {
 		limit = time.Minute

@@ -20,6 +20,7 @@ import (
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/executor/fakert"
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/wsconn"
@@ -127,73 +128,88 @@ func TestBadJobs(t *testing.T) {
 			if tt.check != nil {
 				tt.check(t, last)
 			}
-			assertNoContainers(t, h.Docker, job.UUID)
+			assertNoContainers(t, h.Runtime, job.UUID)
 		})
 	}
 }
 
-// assertNoContainers checks that nothing of the job is left in Docker.
-func assertNoContainers(t *testing.T, cli *docker.Client, uuid string) {
+// assertNoContainers checks that nothing of the job (container or network)
+// is left on the runtime.
+func assertNoContainers(t *testing.T, rt executor.Runtime, uuid string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		cs, err := cli.ContainerList(context.Background(), executor.LabelJob+"="+uuid)
+		cs, err := rt.ContainerList(context.Background(), executor.LabelJob+"="+uuid)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(cs) == 0 {
+		ns, err := rt.NetworkList(context.Background(), executor.LabelJob+"="+uuid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cs)+len(ns) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d containers of job %s left behind", len(cs), uuid)
+			t.Fatalf("%d containers and %d networks of job %s left behind", len(cs), len(ns), uuid)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-func TestCancelKillsWithinSeconds(t *testing.T) {
-	h := Start(t, devstack.Config{})
-	ctx := t.Context()
-	job, err := h.Client.CreateJob(ctx, Spec("sleep", "120"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Wait until the container runs.
+// waitRunning waits until the job's container runs.
+func waitRunning(t *testing.T, rt executor.Runtime, uuid string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
 	for {
-		j, err := h.Client.Job(ctx, job.UUID)
+		cs, err := rt.ContainerList(t.Context(), executor.LabelJob+"="+uuid)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if j.Status == protocol.StatusVolumesReady {
-			break
+		if len(cs) == 1 && cs[0].State == "running" {
+			return
 		}
-		if j.Status.Terminal() {
-			t.Fatalf("job ended early: %s", j.Status)
+		if time.Now().After(deadline) {
+			t.Fatalf("the container of job %s does not run: %+v", uuid, cs)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(300 * time.Millisecond)
-	start := time.Now()
-	if _, err := h.Client.Cancel(ctx, job.UUID); err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	done, err := h.Client.Watch(wctx, job.UUID, func(protocol.StatusEntry) {})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if done.Status != protocol.StatusCancelled {
-		t.Fatalf("status = %s", done.Status)
-	}
-	assertNoContainers(t, h.Docker, job.UUID)
-	t.Logf("cancel to container gone: %s", time.Since(start))
-	if _, err := h.Client.Cancel(ctx, job.UUID); err == nil {
-		t.Error("cancelling an ended job succeeded")
-	}
-	// The executor is free again: a new job runs.
-	if j := h.Run(t, Spec("echo", "again")); j.Status != protocol.StatusCompleted {
-		t.Errorf("after cancel: %s", j.Status)
+}
+
+func TestCancelKillsWithinSeconds(t *testing.T) {
+	for _, rt := range []Runtime{OnFake, OnDocker} {
+		t.Run(rt.Name, func(t *testing.T) {
+			h := rt.Start(t, devstack.Config{})
+			ctx := t.Context()
+			job, err := h.Client.CreateJob(ctx, Spec("sleep", "120"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.WaitStatus(t, job.UUID, protocol.StatusVolumesReady)
+			waitRunning(t, h.Runtime, job.UUID)
+			start := time.Now()
+			if _, err := h.Client.Cancel(ctx, job.UUID); err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			done, err := h.Client.Watch(wctx, job.UUID, func(protocol.StatusEntry) {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if done.Status != protocol.StatusCancelled {
+				t.Fatalf("status = %s", done.Status)
+			}
+			assertNoContainers(t, h.Runtime, job.UUID)
+			t.Logf("cancel to container gone: %s", time.Since(start))
+			if _, err := h.Client.Cancel(ctx, job.UUID); err == nil {
+				t.Error("cancelling an ended job succeeded")
+			}
+			// The executor is free again: a new job runs.
+			if j := h.Run(t, Spec("echo", "again")); j.Status != protocol.StatusCompleted {
+				t.Errorf("after cancel: %s", j.Status)
+			}
+		})
 	}
 }
 
@@ -201,7 +217,7 @@ func TestRetryOnAnotherMiner(t *testing.T) {
 	for _, mode := range []string{"busy", "refuse", "vanish"} {
 		t.Run(mode, func(t *testing.T) {
 			fake := NewFakeMiner(t, mode)
-			h := Start(t, devstack.Config{ExtraNeurons: []chain.Neuron{fake.Neuron}})
+			h := StartFake(t, devstack.Config{ExtraNeurons: []chain.Neuron{fake.Neuron}})
 			job := h.Run(t, Spec("echo", "hi"))
 			if job.Status != protocol.StatusCompleted {
 				t.Fatalf("status = %s: %+v", job.Status, Last(job).Metadata)
@@ -226,7 +242,7 @@ func TestRetryOnAnotherMiner(t *testing.T) {
 }
 
 func TestClientAPIRefusesBadRequests(t *testing.T) {
-	h := Start(t, devstack.Config{})
+	h := StartFake(t, devstack.Config{})
 	ctx := t.Context()
 	stranger, _ := sig.FromSeed(sig.RandomSeed())
 	spec := Spec("echo")
@@ -316,14 +332,32 @@ func TestMinerReapsLeftovers(t *testing.T) {
 
 // With one executor, a second job waits for it rather than being rejected.
 func TestJobWaitsForBusyExecutor(t *testing.T) {
-	h := Start(t, devstack.Config{Manifest: map[string]int{protocol.ClassTest: 1}})
-	results := make(chan *protocol.Job, 2)
-	for _, args := range [][]string{{"sleep", "1"}, {"echo", "second"}} {
-		go func() { results <- h.Run(t, Spec(args...)) }()
-		time.Sleep(100 * time.Millisecond)
+	h := StartFake(t, devstack.Config{Manifest: map[string]int{protocol.ClassTest: 1}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	first, err := h.Client.CreateJob(ctx, Spec("sleep", "1"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for range 2 {
-		j := <-results
+	h.WaitStatus(t, first.UUID, protocol.StatusVolumesReady) // the one executor is taken
+	type result struct {
+		job *protocol.Job
+		err error
+	}
+	second := make(chan result, 1)
+	go func() {
+		j, err := h.RunJob(ctx, Spec("echo", "second"))
+		second <- result{j, err}
+	}()
+	j1, err := h.Client.Watch(ctx, first.UUID, func(protocol.StatusEntry) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-second
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	for _, j := range []*protocol.Job{j1, r.job} {
 		if j.Status != protocol.StatusCompleted {
 			t.Errorf("job %v: %s %+v", j.Args, j.Status, Last(j).Metadata)
 		}
@@ -333,7 +367,7 @@ func TestJobWaitsForBusyExecutor(t *testing.T) {
 // The miner refuses stale, replayed, wrongly signed and unknown validators
 // with UnauthorizedError; a good auth gets the manifest.
 func TestMinerRefusesBadAuth(t *testing.T) {
-	h := Start(t, devstack.Config{})
+	h := StartFake(t, devstack.Config{})
 	ctx := t.Context()
 	miner := h.Miners[0].SS58()
 	url := "ws://" + h.MinerAddrs[0] + protocol.ValidatorAuthPath
@@ -377,48 +411,43 @@ func TestMinerRefusesBadAuth(t *testing.T) {
 // A horde stopped while a job runs and started again on the same data
 // directory tells the client how the job ended; nothing accepted is lost.
 func TestRestartLosesNothing(t *testing.T) {
-	dir := t.TempDir()
-	h := Start(t, devstack.Config{DataDir: dir})
-	ctx := t.Context()
-	running, err := h.Client.CreateJob(ctx, Spec("sleep", "60"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		j, err := h.Client.Job(ctx, running.UUID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if j.Status == protocol.StatusVolumesReady {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := h.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	assertNoContainers(t, h.Docker, running.UUID)
+	for _, rt := range []Runtime{OnFake, OnDocker} {
+		t.Run(rt.Name, func(t *testing.T) {
+			dir := t.TempDir()
+			h := rt.Start(t, devstack.Config{DataDir: dir})
+			ctx := t.Context()
+			running, err := h.Client.CreateJob(ctx, Spec("sleep", "60"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.WaitStatus(t, running.UUID, protocol.StatusVolumesReady)
+			if err := h.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			assertNoContainers(t, h.Runtime, running.UUID)
 
-	h2 := Start(t, devstack.Config{DataDir: dir})
-	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	j, err := h2.Client.Watch(wctx, running.UUID, func(protocol.StatusEntry) {})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := Last(j).Metadata.HordeFailureDetails
-	if j.Status != protocol.StatusHordeFailed || d == nil || !strings.Contains(d.Message, "validator") {
-		t.Errorf("after restart: %s %+v", j.Status, Last(j).Metadata)
-	}
-	// And the restarted horde serves new jobs.
-	if j := h2.Run(t, Spec("echo", "again")); j.Status != protocol.StatusCompleted {
-		t.Errorf("new job after restart: %s", j.Status)
+			h2 := rt.Start(t, devstack.Config{DataDir: dir})
+			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			j, err := h2.Client.Watch(wctx, running.UUID, func(protocol.StatusEntry) {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := Last(j).Metadata.HordeFailureDetails
+			if j.Status != protocol.StatusHordeFailed || d == nil || !strings.Contains(d.Message, "validator") {
+				t.Errorf("after restart: %s %+v", j.Status, Last(j).Metadata)
+			}
+			// And the restarted horde serves new jobs.
+			if j := h2.Run(t, Spec("echo", "again")); j.Status != protocol.StatusCompleted {
+				t.Errorf("new job after restart: %s", j.Status)
+			}
+		})
 	}
 }
 
 // A trusted miner is outside the metagraph and serves only its validator.
 func TestTrustedMinerServesOnlyItsValidator(t *testing.T) {
-	cli := Docker(t)
+	rt := fakert.New()
 	mine, _ := sig.FromSeed(sig.RandomSeed())
 	pinned, _ := sig.FromSeed(sig.RandomSeed())
 	other, _ := sig.FromSeed(sig.RandomSeed())
@@ -432,7 +461,7 @@ func TestTrustedMinerServesOnlyItsValidator(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- miner.Run(ctx, miner.Config{Hotkey: mine, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1},
-			TrustedValidator: pinned.SS58(), Store: db, Backend: &miner.Local{Docker: cli, DataDir: t.TempDir(), Owner: mine.SS58(), Log: slog.New(slog.DiscardHandler)}})
+			TrustedValidator: pinned.SS58(), Store: db, Backend: &miner.Local{Runtime: rt, DataDir: t.TempDir(), Owner: mine.SS58(), Log: slog.New(slog.DiscardHandler)}})
 	}()
 	defer func() { cancel(); <-done }()
 	for _, tc := range []struct {

@@ -1,12 +1,16 @@
 // Package hordetest is the integration harness: a whole horde on loopback
-// (real WebSockets, real Docker, real SQLite files) plus an HTTP object
+// (real WebSockets, real SQLite files, real signatures) plus an HTTP object
 // server for volumes and outputs, for tests to drive through the client SDK.
+// Its containers run on the Docker Engine (Start, behind the one Docker gate
+// of package dockertest) or, with no Docker at all, on the in-process fake
+// runtime (StartFake), which runs the images' very programs but isolates
+// nothing.
 package hordetest
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,7 +18,10 @@ import (
 
 	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/devstack"
+	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/executor/docker/dockertest"
+	"github.com/horde-compute/horde/internal/executor/fakert"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -22,25 +29,20 @@ import (
 // Horde is a running test horde.
 type Horde struct {
 	*devstack.Stack
-	Client  *client.Client
+	Client *client.Client
+	// Runtime runs the containers: Docker (then Docker is set too) or Fake.
+	Runtime executor.Runtime
 	Docker  *docker.Client
+	Fake    *fakert.Runtime
 	Objects *devstack.Objects
 }
 
-// Docker returns a client of the local engine, skipping the test if there is none.
+// Docker returns a client of the local engine; it is the Docker gate (see
+// package dockertest): with HORDE_DOCKER_TESTS=off the test skips, and
+// otherwise fails if no engine answers.
 func Docker(t testing.TB) *docker.Client {
 	t.Helper()
-	cli, err := docker.New("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cli.Ping(context.Background()); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI needs a Docker Engine: %v", err)
-		}
-		t.Skipf("no Docker Engine: %v", err)
-	}
-	return cli
+	return dockertest.Engine(t)
 }
 
 var buildOnce sync.Once
@@ -79,11 +81,34 @@ func LLMImage(t testing.TB, cli *docker.Client) string {
 	return llmDigest
 }
 
-// Start runs a horde for the test; it stops when the test ends.
+// Start runs a horde on the Docker Engine for the test, behind the Docker
+// gate; it stops when the test ends.
 func Start(t testing.TB, cfg devstack.Config) *Horde {
 	t.Helper()
 	cli := Docker(t)
 	JobImage(t, cli)
+	cfg.Runtime = cli
+	h := start(t, cfg)
+	h.Docker = cli
+	return h
+}
+
+// StartFake runs a horde whose containers run on the in-process fake
+// runtime, with horde's images registered (images.RegisterFake): no Docker
+// needed. It stops when the test ends, and the test fails if any container
+// is left behind.
+func StartFake(t testing.TB, cfg devstack.Config) *Horde {
+	t.Helper()
+	rt := fakert.New()
+	images.RegisterFake(rt)
+	cfg.Runtime = rt
+	h := start(t, cfg)
+	h.Fake = rt
+	return h
+}
+
+func start(t testing.TB, cfg devstack.Config) *Horde {
+	t.Helper()
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -101,30 +126,94 @@ func Start(t testing.TB, cfg devstack.Config) *Horde {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Horde{Stack: s, Client: client.New(s.FacilitatorURL, s.Client), Docker: cli, Objects: objects}
+	h := &Horde{Stack: s, Client: client.New(s.FacilitatorURL, s.Client), Runtime: cfg.Runtime, Objects: objects}
 	t.Cleanup(func() {
 		objects.Close()
 		if err := s.Stop(); err != nil {
 			t.Errorf("stop horde: %v", err)
 		}
+		if h.Fake == nil {
+			return
+		}
+		// Every executor has ended: each must have removed what it made.
+		if cs := h.Fake.Containers(); len(cs) > 0 {
+			t.Errorf("fake runtime: %d containers left behind after the horde stopped: %+v", len(cs), cs)
+		}
+		if ns, _ := h.Fake.NetworkList(context.Background(), ""); len(ns) > 0 {
+			t.Errorf("fake runtime: %d networks left behind after the horde stopped: %+v", len(ns), ns)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := h.Fake.Close(ctx); err != nil {
+			t.Errorf("fake runtime: %v", err)
+		}
 	})
 	return h
 }
 
-// Run submits spec and waits for the job to end.
+// A Runtime is where a test horde runs its containers, for tests that run
+// on both.
+type Runtime struct {
+	Name string
+	// Start runs a horde on this runtime for the test.
+	Start func(testing.TB, devstack.Config) *Horde
+	// LLMDigest is the digest of the demo LLM image on this runtime (built
+	// from source on Docker), for streaming whitelists.
+	LLMDigest func(testing.TB) string
+}
+
+// OnFake and OnDocker are the two runtimes.
+var (
+	OnFake   = Runtime{Name: "fake", Start: StartFake, LLMDigest: func(testing.TB) string { return fakert.ImageID(images.LLMImage) }}
+	OnDocker = Runtime{Name: "docker", Start: Start, LLMDigest: func(t testing.TB) string { return LLMImage(t, Docker(t)) }}
+)
+
+// Run submits spec and waits (two minutes at most) for the job to end.
 func (h *Horde) Run(t testing.TB, spec *protocol.JobSpec) *protocol.Job {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
+	job, err := h.RunJob(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return job
+}
+
+// RunJob submits spec and waits for the job to end; for goroutines of a
+// test, which must not call t.Fatal.
+func (h *Horde) RunJob(ctx context.Context, spec *protocol.JobSpec) (*protocol.Job, error) {
 	job, err := h.Client.CreateJob(ctx, spec)
 	if err != nil {
-		t.Fatalf("create job: %v", err)
+		return nil, fmt.Errorf("create job: %w", err)
 	}
 	done, err := h.Client.Watch(ctx, job.UUID, func(protocol.StatusEntry) {})
 	if err != nil {
-		t.Fatalf("watch job %s: %v", job.UUID, err)
+		return nil, fmt.Errorf("watch job %s: %w", job.UUID, err)
 	}
-	return done
+	return done, nil
+}
+
+// WaitStatus waits (a minute at most) until job uuid has reached status,
+// and fails the test if it ends without.
+func (h *Horde) WaitStatus(t testing.TB, uuid string, status protocol.JobStatus) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	reached := false
+	j, err := h.Client.Watch(ctx, uuid, func(e protocol.StatusEntry) {
+		if e.Status == status {
+			reached = true
+			cancel()
+		}
+	})
+	switch {
+	case reached:
+	case err != nil:
+		t.Fatalf("waiting for job %s to be %s: %v", uuid, status, err)
+	default:
+		t.Fatalf("job %s ended %s without being %s", uuid, j.Status, status)
+	}
 }
 
 // Spec returns a job spec for the test image running args.

@@ -26,7 +26,7 @@ func TestPresignedS3(t *testing.T) {
 		t.Fatalf("tampered presigned PUT: %d, want 403", code)
 	}
 
-	h := Start(t, devstack.Config{})
+	h := StartFake(t, devstack.Config{})
 	spec := Spec("demo")
 	spec.Volume = &protocol.Volume{VolumeType: protocol.VolumeZipURL, Contents: s.PresignGet(t, "jobs", "in/data.zip")}
 	spec.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadMulti,

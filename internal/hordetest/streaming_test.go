@@ -22,12 +22,11 @@ func streamSpec() *protocol.JobSpec {
 		DownloadTimeLimit: 30, ExecutionTimeLimit: 120, UploadTimeLimit: 30, StreamingStartTimeLimit: 30}
 }
 
-// startStream runs a horde that whitelists the demo LLM image and starts a
-// streaming job of it (spec edits streamSpec first, when given).
-func startStream(t *testing.T, edit func(*Horde, *protocol.JobSpec)) (*Horde, *client.Stream, context.Context) {
+// startStream runs a horde on rt that whitelists the demo LLM image and
+// starts a streaming job of it (spec edits streamSpec first, when given).
+func startStream(t *testing.T, rt Runtime, edit func(*Horde, *protocol.JobSpec)) (*Horde, *client.Stream, context.Context) {
 	t.Helper()
-	digest := LLMImage(t, Docker(t))
-	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
+	h := rt.Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: rt.LLMDigest(t)}})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	t.Cleanup(cancel)
 	spec := streamSpec()
@@ -45,63 +44,64 @@ func startStream(t *testing.T, edit func(*Horde, *protocol.JobSpec)) (*Horde, *c
 // job's key, the client calls the service directly over mutual TLS and each
 // reply carries a receipt that verifies, then stop ends the job normally.
 func TestStreamingJobEndToEnd(t *testing.T) {
-	h, st, ctx := startStream(t, nil)
-	if st.MinerHotkey != h.Miners[0].SS58() || !strings.HasPrefix(st.URL, "https://") {
-		t.Fatalf("stream = %+v", st)
-	}
-	hc, err := st.HTTPClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	body := []byte(`{"prompt": "A validator sends work", "max_tokens": 8, "temperature": 0, "stream": true}`)
-	res, err := st.Call(ctx, hc, "POST", "/v1/completions", body, &out)
-	if err != nil {
-		t.Fatalf("call: %v\n%s", err, out.String())
-	}
-	if res.Status != 200 || !strings.Contains(out.String(), "data: [DONE]") || res.Receipt.JobUUID != st.JobUUID {
-		t.Errorf("status %d receipt %+v body %s", res.Status, res.Receipt, out.String())
-	}
-	// Deterministic service: the same request gives the same bytes, call
-	// after call on one kept-alive connection.
-	for i := range 30 {
-		var again bytes.Buffer
-		res2, err := st.Call(ctx, hc, "POST", "/v1/completions", body, &again)
-		if err != nil {
-			t.Fatalf("call %d: %v", i+2, err)
-		}
-		if res2.Receipt.OutputSHA256 != res.Receipt.OutputSHA256 {
-			t.Fatalf("call %d: output hashes %s vs %s", i+2, res2.Receipt.OutputSHA256, res.Receipt.OutputSHA256)
-		}
-	}
-	// A tampered copy of the reply does not match the receipt.
-	pub, _ := sr.PublicKey([]byte(st.JobCert))
-	if _, err := sr.Verify(pub, res.ReceiptB64, res.SignatureB64, sr.Expect{JobUUID: st.JobUUID, RequestID: res.Receipt.RequestID,
-		InputSHA256: res.Receipt.InputSHA256, OutputSHA256: strings.Repeat("0", 64), Sent: time.Now().Add(-time.Minute), Received: time.Now(), Skew: time.Minute}); !errors.Is(err, sr.ErrReceipt) {
-		t.Errorf("tampered output verified: %v", err)
-	}
-	if _, err := h.Client.Stop(ctx, st.JobUUID); err != nil {
-		t.Fatal(err)
-	}
-	done, err := h.Client.Watch(ctx, st.JobUUID, func(protocol.StatusEntry) {})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if done.Status != protocol.StatusCompleted {
-		t.Fatalf("after stop: %s %+v", done.Status, Last(done).Metadata)
-	}
-	assertNoContainers(t, h.Docker, st.JobUUID)
-	// The proxy is gone with the job.
-	if _, err := st.Call(ctx, hc, "POST", "/v1/completions", body, &out); err == nil {
-		t.Error("the job still answers after it stopped")
+	for _, rt := range []Runtime{OnFake, OnDocker} {
+		t.Run(rt.Name, func(t *testing.T) {
+			h, st, ctx := startStream(t, rt, nil)
+			if st.MinerHotkey != h.Miners[0].SS58() || !strings.HasPrefix(st.URL, "https://") {
+				t.Fatalf("stream = %+v", st)
+			}
+			hc, err := st.HTTPClient()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			body := []byte(`{"prompt": "A validator sends work", "max_tokens": 8, "temperature": 0, "stream": true}`)
+			res, err := st.Call(ctx, hc, "POST", "/v1/completions", body, &out)
+			if err != nil {
+				t.Fatalf("call: %v\n%s", err, out.String())
+			}
+			if res.Status != 200 || !strings.Contains(out.String(), "data: [DONE]") || res.Receipt.JobUUID != st.JobUUID {
+				t.Errorf("status %d receipt %+v body %s", res.Status, res.Receipt, out.String())
+			}
+			// Deterministic service: the same request gives the same bytes, call
+			// after call on one kept-alive connection.
+			for i := range 30 {
+				var again bytes.Buffer
+				res2, err := st.Call(ctx, hc, "POST", "/v1/completions", body, &again)
+				if err != nil {
+					t.Fatalf("call %d: %v", i+2, err)
+				}
+				if res2.Receipt.OutputSHA256 != res.Receipt.OutputSHA256 {
+					t.Fatalf("call %d: output hashes %s vs %s", i+2, res2.Receipt.OutputSHA256, res.Receipt.OutputSHA256)
+				}
+			}
+			// A tampered copy of the reply does not match the receipt.
+			pub, _ := sr.PublicKey([]byte(st.JobCert))
+			if _, err := sr.Verify(pub, res.ReceiptB64, res.SignatureB64, sr.Expect{JobUUID: st.JobUUID, RequestID: res.Receipt.RequestID,
+				InputSHA256: res.Receipt.InputSHA256, OutputSHA256: strings.Repeat("0", 64), Sent: time.Now().Add(-time.Minute), Received: time.Now(), Skew: time.Minute}); !errors.Is(err, sr.ErrReceipt) {
+				t.Errorf("tampered output verified: %v", err)
+			}
+			if _, err := h.Client.Stop(ctx, st.JobUUID); err != nil {
+				t.Fatal(err)
+			}
+			done, err := h.Client.Watch(ctx, st.JobUUID, func(protocol.StatusEntry) {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if done.Status != protocol.StatusCompleted {
+				t.Fatalf("after stop: %s %+v", done.Status, Last(done).Metadata)
+			}
+			assertNoContainers(t, h.Runtime, st.JobUUID)
+			// The proxy is gone with the job.
+			if _, err := st.Call(ctx, hc, "POST", "/v1/completions", body, &out); err == nil {
+				t.Error("the job still answers after it stopped")
+			}
+		})
 	}
 }
 
 func TestStreamingRefusals(t *testing.T) {
-	cli := Docker(t)
-	digest := LLMImage(t, cli)
-	JobImage(t, cli)
-	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest, images.JobImage: "sha256:not-the-job-image"}})
+	h := StartFake(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: OnFake.LLMDigest(t), images.JobImage: "sha256:not-the-job-image"}})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 
@@ -133,9 +133,7 @@ func TestStreamingRefusals(t *testing.T) {
 
 // A service that never becomes healthy fails the job at streaming start.
 func TestStreamingServiceNeverHealthy(t *testing.T) {
-	cli := Docker(t)
-	digest := LLMImage(t, cli)
-	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}})
+	h := StartFake(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: OnFake.LLMDigest(t)}})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	spec := streamSpec()
@@ -151,13 +149,13 @@ func TestStreamingServiceNeverHealthy(t *testing.T) {
 	if j.Status != protocol.StatusFailed || d == nil || d.Stage != protocol.StageStreaming || !strings.Contains(d.Message, "GET /health") {
 		t.Errorf("%s %+v", j.Status, Last(j).Metadata)
 	}
-	assertNoContainers(t, h.Docker, j.UUID)
+	assertNoContainers(t, h.Runtime, j.UUID)
 }
 
 // Volume messages reach a serving job: one more input volume appears in
 // /volume, and /output is uploaded on request; each is acknowledged.
 func TestStreamingVolumeMessages(t *testing.T) {
-	h, st, ctx := startStream(t, nil)
+	h, st, ctx := startStream(t, OnFake, nil)
 	hc, _ := st.HTTPClient()
 	h.Objects.Put("more.zip", zipOf(t, map[string]string{"added.txt": "arrived mid-job"}))
 	ack, err := h.Client.SendVolume(ctx, st.JobUUID, &protocol.VolumeMessage{Volume: &protocol.Volume{VolumeType: protocol.VolumeZipURL,
@@ -197,7 +195,7 @@ func TestStreamingVolumeMessages(t *testing.T) {
 // A streaming job ends by itself when its time runs out: outputs go up, the
 // job completes.
 func TestStreamingTimeLimit(t *testing.T) {
-	h, st, ctx := startStream(t, func(h *Horde, spec *protocol.JobSpec) {
+	h, st, ctx := startStream(t, OnFake, func(h *Horde, spec *protocol.JobSpec) {
 		spec.ExecutionTimeLimit = 2
 		spec.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: h.Objects.URL + "/timed/out.zip"}
 	})
@@ -211,13 +209,13 @@ func TestStreamingTimeLimit(t *testing.T) {
 	if _, ok := h.Objects.Get("timed/out.zip"); !ok {
 		t.Error("outputs not uploaded at the end")
 	}
-	assertNoContainers(t, h.Docker, st.JobUUID)
+	assertNoContainers(t, h.Runtime, st.JobUUID)
 }
 
 // Clients hand pairs with their receipts to the facilitator; tampered pairs
 // and receipts of other jobs are refused at intake, each pair is taken once.
 func TestStreamingPairIntake(t *testing.T) {
-	h, st, ctx := startStream(t, nil)
+	h, st, ctx := startStream(t, OnFake, nil)
 	hc, _ := st.HTTPClient()
 	req := []byte(`{"prompt": "a client that keeps its receipts", "max_tokens": 6, "temperature": 0}`)
 	var out bytes.Buffer

@@ -104,7 +104,7 @@ func TestSyntheticRoundBadMiners(t *testing.T) {
 		name[f.Hotkey.SS58()] = n
 	}
 	// The real miner offers a class the round does not test, so it takes no part.
-	h := Start(t, devstack.Config{ExtraNeurons: neurons, Manifest: map[string]int{protocol.ClassCPU8c16gb: 1},
+	h := StartFake(t, devstack.Config{ExtraNeurons: neurons, Manifest: map[string]int{protocol.ClassCPU8c16gb: 1},
 		Synthetic: validator.SyntheticConfig{Params: map[string]synthetic.Params{protocol.ClassTest: params},
 			Generators: []synthetic.Generator{synthetic.Search{}, synthetic.Matmul{}}}})
 	rep, err := h.Round(t.Context())

@@ -23,8 +23,8 @@ import (
 // validator's trusted miner: the cheater is caught with evidence, the honest
 // miner never flagged.
 func TestValidationWindowCatchesSwappedModel(t *testing.T) {
-	digest := LLMImage(t, Docker(t))
-	h := Start(t, devstack.Config{Miners: 2, Manifest: map[string]int{"always_on.test": 1},
+	digest := OnFake.LLMDigest(t)
+	h := StartFake(t, devstack.Config{Miners: 2, Manifest: map[string]int{"always_on.test": 1},
 		StreamingWhitelist: map[string]string{images.LLMImage: digest},
 		StreamCheaters:     map[int]float64{1: 1.0}, TrustedMiner: true,
 		Validation: validator.ValidationConfig{Sample: 1, Comparators: map[string]validation.Comparator{images.LLMImage: validation.LLM{}}}})
@@ -126,9 +126,9 @@ func TestValidationWindowCatchesSwappedModel(t *testing.T) {
 
 // A trusted miner that cannot serve the window leaves the pairs queued.
 func TestValidationWindowKeepsPairsWhenTrustedMinerFails(t *testing.T) {
-	digest := LLMImage(t, Docker(t))
+	digest := OnFake.LLMDigest(t)
 	// The trusted miner is asked for a class it does not have: it declines.
-	h := Start(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}, TrustedMiner: true,
+	h := StartFake(t, devstack.Config{StreamingWhitelist: map[string]string{images.LLMImage: digest}, TrustedMiner: true,
 		Validation: validator.ValidationConfig{Sample: 1, Class: "always_on.gpu-24gb"}})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -174,8 +174,8 @@ func TestValidationWindowKeepsPairsWhenTrustedMinerFails(t *testing.T) {
 // The validator's own canary requests go to a streaming job like a client's;
 // their pairs are validated like any other and catch a cheater.
 func TestCanaryRequests(t *testing.T) {
-	digest := LLMImage(t, Docker(t))
-	h := Start(t, devstack.Config{Manifest: map[string]int{"always_on.test": 1},
+	digest := OnFake.LLMDigest(t)
+	h := StartFake(t, devstack.Config{Manifest: map[string]int{"always_on.test": 1},
 		StreamingWhitelist: map[string]string{images.LLMImage: digest},
 		StreamCheaters:     map[int]float64{0: 1.0}, TrustedMiner: true,
 		Validation: validator.ValidationConfig{Sample: 1, Comparators: map[string]validation.Comparator{images.LLMImage: validation.LLM{}}}})

@@ -1,6 +1,8 @@
-// Package images builds the container images horde ships (the demo/test job)
-// from Go source in this module, as FROM-scratch images with one static
-// binary, so nothing is ever pulled from a registry.
+// Package images builds the container images horde ships (the demo/test job
+// and the demo LLM service) from Go source in this module, as FROM-scratch
+// images with one static binary, so nothing is ever pulled from a registry;
+// and gives the fake runtime the same programs under the same names
+// (RegisterFake).
 package images
 
 import (

@@ -33,17 +33,30 @@ func (s *Server) model(body []byte) *Model {
 	return s.m
 }
 
-// NewServer returns the API handler.
-func NewServer(m *Model, name string) http.Handler { return newServer(m, nil, 0, name) }
+// Files says where the job's files are: inputs under Volume, results
+// under Output.
+type Files struct{ Volume, Output string }
+
+// ContainerFiles are where a job container has them.
+var ContainerFiles = Files{Volume: "/volume", Output: "/output"}
+
+// NewServer returns the API handler, with the job's files where a container has them.
+func NewServer(m *Model, name string) http.Handler { return newServer(m, nil, 0, name, ContainerFiles) }
 
 // NewCheatingServer answers a fraction of requests (chosen by a hash of the
 // request, so replays of them get the same answer) with the model other: a
 // stand-in for a miner that serves a cheaper model some of the time.
 func NewCheatingServer(m, other *Model, fraction float64, name string) http.Handler {
-	return newServer(m, other, fraction, name)
+	return newServer(m, other, fraction, name, ContainerFiles)
 }
 
-func newServer(m, other *Model, fraction float64, name string) http.Handler {
+// NewServerFiles is NewServer, or NewCheatingServer when other is set, with
+// the job's files in files.
+func NewServerFiles(m, other *Model, fraction float64, name string, files Files) http.Handler {
+	return newServer(m, other, fraction, name, files)
+}
+
+func newServer(m, other *Model, fraction float64, name string, files Files) http.Handler {
 	s := &Server{m: m, other: other, fraction: fraction, name: name}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
@@ -52,7 +65,7 @@ func newServer(m, other *Model, fraction float64, name string) http.Handler {
 	})
 	// The job's files: inputs in /volume (volume messages add to them) and
 	// results in /output (uploaded at the end, or on request).
-	mux.Handle("GET /volume/", http.StripPrefix("/volume/", http.FileServer(http.Dir("/volume"))))
+	mux.Handle("GET /volume/", http.StripPrefix("/volume/", http.FileServer(http.Dir(files.Volume))))
 	mux.HandleFunc("PUT /output/{name}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		if name == "" || strings.ContainsAny(name, "/\\") || strings.HasPrefix(name, ".") {
@@ -61,7 +74,7 @@ func newServer(m, other *Model, fraction float64, name string) http.Handler {
 		}
 		b, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
 		if err == nil {
-			err = os.WriteFile(filepath.Join("/output", name), b, 0o644)
+			err = os.WriteFile(filepath.Join(files.Output, name), b, 0o644)
 		}
 		if err != nil {
 			httpError(w, http.StatusInternalServerError, err.Error())

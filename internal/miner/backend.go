@@ -11,7 +11,6 @@ import (
 
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/executor"
-	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/protocol"
 )
 
@@ -32,9 +31,10 @@ type Backend interface {
 	Wait()
 }
 
-// Local runs executors in this process against a Docker Engine.
+// Local runs executors in this process on a container runtime (the Docker
+// Engine, or a fake in tests).
 type Local struct {
-	Docker              *docker.Client
+	Runtime             executor.Runtime
 	DataDir             string
 	Owner               string
 	Limits              blob.Limits
@@ -60,7 +60,7 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 	l.wg.Go(func() {
 		defer close(done)
 		err := executor.Run(ctx, executor.Config{
-			MinerURL: spec.MinerURL, DataDir: l.DataDir, Docker: l.Docker, Class: spec.Limits,
+			MinerURL: spec.MinerURL, DataDir: l.DataDir, Runtime: l.Runtime, Class: spec.Limits,
 			Limits: l.Limits, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
 			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew, Rewrite: l.Rewrite,
 			Log: l.Log.With("role", "executor"),
@@ -75,26 +75,47 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 // Wait implements Backend.
 func (l *Local) Wait() { l.wg.Wait() }
 
-// Reaper removes containers and job directories that no running job owns:
-// what an executor left behind when it crashed.
+// Reaper removes containers, networks and job directories that no running
+// job owns: what an executor left behind when it crashed.
 type Reaper struct {
-	Docker  *docker.Client
+	// Runtime is where the containers and networks are; nil: reap only directories.
+	Runtime executor.Runtime
 	Owner   string
 	DataDir string
 	Log     *slog.Logger
 }
 
+// leftoverAge is how old an unowned container, network or directory must be
+// to be reaped: an executor creates them before the miner knows the job runs.
+const leftoverAge = 5 * time.Second
+
 // Reap removes leftovers of jobs not in active.
 func (r *Reaper) Reap(ctx context.Context, active map[string]bool) {
-	if r.Docker != nil {
-		cs, err := r.Docker.ContainerList(ctx, executor.LabelOwner+"="+r.Owner)
+	if r.Runtime != nil {
+		label := executor.LabelOwner + "=" + r.Owner
+		cs, err := r.Runtime.ContainerList(ctx, label)
 		if err != nil {
 			r.Log.Warn("reaper: list containers", "err", err)
 		}
 		for _, c := range cs {
-			if id := c.Labels[executor.LabelJob]; !active[id] && c.Since(time.Now()) > 5*time.Second {
-				r.Log.Info("reaper: removing leftover container", "job", id, "container", c.ID[:12])
-				r.Docker.ContainerRemove(ctx, c.ID)
+			if id := c.Labels[executor.LabelJob]; !active[id] && c.Since(time.Now()) > leftoverAge {
+				r.Log.Info("reaper: removing leftover container", "job", id, "container", c.ID[:min(12, len(c.ID))])
+				if err := r.Runtime.ContainerRemove(ctx, c.ID); err != nil {
+					r.Log.Warn("reaper: remove container", "job", id, "err", err)
+				}
+			}
+		}
+		// Networks after containers: a network with a container attached cannot go.
+		ns, err := r.Runtime.NetworkList(ctx, label)
+		if err != nil {
+			r.Log.Warn("reaper: list networks", "err", err)
+		}
+		for _, n := range ns {
+			if id := n.Labels[executor.LabelJob]; !active[id] && n.Since(time.Now()) > leftoverAge {
+				r.Log.Info("reaper: removing leftover network", "job", id, "network", n.Name)
+				if err := r.Runtime.NetworkRemove(ctx, n.ID); err != nil {
+					r.Log.Warn("reaper: remove network", "job", id, "err", err)
+				}
 			}
 		}
 	}
@@ -110,7 +131,7 @@ func (r *Reaper) Reap(ctx context.Context, active map[string]bool) {
 				id = id[:i]
 			}
 			info, err := e.Info()
-			if err == nil && !active[id] && time.Since(info.ModTime()) > 5*time.Second {
+			if err == nil && !active[id] && time.Since(info.ModTime()) > leftoverAge {
 				r.Log.Info("reaper: removing leftover job directory", "job", id)
 				os.RemoveAll(filepath.Join(r.DataDir, name))
 			}

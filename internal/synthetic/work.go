@@ -1,6 +1,7 @@
 package synthetic
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
@@ -52,10 +53,19 @@ func Inputs(seed uint64, n int) (a, b Matrix) {
 
 // Multiply returns a·b mod Prime: the O(n³) work of the job.
 func Multiply(a, b Matrix) Matrix {
+	c, _ := MultiplyContext(context.Background(), a, b)
+	return c
+}
+
+// MultiplyContext is Multiply that gives up, between rows, once ctx is done.
+func MultiplyContext(ctx context.Context, a, b Matrix) (Matrix, error) {
 	n := a.N
 	c := Matrix{N: n, V: make([]uint32, n*n)}
 	row := make([]uint64, n)
 	for i := 0; i < n; i++ {
+		if err := ctx.Err(); err != nil {
+			return Matrix{}, err
+		}
 		clear(row)
 		for k := 0; k < n; k++ {
 			aik := uint64(a.V[i*n+k])
@@ -71,7 +81,7 @@ func Multiply(a, b Matrix) Matrix {
 			c.V[i*n+j] = uint32(row[j])
 		}
 	}
-	return c
+	return c, nil
 }
 
 // mulVec returns m·x mod Prime in O(n²).
@@ -140,20 +150,29 @@ func SearchHash(salt string, secret uint64) string {
 
 // FindSecret finds the secret in [0, space) whose SearchHash is hash: the work of the job.
 func FindSecret(salt, hash string, space uint64) (uint64, bool) {
+	secret, ok, _ := FindSecretContext(context.Background(), salt, hash, space)
+	return secret, ok
+}
+
+// FindSecretContext is FindSecret that gives up, every 65,536 tries, once ctx is done.
+func FindSecretContext(ctx context.Context, salt, hash string, space uint64) (uint64, bool, error) {
 	want, err := hex.DecodeString(hash)
 	if err != nil || len(want) != sha256.Size {
-		return 0, false
+		return 0, false, nil
 	}
 	var target [sha256.Size]byte
 	copy(target[:], want)
 	buf := []byte(salt)
 	for i := uint64(0); i < space; i++ {
+		if i%(1<<16) == 0 && ctx.Err() != nil {
+			return 0, false, ctx.Err()
+		}
 		b := strconv.AppendUint(buf[:len(salt)], i, 10)
 		if sha256.Sum256(b) == target {
-			return i, true
+			return i, true, nil
 		}
 	}
-	return 0, false
+	return 0, false, nil
 }
 
 // ChunkSize keeps each artifact under the 1 MB that artifacts may have.

@@ -1,21 +1,42 @@
-// Package validator runs a validator: it keeps sessions with the miners of
-// the metagraph, takes client jobs from the facilitator, verifies the
-// client's signature, routes each job to a miner with a free executor, drives
-// it through its stages with a deadline each, retries elsewhere when a miner
-// declines or is lost before execution, and signs the job's receipts.
+// Package validator is the validator: a value that keeps sessions with the
+// miners of the metagraph, takes client jobs from the facilitator, and
+// scores miners. New builds it, Run runs it, Handler serves its health;
+// callers hold the value and call its methods (Round, OpenWindow, Canary,
+// PairsWaiting, CancelJob, StopJob).
+//
+// The work is done in rooms below it, each testable without sockets:
+//
+//	route/     the miner pool: sessions, manifests, picking, the wait for executors
+//	jobrun/    one job: its stages as a state machine, and the driver that retries
+//	rounds/    synthetic cycles, scored by scoring/
+//	scoring/   Score, a pure function of the cycle's evidence
+//	receipts/  the receipts miners countersigned
+//	windows/   streaming validation windows and canaries
+//
+// This package wires them and carries the facilitator link: a durable
+// outbox, the session, and job intake (the client's signature first).
 package validator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
+	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/synthetic"
+	"github.com/horde-compute/horde/internal/validator/jobrun"
+	"github.com/horde-compute/horde/internal/validator/receipts"
+	"github.com/horde-compute/horde/internal/validator/rounds"
+	"github.com/horde-compute/horde/internal/validator/route"
+	"github.com/horde-compute/horde/internal/validator/scoring"
+	"github.com/horde-compute/horde/internal/validator/windows"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
 )
@@ -30,20 +51,33 @@ type Store interface {
 	store.Validations
 }
 
-// Timing holds the validator's stage deadlines (upstream defaults).
-type Timing struct {
-	Reserve time.Duration // offer → accept/decline
-	// SpinUp is each class's executor spin-up time (0 for always_on classes).
-	SpinUp       map[string]time.Duration
-	StartupSlack time.Duration // added to spin-up for the executor to start
-	Leeway       time.Duration // one allowance for the whole job
-}
+// The rooms' types, as the validator's callers name them.
+type (
+	// Timing holds the validator's stage deadlines.
+	Timing = jobrun.Timing
+	// SyntheticConfig configures synthetic rounds, scores and weights.
+	SyntheticConfig = rounds.Config
+	// Report is the outcome of one round.
+	Report = rounds.Report
+	// ClassResult summarises a miner's synthetic jobs of one class in a cycle.
+	ClassResult = scoring.ClassResult
+	// ScoreDetails is what a miner's score rests on.
+	ScoreDetails = scoring.Details
+	// ValidationConfig configures the validation of streaming jobs.
+	ValidationConfig = windows.Config
+	// CanarySpec is what a canary sends to an image's service.
+	CanarySpec = windows.CanarySpec
+	// PairVerdict is the judgement of one replayed pair.
+	PairVerdict = windows.PairVerdict
+	// WindowReport is what one validation window did and found.
+	WindowReport = windows.WindowReport
+)
 
-// DefaultTiming returns upstream's defaults.
-func DefaultTiming() Timing {
-	return Timing{Reserve: 7 * time.Second, StartupSlack: 5 * time.Second, Leeway: 5 * time.Second,
-		SpinUp: map[string]time.Duration{protocol.ClassSpinUp4minGPU24: 4 * time.Minute}}
-}
+// ErrNoPairs is returned when an image has no pairs waiting for validation.
+var ErrNoPairs = windows.ErrNoPairs
+
+// DefaultTiming returns upstream's stage deadlines.
+func DefaultTiming() Timing { return jobrun.DefaultTiming() }
 
 // Config configures a validator.
 type Config struct {
@@ -51,9 +85,10 @@ type Config struct {
 	// FacilitatorURL is the facilitator's WebSocket ("ws://host:port/ws/v0/"); empty runs without one.
 	FacilitatorURL string
 	Metagraph      chain.Source
-	Refresh        time.Duration
-	Store          Store
-	// MaxAttempts bounds how many miners one job is offered to.
+	// Refresh is how often the metagraph is reloaded (default 1m).
+	Refresh time.Duration
+	Store   Store
+	// MaxAttempts bounds how many miners one job is offered to (default 3).
 	MaxAttempts int
 	// QueueTimeout is how long a job waits for an executor while the
 	// miners that have the class are busy (default 30s).
@@ -61,7 +96,7 @@ type Config struct {
 	Timing       Timing
 	// AllowPull lets executors pull images that are not present.
 	AllowPull bool
-	// MaxJobAge refuses client signatures older than this (replays).
+	// MaxJobAge refuses client signatures older than this (replays; default 10m).
 	MaxJobAge time.Duration
 	// Synthetic configures synthetic rounds, scores and weights.
 	Synthetic SyntheticConfig
@@ -70,9 +105,7 @@ type Config struct {
 	StreamingWhitelist map[string]string
 	// Validation configures the validation of streaming jobs.
 	Validation ValidationConfig
-	// Started, if set, is called with the running validator (to run rounds on demand).
-	Started func(*Validator)
-	Log     *slog.Logger
+	Log        *slog.Logger
 }
 
 // Validate checks the config, naming the bad field.
@@ -86,86 +119,192 @@ func (c *Config) Validate() error {
 		return errors.New("validator config: Store is required")
 	case c.MaxAttempts < 0:
 		return errors.New("validator config: MaxAttempts must not be negative")
+	case c.Refresh < 0 || c.QueueTimeout < 0 || c.MaxJobAge < 0:
+		return errors.New("validator config: Refresh, QueueTimeout and MaxJobAge must not be negative")
+	case c.Validation.Sample < 0 || c.Validation.Sample > 1:
+		return errors.New("validator config: Validation.Sample must be within [0, 1]")
 	}
 	return nil
 }
 
-// Validator is a running validator.
+func (c *Config) defaults() {
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Refresh == 0 {
+		c.Refresh = time.Minute
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 3
+	}
+	if c.Timing.Reserve == 0 {
+		c.Timing = DefaultTiming()
+	}
+	if c.QueueTimeout == 0 {
+		c.QueueTimeout = 30 * time.Second
+	}
+	if c.MaxJobAge == 0 {
+		c.MaxJobAge = 10 * time.Minute
+	}
+	if c.Synthetic.Params == nil {
+		c.Synthetic.Params = synthetic.DefaultParams()
+	}
+	if len(c.Synthetic.Generators) == 0 {
+		c.Synthetic.Generators = synthetic.Generators()
+	}
+	c.Validation.Defaults()
+}
+
+// Validator is one validator. Its methods may be called while Run runs.
 type Validator struct {
-	cfg  Config
-	log  *slog.Logger
-	life context.Context
-	wg   sync.WaitGroup
+	cfg     Config
+	log     *slog.Logger
+	pool    *route.Pool
+	out     *outbox
+	driver  *jobrun.Driver
+	rounds  *rounds.Rounds
+	windows *windows.Windows
+	dial    func(ctx context.Context, url string) (conn, error) // the facilitator
+
+	running       atomic.Bool
+	facilitatorUp atomic.Bool
+	jobs          sync.WaitGroup // job drivers, waited for by Run
 
 	mu     sync.Mutex
-	miners map[string]*minerClient
 	cancel map[string]context.CancelCauseFunc // running jobs
-	relay  map[string]func(protocol.Message)  // running jobs: send to their miner
-
-	out *outbox
-
-	roundMu       sync.Mutex // one round at a time
-	validateMu    sync.Mutex // one validation window at a time
-	rounds        int64
-	lastCycle     time.Time        // end of the last scored cycle
-	trusted       *minerClient     // the validator's own miner, for validation windows
-	receiptCursor map[string]int64 // by miner: last receipt id fetched
 }
 
-// Run serves until ctx ends.
-func Run(ctx context.Context, cfg Config) error {
+// transport is how the validator reaches the world; zero fields are the
+// real thing (tests put in-memory ones in).
+type transport struct {
+	miners      route.Dialer
+	receipts    *http.Client
+	facilitator func(ctx context.Context, url string) (conn, error)
+	streams     func(*client.Stream) (windows.Caller, error)
+}
+
+// New checks cfg, fills in its defaults and returns the validator. It
+// starts nothing: Run does.
+func New(cfg Config) (*Validator, error) { return newValidator(cfg, transport{}) }
+
+func newValidator(cfg Config, t transport) (*Validator, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.defaults()
+	log := cfg.Log.With("role", "validator")
+	if t.miners == nil {
+		t.miners = route.WSDialer{Hotkey: cfg.Hotkey, Log: log}
+	}
+	if t.facilitator == nil {
+		t.facilitator = dialFacilitator(log)
+	}
+	v := &Validator{cfg: cfg, log: log, dial: t.facilitator, cancel: map[string]context.CancelCauseFunc{},
+		pool: route.NewPool(t.miners, cfg.Hotkey.SS58(), log), out: newOutbox(cfg.Store, log)}
+	if tm := cfg.Validation.TrustedMiner; tm != nil {
+		v.pool.Pin(*tm)
+	}
+	run := jobrun.Params{Hotkey: cfg.Hotkey, Timing: cfg.Timing, AllowPull: cfg.AllowPull, Digests: cfg.StreamingWhitelist, Receipts: cfg.Store, Log: log}
+	v.driver = &jobrun.Driver{Params: run, Pool: v.pool, MaxAttempts: cfg.MaxAttempts, QueueTimeout: cfg.QueueTimeout}
+	m := miners{v}
+	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: v.out, Log: log,
+		Receipts: &receipts.Collector{Validator: cfg.Hotkey.SS58(), Store: cfg.Store, HTTP: t.receipts, Log: log}})
+	v.windows = windows.New(windows.Deps{Config: cfg.Validation, Self: cfg.Hotkey.SS58(), Whitelist: cfg.StreamingWhitelist,
+		Run: run, Miners: m, Store: cfg.Store, Connect: t.streams, Log: log})
+	return v, nil
+}
+
+// Run serves until ctx ends: it fails the jobs a previous run left
+// unfinished, then keeps the metagraph's miners connected, runs the
+// configured loops (rounds, validation windows, canaries) and the
+// facilitator link. It returns when every loop and job has ended.
+func (v *Validator) Run(ctx context.Context) error {
+	if !v.running.CompareAndSwap(false, true) {
+		return errors.New("validator: Run called twice")
+	}
+	defer v.pool.Close()
+	v.recover(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { every(ctx, v.cfg.Refresh, true, func() { v.refresh(ctx) }) })
+	if d := v.cfg.Synthetic.Every; d > 0 {
+		wg.Go(func() {
+			every(ctx, d, false, func() {
+				if _, err := v.rounds.Round(ctx); err != nil && ctx.Err() == nil {
+					v.log.Error("synthetic round failed", "err", err)
+				}
+			})
+		})
+	}
+	if d := v.cfg.Validation.Every; d > 0 && v.cfg.Validation.TrustedMiner != nil {
+		wg.Go(func() { every(ctx, d, false, func() { v.windows.Due(ctx) }) })
+	}
+	if d := v.cfg.Validation.CanaryEvery; d > 0 && len(v.cfg.Validation.Canaries) > 0 {
+		wg.Go(func() { every(ctx, d, false, func() { v.windows.Canaries(ctx) }) })
+	}
+	if v.cfg.FacilitatorURL != "" {
+		wg.Go(func() { v.facilitatorLoop(ctx) })
+	}
+	v.log.Info("validator running", "hotkey", v.cfg.Hotkey.SS58())
+	<-ctx.Done()
+	wg.Wait()
+	v.jobs.Wait()
+	return nil
+}
+
+// Run builds a validator from cfg and runs it until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	v, err := New(cfg)
+	if err != nil {
 		return err
 	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
+	return v.Run(ctx)
+}
+
+// Handler serves the validator's health: GET /healthz.
+func (v *Validator) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"status": "ok", "hotkey": v.cfg.Hotkey.SS58(), "running": v.running.Load(),
+			"miners_connected": v.pool.Connected(), "facilitator_connected": v.facilitatorUp.Load()})
+	})
+	return mux
+}
+
+// Round runs one synthetic cycle now (see rounds.Rounds.Round).
+func (v *Validator) Round(ctx context.Context) (*Report, error) { return v.rounds.Round(ctx) }
+
+// OpenWindow opens a validation window for image now (see windows.Windows.Open).
+func (v *Validator) OpenWindow(ctx context.Context, image string) (*WindowReport, error) {
+	return v.windows.Open(ctx, image)
+}
+
+// Canary sends the validator's own requests to a streaming job of image and
+// keeps the pairs; it returns how many it kept.
+func (v *Validator) Canary(ctx context.Context, image string, requests [][]byte, path string) (int, error) {
+	return v.windows.Canary(ctx, image, requests, path)
+}
+
+// PairsWaiting returns how many pairs of image wait for a validation window.
+func (v *Validator) PairsWaiting(ctx context.Context, image string) (int, error) {
+	return v.windows.PairsWaiting(ctx, image)
+}
+
+// CancelJob cancels a client's job running here; it reports whether it ran here.
+func (v *Validator) CancelJob(uuid string) bool {
+	v.mu.Lock()
+	c := v.cancel[uuid]
+	v.mu.Unlock()
+	if c != nil {
+		c(jobrun.ErrCancelled)
 	}
-	if cfg.Refresh == 0 {
-		cfg.Refresh = time.Minute
-	}
-	if cfg.MaxAttempts == 0 {
-		cfg.MaxAttempts = 3
-	}
-	if cfg.Timing.Reserve == 0 {
-		cfg.Timing = DefaultTiming()
-	}
-	if cfg.QueueTimeout == 0 {
-		cfg.QueueTimeout = 30 * time.Second
-	}
-	if cfg.MaxJobAge == 0 {
-		cfg.MaxJobAge = 10 * time.Minute
-	}
-	if cfg.Synthetic.Params == nil {
-		cfg.Synthetic.Params = synthetic.DefaultParams()
-	}
-	cfg.Validation.defaults()
-	if len(cfg.Synthetic.Generators) == 0 {
-		cfg.Synthetic.Generators = synthetic.Generators()
-	}
-	v := &Validator{cfg: cfg, log: cfg.Log.With("role", "validator"), life: ctx,
-		miners: map[string]*minerClient{}, cancel: map[string]context.CancelCauseFunc{}, relay: map[string]func(protocol.Message){}, receiptCursor: map[string]int64{}, lastCycle: time.Now()}
-	v.out = newOutbox(cfg.Store, v.log)
-	v.recover(ctx)
-	v.wg.Go(func() { v.refreshLoop(ctx) })
-	if cfg.Synthetic.Every > 0 {
-		v.wg.Go(func() { v.roundLoop(ctx) })
-	}
-	if cfg.Validation.Every > 0 && cfg.Validation.TrustedMiner != nil {
-		v.wg.Go(func() { v.validationLoop(ctx) })
-	}
-	if cfg.Validation.CanaryEvery > 0 && len(cfg.Validation.Canaries) > 0 {
-		v.wg.Go(func() { v.canaryLoop(ctx) })
-	}
-	if cfg.FacilitatorURL != "" {
-		v.wg.Go(func() { v.facilitatorLoop(ctx) })
-	}
-	v.log.Info("validator running", "hotkey", cfg.Hotkey.SS58())
-	if cfg.Started != nil {
-		cfg.Started(v)
-	}
-	<-ctx.Done()
-	v.wg.Wait()
-	return nil
+	return c != nil
+}
+
+// StopJob ends a serving streaming job normally (it uploads and reports as
+// usual); it reports whether the job serves here.
+func (v *Validator) StopJob(uuid string) bool {
+	return v.driver.Relay(context.Background(), uuid, &protocol.V0StopJobRequest{JobUUID: uuid})
 }
 
 // recover fails jobs a previous run left unfinished: their miners' sessions
@@ -182,126 +321,57 @@ func (v *Validator) recover(ctx context.Context) {
 	}
 }
 
-func (v *Validator) refreshLoop(ctx context.Context) {
-	t := time.NewTicker(v.cfg.Refresh)
+// refresh reloads the metagraph and syncs the pool with its miners.
+func (v *Validator) refresh(ctx context.Context) ([]chain.Neuron, error) {
+	mg, err := v.cfg.Metagraph.Metagraph(ctx)
+	if err != nil {
+		v.log.Warn("metagraph refresh failed", "err", err)
+		return nil, err
+	}
+	var ns []chain.Neuron
+	for _, n := range mg.Miners() {
+		if n.Hotkey != v.cfg.Hotkey.SS58() {
+			ns = append(ns, n)
+		}
+	}
+	v.pool.Sync(ctx, ns)
+	return ns, nil
+}
+
+// every calls f every d until ctx ends (first at once if now).
+func every(ctx context.Context, d time.Duration, now bool, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
+	if now {
+		f()
+	}
 	for {
-		v.refresh(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			f()
 		}
 	}
 }
 
-// refresh reloads the metagraph and connects to every miner in it.
-func (v *Validator) refresh(ctx context.Context) {
-	mg, err := v.cfg.Metagraph.Metagraph(ctx)
-	if err != nil {
-		v.log.Warn("metagraph refresh failed", "err", err)
-		return
-	}
-	var wg sync.WaitGroup
-	for _, n := range mg.Miners() {
-		if n.Hotkey == v.cfg.Hotkey.SS58() {
-			continue
-		}
-		v.mu.Lock()
-		mc := v.miners[n.Hotkey]
-		if mc == nil || mc.neuron.AxonInfo != n.AxonInfo {
-			mc = newMinerClient(n, v.log)
-			v.miners[n.Hotkey] = mc
-		}
-		v.mu.Unlock()
-		wg.Go(func() {
-			if err := mc.connect(ctx, v.cfg.Hotkey, &v.wg, v.life); err != nil {
-				v.log.Debug("miner not reachable", "miner", n.Hotkey, "err", err)
-			}
-		})
-	}
-	wg.Wait()
+// miners is the pool as rounds and windows use it.
+type miners struct{ v *Validator }
+
+func (m miners) Refresh(ctx context.Context) ([]chain.Neuron, error) { return m.v.refresh(ctx) }
+
+func (m miners) Connect(ctx context.Context, hotkey string) (map[string]int, error) {
+	return m.v.pool.Connect(ctx, hotkey)
 }
 
-// pick chooses a connected miner with a free executor of class, not in tried:
-// the one with the most free executors, ties broken at random. offered says
-// whether any such miner has the class at all (busy or not).
-func (v *Validator) pick(ctx context.Context, class string, tried map[string]bool) (_ *minerClient, offered bool) {
-	v.mu.Lock()
-	var all []*minerClient
-	for hk, mc := range v.miners {
-		if !tried[hk] {
-			all = append(all, mc)
-		}
-	}
-	v.mu.Unlock()
-	var cands []*minerClient
-	best := 0
-	for _, mc := range all {
-		if err := mc.connect(ctx, v.cfg.Hotkey, &v.wg, v.life); err != nil {
-			continue
-		}
-		if mc.offers(class) {
-			offered = true
-		}
-		switch free := mc.free(class); {
-		case free <= 0 || free < best:
-		case free > best:
-			best, cands = free, []*minerClient{mc}
-		default:
-			cands = append(cands, mc)
-		}
-	}
-	if len(cands) == 0 {
-		return nil, offered
-	}
-	return cands[rand.IntN(len(cands))], true
+func (m miners) LeaseOn(hotkey, job, class string) (jobrun.Lease, error) {
+	return m.v.pool.LeaseOn(hotkey, job, class)
 }
 
-// Cancel stops a running job; it reports whether the job was running here.
-func (v *Validator) Cancel(uuid string) bool {
-	v.mu.Lock()
-	c := v.cancel[uuid]
-	v.mu.Unlock()
-	if c != nil {
-		c(errCancelled)
-	}
-	return c != nil
+func (m miners) Acquire(ctx context.Context, w jobrun.Want) (jobrun.Lease, error) {
+	return m.v.pool.Acquire(ctx, w)
 }
 
-var errCancelled = errors.New("cancelled by the client")
-
-// Stop ends a running streaming job normally; it reports whether the job was running here.
-func (v *Validator) Stop(uuid string) bool {
-	return v.toMiner(uuid, &protocol.V0StopJobRequest{JobUUID: uuid})
-}
-
-// toMiner sends m to the miner running job uuid; false if none runs it here.
-func (v *Validator) toMiner(uuid string, m protocol.Message) bool {
-	v.mu.Lock()
-	f := v.relay[uuid]
-	v.mu.Unlock()
-	if f != nil {
-		f(m)
-	}
-	return f != nil
-}
-
-func (v *Validator) setStop(uuid string, f func(protocol.Message)) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if f == nil {
-		delete(v.relay, uuid)
-	} else {
-		v.relay[uuid] = f
-	}
-}
-
-// setStatus records a status and queues it for the facilitator.
-func (v *Validator) setStatus(ctx context.Context, uuid string, s protocol.JobStatus, meta *protocol.StatusMetadata) {
-	e := protocol.StatusEntry{Status: s, CreatedAt: time.Now().UTC(), Metadata: meta}
-	if err := v.cfg.Store.AddStatus(context.WithoutCancel(ctx), uuid, e); err != nil {
-		v.log.Error("store status", "job", uuid, "status", s, "err", err)
-	}
-	v.out.push(&protocol.V0JobStatusUpdate{UUID: uuid, Status: s, Metadata: meta})
+func (m miners) LeasePinned(ctx context.Context, hotkey, job, class string) (jobrun.Lease, error) {
+	return m.v.pool.LeasePinned(ctx, hotkey, job, class)
 }

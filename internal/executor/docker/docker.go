@@ -1,6 +1,7 @@
 // Package docker is a small client of the Docker Engine API (v1.41, the
 // oldest engine we support) covering what executors need: images, job
 // containers with their isolation settings, logs, and reaping leftovers.
+// *Client implements executor.Runtime.
 //
 // It is written here instead of importing the moby client because executors
 // need a dozen calls, must work against 20.10 engines, and the official
@@ -20,6 +21,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -384,9 +386,32 @@ func demux(r io.Reader, stdout, stderr io.Writer) error {
 	}
 }
 
-// Network is a Docker network.
+// ServiceAddr returns "ip:port" of the container on network: where this
+// process reaches a service the container serves on port.
+func (c *Client) ServiceAddr(ctx context.Context, id, network string, port int) (string, error) {
+	ip, err := c.ContainerIP(ctx, id, network)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(ip, strconv.Itoa(port)), nil
+}
+
+// Network is a row of NetworkList.
 type Network struct {
-	ID string `json:"Id"`
+	ID      string `json:"Id"`
+	Name    string
+	Labels  map[string]string
+	Created time.Time
+}
+
+// NetworkList lists the networks with the given label ("k" or "k=v").
+func (c *Client) NetworkList(ctx context.Context, label string) ([]Network, error) {
+	f, _ := json.Marshal(map[string][]string{"label": {label}})
+	var out []Network
+	if err := c.call(ctx, http.MethodGet, "/networks", url.Values{"filters": {string(f)}}, nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // NetworkCreate creates a bridge network; internal networks have no egress.
@@ -412,3 +437,6 @@ func (c *Client) NetworkRemove(ctx context.Context, id string) error {
 
 // Since is a helper for reaping: the container's age.
 func (ct Container) Since(now time.Time) time.Duration { return now.Sub(time.Unix(ct.Created, 0)) }
+
+// Since is a helper for reaping: the network's age.
+func (n Network) Since(now time.Time) time.Duration { return now.Sub(n.Created) }

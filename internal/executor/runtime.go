@@ -1,0 +1,49 @@
+package executor
+
+import (
+	"context"
+	"io"
+
+	"github.com/horde-compute/horde/internal/executor/docker"
+)
+
+// Runtime is the container engine an executor runs jobs on, and a miner's
+// reaper cleans up: exactly what horde asks of the Docker Engine, in its
+// terms (package docker's types). *docker.Client is the real one; package
+// fakert runs Go functions in-process for tests.
+//
+// Errors for a missing image, container or network wrap docker.ErrNotFound.
+type Runtime interface {
+	// ImageInspect returns the image's id and repo digests.
+	ImageInspect(ctx context.Context, ref string) (*docker.Image, error)
+	// ImagePull pulls ref; progress (may be nil) gets status lines.
+	ImagePull(ctx context.Context, ref string, progress func(string)) error
+
+	// ContainerCreate creates a container as cfg says, isolation included,
+	// and returns its id. name (may be empty) must be unused.
+	ContainerCreate(ctx context.Context, name string, cfg *docker.ContainerConfig) (string, error)
+	ContainerStart(ctx context.Context, id string) error
+	// ContainerWait blocks until the container exits and returns its exit code.
+	ContainerWait(ctx context.Context, id string) (int, error)
+	ContainerKill(ctx context.Context, id string) error
+	// ContainerRemove removes a container, running or not, by id or name;
+	// removing one that does not exist is not an error.
+	ContainerRemove(ctx context.Context, id string) error
+	ContainerInspect(ctx context.Context, id string) (*docker.ContainerState, error)
+	// ContainerLogs copies everything the container wrote to its stdout and stderr.
+	ContainerLogs(ctx context.Context, id string, stdout, stderr io.Writer) error
+	// ContainerList lists containers, running or not, with label ("k" or "k=v").
+	ContainerList(ctx context.Context, label string) ([]docker.Container, error)
+
+	// NetworkCreate creates a network; an internal one has no route outside.
+	NetworkCreate(ctx context.Context, name string, internal bool, labels map[string]string) (string, error)
+	// NetworkRemove removes a network; removing one that does not exist is not an error.
+	NetworkRemove(ctx context.Context, id string) error
+	// NetworkList lists networks with label ("k" or "k=v").
+	NetworkList(ctx context.Context, label string) ([]docker.Network, error)
+	// ServiceAddr is the "host:port" at which this process reaches port of
+	// container id on network.
+	ServiceAddr(ctx context.Context, id, network string, port int) (string, error)
+}
+
+var _ Runtime = (*docker.Client)(nil)

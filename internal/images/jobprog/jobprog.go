@@ -1,0 +1,172 @@
+// Package jobprog is the demo and test job: the program of the job image
+// (images.JobImage), which the fake runtime also runs in-process.
+//
+//	demo             summarise /volume into /output/result.json
+//	echo ARGS…       print ARGS
+//	sleep SECONDS    sleep
+//	exit CODE        exit with CODE (after printing to stderr)
+//	net              probe for a network without sending a packet:
+//	                 exit 7 if there is none (the expected case)
+//	write NAME BYTES write an output file of BYTES bytes
+//	env NAME         print an environment variable
+//	search SALT HASH SPACE   find the secret of a synthetic search job
+//	matmul SEED N            multiply two seeded n×n matrices into /artifacts
+//
+// Every mode ends when ctx does, as a killed container would. What a mode
+// shows depends on where it runs: in a container, net probes the
+// container's real network; in the fake runtime it only asks the fake, which
+// says there is none, and search and matmul take this process's CPU, with
+// no class limits, so their timing means nothing.
+package jobprog
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/horde-compute/horde/internal/images/prog"
+	"github.com/horde-compute/horde/internal/synthetic"
+)
+
+// Main runs the program and returns its exit code.
+func Main(ctx context.Context, e *prog.Env) int {
+	args := e.Args
+	if len(args) == 0 {
+		args = []string{"demo"}
+	}
+	fail := func(code int, err error) int {
+		fmt.Fprintln(e.Stderr, err)
+		return code
+	}
+	switch args[0] {
+	case "demo":
+		if err := demo(e); err != nil {
+			return fail(1, err)
+		}
+	case "echo":
+		fmt.Fprintln(e.Stdout, strings.Join(args[1:], " "))
+	case "sleep":
+		s, _ := strconv.ParseFloat(arg(args, 1), 64)
+		t := time.NewTimer(time.Duration(s * float64(time.Second)))
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fail(1, ctx.Err())
+		}
+		fmt.Fprintln(e.Stdout, "slept", s)
+	case "exit":
+		code, _ := strconv.Atoi(arg(args, 1))
+		fmt.Fprintf(e.Stderr, "exiting with %d\n", code)
+		return code
+	case "net":
+		// A UDP "connection" only looks up a route; no packet leaves. The
+		// address is TEST-NET-1 (RFC 5737), which nothing answers anyway.
+		c, err := e.Dial(ctx, "udp", "192.0.2.1:9")
+		if err != nil {
+			fmt.Fprintln(e.Stdout, "network unreachable:", err)
+			return 7
+		}
+		c.Close()
+		fmt.Fprintln(e.Stdout, "network reachable: a route to the outside exists")
+	case "write":
+		n, _ := strconv.Atoi(arg(args, 2))
+		p, err := e.Path(filepath.Join("/output", arg(args, 1)))
+		if err == nil {
+			err = os.WriteFile(p, make([]byte, n), 0o644)
+		}
+		if err != nil {
+			return fail(1, err)
+		}
+		fmt.Fprintln(e.Stdout, "wrote", n)
+	case "env":
+		fmt.Fprintln(e.Stdout, e.Getenv(arg(args, 1)))
+	case "search":
+		space, _ := strconv.ParseUint(arg(args, 3), 10, 64)
+		secret, ok, err := synthetic.FindSecretContext(ctx, arg(args, 1), arg(args, 2), space)
+		if err != nil {
+			return fail(1, err)
+		}
+		if !ok {
+			fmt.Fprintln(e.Stderr, "no secret in the search space")
+			return 1
+		}
+		fmt.Fprintln(e.Stdout, secret)
+	case "matmul":
+		seed, _ := strconv.ParseUint(arg(args, 1), 10, 64)
+		n, _ := strconv.Atoi(arg(args, 2))
+		a, b := synthetic.Inputs(seed, n)
+		c, err := synthetic.MultiplyContext(ctx, a, b)
+		if err != nil {
+			return fail(1, err)
+		}
+		dir, err := e.Path("/artifacts")
+		if err == nil {
+			err = synthetic.WriteChunks(dir, c.Encode())
+		}
+		if err != nil {
+			return fail(1, err)
+		}
+		fmt.Fprintf(e.Stdout, "multiplied %dx%d\n", n, n)
+	default:
+		fmt.Fprintf(e.Stderr, "unknown mode %q\n", args[0])
+		return 2
+	}
+	return 0
+}
+
+func arg(a []string, i int) string {
+	if i < len(a) {
+		return a[i]
+	}
+	return ""
+}
+
+// demo hashes every input file and writes a summary, proving volumes in and outputs out.
+func demo(e *prog.Env) error {
+	type file struct {
+		Path   string `json:"path"`
+		Bytes  int    `json:"bytes"`
+		SHA256 string `json:"sha256"`
+		Words  int    `json:"words"`
+	}
+	volume, err := e.Path("/volume")
+	if err != nil {
+		return err
+	}
+	output, err := e.Path("/output")
+	if err != nil {
+		return err
+	}
+	var files []file
+	filepath.WalkDir(volume, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(volume, p)
+		sum := sha256.Sum256(b)
+		files = append(files, file{Path: filepath.ToSlash(rel), Bytes: len(b), SHA256: hex.EncodeToString(sum[:]), Words: len(strings.Fields(string(b)))})
+		return nil
+	})
+	out, _ := json.MarshalIndent(map[string]any{"files": files, "host": e.Hostname}, "", "  ")
+	if err := os.WriteFile(filepath.Join(output, "result.json"), out, 0o644); err != nil {
+		return fmt.Errorf("write output: %w", err)
+	}
+	for _, f := range files {
+		fmt.Fprintf(e.Stdout, "%s: %d bytes, %d words, sha256 %s\n", f.Path, f.Bytes, f.Words, f.SHA256[:16])
+	}
+	fmt.Fprintf(e.Stdout, "processed %d input files; result in /output/result.json\n", len(files))
+	return nil
+}

@@ -1,0 +1,163 @@
+// Package receipts collects the receipts miners countersigned. It pages
+// through a miner's /receipts since the last fetch, checks both signatures
+// and that each receipt is the very one this validator signed, and records
+// the miner's signature on the validator's copy. A receipt counts once.
+package receipts
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/receipt"
+)
+
+// Store is the validator's receipts.
+type Store interface {
+	PutReceipt(ctx context.Context, r receipt.Receipt) error
+	ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error)
+}
+
+// PageSize is how many receipts one request asks for.
+const PageSize = 1000
+
+// Collector fetches receipts from miners for one validator.
+type Collector struct {
+	// Validator is the validator's hotkey (SS58): other validators' receipts are skipped.
+	Validator string
+	Store     Store
+	// HTTP fetches the pages (default: a client with a 30 s timeout).
+	HTTP *http.Client
+	Log  *slog.Logger
+
+	mu     sync.Mutex
+	cursor map[string]int64 // by miner: the last receipt id fetched
+}
+
+// Collect fetches what miner n countersigned since the last call and
+// records it. It returns why receipts were refused (or the fetch failed).
+func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	log := c.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	base := "http://" + net.JoinHostPort(n.AxonInfo.IP, strconv.Itoa(n.AxonInfo.Port)) + "/receipts"
+	var refused []string
+	for {
+		after := c.after(n.Hotkey, 0)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s?after=%d&limit=%d", base, after, PageSize), nil)
+		if err != nil {
+			return append(refused, err.Error())
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return append(refused, "fetch receipts: "+err.Error())
+		}
+		lines := 0
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 4<<20)
+		for sc.Scan() {
+			lines++
+			var sr store.StoredReceipt
+			if err := json.Unmarshal(sc.Bytes(), &sr); err != nil {
+				refused = append(refused, "undecodable receipt line: "+err.Error())
+				continue
+			}
+			if err := c.Accept(ctx, n.Hotkey, sr.Receipt); err != nil {
+				refused = append(refused, err.Error())
+				log.Warn("receipt refused", "miner", n.Hotkey, "err", err)
+			}
+			c.after(n.Hotkey, sr.ID)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return append(refused, fmt.Sprintf("fetch receipts: HTTP %d", resp.StatusCode))
+		}
+		if lines < PageSize {
+			return refused
+		}
+	}
+}
+
+// after moves miner's cursor up to id and returns it.
+func (c *Collector) after(miner string, id int64) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cursor == nil {
+		c.cursor = map[string]int64{}
+	}
+	if id > c.cursor[miner] {
+		c.cursor[miner] = id
+	}
+	return c.cursor[miner]
+}
+
+// Accept checks one receipt served by miner and records its countersignature.
+// Another validator's receipts are skipped without error.
+func (c *Collector) Accept(ctx context.Context, miner string, r receipt.Receipt) error {
+	p, err := r.Decode()
+	if err != nil {
+		return err
+	}
+	var b receipt.Base
+	if err := json.Unmarshal(r.Payload, &b); err != nil {
+		return fmt.Errorf("%w: %s receipt: %w", receipt.ErrInvalid, r.Type, err)
+	}
+	if b.ValidatorHotkey != c.Validator {
+		return nil // another validator's receipt
+	}
+	if b.MinerHotkey != miner {
+		return fmt.Errorf("%w: %s receipt of job %s names miner %s, served by %s", receipt.ErrInvalid, r.Type, b.JobUUID, b.MinerHotkey, miner)
+	}
+	if r.MinerSignature == "" {
+		return fmt.Errorf("%w: %s receipt of job %s has no miner signature", receipt.ErrInvalid, r.Type, b.JobUUID)
+	}
+	if err := r.Verify(); err != nil {
+		return err
+	}
+	ours, err := c.Store.ReceiptsForJob(ctx, b.JobUUID)
+	if err != nil {
+		return err
+	}
+	want, err := receipt.Bytes(p)
+	if err != nil {
+		return err
+	}
+	for _, o := range ours {
+		var ob receipt.Base
+		if json.Unmarshal(o.Payload, &ob) != nil || o.Type != r.Type || ob.MinerHotkey != miner {
+			continue
+		}
+		op, err := o.Decode()
+		if err != nil {
+			return err
+		}
+		have, err := receipt.Bytes(op)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(have, want) {
+			return fmt.Errorf("%w: %s receipt of job %s differs from the one this validator signed", receipt.ErrInvalid, r.Type, b.JobUUID)
+		}
+		if o.MinerSignature != "" {
+			return nil // counted already
+		}
+		o.MinerSignature = r.MinerSignature
+		return c.Store.PutReceipt(ctx, o)
+	}
+	return fmt.Errorf("%w: %s receipt of job %s was never signed by this validator", receipt.ErrInvalid, r.Type, b.JobUUID)
+}

@@ -112,8 +112,6 @@ func TestReportedPairs(t *testing.T) {
 	}
 }
 
-func decodeB64(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }
-
 func httptestRecorder() *httptest.ResponseRecorder { return httptest.NewRecorder() }
 
 func mustRequest(t *testing.T, method, path string) *http.Request {

@@ -49,6 +49,8 @@ type Store interface {
 	store.Scores
 	store.Pairs
 	store.Validations
+	store.Ledger
+	store.Excuses
 }
 
 // The rooms' types, as the validator's callers name them.
@@ -166,6 +168,12 @@ type Validator struct {
 	windows *windows.Windows
 	dial    func(ctx context.Context, url string) (conn, error) // the facilitator
 
+	// tests is held by a synthetic round, and by the canaries: the
+	// validator's own streaming jobs never compete with its rounds for
+	// the same executors (a canary would be declined as busy, or make the
+	// round's jobs be).
+	tests sync.Mutex
+
 	running       atomic.Bool
 	facilitatorUp atomic.Bool
 	jobs          sync.WaitGroup // job drivers, waited for by Run
@@ -207,7 +215,7 @@ func newValidator(cfg Config, t transport) (*Validator, error) {
 	run := jobrun.Params{Hotkey: cfg.Hotkey, Timing: cfg.Timing, AllowPull: cfg.AllowPull, Digests: cfg.StreamingWhitelist, Receipts: cfg.Store, Log: log}
 	v.driver = &jobrun.Driver{Params: run, Pool: v.pool, MaxAttempts: cfg.MaxAttempts, QueueTimeout: cfg.QueueTimeout}
 	m := miners{v}
-	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: v.out, Log: log,
+	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: v.out, Metagraph: cfg.Metagraph, Log: log,
 		Receipts: &receipts.Collector{Validator: cfg.Hotkey.SS58(), Store: cfg.Store, HTTP: t.receipts, Log: log}})
 	v.windows = windows.New(windows.Deps{Config: cfg.Validation, Self: cfg.Hotkey.SS58(), Whitelist: cfg.StreamingWhitelist,
 		Run: run, Miners: m, Store: cfg.Store, Connect: t.streams, Log: log})
@@ -229,7 +237,7 @@ func (v *Validator) Run(ctx context.Context) error {
 	if d := v.cfg.Synthetic.Every; d > 0 {
 		wg.Go(func() {
 			every(ctx, d, false, func() {
-				if _, err := v.rounds.Round(ctx); err != nil && ctx.Err() == nil {
+				if _, err := v.Round(ctx); err != nil && ctx.Err() == nil {
 					v.log.Error("synthetic round failed", "err", err)
 				}
 			})
@@ -239,7 +247,13 @@ func (v *Validator) Run(ctx context.Context) error {
 		wg.Go(func() { every(ctx, d, false, func() { v.windows.Due(ctx) }) })
 	}
 	if d := v.cfg.Validation.CanaryEvery; d > 0 && len(v.cfg.Validation.Canaries) > 0 {
-		wg.Go(func() { every(ctx, d, false, func() { v.windows.Canaries(ctx) }) })
+		wg.Go(func() {
+			every(ctx, d, false, func() {
+				v.tests.Lock()
+				defer v.tests.Unlock()
+				v.windows.Canaries(ctx)
+			})
+		})
 	}
 	if v.cfg.FacilitatorURL != "" {
 		wg.Go(func() { v.facilitatorLoop(ctx) })
@@ -271,8 +285,13 @@ func (v *Validator) Handler() http.Handler {
 	return mux
 }
 
-// Round runs one synthetic cycle now (see rounds.Rounds.Round).
-func (v *Validator) Round(ctx context.Context) (*Report, error) { return v.rounds.Round(ctx) }
+// Round runs one synthetic cycle now (see rounds.Rounds.Round), once no
+// canary runs.
+func (v *Validator) Round(ctx context.Context) (*Report, error) {
+	v.tests.Lock()
+	defer v.tests.Unlock()
+	return v.rounds.Round(ctx)
+}
 
 // OpenWindow opens a validation window for image now (see windows.Windows.Open).
 func (v *Validator) OpenWindow(ctx context.Context, image string) (*WindowReport, error) {
@@ -280,8 +299,10 @@ func (v *Validator) OpenWindow(ctx context.Context, image string) (*WindowReport
 }
 
 // Canary sends the validator's own requests to a streaming job of image and
-// keeps the pairs; it returns how many it kept.
+// keeps the pairs, once no round runs; it returns how many it kept.
 func (v *Validator) Canary(ctx context.Context, image string, requests [][]byte, path string) (int, error) {
+	v.tests.Lock()
+	defer v.tests.Unlock()
 	return v.windows.Canary(ctx, image, requests, path)
 }
 

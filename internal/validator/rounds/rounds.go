@@ -60,6 +60,10 @@ type Report struct {
 	Results []store.SyntheticResult     `json:"results"`
 	Scores  []store.MinerScore          `json:"scores"`
 	Details map[string]*scoring.Details `json:"-"`
+	// Excuses are the verdicts on busy miners' excuses.
+	Excuses []store.ExcuseVerdict `json:"excuses,omitempty"`
+	// Counted are the finished jobs this cycle counted, paid or not.
+	Counted []store.Counted `json:"counted,omitempty"`
 }
 
 // Miners is the validator's pool as rounds use it.
@@ -191,6 +195,7 @@ func (r *Rounds) Round(ctx context.Context) (*Report, error) {
 	}
 	wg.Wait()
 	verdicts := r.judge(ctx, cycle, rep.Details, attempts)
+	rep.Excuses = verdicts
 	for _, a := range attempts {
 		rep.Results = append(rep.Results, a.res)
 		cr := rep.Details[a.res.Miner].Classes[a.res.Class]
@@ -239,7 +244,7 @@ func (r *Rounds) Round(ctx context.Context) (*Report, error) {
 	}
 	out := scoring.Score(scoring.Input{Cycle: cycle, From: from, At: end, Miners: rep.Details,
 		Jobs: scoring.Jobs(work), Cheats: cheats, ClassWeights: weights})
-	rep.Scores, rep.Details = out.Scores, out.Details
+	rep.Scores, rep.Details, rep.Counted = out.Scores, out.Details, out.Counted
 	if err := r.d.Store.PutCycle(context.WithoutCancel(ctx), rep.Scores, out.Counted); err != nil {
 		return nil, fmt.Errorf("round: store the cycle: %w", err)
 	}

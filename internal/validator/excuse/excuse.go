@@ -39,7 +39,7 @@ var (
 	ErrTTL        = errors.New("ttl is longer than the class allows")
 	ErrFuture     = errors.New("issued at or after the declined offer")
 	ErrExpired    = errors.New("expired before the declined offer")
-	ErrEnded      = errors.New("the job had ended before the declined offer")
+	ErrEnded      = errors.New("the job had ended well before the declined offer")
 	ErrDuplicate  = errors.New("duplicate: the same job twice in one decline")
 	ErrTooMany    = errors.New("more excuses than executors the miner claims")
 )
@@ -51,6 +51,11 @@ const DefaultMinStake = 30_000
 // Leeway is how long after its ttl a receipt still excuses (upstream's, for
 // clock skew and latency between validators).
 const Leeway = 2 * time.Second
+
+// EndGrace is how long after this validator signed a job's result the
+// job's receipt still excuses: the miner frees the executor only once it has
+// torn the job down.
+const EndGrace = 30 * time.Second
 
 // DefaultMaxTTL is the longest ttl a receipt of class may carry: a day of
 // job limits plus the class's spin-up. horde validators sign the job's whole
@@ -76,7 +81,7 @@ type Rules struct {
 	MaxTTL map[string]time.Duration
 	// Ended, if set, says when a job this validator ran on miner ended (it
 	// signed its finished receipt then): Self's receipt of a job that ended
-	// before the declined offer excuses nothing.
+	// more than EndGrace before the declined offer excuses nothing.
 	Ended func(job, miner string) (time.Time, bool)
 }
 
@@ -197,7 +202,7 @@ func (r Rules) Check(d Decline, raw json.RawMessage) (*receipt.StartedPayload, e
 		return sp, fmt.Errorf("%w: issued %s with ttl %d s, offer %s", ErrExpired, stamp(issued), sp.TTL, stamp(d.At))
 	}
 	if sp.ValidatorHotkey == r.Self && r.Ended != nil {
-		if end, ok := r.Ended(sp.JobUUID, d.Miner); ok && end.Before(d.At) {
+		if end, ok := r.Ended(sp.JobUUID, d.Miner); ok && end.Add(EndGrace).Before(d.At) {
 			return sp, fmt.Errorf("%w: it ended %s, offer %s", ErrEnded, stamp(end), stamp(d.At))
 		}
 	}

@@ -47,8 +47,11 @@ func newWorld(t *testing.T) *world {
 	}
 	w.rules = excuse.Rules{Self: w.self.SS58(), Registered: mg,
 		Ended: func(job, miner string) (time.Time, bool) {
-			if job == "ended" {
-				return w.offer.Add(-time.Second), true
+			switch job {
+			case "ended":
+				return w.offer.Add(-excuse.EndGrace - time.Second), true
+			case "ending":
+				return w.offer.Add(-excuse.EndGrace), true
 			}
 			return time.Time{}, false
 		}}
@@ -131,6 +134,7 @@ func TestCheck(t *testing.T) {
 			b, _ := json.Marshal(map[string]any{"payload": r.Payload, "validator_signature": r.ValidatorSignature})
 			return b
 		}(), nil},
+		{"this validator's job that has just ended", w.horde(t, started{signer: w.self, job: "ending"}), nil},
 		{"expired but within the 2 s leeway", w.horde(t, started{signer: w.permitted, edit: at(-61*time.Second, 60)}), nil},
 
 		{"self-signed by the miner", w.horde(t, started{signer: w.miner}), excuse.ErrSelfSigned},

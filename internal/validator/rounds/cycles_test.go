@@ -23,6 +23,12 @@ import (
 // the countersigned started receipts of the client jobs it runs as excuses.
 // A job runs for the seconds its "sleep" argument says, others for 1 s.
 func capacity(m *minertest.Miner) func(minertest.Peer, protocol.Message) {
+	return tearingDown(m, 0)
+}
+
+// tearingDown is capacity whose executors stay taken for teardown after
+// their job's result.
+func tearingDown(m *minertest.Miner, teardown time.Duration) func(minertest.Peer, protocol.Message) {
 	var mu sync.Mutex
 	running := map[string]bool{} // job uuid → organic
 	return func(p minertest.Peer, f protocol.Message) {
@@ -58,13 +64,14 @@ func capacity(m *minertest.Miner) func(minertest.Peer, protocol.Message) {
 				s, _ := strconv.Atoi(f.DockerRunCmd[1])
 				d = time.Duration(s) * time.Second
 			}
-			go func() { // ends after d, within the test's bubble
+			go func() { // ends after d and the teardown, within the test's bubble
 				time.Sleep(d)
+				p.Send(&protocol.V0ExecutionDoneRequest{JobUUID: f.JobUUID})
+				p.Send(minertest.Finished(f))
+				time.Sleep(teardown)
 				mu.Lock()
 				delete(running, f.JobUUID)
 				mu.Unlock()
-				p.Send(&protocol.V0ExecutionDoneRequest{JobUUID: f.JobUUID})
-				p.Send(minertest.Finished(f))
 			}()
 		}
 	}
@@ -265,4 +272,40 @@ func scoreOf(rep *rounds.Report, hk string) float64 {
 		}
 	}
 	return -1
+}
+
+// A round right after this validator's own client job ended finds the
+// executor still being freed: the miner declines as busy with that job's
+// receipt. The round offers again until the executor is free, and tests it.
+func TestRoundOffersAgainWhileOwnJobTearsDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := minertest.New(t, map[string]int{class: 1})
+		m.Reply = tearingDown(m, 2*time.Second)
+		f := newFixture(t, false, nil, m)
+		defer f.close()
+		if _, err := f.r.Round(t.Context()); err != nil { // connects the miner
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Second)
+		var clients sync.WaitGroup
+		f.client(t, &clients, m, 5)
+		clients.Wait()
+		start := time.Now()
+		rep, err := f.r.Round(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cr := rep.Details[m.Hotkey.SS58()].Classes[class]
+		if cr.Passed != 1 || cr.Excused != 0 || len(rep.Results) != 1 {
+			t.Errorf("class %+v; want the executor tested once it was free", cr)
+		}
+		// Declined at 0, 0.5, 1 and 1.5 s; accepted at 2 s; the job takes 1 s.
+		if took := time.Since(start); took != 3*time.Second {
+			t.Errorf("round took %s, want 3s", took)
+		}
+		if offers := len(m.Offers()); offers != 1+1+5 {
+			t.Errorf("%d offers, want 7 (first round, client job, 4 declined and 1 accepted)", offers)
+		}
+		time.Sleep(2 * time.Second) // the miner frees the last executor
+	})
 }

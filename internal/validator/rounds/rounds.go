@@ -377,19 +377,28 @@ func (r *Rounds) ended(ctx context.Context, job, miner string) (time.Time, bool)
 // synthetic sends one synthetic job to miner and judges it; a busy decline
 // is judged with the others of the round (see judge).
 func (r *Rounds) synthetic(ctx context.Context, miner, class string, task synthetic.Task, cycle int64) attempt {
-	id := uuid.NewString()
 	limit := int(math.Ceil((3 * task.Expected).Seconds()))
 	spec := &protocol.JobSpec{ExecutorClass: class, DockerImage: r.d.Config.Image, Args: task.Args, ArtifactsDir: task.ArtifactsDir,
 		DownloadTimeLimit: 30, ExecutionTimeLimit: max(limit, 1), UploadTimeLimit: 30}
+	var id string
+	var o jobrun.Outcome
+	for try := 0; ; try++ {
+		id = uuid.NewString()
+		if lease, err := r.d.Miners.LeaseOn(miner, id, class); err != nil {
+			o = jobrun.HordeFail(protocol.HordeMinerConnectionFailed, "miner session is down", true)
+		} else {
+			o = jobrun.New(r.d.Run, jobrun.Job{UUID: id, Spec: spec}, miner, lease, lease, silent{}).Execute(ctx)
+			lease.Release(false)
+		}
+		// Busy only with this validator's own jobs that have ended (a
+		// canary, a client's job): the miner is still freeing the executor.
+		// Offer again shortly, so that the executor is tested.
+		if !o.Busy() || try == teardownTries || !r.tearingDown(ctx, miner, o.Excuses) || sleep(ctx, teardownWait) != nil {
+			break
+		}
+	}
 	res := store.SyntheticResult{Cycle: cycle, Miner: miner, Class: class, JobUUID: id, Generator: task.Generator,
 		ExpectedMS: task.Expected.Milliseconds(), At: time.Now().UTC()}
-	var o jobrun.Outcome
-	if lease, err := r.d.Miners.LeaseOn(miner, id, class); err != nil {
-		o = jobrun.HordeFail(protocol.HordeMinerConnectionFailed, "miner session is down", true)
-	} else {
-		o = jobrun.New(r.d.Run, jobrun.Job{UUID: id, Spec: spec}, miner, lease, lease, silent{}).Execute(ctx)
-		lease.Release(false)
-	}
 	if o.Meta != nil && o.Meta.Timings != nil {
 		res.TookMS = o.Meta.Timings["validator:"+jobrun.StageExecute]
 	}
@@ -410,6 +419,52 @@ func (r *Rounds) synthetic(ctx context.Context, miner, class string, task synthe
 		res.Reason = o.Reason("")
 	}
 	return attempt{res: res}
+}
+
+// A synthetic offer declined as busy only with this validator's own jobs
+// that have ended is made again after teardownWait, teardownTries times at
+// most.
+const (
+	teardownWait  = 500 * time.Millisecond
+	teardownTries = 20
+)
+
+// tearingDown says that every excuse is a receipt of this validator's own
+// job on miner that has ended (and that there is one).
+func (r *Rounds) tearingDown(ctx context.Context, miner string, excuses []json.RawMessage) bool {
+	if len(excuses) == 0 || r.d.Run.Hotkey == nil {
+		return false
+	}
+	for _, raw := range excuses {
+		rc, err := excuse.Parse(raw)
+		if err != nil || rc.Type != receipt.JobStarted {
+			return false
+		}
+		p, err := rc.Decode()
+		if err != nil || rc.Verify() != nil {
+			return false
+		}
+		sp := p.(*receipt.StartedPayload)
+		if sp.ValidatorHotkey != r.d.Run.Hotkey.SS58() || sp.MinerHotkey != miner {
+			return false
+		}
+		if _, ended := r.ended(ctx, sp.JobUUID, miner); !ended {
+			return false
+		}
+	}
+	return true
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // silent hears nothing: a synthetic job's statuses go nowhere.

@@ -21,7 +21,8 @@ import (
 // capacity plays an honest miner with as many executors as it claims: it
 // accepts an offer while one is free and otherwise declines as busy, with
 // the countersigned started receipts of the client jobs it runs as excuses.
-// A job runs for the seconds its "sleep" argument says, others for 1 s.
+// A job runs for the seconds its "sleep" argument says, others for 1 s; a
+// streaming job serves until stopped.
 func capacity(m *minertest.Miner) func(minertest.Peer, protocol.Message) {
 	return tearingDown(m, 0)
 }
@@ -59,6 +60,10 @@ func tearingDown(m *minertest.Miner, teardown time.Duration) func(minertest.Peer
 			p.Send(&protocol.V0DeclineJobRequest{JobUUID: f.JobUUID, Reason: protocol.RejectBusy, Receipts: excuses})
 		case *protocol.V0JobRequest:
 			p.Send(&protocol.V0VolumesReadyRequest{JobUUID: f.JobUUID})
+			if in := m.Initial(f.JobUUID); in != nil && in.StreamingDetails != nil {
+				p.Send(m.StreamingReady(f.JobUUID)) // serves until stopped
+				return
+			}
 			d := time.Second
 			if len(f.DockerRunCmd) == 2 && f.DockerRunCmd[0] == "sleep" {
 				s, _ := strconv.Atoi(f.DockerRunCmd[1])
@@ -73,6 +78,12 @@ func tearingDown(m *minertest.Miner, teardown time.Duration) func(minertest.Peer
 				delete(running, f.JobUUID)
 				mu.Unlock()
 			}()
+		case *protocol.V0StopJobRequest:
+			p.Send(&protocol.V0ExecutionDoneRequest{JobUUID: f.JobUUID})
+			p.Send(&protocol.V0JobFinishedRequest{JobUUID: f.JobUUID, DockerProcessStdout: "stopped\n"})
+			mu.Lock()
+			delete(running, f.JobUUID)
+			mu.Unlock()
 		}
 	}
 }
@@ -307,5 +318,72 @@ func TestRoundOffersAgainWhileOwnJobTearsDown(t *testing.T) {
 			t.Errorf("%d offers, want 7 (first round, client job, 4 declined and 1 accepted)", offers)
 		}
 		time.Sleep(2 * time.Second) // the miner frees the last executor
+	})
+}
+
+// A client's stream on a miner's only executor serves from before round 1
+// until it is stopped between rounds 3 and 4 (151 s). Rounds 1–3 find the
+// executor busy with it, excused: 0 each. Round 4 tests the executor (1 s)
+// and pays the stream once: 1 + 151 = 152.
+func TestStreamAcrossCyclesPaidOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := minertest.New(t, map[string]int{class: 1})
+		m.Reply = capacity(m)
+		f := newFixture(t, false, nil, m)
+		defer f.close()
+		if _, err := f.r.Round(t.Context()); err != nil { // connects the miner
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Second)
+		id := uuid.NewString()
+		lease, err := f.pool.LeaseOn(m.Hotkey.SS58(), id, class)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec := &protocol.JobSpec{ExecutorClass: class, DockerImage: "llm", Args: []string{}, DownloadTimeLimit: 30, ExecutionTimeLimit: 3600,
+			UploadTimeLimit: 30, StreamingStartTimeLimit: 30, StreamingDetails: &protocol.StreamingDetails{PublicKey: "client-cert"}}
+		run := jobrun.New(f.run, jobrun.Job{UUID: id, Spec: spec, Organic: true}, m.Hotkey.SS58(), lease, lease, nobody{})
+		done := make(chan jobrun.Outcome, 1)
+		go func() { // waited for through done
+			o := run.Execute(t.Context())
+			lease.Release(false)
+			done <- o
+		}()
+		time.Sleep(time.Second)
+		t0 := time.Now()
+		var cycles []int64
+		for i, want := range []float64{0, 0, 0, 152} {
+			time.Sleep(t0.Add(time.Duration(i) * time.Minute).Sub(time.Now()))
+			rep, err := f.r.Round(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cycles = append(cycles, rep.Cycle)
+			cr := rep.Details[m.Hotkey.SS58()].Classes[class]
+			if s := scoreOf(rep, m.Hotkey.SS58()); s != want || !cr.Gate || (i < 3) != (cr.Excused == 1) {
+				t.Errorf("round %d: score %v, class %+v; want %v", i+1, s, cr, want)
+			}
+			if i == 2 {
+				time.Sleep(t0.Add(150 * time.Second).Sub(time.Now()))
+				if !run.Relay(t.Context(), &protocol.V0StopJobRequest{JobUUID: id}) {
+					t.Fatal("the stream does not serve")
+				}
+				if o := <-done; o.Status != protocol.StatusCompleted {
+					t.Fatalf("stream ended %s", o.Reason(""))
+				}
+			}
+		}
+		var counted []store.Counted
+		for _, c := range cycles {
+			cs, _ := f.st.Counted(t.Context(), c)
+			for _, k := range cs {
+				if k.JobUUID == id {
+					counted = append(counted, k)
+				}
+			}
+		}
+		if len(counted) != 1 || counted[0].Cycle != cycles[3] || counted[0].Pay != 151 {
+			t.Errorf("stream counted %+v; want once, in round 4, paid 151", counted)
+		}
 	})
 }

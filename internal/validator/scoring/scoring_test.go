@@ -2,6 +2,7 @@ package scoring_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -377,4 +378,32 @@ func hotkey(t *testing.T) *sig.Hotkey {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// BenchmarkCycle measures reading and scoring a cycle of 1000 finished
+// jobs (two signatures verified per receipt pair, as every cycle does).
+func BenchmarkCycle(b *testing.B) {
+	v, _ := sig.FromSeed(sig.RandomSeed())
+	m, _ := sig.FromSeed(sig.RandomSeed())
+	var work []store.Work
+	for i := range 1000 {
+		base := receipt.Base{JobUUID: fmt.Sprint("job-", i), MinerHotkey: m.SS58(), ValidatorHotkey: v.SS58(), Timestamp: receipt.At(at)}
+		sp := &receipt.StartedPayload{Base: base, ExecutorClass: test, IsOrganic: true, TTL: 60}
+		fp := &receipt.FinishedPayload{Base: base, TimeStarted: receipt.At(from), TimeTookUS: 2_000_000, ScoreStr: "2.000000"}
+		ss, _ := receipt.Sign(v, sp)
+		fs, _ := receipt.Sign(v, fp)
+		s, _ := receipt.New(sp, ss)
+		f, _ := receipt.New(fp, fs)
+		f.MinerSignature, _ = receipt.Sign(m, fp)
+		work = append(work, store.Work{Started: &s, Finished: f})
+	}
+	miners := map[string]*scoring.Details{m.SS58(): miner(map[string]*scoring.ClassResult{test: passed()})}
+	start := time.Now()
+	for b.Loop() {
+		out := scoring.Score(scoring.Input{Cycle: 1, From: from, At: at, Miners: miners, Jobs: scoring.Jobs(work), ClassWeights: weights})
+		if len(out.Counted) != len(work) {
+			b.Fatalf("counted %d", len(out.Counted))
+		}
+	}
+	b.ReportMetric(float64(b.N*len(work))/time.Since(start).Seconds(), "jobs/s")
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
+	"github.com/horde-compute/horde/internal/validator/excuse"
 	"github.com/horde-compute/horde/sig"
 )
 
@@ -120,9 +121,13 @@ func (e *env) validator(args []string) error {
 	valEvery := fs.Duration("validation-every", 5*time.Minute, "how often waiting streaming pairs are looked at")
 	sample := fs.Float64("validation-sample", 0.1, "fraction of gathered pairs replayed on the trusted miner")
 	threshold := fs.Int("validation-threshold", 100, "pairs of an image that open a validation window")
+	excuseStake := fs.Float64("excuse-min-stake", excuse.DefaultMinStake, "stake a validator needs for its receipts to excuse a busy miner (this validator's own always do)")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *excuseStake <= 0 {
+		return usageErr("--excuse-min-stake must be positive")
 	}
 	wl, err := parsePairs("--streaming-whitelist", *whitelist)
 	if err != nil {
@@ -174,7 +179,7 @@ func (e *env) validator(args []string) error {
 	defer st.Close()
 	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, Metagraph: meta,
 		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log,
-		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights},
+		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights, MinExcuseStake: *excuseStake},
 		StreamingWhitelist: wl, Validation: val})
 }
 

@@ -38,6 +38,8 @@ var (
 	_ store.Reports      = (*DB)(nil)
 	_ store.Pairs        = (*DB)(nil)
 	_ store.Validations  = (*DB)(nil)
+	_ store.Ledger       = (*DB)(nil)
+	_ store.Excuses      = (*DB)(nil)
 	_ store.CheatReports = (*DB)(nil)
 )
 
@@ -334,11 +336,6 @@ func (d *DB) ReceiptsAfter(ctx context.Context, after int64, limit int) ([]store
 		out = append(out, sr)
 	}
 	return out, rows.Err()
-}
-
-// ReceiptsStored implements store.Receipts.
-func (d *DB) ReceiptsStored(ctx context.Context, from, to time.Time) ([]receipt.Receipt, error) {
-	return d.queryReceipts(ctx, `SELECT receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE stored_at >= ? AND stored_at < ? ORDER BY id`, from.UnixMicro(), to.UnixMicro())
 }
 
 // ReceiptsForJob implements store.Receipts.
@@ -660,6 +657,144 @@ func (d *DB) Cheats(ctx context.Context, since time.Time) ([]store.Cheat, error)
 		}
 		c.Evidence, c.At = json.RawMessage(ev), time.UnixMicro(at).UTC()
 		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// Uncounted implements store.Ledger.
+func (d *DB) Uncounted(ctx context.Context) ([]store.Work, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT f.payload, f.validator_signature, f.miner_signature, s.payload, s.validator_signature, s.miner_signature
+		FROM receipts f LEFT JOIN receipts s ON s.job_uuid = f.job_uuid AND s.miner_hotkey = f.miner_hotkey AND s.receipt_type = ?
+		WHERE f.receipt_type = ? AND f.counted_cycle IS NULL ORDER BY f.id`, receipt.JobStarted, receipt.JobFinished)
+	if err != nil {
+		return nil, fmt.Errorf("uncounted: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Work
+	for rows.Next() {
+		var fp string
+		var sp, svs, sms sql.NullString
+		w := store.Work{Finished: receipt.Receipt{Type: receipt.JobFinished}}
+		if err := rows.Scan(&fp, &w.Finished.ValidatorSignature, &w.Finished.MinerSignature, &sp, &svs, &sms); err != nil {
+			return nil, fmt.Errorf("uncounted: %w", err)
+		}
+		w.Finished.Payload = json.RawMessage(fp)
+		if sp.Valid {
+			w.Started = &receipt.Receipt{Type: receipt.JobStarted, Payload: json.RawMessage(sp.String), ValidatorSignature: svs.String, MinerSignature: sms.String}
+		}
+		out = append(out, w)
+	}
+	return out, rows.Err()
+}
+
+// PutCycle implements store.Ledger.
+func (d *DB) PutCycle(ctx context.Context, scores []store.MinerScore, counted []store.Counted) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, c := range counted {
+		res, err := tx.ExecContext(ctx, `UPDATE receipts SET counted_cycle = ? WHERE job_uuid = ? AND miner_hotkey = ? AND receipt_type = ? AND counted_cycle IS NULL`,
+			c.Cycle, c.JobUUID, c.Miner, receipt.JobFinished)
+		if err != nil {
+			return fmt.Errorf("put cycle: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			var have int
+			tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM receipts WHERE job_uuid = ? AND miner_hotkey = ? AND receipt_type = ?`, c.JobUUID, c.Miner, receipt.JobFinished).Scan(&have)
+			if have == 0 {
+				return fmt.Errorf("put cycle %d: job %s on %s has no finished receipt: %w", c.Cycle, c.JobUUID, c.Miner, store.ErrNotFound)
+			}
+			return fmt.Errorf("put cycle %d: job %s on %s was counted before: %w", c.Cycle, c.JobUUID, c.Miner, store.ErrDuplicate)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO counted (job_uuid, miner_hotkey, class, cycle, pay, reason) VALUES (?, ?, ?, ?, ?, ?)`,
+			c.JobUUID, c.Miner, c.Class, c.Cycle, c.Pay, c.Reason); err != nil {
+			if isUnique(err) {
+				return fmt.Errorf("put cycle %d: job %s on %s was counted before: %w", c.Cycle, c.JobUUID, c.Miner, store.ErrDuplicate)
+			}
+			return fmt.Errorf("put cycle: %w", err)
+		}
+	}
+	for _, s := range scores {
+		if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO scores (cycle, miner, score, weight, details, at) VALUES (?, ?, ?, ?, ?, ?)`,
+			s.Cycle, s.Miner, s.Score, s.Weight, string(s.Details), s.At.UnixMicro()); err != nil {
+			return fmt.Errorf("put cycle: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+// Counted implements store.Ledger.
+func (d *DB) Counted(ctx context.Context, cycle int64) ([]store.Counted, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT job_uuid, miner_hotkey, class, cycle, pay, reason FROM counted WHERE cycle = ? ORDER BY job_uuid, miner_hotkey`, cycle)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Counted
+	for rows.Next() {
+		var c store.Counted
+		if err := rows.Scan(&c.JobUUID, &c.Miner, &c.Class, &c.Cycle, &c.Pay, &c.Reason); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// ReceiptCursor implements store.Ledger.
+func (d *DB) ReceiptCursor(ctx context.Context, miner string) (string, error) {
+	var c string
+	err := d.db.QueryRowContext(ctx, `SELECT cursor FROM receipt_cursors WHERE miner = ?`, miner).Scan(&c)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return c, err
+}
+
+// SetReceiptCursor implements store.Ledger.
+func (d *DB) SetReceiptCursor(ctx context.Context, miner, cursor string) error {
+	_, err := d.db.ExecContext(ctx, `INSERT INTO receipt_cursors (miner, cursor, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT(miner) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at`, miner, cursor, time.Now().UnixMicro())
+	if err != nil {
+		return fmt.Errorf("set receipt cursor: %w", err)
+	}
+	return nil
+}
+
+// PutExcuseVerdicts implements store.Excuses.
+func (d *DB) PutExcuseVerdicts(ctx context.Context, vs []store.ExcuseVerdict) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, v := range vs {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO excuse_verdicts (cycle, miner, class, declined_job, job, signer, valid, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			v.Cycle, v.Miner, v.Class, v.DeclinedJob, v.Job, v.Signer, v.Valid, v.Reason, v.At.UnixMicro()); err != nil {
+			return fmt.Errorf("put excuse verdicts: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+// ExcuseVerdicts implements store.Excuses.
+func (d *DB) ExcuseVerdicts(ctx context.Context, cycle int64) ([]store.ExcuseVerdict, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT cycle, miner, class, declined_job, job, signer, valid, reason, at FROM excuse_verdicts WHERE cycle = ? ORDER BY id`, cycle)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.ExcuseVerdict
+	for rows.Next() {
+		var v store.ExcuseVerdict
+		var at int64
+		if err := rows.Scan(&v.Cycle, &v.Miner, &v.Class, &v.DeclinedJob, &v.Job, &v.Signer, &v.Valid, &v.Reason, &at); err != nil {
+			return nil, err
+		}
+		v.At = time.UnixMicro(at).UTC()
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }

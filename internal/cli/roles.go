@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -28,12 +29,41 @@ func (e *env) facilitator(args []string) error {
 	db := fs.String("db", "facilitator.db", "SQLite database file")
 	validators := fs.String("validators", "", "comma-separated validator hotkeys allowed to connect")
 	metagraph := fs.String("metagraph", "", "metagraph file: validators with a permit may connect")
+	upstreamAuth := fs.Bool("allow-upstream-auth", false, "let unmodified upstream validators authenticate with upstream's auth, "+
+		"which can be replayed (a replay never displaces a connected validator)")
+	clients := fs.String("clients", "", "comma-separated client hotkeys allowed to log in and submit jobs (empty: any hotkey)")
+	tokenKey := fs.String("token-key-file", "", "file of at least 32 secret bytes that signs login tokens "+
+		"(empty: a new key each start, and clients log in again)")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *validators == "" && *metagraph == "" {
 		return usageErr("give --validators or --metagraph: who may connect as a validator")
+	}
+	var key []byte
+	if *tokenKey != "" {
+		b, err := os.ReadFile(*tokenKey)
+		if err != nil {
+			return fmt.Errorf("--token-key-file: %w", err)
+		}
+		if len(b) < 32 {
+			return usageErr("--token-key-file %s holds %d bytes, want at least 32", *tokenKey, len(b))
+		}
+		key = b
+	}
+	var allowClient func(string) bool
+	if *clients != "" {
+		set := map[string]bool{}
+		for _, c := range strings.Split(*clients, ",") {
+			if c = strings.TrimSpace(c); c != "" {
+				if _, err := sig.ParseSS58(c); err != nil {
+					return usageErr("--clients: %q: %v", c, err)
+				}
+				set[c] = true
+			}
+		}
+		allowClient = func(hk string) bool { return set[hk] }
 	}
 	log, err := e.logger(*level)
 	if err != nil {
@@ -60,7 +90,8 @@ func (e *env) facilitator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log})
+	f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log,
+		AllowUpstreamAuth: *upstreamAuth, AllowClient: allowClient, TokenKey: key})
 	if err != nil {
 		return err
 	}

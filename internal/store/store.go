@@ -48,7 +48,9 @@ type JobRecord struct {
 // Jobs keeps jobs and their status history (facilitator and validator).
 type Jobs interface {
 	// CreateJob stores a new job with its first status; ErrDuplicate if the
-	// uuid or the client signature was seen before (replay).
+	// uuid or the client signature was seen before (replay). Signatures are
+	// compared by their bytes (protocol.Signature.Decode) when they decode,
+	// so a re-encoded copy is the same signature.
 	CreateJob(ctx context.Context, j JobRecord) error
 	Job(ctx context.Context, uuid string) (JobRecord, error)
 	// AddStatus appends to the job's history and sets its status. A job in a
@@ -196,6 +198,27 @@ type Pairs interface {
 	// UnforwardedPairs returns the pairs for validator not yet passed on to it.
 	UnforwardedPairs(ctx context.Context, validator string, limit int) ([]PairRecord, []int64, error)
 	MarkForwarded(ctx context.Context, id int64) error
+}
+
+// CheatRecord is a client's report that a job's miner cheated, as the
+// facilitator keeps it until the job's validator has it.
+type CheatRecord struct {
+	JobUUID, TrustedJobUUID, Reporter, ValidatorHotkey string
+	// Details is the client's JSON, as sent ("null" when none).
+	Details json.RawMessage
+	// Signature is the client's, over the report (scope FullRequest).
+	Signature protocol.Signature
+	At        time.Time
+}
+
+// CheatReports keeps clients' cheat reports (facilitator).
+type CheatReports interface {
+	// PutCheatReport stores a report; ErrDuplicate if the job was reported before.
+	PutCheatReport(ctx context.Context, r CheatRecord) error
+	// UnforwardedCheatReports returns the reports on validator's jobs not
+	// yet passed on to it, oldest first, and their ids.
+	UnforwardedCheatReports(ctx context.Context, validator string, limit int) ([]CheatRecord, []int64, error)
+	MarkCheatForwarded(ctx context.Context, id int64) error
 }
 
 // Window is one validation window as the validator keeps it.

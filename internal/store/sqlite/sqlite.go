@@ -6,6 +6,7 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,15 +31,16 @@ var migrations embed.FS
 type DB struct{ db *sql.DB }
 
 var (
-	_ store.Jobs        = (*DB)(nil)
-	_ store.Receipts    = (*DB)(nil)
-	_ store.Outbox      = (*DB)(nil)
-	_ store.Scores      = (*DB)(nil)
-	_ store.Reports     = (*DB)(nil)
-	_ store.Pairs       = (*DB)(nil)
-	_ store.Validations = (*DB)(nil)
-	_ store.Ledger      = (*DB)(nil)
-	_ store.Excuses     = (*DB)(nil)
+	_ store.Jobs         = (*DB)(nil)
+	_ store.Receipts     = (*DB)(nil)
+	_ store.Outbox       = (*DB)(nil)
+	_ store.Scores       = (*DB)(nil)
+	_ store.Reports      = (*DB)(nil)
+	_ store.Pairs        = (*DB)(nil)
+	_ store.Validations  = (*DB)(nil)
+	_ store.Ledger       = (*DB)(nil)
+	_ store.Excuses      = (*DB)(nil)
+	_ store.CheatReports = (*DB)(nil)
 )
 
 // Open opens (creating) the database at path and applies migrations.
@@ -111,6 +113,13 @@ func (d *DB) CreateJob(ctx context.Context, j store.JobRecord) error {
 		return err
 	}
 	sigb, _ := json.Marshal(j.Signature)
+	// The dedup key is the signature's bytes in their one canonical text.
+	sigKey := j.Signature.Signature
+	if raw, err := j.Signature.Decode(); err == nil {
+		sigKey = raw.Base64()
+	} else if b, err := base64.StdEncoding.DecodeString(sigKey); err == nil {
+		sigKey = base64.StdEncoding.EncodeToString(b) // low bits dropped
+	}
 	now := j.CreatedAt.UnixMicro()
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -118,7 +127,7 @@ func (d *DB) CreateJob(ctx context.Context, j store.JobRecord) error {
 	}
 	defer tx.Rollback()
 	_, err = tx.ExecContext(ctx, `INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, validator_hotkey, miner_hotkey, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, j.UUID, spec, sigb, j.Signature.Signature, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, j.UUID, spec, sigb, sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
 	if isUnique(err) {
 		return fmt.Errorf("job %s: %w (same uuid or same client signature)", j.UUID, store.ErrDuplicate)
 	}
@@ -526,6 +535,59 @@ func (d *DB) queryPairs(ctx context.Context, where string, args ...any) ([]store
 		ids = append(ids, id)
 	}
 	return out, ids, rows.Err()
+}
+
+// PutCheatReport implements store.CheatReports.
+func (d *DB) PutCheatReport(ctx context.Context, r store.CheatRecord) error {
+	sigb, err := json.Marshal(r.Signature)
+	if err != nil {
+		return err
+	}
+	details := string(r.Details)
+	if details == "" {
+		details = "null"
+	}
+	_, err = d.db.ExecContext(ctx, `INSERT INTO cheat_reports (job_uuid, trusted_job_uuid, reporter, validator_hotkey, details, signature, at)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`, r.JobUUID, r.TrustedJobUUID, r.Reporter, r.ValidatorHotkey, details, string(sigb), r.At.UnixMicro())
+	if isUnique(err) {
+		return fmt.Errorf("cheat report on job %s: %w", r.JobUUID, store.ErrDuplicate)
+	}
+	if err != nil {
+		return fmt.Errorf("put cheat report: %w", err)
+	}
+	return nil
+}
+
+// UnforwardedCheatReports implements store.CheatReports.
+func (d *DB) UnforwardedCheatReports(ctx context.Context, validator string, limit int) ([]store.CheatRecord, []int64, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, job_uuid, trusted_job_uuid, reporter, validator_hotkey, details, signature, at
+		FROM cheat_reports WHERE validator_hotkey = ? AND forwarded = 0 ORDER BY id LIMIT ?`, validator, limit)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var out []store.CheatRecord
+	var ids []int64
+	for rows.Next() {
+		var r store.CheatRecord
+		var id, at int64
+		var details, sigb string
+		if err := rows.Scan(&id, &r.JobUUID, &r.TrustedJobUUID, &r.Reporter, &r.ValidatorHotkey, &details, &sigb, &at); err != nil {
+			return nil, nil, err
+		}
+		r.Details = json.RawMessage(details)
+		json.Unmarshal([]byte(sigb), &r.Signature)
+		r.At = time.UnixMicro(at).UTC()
+		out = append(out, r)
+		ids = append(ids, id)
+	}
+	return out, ids, rows.Err()
+}
+
+// MarkCheatForwarded implements store.CheatReports.
+func (d *DB) MarkCheatForwarded(ctx context.Context, id int64) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE cheat_reports SET forwarded = 1 WHERE id = ?`, id)
+	return err
 }
 
 // PutWindow implements store.Validations.

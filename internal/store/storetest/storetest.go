@@ -22,6 +22,7 @@ type Store interface {
 	store.Reports
 	store.Pairs
 	store.Validations
+	store.CheatReports
 	store.Ledger
 	store.Excuses
 }
@@ -34,6 +35,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 	t.Run("scores", func(t *testing.T) { testScores(t, open(t)) })
 	t.Run("pairs", func(t *testing.T) { testPairs(t, open(t)) })
 	t.Run("validations", func(t *testing.T) { testValidations(t, open(t)) })
+	t.Run("cheat reports", func(t *testing.T) { testCheatReports(t, open(t)) })
 	t.Run("ledger", func(t *testing.T) { testLedger(t, open(t)) })
 	t.Run("excuses", func(t *testing.T) { testExcuses(t, open(t)) })
 }
@@ -53,6 +55,19 @@ func testJobs(t *testing.T, s Store) {
 	replay.UUID = "j2"
 	if err := s.CreateJob(ctx, replay); !errors.Is(err, store.ErrDuplicate) {
 		t.Errorf("replayed signature: %v", err)
+	}
+	// The same signature bytes in another base64 text (issue #15 row 6: the
+	// unused low bits of the last character set) are the same signature.
+	b64 := "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw=="
+	first := j
+	first.UUID, first.Status, first.Signature = "r1", protocol.StatusCompleted, protocol.Signature{Signatory: "carol", Signature: b64}
+	if err := s.CreateJob(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	reenc := first
+	reenc.UUID, reenc.Signature.Signature = "r2", b64[:85]+"x=="
+	if err := s.CreateJob(ctx, reenc); !errors.Is(err, store.ErrDuplicate) {
+		t.Errorf("re-encoded signature: %v", err)
 	}
 	if _, err := s.Job(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("missing job: %v", err)
@@ -223,6 +238,41 @@ func testValidations(t *testing.T, s Store) {
 	cs, err := s.Cheats(ctx, before)
 	if err != nil || len(cs) != 1 || cs[0].Window != id || cs[0].Miner != "m" {
 		t.Errorf("cheats = %+v %v", cs, err)
+	}
+}
+
+func testCheatReports(t *testing.T, s Store) {
+	ctx := t.Context()
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	r := store.CheatRecord{JobUUID: "j1", TrustedJobUUID: "t1", Reporter: "alice", ValidatorHotkey: "v",
+		Details: []byte(`{"b": 1, "a": [2.50]}`), Signature: protocol.Signature{Signatory: "alice", Signature: "s", TimestampNS: 7, SignatureScope: "FullRequest"}, At: at}
+	if err := s.PutCheatReport(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	again := r
+	again.TrustedJobUUID = "t2"
+	if err := s.PutCheatReport(ctx, again); !errors.Is(err, store.ErrDuplicate) {
+		t.Errorf("second report on a job: %v", err)
+	}
+	other := store.CheatRecord{JobUUID: "j2", TrustedJobUUID: "t1", Reporter: "alice", ValidatorHotkey: "w", At: at}
+	if err := s.PutCheatReport(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	got, ids, err := s.UnforwardedCheatReports(ctx, "v", 10)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("pending for v: %v, %v", got, err)
+	}
+	if string(got[0].Details) != string(r.Details) || got[0].Signature != r.Signature || !got[0].At.Equal(at) || got[0].Reporter != "alice" {
+		t.Errorf("kept %+v", got[0])
+	}
+	if err := s.MarkCheatForwarded(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := s.UnforwardedCheatReports(ctx, "v", 10); len(got) != 0 {
+		t.Errorf("forwarded report still pending")
+	}
+	if got, _, _ := s.UnforwardedCheatReports(ctx, "w", 10); len(got) != 1 || string(got[0].Details) != "null" {
+		t.Errorf("report without details: %+v", got)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/horde-compute/horde/protocol"
@@ -205,6 +206,9 @@ func (s *Stream) Do(ctx context.Context, hc *http.Client, q Request, out io.Writ
 	var rid [12]byte
 	rand.Read(rid[:])
 	id := hex.EncodeToString(rid[:])
+	if !strings.HasPrefix(q.Target, "/") {
+		return nil, fmt.Errorf("stream %s: request target %q does not begin with /", s.JobUUID, q.Target)
+	}
 	req, err := http.NewRequestWithContext(ctx, q.Method, s.URL+q.Target, bytes.NewReader(q.Body))
 	if err != nil {
 		return nil, err

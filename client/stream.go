@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/horde-compute/horde/protocol"
@@ -122,7 +123,8 @@ func (c *Client) SendVolume(ctx context.Context, uuid string, msg *protocol.Volu
 }
 
 // HTTPClient returns a client that presents the client certificate and
-// accepts only the job's certificate.
+// accepts only the job's certificate. It asks for no compression: the
+// receipt's output hash is over the bytes as the job sent them.
 func (s *Stream) HTTPClient() (*http.Client, error) {
 	b, _ := pem.Decode([]byte(s.ClientKey))
 	if b == nil {
@@ -140,13 +142,14 @@ func (s *Stream) HTTPClient() (*http.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}, nil
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, DisableCompression: true}}, nil
 }
 
 // VerifyReceipt checks a receipt (the base64 trailers) against the job's
-// certificate and what the client sent and received: the signature, both
-// hashes, and the timestamps against the client's clock. Stream.Call does
-// this for every call; this is for receipts checked later or by others.
+// certificate and what the client sent and received: the signature, every
+// field of the v2 receipt (request, response head, both hashes, who stamped
+// it) and the timestamps against the client's clock. Stream.Do does this
+// for every call; this is for receipts checked later or by others.
 func VerifyReceipt(jobCertPEM, receiptB64, signatureB64 string, want sr.Expect) (*sr.Receipt, error) {
 	pub, err := sr.PublicKey([]byte(jobCertPEM))
 	if err != nil {
@@ -155,29 +158,67 @@ func VerifyReceipt(jobCertPEM, receiptB64, signatureB64 string, want sr.Expect) 
 	return sr.Verify(pub, receiptB64, signatureB64, want)
 }
 
+// Request is one request to a streaming job: what its receipt binds.
+type Request struct {
+	Method string
+	// Target is the path with its raw query (e.g. /v1/completions?x=1).
+	Target string
+	// ContentType is the Content-Type header sent ("" for none).
+	ContentType string
+	Body        []byte
+}
+
 // Result is what one call returned besides its body.
 type Result struct {
-	Status  int
-	Header  http.Header
-	Receipt *sr.Receipt
+	Status int
+	Header http.Header
+	// RequestID is the request's id; Method, Target and ContentType are the
+	// request as sent; ResponseContentType as received.
+	RequestID                   string
+	Method, Target, ContentType string
+	ResponseContentType         string
+	Receipt                     *sr.Receipt
 	// ReceiptB64 and SignatureB64 are the trailers, kept as evidence.
 	ReceiptB64, SignatureB64 string
 }
 
-// Call sends one request to the job, copies the response body to out as it
-// streams, and verifies the signed receipt against what was sent and
-// received. An error from a response that did not complete or whose receipt
-// does not verify says why; out has whatever arrived.
+// Exchange is the call's request and response head as the receipt binds them.
+func (r *Result) Exchange() sr.Exchange {
+	return sr.Exchange{Method: r.Method, Target: r.Target, RequestContentType: r.ContentType, Status: r.Status, ResponseContentType: r.ResponseContentType}
+}
+
+// Call is Do with a JSON body (Content-Type application/json when body is
+// not empty): the usual call of an OpenAI-style service.
 func (s *Stream) Call(ctx context.Context, hc *http.Client, method, path string, body []byte, out io.Writer) (*Result, error) {
+	req := Request{Method: method, Target: path, Body: body}
+	if len(body) > 0 {
+		req.ContentType = "application/json"
+	}
+	return s.Do(ctx, hc, req, out)
+}
+
+// Do sends one request to the job, stamped with the client's time and a
+// fresh request id, copies the response body to out as it streams, and
+// verifies the signed receipt against everything sent and received. An
+// error from a response that did not complete or whose receipt does not
+// verify says why; out has whatever arrived.
+func (s *Stream) Do(ctx context.Context, hc *http.Client, q Request, out io.Writer) (*Result, error) {
 	var rid [12]byte
 	rand.Read(rid[:])
 	id := hex.EncodeToString(rid[:])
-	req, err := http.NewRequestWithContext(ctx, method, s.URL+path, bytes.NewReader(body))
+	if !strings.HasPrefix(q.Target, "/") {
+		return nil, fmt.Errorf("stream %s: request target %q does not begin with /", s.JobUUID, q.Target)
+	}
+	req, err := http.NewRequestWithContext(ctx, q.Method, s.URL+q.Target, bytes.NewReader(q.Body))
 	if err != nil {
 		return nil, err
 	}
-	if len(body) > 0 {
-		req.Header.Set("Content-Type", "application/json")
+	res := &Result{RequestID: id, Method: q.Method, Target: req.URL.RequestURI(), ContentType: q.ContentType}
+	if err := sr.CheckTarget(res.Target); err != nil {
+		return nil, fmt.Errorf("stream %s: request target %q: %w", s.JobUUID, res.Target, err)
+	}
+	if q.ContentType != "" {
+		req.Header.Set("Content-Type", q.ContentType)
 	}
 	sent := time.Now()
 	req.Header.Set(sr.HeaderTimestamp, sent.UTC().Format(sr.TimeFormat))
@@ -187,22 +228,51 @@ func (s *Stream) Call(ctx context.Context, hc *http.Client, method, path string,
 		return nil, fmt.Errorf("stream %s: %w", s.JobUUID, err)
 	}
 	defer resp.Body.Close()
+	res.Status, res.Header, res.ResponseContentType = resp.StatusCode, resp.Header, resp.Header.Get("Content-Type")
 	h := sha256.New()
 	if _, err := io.Copy(io.MultiWriter(out, h), resp.Body); err != nil {
-		return &Result{Status: resp.StatusCode, Header: resp.Header}, fmt.Errorf("stream %s: response broke off: %w", s.JobUUID, err)
+		return res, fmt.Errorf("stream %s: response broke off: %w", s.JobUUID, err)
 	}
-	res := &Result{Status: resp.StatusCode, Header: resp.Header, ReceiptB64: resp.Trailer.Get(sr.TrailerReceipt), SignatureB64: resp.Trailer.Get(sr.TrailerSig)}
+	res.ReceiptB64, res.SignatureB64 = resp.Trailer.Get(sr.TrailerReceipt), resp.Trailer.Get(sr.TrailerSig)
 	if resp.StatusCode >= 400 && res.ReceiptB64 == "" {
 		return res, fmt.Errorf("stream %s: HTTP %d", s.JobUUID, resp.StatusCode)
 	}
-	in := sha256.Sum256(body)
+	if res.ReceiptB64 == "" && resp.Header.Get(sr.HeaderRequestID) == id {
+		// No trailers (a response that may carry none, as to HEAD): the
+		// proxy keeps the receipt by id. It proves itself by its signature.
+		res.ReceiptB64, res.SignatureB64 = s.keptReceipt(ctx, hc, id)
+	}
+	in := sha256.Sum256(q.Body)
 	skew := s.Skew
 	if skew == 0 {
 		skew = 5 * time.Second
 	}
 	res.Receipt, err = VerifyReceipt(s.JobCert, res.ReceiptB64, res.SignatureB64, sr.Expect{JobUUID: s.JobUUID, RequestID: id,
-		InputSHA256: hex.EncodeToString(in[:]), OutputSHA256: hex.EncodeToString(h.Sum(nil)), Sent: sent, Received: time.Now(), Skew: skew})
+		Stamp: sr.StampClient, Exchange: res.Exchange(), InputSHA256: hex.EncodeToString(in[:]), OutputSHA256: hex.EncodeToString(h.Sum(nil)),
+		Sent: sent, Received: time.Now(), Skew: skew})
 	return res, err
+}
+
+// keptReceipt fetches the receipt the proxy keeps for request id ("" if it
+// has none).
+func (s *Stream) keptReceipt(ctx context.Context, hc *http.Client, id string) (blob, signature string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+sr.ReceiptsPath+id, nil)
+	if err != nil {
+		return "", ""
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", ""
+	}
+	defer resp.Body.Close()
+	var kept struct {
+		Receipt   string `json:"receipt"`
+		Signature string `json:"signature"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&kept) != nil {
+		return "", ""
+	}
+	return kept.Receipt, kept.Signature
 }
 
 // ReportPair hands one exchange with a streaming job and its receipt to the
@@ -215,8 +285,12 @@ func (c *Client) ReportPair(ctx context.Context, uuid string, p *protocol.Stream
 	return c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/pairs/", body, "", nil, nil)
 }
 
-// Pair makes the report of one call: what was sent, what came back, the receipt.
+// Pair makes the report of one call: the request as method and path (the
+// target, with its query) say, its body, what came back and the receipt;
+// the content types and status are the call's (res). A report under any
+// request other than the one the receipt binds is refused at intake.
 func Pair(method, path string, request, response []byte, res *Result) *protocol.StreamPair {
-	return &protocol.StreamPair{Method: method, Path: path, RequestB64: base64.StdEncoding.EncodeToString(request),
-		ResponseB64: base64.StdEncoding.EncodeToString(response), ReceiptB64: res.ReceiptB64, SignatureB64: res.SignatureB64}
+	return &protocol.StreamPair{Method: method, Path: path, ContentType: res.ContentType, RequestB64: base64.StdEncoding.EncodeToString(request),
+		Status: res.Status, ResponseContentType: res.ResponseContentType, ResponseB64: base64.StdEncoding.EncodeToString(response),
+		ReceiptB64: res.ReceiptB64, SignatureB64: res.SignatureB64}
 }

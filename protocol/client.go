@@ -132,13 +132,22 @@ type VolumeAck struct {
 // StreamPair is one request/response exchange with a streaming job and its
 // signed receipt, as a client reports it to POST /api/v1/jobs/{uuid}/pairs/
 // for validators to check. Bodies are base64, exactly as sent and received.
+// Every field must be what the receipt binds (a v2 receipt binds the method,
+// target, both content types and the status): a pair reported under any
+// other request is refused.
 type StreamPair struct {
-	Method       string `json:"method"`
-	Path         string `json:"path"`
-	RequestB64   string `json:"request_b64"`
-	ResponseB64  string `json:"response_b64"`
-	ReceiptB64   string `json:"receipt_b64"`
-	SignatureB64 string `json:"signature_b64"`
+	Method string `json:"method"`
+	// Path is the request target: the path with its raw query, as sent.
+	Path string `json:"path"`
+	// ContentType is the request's Content-Type ("" for none).
+	ContentType string `json:"content_type,omitempty"`
+	RequestB64  string `json:"request_b64"`
+	// Status and ResponseContentType are the response's.
+	Status              int    `json:"status,omitempty"`
+	ResponseContentType string `json:"response_content_type,omitempty"`
+	ResponseB64         string `json:"response_b64"`
+	ReceiptB64          string `json:"receipt_b64"`
+	SignatureB64        string `json:"signature_b64"`
 }
 
 // StatusEntry is one step of a job's history.

@@ -12,12 +12,18 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
+	"slices"
 	"time"
 )
 
 // NewKeyPair makes an ed25519 key and a self-signed certificate for it,
 // valid for validity: the job key (executor) or the client key (client).
-func NewKeyPair(name string, validity time.Duration) (ed25519.PrivateKey, []byte, error) {
+// The certificate names name and each of hosts as subject alternative names
+// (an IP address as an IP SAN, anything else as a DNS name), so a client
+// that checks the host it dials against the certificate (Python's ssl does)
+// accepts a job certificate that lists the advertised address.
+func NewKeyPair(name string, validity time.Duration, hosts ...string) (ed25519.PrivateKey, []byte, error) {
 	pub, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -31,6 +37,16 @@ func NewKeyPair(name string, validity time.Duration) (ed25519.PrivateKey, []byte
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		DNSNames:     []string{name},
+		// Not a CA: the certificate is pinned (or, for upstream clients, its
+		// own trust anchor), never an issuer.
+		BasicConstraintsValid: true,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if h != "" && !slices.Contains(tmpl.DNSNames, h) {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
 	if err != nil {

@@ -1,28 +1,25 @@
 // Package streamreceipt holds what both ends of a streaming job share: the
-// signed receipt every response carries (its canonical bytes, signing and
-// verification against what the client sent and received), and the job's and
-// client's ed25519 keys with their pinned TLS configurations.
+// signed receipt every response carries (its canonical bytes in two
+// versions, signing and verification against what the client sent and
+// received), and the job's and client's ed25519 keys with their pinned TLS
+// configurations. docs/PROTOCOL.md defines the receipt's bytes.
 package streamreceipt
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
-
-// ReceiptVersion is the first line of every receipt blob.
-const ReceiptVersion = "horde-streaming-receipt/v1"
 
 // Headers and trailers of the streaming protocol.
 const (
 	HeaderTimestamp = "X-Horde-Timestamp"
+	// HeaderRequestID is sent by a client that stamps its requests, and
+	// returned in every response that carries a receipt.
 	HeaderRequestID = "X-Horde-Request-Id"
 	TrailerReceipt  = "X-Horde-Receipt"
 	TrailerSig      = "X-Horde-Signature"
@@ -36,71 +33,75 @@ const TimeFormat = "2006-01-02T15:04:05.000000Z"
 // ErrReceipt marks a receipt that does not verify; the message says why.
 var ErrReceipt = errors.New("invalid streaming receipt")
 
-// Receipt is what the job signs for one request and its response.
+// Receipt is what the job signs for one request and its response. v1
+// receipts have only the job, request id, timestamps and body hashes.
 type Receipt struct {
-	JobUUID       string    `json:"job_uuid"`
-	RequestID     string    `json:"request_id"`
+	// Version is 1 or 2; 0 reads as 1 (receipts kept before versions were).
+	Version   int    `json:"version,omitempty"`
+	JobUUID   string `json:"job_uuid"`
+	RequestID string `json:"request_id"`
+	// Stamp says who stamped the request's time and id (v2).
+	Stamp         Stamp     `json:"stamp,omitempty"`
 	TimestampFrom time.Time `json:"timestamp_from"`
 	TimestampTo   time.Time `json:"timestamp_to"`
-	InputSHA256   string    `json:"input_sha256"`
-	OutputSHA256  string    `json:"output_sha256"`
+	// Method, Target (path and raw query) and RequestContentType are the
+	// request as the proxy received it and passed it on (v2).
+	Method             string `json:"method,omitempty"`
+	Target             string `json:"target,omitempty"`
+	RequestContentType string `json:"request_content_type,omitempty"`
+	InputSHA256        string `json:"input_sha256"`
+	// Status and ResponseContentType are the response as sent (v2).
+	Status              int    `json:"status,omitempty"`
+	ResponseContentType string `json:"response_content_type,omitempty"`
+	OutputSHA256        string `json:"output_sha256"`
 }
 
-// Blob returns the canonical bytes that are signed.
-func (r *Receipt) Blob() []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "%s\njob_uuid=%s\nrequest_id=%s\ntimestamp_from=%s\ntimestamp_to=%s\ninput_sha256=%s\noutput_sha256=%s\n",
-		ReceiptVersion, r.JobUUID, r.RequestID, r.TimestampFrom.UTC().Format(TimeFormat), r.TimestampTo.UTC().Format(TimeFormat),
-		r.InputSHA256, r.OutputSHA256)
-	return b.Bytes()
+// Exchange is one side's account of a request and its response: what a v2
+// receipt binds beside the bodies' hashes.
+type Exchange struct {
+	Method, Target, RequestContentType string
+	Status                             int
+	ResponseContentType                string
 }
 
-// ParseBlob reads a receipt blob, insisting on the canonical form.
-func ParseBlob(blob []byte) (*Receipt, error) {
-	sc := bufio.NewScanner(bytes.NewReader(blob))
-	want := []string{"", "job_uuid", "request_id", "timestamp_from", "timestamp_to", "input_sha256", "output_sha256"}
-	vals := map[string]string{}
-	i := 0
-	for sc.Scan() {
-		line := sc.Text()
-		if i == 0 {
-			if line != ReceiptVersion {
-				return nil, fmt.Errorf("%w: first line %.40q is not %s", ErrReceipt, line, ReceiptVersion)
-			}
-			i++
-			continue
-		}
-		if i >= len(want) {
-			return nil, fmt.Errorf("%w: extra line %.40q", ErrReceipt, line)
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok || k != want[i] {
-			return nil, fmt.Errorf("%w: line %d is %.40q, want %s=…", ErrReceipt, i+1, line, want[i])
-		}
-		vals[k] = v
-		i++
+// CheckExchange says precisely which part of x a v2 receipt does not bind
+// (nil if it binds all of x). A v1 receipt binds none of it.
+func (r *Receipt) CheckExchange(x Exchange) error {
+	switch {
+	case r.version() != 2:
+		return fmt.Errorf("%w: a %s receipt does not bind the request", ErrReceipt, VersionV1)
+	case x.Method != r.Method:
+		return fmt.Errorf("%w: request method %q is not the signed %q", ErrReceipt, x.Method, r.Method)
+	case x.Target != r.Target:
+		return fmt.Errorf("%w: request target %q is not the signed %q", ErrReceipt, x.Target, r.Target)
+	case x.RequestContentType != r.RequestContentType:
+		return fmt.Errorf("%w: request content type %q is not the signed %q", ErrReceipt, x.RequestContentType, r.RequestContentType)
+	case x.Status != r.Status:
+		return fmt.Errorf("%w: response status %d is not the signed %d", ErrReceipt, x.Status, r.Status)
+	case x.ResponseContentType != r.ResponseContentType:
+		return fmt.Errorf("%w: response content type %q is not the signed %q", ErrReceipt, x.ResponseContentType, r.ResponseContentType)
 	}
-	if i != len(want) {
-		return nil, fmt.Errorf("%w: %d lines, want %d", ErrReceipt, i, len(want))
-	}
-	r := &Receipt{JobUUID: vals["job_uuid"], RequestID: vals["request_id"], InputSHA256: vals["input_sha256"], OutputSHA256: vals["output_sha256"]}
-	var err error
-	if r.TimestampFrom, err = time.Parse(TimeFormat, vals["timestamp_from"]); err != nil {
-		return nil, fmt.Errorf("%w: timestamp_from: %v", ErrReceipt, err)
-	}
-	if r.TimestampTo, err = time.Parse(TimeFormat, vals["timestamp_to"]); err != nil {
-		return nil, fmt.Errorf("%w: timestamp_to: %v", ErrReceipt, err)
-	}
-	if !bytes.Equal(r.Blob(), blob) {
-		return nil, fmt.Errorf("%w: blob is not in canonical form", ErrReceipt)
-	}
-	return r, nil
+	return nil
 }
 
-// Sign returns the receipt's blob and signature, base64 as the trailers carry them.
+// SignReceipt returns the receipt's blob and signature, base64 as the
+// trailers carry them, or why the receipt cannot be encoded.
+func SignReceipt(key ed25519.PrivateKey, r *Receipt) (blob, signature string, err error) {
+	b, err := r.Blob()
+	if err != nil {
+		return "", "", err
+	}
+	return base64.StdEncoding.EncodeToString(b), base64.StdEncoding.EncodeToString(ed25519.Sign(key, b)), nil
+}
+
+// Sign is SignReceipt for receipts whose values the caller made itself and
+// knows to be valid; it panics if the receipt cannot be encoded.
 func Sign(key ed25519.PrivateKey, r *Receipt) (blob, signature string) {
-	b := r.Blob()
-	return base64.StdEncoding.EncodeToString(b), base64.StdEncoding.EncodeToString(ed25519.Sign(key, b))
+	blob, signature, err := SignReceipt(key, r)
+	if err != nil {
+		panic(err)
+	}
+	return blob, signature
 }
 
 // decodeBase64 reads standard padded base64 in its one canonical text (no
@@ -115,22 +116,9 @@ func decodeBase64(s string) ([]byte, error) {
 	return b, nil
 }
 
-// Expect is what a client knows of one of its requests.
-type Expect struct {
-	JobUUID, RequestID        string
-	InputSHA256, OutputSHA256 string
-	// Sent and Received bound the exchange on the client's clock.
-	Sent, Received time.Time
-	Skew           time.Duration
-}
-
-// Verify checks a receipt from the trailers (base64 blob and signature)
-// against the job's public key and what the client sent and received. The
-// error says precisely what does not match.
-func Verify(pub ed25519.PublicKey, blobB64, sigB64 string, want Expect) (*Receipt, error) {
-	if blobB64 == "" || sigB64 == "" {
-		return nil, fmt.Errorf("%w: no receipt (the response did not complete)", ErrReceipt)
-	}
+// open checks the signature of a receipt (base64 blob and signature) by pub
+// and parses it.
+func open(pub ed25519.PublicKey, blobB64, sigB64 string) (*Receipt, error) {
 	blob, err := decodeBase64(blobB64)
 	if err != nil {
 		return nil, fmt.Errorf("%w: receipt: %v", ErrReceipt, err)
@@ -142,15 +130,54 @@ func Verify(pub ed25519.PublicKey, blobB64, sigB64 string, want Expect) (*Receip
 	if !ed25519.Verify(pub, blob, sig) {
 		return nil, fmt.Errorf("%w: signature does not verify with the job's key", ErrReceipt)
 	}
-	r, err := ParseBlob(blob)
+	return ParseBlob(blob)
+}
+
+// Expect is what a client knows of one of its requests.
+type Expect struct {
+	JobUUID, RequestID string
+	// Stamp is who stamped the request (default StampClient); with
+	// StampProxy, RequestID is the id the response header returned.
+	Stamp Stamp
+	// Exchange is the request as sent and the response's head as received.
+	Exchange
+	InputSHA256, OutputSHA256 string
+	// Sent and Received bound the exchange on the client's clock.
+	Sent, Received time.Time
+	Skew           time.Duration
+}
+
+// Verify checks a receipt from the trailers (base64 blob and signature)
+// against the job's public key and what the client sent and received: every
+// field of a v2 receipt. A v1 receipt is refused: a proxy that signs v1
+// today leaves the request unbound. The error says precisely what does not
+// match.
+func Verify(pub ed25519.PublicKey, blobB64, sigB64 string, want Expect) (*Receipt, error) {
+	if blobB64 == "" || sigB64 == "" {
+		return nil, fmt.Errorf("%w: no receipt (the response did not complete)", ErrReceipt)
+	}
+	r, err := open(pub, blobB64, sigB64)
 	if err != nil {
 		return nil, err
 	}
+	stamp := want.Stamp
+	if stamp == "" {
+		stamp = StampClient
+	}
 	switch {
+	case r.version() != 2:
+		return r, fmt.Errorf("%w: receipt is %s, which does not bind the request; the job's proxy must sign %s", ErrReceipt, VersionV1, VersionV2)
 	case r.JobUUID != want.JobUUID:
 		return r, fmt.Errorf("%w: receipt is for job %s, not %s", ErrReceipt, r.JobUUID, want.JobUUID)
 	case r.RequestID != want.RequestID:
 		return r, fmt.Errorf("%w: receipt is for request %s, not %s", ErrReceipt, r.RequestID, want.RequestID)
+	case r.Stamp != stamp:
+		return r, fmt.Errorf("%w: receipt says the request was %s-stamped, but it was %s-stamped", ErrReceipt, r.Stamp, stamp)
+	}
+	if err := r.CheckExchange(want.Exchange); err != nil {
+		return r, err
+	}
+	switch {
 	case r.InputSHA256 != want.InputSHA256:
 		return r, fmt.Errorf("%w: input_sha256 %s is not the sha256 of what was sent (%s)", ErrReceipt, r.InputSHA256, want.InputSHA256)
 	case r.OutputSHA256 != want.OutputSHA256:
@@ -169,32 +196,27 @@ func Verify(pub ed25519.PublicKey, blobB64, sigB64 string, want Expect) (*Receip
 
 // VerifyEvidence checks a receipt kept as evidence, away from the exchange:
 // the signature by the job's key and that it covers exactly these request
-// and response bodies of this job. Timestamps are returned for the caller
-// to judge against the job's life.
+// and response bodies of this job. It accepts both versions: the caller
+// checks the exchange a v2 receipt binds (CheckExchange) and never treats a
+// v1 receipt as proof of what was asked. Timestamps are returned for the
+// caller to judge against the job's life.
 func VerifyEvidence(pub ed25519.PublicKey, jobUUID, blobB64, sigB64 string, request, response []byte) (*Receipt, error) {
-	blob, err := decodeBase64(blobB64)
-	if err != nil {
-		return nil, fmt.Errorf("%w: receipt: %v", ErrReceipt, err)
-	}
-	sig, err := decodeBase64(sigB64)
-	if err != nil {
-		return nil, fmt.Errorf("%w: signature: %v", ErrReceipt, err)
-	}
-	if !ed25519.Verify(pub, blob, sig) {
-		return nil, fmt.Errorf("%w: signature does not verify with the job's key", ErrReceipt)
-	}
-	r, err := ParseBlob(blob)
+	r, err := open(pub, blobB64, sigB64)
 	if err != nil {
 		return nil, err
 	}
-	in, out := sha256.Sum256(request), sha256.Sum256(response)
 	switch {
 	case r.JobUUID != jobUUID:
 		return r, fmt.Errorf("%w: receipt is for job %s, not %s", ErrReceipt, r.JobUUID, jobUUID)
-	case r.InputSHA256 != hex.EncodeToString(in[:]):
+	case r.InputSHA256 != sha256Hex(request):
 		return r, fmt.Errorf("%w: the request body does not match the receipt's input_sha256", ErrReceipt)
-	case r.OutputSHA256 != hex.EncodeToString(out[:]):
+	case r.OutputSHA256 != sha256Hex(response):
 		return r, fmt.Errorf("%w: the response body does not match the receipt's output_sha256", ErrReceipt)
 	}
 	return r, nil
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }

@@ -205,10 +205,11 @@ func TestStreamCommands(t *testing.T) {
 		t.Errorf("start does not say where the key is kept:\n%s", out)
 	}
 	out, errs, code = run(t, env, "stream", "call", job, "/v1/completions", "--report", "--data", `{"prompt": "the miner", "max_tokens": 4, "temperature": 0}`)
-	if code != 0 || !strings.Contains(out, `"text_completion"`) || !strings.Contains(errs, "signature OK") || !strings.Contains(errs, "reported") {
+	if code != 0 || !strings.Contains(out, `"text_completion"`) || !strings.Contains(errs, "signature OK") || !strings.Contains(errs, "reported") ||
+		!strings.Contains(errs, "horde-streaming-receipt/v2, client-stamped") || !strings.Contains(errs, "POST /v1/completions (application/json) → HTTP 200 (application/json)") {
 		t.Fatalf("call: exit %d\n%s%s", code, out, errs)
 	}
-	_, errs, code = run(t, env, "stream", "call", job, "/v1/completions", "--data", `{"prompt": "every answer", "max_tokens": 4, "temperature": 0}`)
+	_, errs, code = run(t, env, "stream", "call", job, "/v1/completions?n=1", "--data", `{"prompt": "every answer", "max_tokens": 4, "temperature": 0}`)
 	if code != 0 {
 		t.Fatalf("second call: exit %d %s", code, errs)
 	}
@@ -263,7 +264,8 @@ func TestValidatorValidations(t *testing.T) {
 		t.Errorf("validations: exit %d\n%s%s", code, out, errs)
 	}
 	out, _, code = run(t, nil, "validator", "validations", "--db", db, "--evidence")
-	if code != 0 || !strings.Contains(out, `"evidence":{"verdict":"x"}`) {
+	// Evidence of the old kind (no replayed request recorded) does not re-check.
+	if code != 0 || !strings.Contains(out, `"evidence":{"verdict":"x"}`) || !strings.Contains(out, `"recheck":"evidence format \"\" is not horde-cheat-evidence/v2`) {
 		t.Errorf("evidence: exit %d\n%s", code, out)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/protocol"
+	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
 type devFlags struct {
@@ -311,8 +312,9 @@ func (e *env) demoStreaming(s *devstack.Stack, cheater int) error {
 		return err
 	}
 	r := res.Receipt
-	fmt.Fprintf(e.stdout, "receipt: request %s from %s to %s\n  input sha256  %s\n  output sha256 %s\n  signed by the job's key: verified\n",
-		r.RequestID, r.TimestampFrom.Format("15:04:05.000000"), r.TimestampTo.Format("15:04:05.000000"), r.InputSHA256, r.OutputSHA256)
+	fmt.Fprintf(e.stdout, "receipt (%s): request %s, %s %s (%s) → HTTP %d (%s), from %s to %s\n  input sha256  %s\n  output sha256 %s\n  signed by the job's key: verified against what was sent and received\n",
+		sr.ReceiptVersion, r.RequestID, r.Method, r.Target, r.RequestContentType, r.Status, r.ResponseContentType,
+		r.TimestampFrom.Format("15:04:05.000000"), r.TimestampTo.Format("15:04:05.000000"), r.InputSHA256, r.OutputSHA256)
 
 	// The client hands its exchanges to validators, who replay them on their own trusted miner.
 	prompts := []string{"a client that keeps its receipts", "every answer carries a receipt", "good systems are boring",

@@ -60,15 +60,19 @@ func (s streamState) load(job string) (*client.Stream, error) {
 
 // keptReceipt is one line of a stream's receipts file.
 type keptReceipt struct {
-	At        time.Time   `json:"at"`
-	Method    string      `json:"method"`
-	Path      string      `json:"path"`
-	Status    int         `json:"status"`
-	Receipt   *sr.Receipt `json:"receipt,omitempty"`
-	Blob      string      `json:"receipt_b64"`
-	Signature string      `json:"signature_b64"`
-	Verified  bool        `json:"verified"`
-	Error     string      `json:"error,omitempty"`
+	At     time.Time `json:"at"`
+	Method string    `json:"method"`
+	// Path is the request target (path and query) as sent.
+	Path string `json:"path"`
+	// ContentType and ResponseContentType are the request's and response's.
+	ContentType         string      `json:"content_type,omitempty"`
+	Status              int         `json:"status"`
+	ResponseContentType string      `json:"response_content_type,omitempty"`
+	Receipt             *sr.Receipt `json:"receipt,omitempty"`
+	Blob                string      `json:"receipt_b64"`
+	Signature           string      `json:"signature_b64"`
+	Verified            bool        `json:"verified"`
+	Error               string      `json:"error,omitempty"`
 	// The bodies, kept (up to keepBodies each) so the pair can be reported later.
 	RequestB64  string `json:"request_b64,omitempty"`
 	ResponseB64 string `json:"response_b64,omitempty"`
@@ -162,6 +166,7 @@ func (e *env) streamCall(args []string) error {
 	state := stateFlag(fs)
 	data := fs.String("data", "", "request body, or @FILE to read it from a file")
 	method := fs.String("method", "", "HTTP method (default POST with --data, else GET)")
+	ctype := fs.String("content-type", "", "request Content-Type (default application/json with --data, else none)")
 	report := fs.Bool("report", false, "hand the exchange and its receipt to the facilitator for validators to check")
 	var c clientFlags
 	c.register(fs)
@@ -170,7 +175,7 @@ func (e *env) streamCall(args []string) error {
 		return err
 	}
 	if len(pos) != 2 {
-		return usageErr("horde stream call JOB_ID PATH [--data BODY|@FILE]")
+		return usageErr("horde stream call JOB_ID PATH[?QUERY] [--data BODY|@FILE] [--method M] [--content-type T]")
 	}
 	job, path := pos[0], pos[1]
 	if !strings.HasPrefix(path, "/") {
@@ -193,6 +198,10 @@ func (e *env) streamCall(args []string) error {
 			m = http.MethodPost
 		}
 	}
+	ct := *ctype
+	if ct == "" && len(body) > 0 {
+		ct = "application/json"
+	}
 	ss := streamState{*state}
 	st, err := ss.load(job)
 	if err != nil {
@@ -204,11 +213,12 @@ func (e *env) streamCall(args []string) error {
 	}
 	w := bufio.NewWriter(e.stdout)
 	var got bytes.Buffer
-	res, err := st.Call(e.ctx, hc, m, path, body, io.MultiWriter(flushWriter{w}, &got))
+	res, err := st.Do(e.ctx, hc, client.Request{Method: m, Target: path, ContentType: ct, Body: body}, io.MultiWriter(flushWriter{w}, &got))
 	w.Flush()
-	k := keptReceipt{At: time.Now().UTC(), Method: m, Path: path}
+	k := keptReceipt{At: time.Now().UTC(), Method: m, Path: path, ContentType: ct}
 	if res != nil {
-		k.Status, k.Receipt, k.Blob, k.Signature = res.Status, res.Receipt, res.ReceiptB64, res.SignatureB64
+		k.Path = res.Target
+		k.Status, k.ResponseContentType, k.Receipt, k.Blob, k.Signature = res.Status, res.ResponseContentType, res.Receipt, res.ReceiptB64, res.SignatureB64
 		if len(body) <= keepBodies && got.Len() <= keepBodies {
 			k.RequestB64, k.ResponseB64 = base64.StdEncoding.EncodeToString(body), base64.StdEncoding.EncodeToString(got.Bytes())
 		}
@@ -221,7 +231,7 @@ func (e *env) streamCall(args []string) error {
 	if err == nil && *report {
 		cl, cerr := c.client()
 		if cerr == nil {
-			cerr = cl.ReportPair(e.ctx, job, client.Pair(m, path, body, got.Bytes(), res))
+			cerr = cl.ReportPair(e.ctx, job, client.Pair(res.Method, res.Target, body, got.Bytes(), res))
 		}
 		reportErr, k.Reported = cerr, cerr == nil
 	}
@@ -242,10 +252,21 @@ func (e *env) streamCall(args []string) error {
 	if *report {
 		fmt.Fprintln(e.stderr, "\nreported to the facilitator for validation")
 	}
-	r := res.Receipt
-	fmt.Fprintf(e.stderr, "\nreceipt: request %s, HTTP %d\n  from %s to %s\n  input sha256  %s\n  output sha256 %s\n  signature OK (job key vouched for by miner %s)\n",
-		r.RequestID, res.Status, r.TimestampFrom.Format(sr.TimeFormat), r.TimestampTo.Format(sr.TimeFormat), r.InputSHA256, r.OutputSHA256, st.MinerHotkey)
+	printReceipt(e.stderr, res.Receipt, st.MinerHotkey)
 	return nil
+}
+
+// printReceipt shows what a verified receipt binds.
+func printReceipt(w io.Writer, r *sr.Receipt, miner string) {
+	none := func(s string) string {
+		if s == "" {
+			return "no content type"
+		}
+		return s
+	}
+	fmt.Fprintf(w, "\nreceipt (%s, %s-stamped): request %s\n  %s %s (%s) → HTTP %d (%s)\n  from %s to %s\n  input sha256  %s\n  output sha256 %s\n  every field verified against what was sent and received; signature OK (job key vouched for by miner %s)\n",
+		sr.ReceiptVersion, r.Stamp, r.RequestID, r.Method, r.Target, none(r.RequestContentType), r.Status, none(r.ResponseContentType),
+		r.TimestampFrom.Format(sr.TimeFormat), r.TimestampTo.Format(sr.TimeFormat), r.InputSHA256, r.OutputSHA256, miner)
 }
 
 // whyUnreachable explains a call that reached no job: when the facilitator
@@ -427,8 +448,8 @@ func (e *env) streamReport(args []string) error {
 			skipped++
 			continue
 		}
-		p := &protocol.StreamPair{Method: k.Method, Path: k.Path, RequestB64: k.RequestB64, ResponseB64: k.ResponseB64,
-			ReceiptB64: k.Blob, SignatureB64: k.Signature}
+		p := &protocol.StreamPair{Method: k.Method, Path: k.Path, ContentType: k.ContentType, RequestB64: k.RequestB64, Status: k.Status,
+			ResponseContentType: k.ResponseContentType, ResponseB64: k.ResponseB64, ReceiptB64: k.Blob, SignatureB64: k.Signature}
 		err := cl.ReportPair(e.ctx, job, p)
 		var apiErr *client.APIError
 		if errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict {

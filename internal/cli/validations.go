@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 )
 
@@ -30,7 +32,7 @@ func (e *env) validatorValidations(args []string) error {
 		}
 		enc := json.NewEncoder(e.stdout)
 		for _, c := range cheats {
-			enc.Encode(c)
+			enc.Encode(rechecked{c, recheck(c)})
 		}
 		return nil
 	}
@@ -60,7 +62,41 @@ func (e *env) validatorValidations(args []string) error {
 				mark = "✗ CHEAT"
 			}
 			fmt.Fprintf(e.stdout, "    %s  miner %s  job %s  request %s: %s\n", mark, short(v.Miner), v.JobUUID[:8], v.RequestID, v.Verdict.Detail)
+			if !v.Verdict.Pass && v.Replay != "" {
+				fmt.Fprintf(e.stdout, "        replayed request sha256 %s\n", v.Replay)
+			}
 		}
 	}
 	return nil
+}
+
+// rechecked is a cheat as --evidence prints it: with the result of checking
+// its evidence again, as anyone holding it can.
+type rechecked struct {
+	store.Cheat
+	Recheck string `json:"recheck"`
+}
+
+// recheck re-verifies a cheat's evidence (validation.CheckEvidence): "ok",
+// or why it does not hold.
+func recheck(c store.Cheat) string {
+	var head struct {
+		Format string `json:"format"`
+	}
+	json.Unmarshal(c.Evidence, &head)
+	if head.Format != validation.EvidenceFormat {
+		return fmt.Sprintf("evidence format %q is not %s: it does not show the replayed request", head.Format, validation.EvidenceFormat)
+	}
+	var ev validation.Evidence
+	if err := json.Unmarshal(c.Evidence, &ev); err != nil {
+		return "evidence does not decode: " + err.Error()
+	}
+	rc, err := validation.CheckEvidence(&ev)
+	switch {
+	case err != nil:
+		return err.Error()
+	case rc.RequestDigest() != c.ReplaySHA256:
+		return fmt.Sprintf("the recorded replay %s is not the signed request %s", c.ReplaySHA256, rc.RequestDigest())
+	}
+	return "ok"
 }

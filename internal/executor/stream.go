@@ -88,7 +88,9 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	}
 	j.stage("streaming_start", start)
 
-	key, certPEM, err := sr.NewKeyPair("horde-job-"+j.uuid, seconds(timing.ExecutionTimeLimit)+time.Hour)
+	// The certificate names the advertised host, so clients that check the
+	// host they dial against it (upstream's Python clients) accept it.
+	key, certPEM, err := sr.NewKeyPair("horde-job-"+j.uuid, seconds(timing.ExecutionTimeLimit)+time.Hour, j.cfg.StreamingHost, "localhost")
 	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}

@@ -3,6 +3,7 @@ package hordetest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -97,6 +98,23 @@ func TestValidationWindowCatchesSwappedModel(t *testing.T) {
 	cheats, err := vdb.Cheats(ctx, time.Now().Add(-time.Hour))
 	if err != nil || len(cheats) != failedBy[cheater] || cheats[0].Miner != cheater {
 		t.Errorf("cheats kept = %d, %v", len(cheats), err)
+	}
+	// Each conviction's evidence re-verifies without the validator: the
+	// replayed request is the very request the cheater's receipt binds.
+	for _, c := range cheats {
+		var ev validation.Evidence
+		if err := json.Unmarshal(c.Evidence, &ev); err != nil {
+			t.Fatal(err)
+		}
+		rc, err := validation.CheckEvidence(&ev)
+		if err != nil {
+			t.Errorf("evidence of %s does not re-verify: %v", c.RequestID, err)
+			continue
+		}
+		if rc.Version != 2 || rc.Method != "POST" || rc.Target != "/v1/completions" || rc.RequestContentType != "application/json" ||
+			c.ReplaySHA256 != rc.RequestDigest() || ev.Replay.RequestSHA256 != c.ReplaySHA256 || c.RequestID != rc.RequestID || ev.Replay.TrustedJob != rep.TrustedJob {
+			t.Errorf("cheat %+v: receipt %+v, replay %+v", c, rc, ev.Replay)
+		}
 	}
 	// A second window finds nothing new to check: every pair was covered.
 	if _, err := h.Validate(ctx, images.LLMImage); err != validator.ErrNoPairs {

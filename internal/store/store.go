@@ -232,12 +232,17 @@ type Window struct {
 
 // Cheat is proof that a miner cheated: evidence that can back a slash.
 type Cheat struct {
-	ID       int64           `json:"id"`
-	Window   int64           `json:"window"`
-	Miner    string          `json:"miner"`
-	JobUUID  string          `json:"job_uuid"`
-	Evidence json.RawMessage `json:"evidence"`
-	At       time.Time       `json:"at"`
+	ID      int64  `json:"id"`
+	Window  int64  `json:"window"`
+	Miner   string `json:"miner"`
+	JobUUID string `json:"job_uuid"`
+	// RequestID is the request of the miner's receipt; ReplaySHA256 the
+	// digest of the request replayed on the trusted miner, which is the
+	// digest of the request that receipt binds ("" for cheats kept before).
+	RequestID    string          `json:"request_id,omitempty"`
+	ReplaySHA256 string          `json:"replay_sha256,omitempty"`
+	Evidence     json.RawMessage `json:"evidence"`
+	At           time.Time       `json:"at"`
 }
 
 // Validations keeps the validator's validation windows and the cheats they proved.

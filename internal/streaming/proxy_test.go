@@ -36,7 +36,7 @@ func newRig(t testing.TB, service http.Handler) *rig {
 	svc := httptest.NewServer(service)
 	t.Cleanup(svc.Close)
 	up, _ := url.Parse(svc.URL)
-	jobKey, jobCert, err := sr.NewKeyPair("job", time.Hour)
+	jobKey, jobCert, err := sr.NewKeyPair("job", time.Hour, "127.0.0.1", "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,6 +71,7 @@ func hexsum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(
 // call sends body with fresh headers and verifies the receipt.
 func (r *rig) call(t testing.TB, id string, body []byte, edit func(*http.Request)) (*http.Response, []byte, *sr.Receipt, error) {
 	req, _ := http.NewRequest(http.MethodPost, r.url+"/v1/completions", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(sr.HeaderTimestamp, time.Now().UTC().Format(sr.TimeFormat))
 	req.Header.Set(sr.HeaderRequestID, id)
 	if edit != nil {
@@ -88,8 +89,15 @@ func (r *rig) call(t testing.TB, id string, body []byte, edit func(*http.Request
 	}
 	pub, _ := sr.PublicKey(r.jobCert)
 	rc, verr := sr.Verify(pub, resp.Trailer.Get(sr.TrailerReceipt), resp.Trailer.Get(sr.TrailerSig), sr.Expect{
-		JobUUID: "job-1", RequestID: id, InputSHA256: hexsum(body), OutputSHA256: hexsum(got), Sent: sent, Received: time.Now(), Skew: time.Second})
+		JobUUID: "job-1", RequestID: id, Exchange: exchange(req, resp), InputSHA256: hexsum(body), OutputSHA256: hexsum(got),
+		Sent: sent, Received: time.Now(), Skew: time.Second})
 	return resp, got, rc, verr
+}
+
+// exchange is what a client knows of its request and the response's head.
+func exchange(req *http.Request, resp *http.Response) sr.Exchange {
+	return sr.Exchange{Method: req.Method, Target: req.URL.RequestURI(), RequestContentType: req.Header.Get("Content-Type"),
+		Status: resp.StatusCode, ResponseContentType: resp.Header.Get("Content-Type")}
 }
 
 func echo() http.Handler {
@@ -105,8 +113,10 @@ func TestReceiptVerifies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != 200 || string(got) != "echo:hello" || rc.RequestID != "r1" {
-		t.Errorf("%d %q %+v", resp.StatusCode, got, rc)
+	if resp.StatusCode != 200 || string(got) != "echo:hello" || rc.RequestID != "r1" || rc.Version != 2 || rc.Stamp != sr.StampClient ||
+		rc.Method != "POST" || rc.Target != "/v1/completions" || rc.RequestContentType != "application/json" || rc.Status != 200 ||
+		rc.ResponseContentType != "text/plain; charset=utf-8" || resp.Header.Get(sr.HeaderRequestID) != "r1" {
+		t.Errorf("%d %q %+v %v", resp.StatusCode, got, rc, resp.Header)
 	}
 	// The receipt is kept and retrievable by request id.
 	res, err := r.client.Get(r.url + sr.ReceiptsPath + "r1")
@@ -127,8 +137,15 @@ func TestProxyRefusals(t *testing.T) {
 		status int
 		body   string
 	}{
-		"reused request id": {"dup", nil, http.StatusConflict, "was used before"},
-		"missing timestamp": {"m1", func(q *http.Request) { q.Header.Del(sr.HeaderTimestamp) }, http.StatusBadRequest, "missing X-Horde-Timestamp"},
+		"reused request id":         {"dup", nil, http.StatusConflict, "was used before"},
+		"missing timestamp":         {"m1", func(q *http.Request) { q.Header.Del(sr.HeaderTimestamp) }, http.StatusBadRequest, "missing X-Horde-Timestamp"},
+		"missing request id header": {"m4", func(q *http.Request) { q.Header.Del(sr.HeaderRequestID) }, http.StatusBadRequest, "missing X-Horde-Request-Id"},
+		"request id with a slash":   {"a/b", nil, http.StatusBadRequest, "malformed X-Horde-Request-Id"},
+		"two timestamps": {"m5", func(q *http.Request) { q.Header.Add(sr.HeaderTimestamp, q.Header.Get(sr.HeaderTimestamp)) },
+			http.StatusBadRequest, "each be sent once"},
+		"two content types": {"m6", func(q *http.Request) { q.Header.Add("Content-Type", "text/plain") }, http.StatusBadRequest, "more than one Content-Type"},
+		"non-ASCII content type": {"m7", func(q *http.Request) { q.Header.Set("Content-Type", "text/plain; charset=\xe9") },
+			http.StatusBadRequest, "Content-Type: byte 0xe9"},
 		"skewed timestamp": {"m2", func(q *http.Request) {
 			q.Header.Set(sr.HeaderTimestamp, time.Now().Add(-time.Minute).UTC().Format(sr.TimeFormat))
 		}, http.StatusBadRequest, "away from the job's clock"},
@@ -186,8 +203,6 @@ func TestSSEStreamsThrough(t *testing.T) {
 		fmt.Fprint(w, "data: [DONE]\n\n")
 	}))
 	req, _ := http.NewRequest(http.MethodGet, r.url+"/v1/stream", nil)
-	req.Header.Set(sr.HeaderTimestamp, time.Now().UTC().Format(sr.TimeFormat))
-	req.Header.Set(sr.HeaderRequestID, "sse")
 	resp, err := r.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +248,8 @@ func TestTamperedReceipts(t *testing.T) {
 	}
 	blob, sig := resp.Trailer.Get(sr.TrailerReceipt), resp.Trailer.Get(sr.TrailerSig)
 	want := sr.Expect{JobUUID: "job-1", RequestID: "t1", InputSHA256: hexsum([]byte("in")), OutputSHA256: hexsum(got),
-		Sent: time.Now().Add(-time.Second), Received: time.Now(), Skew: time.Second}
+		Exchange: sr.Exchange{Method: "POST", Target: "/v1/completions", RequestContentType: "application/json", Status: 200, ResponseContentType: resp.Header.Get("Content-Type")},
+		Sent:     time.Now().Add(-time.Second), Received: time.Now(), Skew: time.Second}
 	raw, _ := base64.StdEncoding.DecodeString(blob)
 	forged := base64.StdEncoding.EncodeToString(bytes.Replace(raw, []byte("request_id=t1"), []byte("request_id=t2"), 1))
 	otherKey, otherCert, _ := sr.NewKeyPair("x", time.Hour)

@@ -15,10 +15,11 @@ import (
 	"strings"
 )
 
-// Pair is one request and the response a miner's job returned for it.
+// Pair is one request and the response a miner's job returned for it: the
+// request as its receipt binds it (Path is the target, with the query).
 type Pair struct {
-	Method, Path      string
-	Request, Response []byte
+	Method, Path, ContentType string
+	Request, Response         []byte
 }
 
 // Verdict is a comparator's judgement of one pair.
@@ -28,9 +29,11 @@ type Verdict struct {
 	Score  float64 `json:"score"`
 }
 
-// Reference is a trusted instance of the job's image.
+// Reference is a trusted instance of the job's image. Do sends one request
+// (contentType "" sends no Content-Type) and returns the body of a
+// successful answer.
 type Reference interface {
-	Do(ctx context.Context, method, path string, body []byte) ([]byte, error)
+	Do(ctx context.Context, method, path, contentType string, body []byte) ([]byte, error)
 }
 
 // HTTPReference reaches a reference instance over HTTP.
@@ -40,13 +43,13 @@ type HTTPReference struct {
 }
 
 // Do implements Reference.
-func (r HTTPReference) Do(ctx context.Context, method, path string, body []byte) ([]byte, error) {
+func (r HTTPReference) Do(ctx context.Context, method, path, contentType string, body []byte) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(r.BaseURL, "/")+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	if len(body) > 0 {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	c := r.Client
 	if c == nil {
@@ -73,8 +76,8 @@ type Comparator interface {
 	Compare(ctx context.Context, ref Reference, p Pair) (Verdict, error)
 }
 
-// Exact replays the request and requires the very same response bytes: for
-// deterministic services.
+// Exact replays the very request (method, target, content type, body) and
+// requires the very same response bytes: for deterministic services.
 type Exact struct{}
 
 // Name implements Comparator.
@@ -82,7 +85,7 @@ func (Exact) Name() string { return "exact" }
 
 // Compare implements Comparator.
 func (Exact) Compare(ctx context.Context, ref Reference, p Pair) (Verdict, error) {
-	want, err := ref.Do(ctx, p.Method, p.Path, p.Request)
+	want, err := ref.Do(ctx, p.Method, p.Path, p.ContentType, p.Request)
 	if err != nil {
 		return Verdict{}, err
 	}
@@ -135,7 +138,7 @@ type scored struct {
 
 func score(ctx context.Context, ref Reference, text string, top int) (*scored, error) {
 	body, _ := json.Marshal(map[string]any{"prompt": text, "max_tokens": 0, "echo": true, "logprobs": top, "temperature": 0})
-	b, err := ref.Do(ctx, http.MethodPost, "/v1/completions", body)
+	b, err := ref.Do(ctx, http.MethodPost, "/v1/completions", "application/json", body)
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +216,7 @@ func requestPrompt(p Pair) (string, float64, error) {
 	if q.Temperature != nil {
 		temp = *q.Temperature
 	}
-	if strings.HasSuffix(p.Path, "/chat/completions") {
+	if path, _, _ := strings.Cut(p.Path, "?"); strings.HasSuffix(path, "/chat/completions") {
 		var parts []string
 		for _, m := range q.Messages {
 			parts = append(parts, m.Content)

@@ -23,7 +23,6 @@ import (
 	"github.com/horde-compute/horde/internal/validator/windows"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
-	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
 // queue is one direction of an in-memory session.
@@ -195,6 +194,7 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg Config, miners ...*minertest.Miner) *harness {
 	h := &harness{fac: &facilitator{}, net: &minertest.Net{}, client: minertest.Hotkey(t)}
+	jobKey := streamingJobs(t, miners...)
 	var err error
 	h.st, err = sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "validator.db"))
 	if err != nil {
@@ -215,7 +215,7 @@ func newHarness(t *testing.T, cfg Config, miners ...*minertest.Miner) *harness {
 		cfg.Synthetic.Params = map[string]synthetic.Params{protocol.ClassTest: {SearchSpace: 100, MatrixN: 4, Expected: 5 * time.Second, Weight: 1}}
 	}
 	h.v, err = newValidator(cfg, transport{miners: h.net, receipts: &http.Client{Transport: h.net}, facilitator: h.fac.dial,
-		streams: func(st *client.Stream) (windows.Caller, error) { return echo{}, nil }})
+		streams: func(st *client.Stream) (windows.Caller, error) { return echo{jobKey, st}, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,11 +233,23 @@ func newHarness(t *testing.T, cfg Config, miners ...*minertest.Miner) *harness {
 	return h
 }
 
-// echo answers every streaming request with its body.
-type echo struct{}
+// streamingJobs makes the miners' streaming jobs serve with one job key.
+func streamingJobs(t *testing.T, miners ...*minertest.Miner) *minertest.JobKey {
+	k := minertest.NewJobKey(t)
+	for _, m := range miners {
+		m.JobCert = k.Cert
+	}
+	return k
+}
 
-func (echo) Call(_ context.Context, _, _ string, body []byte) ([]byte, *client.Result, error) {
-	return body, &client.Result{Status: 200, Receipt: &sr.Receipt{RequestID: "r-" + string(body)}}, nil
+// echo answers every streaming request to job st with its body, signed by key.
+type echo struct {
+	key *minertest.JobKey
+	st  *client.Stream
+}
+
+func (e echo) Call(_ context.Context, q client.Request) ([]byte, *client.Result, error) {
+	return q.Body, e.key.Answer(e.st.JobUUID, q, q.Body), nil
 }
 
 // job makes a client's signed job request.
@@ -555,6 +567,7 @@ func newTrustedHarness(t *testing.T, cfg Config, trusted *minertest.Miner, miner
 	// The trusted miner lives on the same in-memory network as the others;
 	// it is added first so that its address is known before the validator is made.
 	net := &minertest.Net{}
+	jobKey := streamingJobs(t, append(miners, trusted)...)
 	tn := net.Add(trusted)
 	cfg.Validation.TrustedMiner = &tn
 	h := &harness{fac: &facilitator{}, net: net, client: minertest.Hotkey(t)}
@@ -573,7 +586,7 @@ func newTrustedHarness(t *testing.T, cfg Config, trusted *minertest.Miner, miner
 	cfg.Metagraph, cfg.Store, cfg.FacilitatorURL = metagraph{mg}, h.st, "ws://facilitator/"
 	cfg.Synthetic.Params = map[string]synthetic.Params{protocol.ClassTest: {SearchSpace: 100, MatrixN: 4, Expected: 5 * time.Second, Weight: 1}}
 	h.v, err = newValidator(cfg, transport{miners: net, receipts: &http.Client{Transport: net}, facilitator: h.fac.dial,
-		streams: func(st *client.Stream) (windows.Caller, error) { return echo{}, nil }})
+		streams: func(st *client.Stream) (windows.Caller, error) { return echo{jobKey, st}, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

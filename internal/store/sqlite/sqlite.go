@@ -604,8 +604,8 @@ func (d *DB) PutWindow(ctx context.Context, w store.Window, cheats []store.Cheat
 	}
 	id, _ := res.LastInsertId()
 	for _, c := range cheats {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO cheats (window, miner, job_uuid, evidence, at) VALUES (?, ?, ?, ?, ?)`,
-			id, c.Miner, c.JobUUID, string(c.Evidence), c.At.UnixMicro()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO cheats (window, miner, job_uuid, request_id, replay_sha256, evidence, at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			id, c.Miner, c.JobUUID, c.RequestID, c.ReplaySHA256, string(c.Evidence), c.At.UnixMicro()); err != nil {
 			return 0, fmt.Errorf("put cheat: %w", err)
 		}
 	}
@@ -642,7 +642,7 @@ func (d *DB) Windows(ctx context.Context, limit int) ([]store.Window, error) {
 
 // Cheats implements store.Validations.
 func (d *DB) Cheats(ctx context.Context, since time.Time) ([]store.Cheat, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id, window, miner, job_uuid, evidence, at FROM cheats WHERE at >= ? ORDER BY id`, since.UnixMicro())
+	rows, err := d.db.QueryContext(ctx, `SELECT id, window, miner, job_uuid, request_id, replay_sha256, evidence, at FROM cheats WHERE at >= ? ORDER BY id`, since.UnixMicro())
 	if err != nil {
 		return nil, err
 	}
@@ -652,7 +652,7 @@ func (d *DB) Cheats(ctx context.Context, since time.Time) ([]store.Cheat, error)
 		var c store.Cheat
 		var ev string
 		var at int64
-		if err := rows.Scan(&c.ID, &c.Window, &c.Miner, &c.JobUUID, &ev, &at); err != nil {
+		if err := rows.Scan(&c.ID, &c.Window, &c.Miner, &c.JobUUID, &c.RequestID, &c.ReplaySHA256, &ev, &at); err != nil {
 			return nil, err
 		}
 		c.Evidence, c.At = json.RawMessage(ev), time.UnixMicro(at).UTC()

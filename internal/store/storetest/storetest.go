@@ -224,7 +224,8 @@ func testValidations(t *testing.T, s Store) {
 		t.Fatalf("last pair of nothing = %d, %v", last, err)
 	}
 	id, err := s.PutWindow(ctx, store.Window{Image: "img", LastPair: 7, Body: []byte(`{"checked":3}`), At: time.Now()},
-		[]store.Cheat{{Miner: "m", JobUUID: "j", Evidence: []byte(`{"pair":1}`), At: time.Now()}})
+		[]store.Cheat{{Miner: "m", JobUUID: "j", RequestID: "r1", ReplaySHA256: "ab12", Evidence: []byte(`{"pair":1}`), At: time.Now()},
+			{Miner: "m2", JobUUID: "j2", Evidence: []byte(`{"pair":2}`), At: time.Now()}})
 	if err != nil || id == 0 {
 		t.Fatal(err)
 	}
@@ -236,7 +237,8 @@ func testValidations(t *testing.T, s Store) {
 		t.Errorf("windows = %+v %v", ws, err)
 	}
 	cs, err := s.Cheats(ctx, before)
-	if err != nil || len(cs) != 1 || cs[0].Window != id || cs[0].Miner != "m" {
+	if err != nil || len(cs) != 2 || cs[0].Window != id || cs[0].Miner != "m" || cs[0].RequestID != "r1" || cs[0].ReplaySHA256 != "ab12" ||
+		string(cs[0].Evidence) != `{"pair":1}` || cs[1].RequestID != "" || cs[1].ReplaySHA256 != "" {
 		t.Errorf("cheats = %+v %v", cs, err)
 	}
 }

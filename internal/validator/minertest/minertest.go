@@ -36,6 +36,9 @@ type Miner struct {
 	Manifest map[string]int
 	// Reply answers one frame from the validator; nil answers as Honest.
 	Reply func(p Peer, m protocol.Message)
+	// JobCert is the certificate (PEM) a streaming job serves with; nil
+	// gives the placeholder "job-cert-" + uuid.
+	JobCert func(uuid string) string
 
 	mu       sync.Mutex
 	got      []protocol.Message
@@ -143,6 +146,9 @@ func (m *Miner) Honest(p Peer, msg protocol.Message) {
 // miner signs for.
 func (m *Miner) StreamingReady(uuid string) *protocol.V0StreamingJobReadyRequest {
 	r := &protocol.V0StreamingJobReadyRequest{JobUUID: uuid, IP: "192.0.2.1", Port: 8443, PublicKey: "job-cert-" + uuid}
+	if m.JobCert != nil {
+		r.PublicKey = m.JobCert(uuid)
+	}
 	r.MinerSignature = m.Hotkey.SignHex(protocol.StreamingReadyMessage(uuid, r.IP, r.Port, r.PublicKey))
 	return r
 }

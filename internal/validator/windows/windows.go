@@ -3,9 +3,12 @@
 // the validator's own canary requests, which miners cannot tell from a
 // client's. When enough pairs of an image wait, or the oldest waits too
 // long, a validation window starts the image on the validator's trusted
-// miner, replays a random sample there, judges each answer with the image's
-// comparator (package validation), and keeps a failed pair whose receipt the
-// miner vouched for as evidence of cheating.
+// miner, replays there a random sample of the pairs whose (v2) receipts bind
+// their request — exactly the signed method, target, content type and body —
+// judges each answer with the image's comparator (package validation), and
+// keeps a failed pair as evidence of cheating only when that evidence
+// re-verifies (validation.CheckEvidence). Pairs with v1 receipts, which bind
+// no request, are counted and never replayed.
 package windows
 
 import (
@@ -85,24 +88,29 @@ type CanarySpec struct {
 
 // PairVerdict is the judgement of one replayed pair.
 type PairVerdict struct {
-	JobUUID   string             `json:"job_uuid"`
-	RequestID string             `json:"request_id"`
-	Miner     string             `json:"miner"`
-	Verdict   validation.Verdict `json:"verdict"`
-	Error     string             `json:"error,omitempty"`
+	JobUUID   string `json:"job_uuid"`
+	RequestID string `json:"request_id"`
+	Miner     string `json:"miner"`
+	// Replay is the digest of the request replayed (streamreceipt.RequestDigest).
+	Replay  string             `json:"replay_sha256,omitempty"`
+	Verdict validation.Verdict `json:"verdict"`
+	Error   string             `json:"error,omitempty"`
 }
 
 // WindowReport is what one validation window did and found.
 type WindowReport struct {
-	ID         int64         `json:"id"`
-	Image      string        `json:"image"`
-	Comparator string        `json:"comparator"`
-	Started    time.Time     `json:"started"`
-	TrustedJob string        `json:"trusted_job"`
-	Pairs      int           `json:"pairs"`
-	Checked    int           `json:"checked"`
-	Failed     int           `json:"failed"`
-	Verdicts   []PairVerdict `json:"verdicts"`
+	ID         int64     `json:"id"`
+	Image      string    `json:"image"`
+	Comparator string    `json:"comparator"`
+	Started    time.Time `json:"started"`
+	TrustedJob string    `json:"trusted_job"`
+	Pairs      int       `json:"pairs"`
+	// V1Pairs of Pairs have v1 receipts, which bind no request: covered by
+	// the window, never replayed.
+	V1Pairs  int           `json:"v1_pairs,omitempty"`
+	Checked  int           `json:"checked"`
+	Failed   int           `json:"failed"`
+	Verdicts []PairVerdict `json:"verdicts"`
 	// TrustedSeconds is what the trusted executor was used for; CoveredSeconds
 	// is the serving time of the streaming jobs whose pairs were gathered.
 	TrustedSeconds float64 `json:"trusted_executor_seconds"`
@@ -134,9 +142,9 @@ type Miners interface {
 }
 
 // Caller calls a serving streaming job as its client, returning the body
-// and the call's result with its verified receipt.
+// and the call's result with its receipt verified against the request.
 type Caller interface {
-	Call(ctx context.Context, method, path string, body []byte) ([]byte, *client.Result, error)
+	Call(ctx context.Context, req client.Request) ([]byte, *client.Result, error)
 }
 
 // Deps are what windows work with.
@@ -228,10 +236,11 @@ func (w *Windows) TakePair(ctx context.Context, m *protocol.V0StreamPairReport) 
 // Open opens a validation window for image: it starts the image on the
 // trusted miner, replays a random sample of the pairs gathered since the last
 // window, judges each with the image's comparator, stops the instance and
-// records the verdicts. A failed pair whose receipt the miner vouched for is
-// proof of cheating, kept as evidence. If the trusted miner cannot serve, or
-// no pair could be replayed, nothing is recorded and the pairs wait for the
-// next window.
+// records the verdicts. A failed pair is proof of cheating only when its
+// evidence re-verifies. If the trusted miner cannot serve, or no pair could
+// be replayed, nothing is recorded and the pairs wait for the next window;
+// a window with no pair that can be evidence (v1 receipts, refused pairs)
+// is recorded without a replay.
 func (w *Windows) Open(ctx context.Context, image string) (*WindowReport, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -255,65 +264,156 @@ func (w *Windows) Open(ctx context.Context, image string) (*WindowReport, error)
 		cmp = validation.Exact{}
 	}
 	rep := &WindowReport{Image: image, Comparator: cmp.Name(), Started: time.Now().UTC(), Pairs: len(pairs)}
-	var sample []store.PairRecord
-	for _, p := range pairs {
-		if rand.Float64() < vc.Sample {
-			sample = append(sample, p)
-		}
-	}
-	if len(sample) == 0 {
-		sample = append(sample, pairs[rand.IntN(len(pairs))])
-	}
-	rep.Detection = validation.DetectionProbability(0.1, vc.Sample, len(pairs))
+	evidential := rep.evidential(pairs)
+	sample := w.sample(evidential)
+	rep.Detection = validation.DetectionProbability(0.1, vc.Sample, len(evidential))
 	rep.CoveredSeconds = w.coveredSeconds(ctx, pairs)
-
-	rep.TrustedJob = uuid.NewString()
-	lease, err := w.d.Miners.LeasePinned(ctx, vc.TrustedMiner.Hotkey, rep.TrustedJob, vc.Class)
-	if err != nil {
-		return nil, fmt.Errorf("validation: trusted miner: %w", err)
-	}
-	st, stop, err := w.start(ctx, lease, rep.TrustedJob, image, false)
-	if err != nil {
-		return nil, fmt.Errorf("validation: trusted miner: %w", err)
-	}
-	caller, err := w.d.Connect(st)
-	if err != nil {
-		stop()
-		return nil, err
-	}
-	ref := reference{caller}
 	var cheats []store.Cheat
-	for _, p := range sample {
-		req, _ := base64.StdEncoding.DecodeString(p.Pair.RequestB64)
-		resp, _ := base64.StdEncoding.DecodeString(p.Pair.ResponseB64)
-		pv := PairVerdict{JobUUID: p.JobUUID, RequestID: p.RequestID, Miner: p.MinerHotkey}
-		verdict, err := cmp.Compare(ctx, ref, validation.Pair{Method: p.Pair.Method, Path: p.Pair.Path, Request: req, Response: resp})
+	if len(sample) > 0 {
+		rep.TrustedJob = uuid.NewString()
+		lease, err := w.d.Miners.LeasePinned(ctx, vc.TrustedMiner.Hotkey, rep.TrustedJob, vc.Class)
 		if err != nil {
-			pv.Error = err.Error()
-		} else {
-			pv.Verdict = verdict
-			rep.Checked++
-			if !verdict.Pass {
-				rep.Failed++
-				ev, _ := json.Marshal(map[string]any{"image": image, "job_uuid": p.JobUUID, "request_id": p.RequestID, "miner_hotkey": p.MinerHotkey,
-					"pair": p.Pair, "job_ready": p.Proof, "comparator": cmp.Name(), "verdict": verdict, "trusted_job": rep.TrustedJob})
-				cheats = append(cheats, store.Cheat{Miner: p.MinerHotkey, JobUUID: p.JobUUID, Evidence: ev, At: time.Now().UTC()})
-				w.log.Warn("cheat proved", "miner", p.MinerHotkey, "job", p.JobUUID, "request", p.RequestID, "detail", verdict.Detail)
-			}
+			return nil, fmt.Errorf("validation: trusted miner: %w", err)
 		}
-		rep.Verdicts = append(rep.Verdicts, pv)
-	}
-	rep.TrustedSeconds = stop().Seconds()
-	if rep.Checked == 0 {
-		return nil, fmt.Errorf("validation: no pair could be replayed (first error: %s)", rep.Verdicts[0].Error)
+		st, stop, err := w.start(ctx, lease, rep.TrustedJob, image, false)
+		if err != nil {
+			return nil, fmt.Errorf("validation: trusted miner: %w", err)
+		}
+		caller, err := w.d.Connect(st)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		tr := trusted{st: st, proof: proofOf(st), c: caller}
+		firstErr := ""
+		for _, p := range sample {
+			pv, cheat := w.judge(ctx, tr, cmp, image, p)
+			if firstErr == "" {
+				firstErr = pv.Error
+			}
+			if pv.Error == "" {
+				rep.Checked++
+				if !pv.Verdict.Pass {
+					rep.Failed++
+				}
+			}
+			if cheat != nil {
+				cheats = append(cheats, *cheat)
+			}
+			rep.Verdicts = append(rep.Verdicts, pv)
+		}
+		rep.TrustedSeconds = stop().Seconds()
+		if rep.Checked == 0 {
+			return nil, fmt.Errorf("validation: no pair could be replayed (first error: %s)", firstErr)
+		}
 	}
 	body, _ := json.Marshal(rep)
 	rep.ID, err = w.d.Store.PutWindow(context.WithoutCancel(ctx), store.Window{Image: image, LastPair: ids[len(ids)-1], Body: body, At: time.Now().UTC()}, cheats)
 	if err != nil {
 		return nil, err
 	}
-	w.log.Info("validation window done", "image", image, "pairs", rep.Pairs, "checked", rep.Checked, "failed", rep.Failed)
+	w.log.Info("validation window done", "image", image, "pairs", rep.Pairs, "v1_pairs", rep.V1Pairs, "checked", rep.Checked, "failed", rep.Failed)
 	return rep, nil
+}
+
+// candidate is a pair that may be evidence, with its verified receipt.
+type candidate struct {
+	p  store.PairRecord
+	rc *sr.Receipt
+}
+
+// evidential returns the pairs that can be evidence: verified again (the
+// receipt, the miner's vouching, the reported request is the signed one),
+// with a v2 receipt of a successful answer. v1 pairs are counted; other
+// pairs get a verdict that says why they are not judged.
+func (rep *WindowReport) evidential(pairs []store.PairRecord) []candidate {
+	var out []candidate
+	for _, p := range pairs {
+		rc, err := validation.VerifyPair(p.JobUUID, p.MinerHotkey, p.Proof, p.Pair)
+		switch {
+		case err == nil && rc.Version != 2:
+			rep.V1Pairs++
+			continue
+		case err == nil && (rc.Status < 200 || rc.Status > 299):
+			err = fmt.Errorf("the miner's answer was HTTP %d: only successful answers are judged", rc.Status)
+		}
+		if err != nil {
+			rep.Verdicts = append(rep.Verdicts, PairVerdict{JobUUID: p.JobUUID, RequestID: p.RequestID, Miner: p.MinerHotkey, Error: "not evidence: " + err.Error()})
+			continue
+		}
+		out = append(out, candidate{p, rc})
+	}
+	return out
+}
+
+// sample picks the pairs a window replays: each with probability Sample,
+// and at least one when there are any.
+func (w *Windows) sample(pairs []candidate) []candidate {
+	var out []candidate
+	for _, p := range pairs {
+		if rand.Float64() < w.d.Config.Sample {
+			out = append(out, p)
+		}
+	}
+	if len(out) == 0 && len(pairs) > 0 {
+		out = append(out, pairs[rand.IntN(len(pairs))])
+	}
+	return out
+}
+
+// trusted is the window's instance on the trusted miner.
+type trusted struct {
+	st    *client.Stream
+	proof protocol.StreamingServerDetails
+	c     Caller
+}
+
+// judge replays one pair's signed request on the trusted instance — the
+// method, target, content type and body its receipt binds, nothing the
+// report says — and has the comparator judge the miner's answer. A failed
+// verdict convicts only with evidence that re-verifies; anything short of
+// that is an error on the verdict, never a cheat.
+func (w *Windows) judge(ctx context.Context, tr trusted, cmp validation.Comparator, image string, c candidate) (PairVerdict, *store.Cheat) {
+	p, rc := c.p, c.rc
+	pv := PairVerdict{JobUUID: p.JobUUID, RequestID: p.RequestID, Miner: p.MinerHotkey}
+	req, _ := base64.StdEncoding.DecodeString(p.Pair.RequestB64)
+	resp, _ := base64.StdEncoding.DecodeString(p.Pair.ResponseB64)
+	signed := client.Request{Method: rc.Method, Target: rc.Target, ContentType: rc.RequestContentType, Body: req}
+	answer, res, err := tr.c.Call(ctx, signed)
+	switch {
+	case err != nil:
+		pv.Error = "replay: " + err.Error()
+		return pv, nil
+	case res.Receipt == nil || res.Receipt.RequestDigest() != rc.RequestDigest():
+		pv.Error = "replay: the trusted job's receipt does not bind the signed request"
+		return pv, nil
+	case res.Status < 200 || res.Status > 299:
+		pv.Error = fmt.Sprintf("replay: the trusted instance answered HTTP %d", res.Status)
+		return pv, nil
+	}
+	pv.Replay = rc.RequestDigest()
+	ref := &reference{c: tr.c, replayed: signed, answer: answer}
+	verdict, err := cmp.Compare(ctx, ref, validation.Pair{Method: rc.Method, Path: rc.Target, ContentType: rc.RequestContentType, Request: req, Response: resp})
+	if err != nil {
+		pv.Error = err.Error()
+		return pv, nil
+	}
+	pv.Verdict = verdict
+	if verdict.Pass {
+		return pv, nil
+	}
+	ev := &validation.Evidence{Format: validation.EvidenceFormat, Image: image, JobUUID: p.JobUUID, RequestID: rc.RequestID, MinerHotkey: p.MinerHotkey,
+		Pair: p.Pair, JobReady: p.Proof, Comparator: cmp.Name(), Verdict: verdict,
+		Replay: validation.Replay{RequestSHA256: pv.Replay, TrustedJob: tr.st.JobUUID, TrustedMiner: tr.st.MinerHotkey, JobReady: tr.proof,
+			Status: res.Status, ResponseB64: base64.StdEncoding.EncodeToString(answer), ReceiptB64: res.ReceiptB64, SignatureB64: res.SignatureB64}}
+	if _, err := validation.CheckEvidence(ev); err != nil {
+		pv.Error = "failed, but the evidence does not re-verify: " + err.Error()
+		w.log.Warn("no conviction: the evidence does not re-verify", "miner", p.MinerHotkey, "job", p.JobUUID, "request", p.RequestID, "err", err)
+		return pv, nil
+	}
+	b, _ := json.Marshal(ev)
+	w.log.Warn("cheat proved", "miner", p.MinerHotkey, "job", p.JobUUID, "request", p.RequestID, "replay_sha256", pv.Replay, "detail", verdict.Detail)
+	return pv, &store.Cheat{Miner: p.MinerHotkey, JobUUID: p.JobUUID, RequestID: rc.RequestID, ReplaySHA256: pv.Replay, Evidence: b, At: time.Now().UTC()}
 }
 
 // Canaries sends every configured canary once.
@@ -350,17 +450,15 @@ func (w *Windows) Canary(ctx context.Context, image string, requests [][]byte, p
 	if err != nil {
 		return 0, err
 	}
-	host, port, _ := net.SplitHostPort(strings.TrimPrefix(st.URL, "https://"))
-	proof := protocol.StreamingServerDetails{StreamingServerCert: st.JobCert, StreamingServerAddress: host, MinerSignature: st.MinerSignature}
-	proof.StreamingServerPort, _ = strconv.Atoi(port)
+	proof := proofOf(st)
 	kept := 0
 	for _, req := range requests {
-		out, res, err := caller.Call(ctx, http.MethodPost, path, req)
+		out, res, err := caller.Call(ctx, client.Request{Method: http.MethodPost, Target: path, ContentType: "application/json", Body: req})
 		if err != nil {
 			w.log.Warn("canary request failed", "miner", st.MinerHotkey, "err", err)
 			continue
 		}
-		p := client.Pair(http.MethodPost, path, req, out, res)
+		p := client.Pair(res.Method, res.Target, req, out, res)
 		err = w.d.Store.PutPair(ctx, store.PairRecord{JobUUID: id, RequestID: res.Receipt.RequestID, Image: image,
 			MinerHotkey: st.MinerHotkey, ValidatorHotkey: w.d.Self, ReportedBy: "canary", Pair: *p, Proof: proof, At: time.Now().UTC()})
 		if err == nil {
@@ -476,14 +574,37 @@ func (w *Windows) coveredSeconds(ctx context.Context, pairs []store.PairRecord) 
 	return total
 }
 
-// reference replays requests on the trusted instance.
-type reference struct{ c Caller }
+// proofOf is the miner's signature vouching for a stream's job key, as
+// pairs keep it.
+func proofOf(st *client.Stream) protocol.StreamingServerDetails {
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(st.URL, "https://"))
+	proof := protocol.StreamingServerDetails{StreamingServerCert: st.JobCert, StreamingServerAddress: host, MinerSignature: st.MinerSignature}
+	proof.StreamingServerPort, _ = strconv.Atoi(port)
+	return proof
+}
+
+// reference is the trusted instance as a comparator sees it: the signed
+// request was replayed once before the comparator runs, and asking for it
+// again gets that answer; anything else (a comparator's own probes) goes to
+// the instance.
+type reference struct {
+	c        Caller
+	replayed client.Request
+	answer   []byte
+}
 
 // Do implements validation.Reference.
-func (r reference) Do(ctx context.Context, method, path string, body []byte) ([]byte, error) {
-	out, _, err := r.c.Call(ctx, method, path, body)
+func (r *reference) Do(ctx context.Context, method, path, contentType string, body []byte) ([]byte, error) {
+	q := client.Request{Method: method, Target: path, ContentType: contentType, Body: body}
+	if q.Method == r.replayed.Method && q.Target == r.replayed.Target && q.ContentType == r.replayed.ContentType && bytes.Equal(q.Body, r.replayed.Body) {
+		return r.answer, nil
+	}
+	out, res, err := r.c.Call(ctx, q)
 	if err != nil {
 		return nil, err
+	}
+	if res.Status >= 300 {
+		return nil, fmt.Errorf("reference: HTTP %d: %.200s", res.Status, out)
 	}
 	return out, nil
 }
@@ -502,8 +623,8 @@ func connectHTTPS(st *client.Stream) (Caller, error) {
 	return httpsCaller{st, hc}, nil
 }
 
-func (c httpsCaller) Call(ctx context.Context, method, path string, body []byte) ([]byte, *client.Result, error) {
+func (c httpsCaller) Call(ctx context.Context, req client.Request) ([]byte, *client.Result, error) {
 	var out bytes.Buffer
-	res, err := c.st.Call(ctx, c.hc, method, path, body, &out)
+	res, err := c.st.Do(ctx, c.hc, req, &out)
 	return out.Bytes(), res, err
 }

@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
@@ -88,7 +90,8 @@ type job struct {
 // start runs an executor with cfg (edited, when given) against the harness.
 func (h *harness) start(t *testing.T, edit func(*executor.Config)) *job {
 	t.Helper()
-	cfg := executor.Config{MinerURL: h.url, DataDir: h.dataDir, Runtime: h.rt, Owner: "miner-key", StartupTimeout: 10 * time.Second}
+	cfg := executor.Config{MinerURL: h.url, DataDir: h.dataDir, Runtime: h.rt, Owner: "miner-key", StartupTimeout: 10 * time.Second,
+		Net: allow(t, h.objects.URL)}
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -102,6 +105,26 @@ func (h *harness) start(t *testing.T, edit func(*executor.Config)) *job {
 		t.Fatalf("executor ended before connecting: %v", err)
 	}
 	return j
+}
+
+// allow returns a dial guard that lets the executor reach the servers at
+// urls (on loopback, as a miner's operator would list them), and no other
+// address that is not public.
+func allow(t *testing.T, urls ...string) *blob.DialGuard {
+	t.Helper()
+	var hostPorts []string
+	for _, u := range urls {
+		p, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hostPorts = append(hostPorts, p.Host)
+	}
+	g, err := blob.NewDialGuard(hostPorts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
 }
 
 func (j *job) send(m protocol.Message) {

@@ -11,6 +11,9 @@
 //	random NAME BYTES write an output file of BYTES incompressible bytes
 //	symlink NAME TARGET  make /output/NAME a symbolic link to TARGET
 //	fifo NAME        make /output/NAME a FIFO (a named pipe)
+//
+// (symlink and fifo take an absolute NAME as a path of the container:
+// /artifacts/x.)
 //	env NAME         print an environment variable
 //	search SALT HASH SPACE   find the secret of a synthetic search job
 //	matmul SEED N            multiply two seeded n×n matrices into /artifacts
@@ -91,7 +94,7 @@ func Main(ctx context.Context, e *prog.Env) int {
 		}
 		fmt.Fprintln(e.Stdout, "wrote", wrote)
 	case "symlink":
-		p, err := e.Path(filepath.Join("/output", arg(args, 1)))
+		p, err := e.Path(outputPath(arg(args, 1)))
 		if err == nil {
 			err = os.Symlink(arg(args, 2), p)
 		}
@@ -100,7 +103,7 @@ func Main(ctx context.Context, e *prog.Env) int {
 		}
 		fmt.Fprintln(e.Stdout, "linked", arg(args, 1), "to", arg(args, 2))
 	case "fifo":
-		p, err := e.Path(filepath.Join("/output", arg(args, 1)))
+		p, err := e.Path(outputPath(arg(args, 1)))
 		if err == nil {
 			err = syscall.Mkfifo(p, 0o644)
 		}
@@ -176,6 +179,14 @@ func writeOutput(ctx context.Context, e *prog.Env, name string, n int64, random 
 		}
 	}
 	return wrote, f.Close()
+}
+
+// outputPath is name under /output, or name itself if absolute.
+func outputPath(name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join("/output", name)
 }
 
 func arg(a []string, i int) string {

@@ -14,6 +14,7 @@
 //
 // (symlink and fifo take an absolute NAME as a path of the container:
 // /artifacts/x.)
+//
 //	env NAME         print an environment variable
 //	search SALT HASH SPACE   find the secret of a synthetic search job
 //	matmul SEED N            multiply two seeded n×n matrices into /artifacts

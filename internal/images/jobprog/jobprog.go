@@ -11,16 +11,13 @@
 //	random NAME BYTES write an output file of BYTES incompressible bytes
 //	symlink NAME TARGET  make /output/NAME a symbolic link to TARGET
 //	fifo NAME        make /output/NAME a FIFO (a named pipe)
-//
-// (symlink and fifo take an absolute NAME as a path of the container:
-// /artifacts/x.)
-//
 //	env NAME         print an environment variable
 //	search SALT HASH SPACE   find the secret of a synthetic search job
 //	matmul SEED N            multiply two seeded n×n matrices into /artifacts
 //
-// Every mode ends when ctx does, as a killed container would. What a mode
-// shows depends on where it runs: in a container, net probes the
+// symlink and fifo take an absolute NAME as a path of the container
+// (/artifacts/x). Every mode ends when ctx does, as a killed container
+// would. What a mode shows depends on where it runs: in a container, net probes the
 // container's real network; in the fake runtime it only asks the fake, which
 // says there is none, and search and matmul take this process's CPU, with
 // no class limits, so their timing means nothing.

@@ -22,6 +22,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/docker/dockertest"
 	"github.com/horde-compute/horde/internal/executor/fakert"
+	"github.com/horde-compute/horde/internal/executor/jobdisk"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -88,6 +89,8 @@ func Start(t testing.TB, cfg devstack.Config) *Horde {
 	cli := Docker(t)
 	JobImage(t, cli)
 	cfg.Runtime = cli
+	// As a miner would, where the host can: bounded job disks.
+	cfg.BoundDisks = jobdisk.Check() == nil
 	h := start(t, cfg)
 	h.Docker = cli
 	return h
@@ -118,12 +121,15 @@ func start(t testing.TB, cfg devstack.Config) *Horde {
 	if cfg.Refresh == 0 {
 		cfg.Refresh = time.Second
 	}
-	s, err := devstack.Start(context.Background(), cfg)
+	objects, err := devstack.ServeObjects(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	objects, err := devstack.ServeObjects(t.TempDir())
+	// Executors reach the object server, and nothing else on loopback.
+	cfg.AllowPrivate = append(cfg.AllowPrivate, strings.TrimPrefix(objects.URL, "http://"))
+	s, err := devstack.Start(context.Background(), cfg)
 	if err != nil {
+		objects.Close()
 		t.Fatal(err)
 	}
 	h := &Horde{Stack: s, Client: client.New(s.FacilitatorURL, s.Client), Runtime: cfg.Runtime, Objects: objects}

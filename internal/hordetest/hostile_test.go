@@ -1,0 +1,84 @@
+package hordetest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/horde-compute/horde/internal/devstack"
+	"github.com/horde-compute/horde/protocol"
+)
+
+// Issue 15, row 3, end to end: a client names, for volumes and uploads, the
+// miner's own port (its /receipts), 0.0.0.0 and the facilitator: each is
+// refused at the miner before a connection is made (the miner's operator
+// listed only the object server), the job fails in the right stage with
+// the reason, and the job never runs on what it asked for.
+func TestClientURLsToTheHordeRefused(t *testing.T) {
+	h := StartFake(t, devstack.Config{})
+	miner := h.MinerAddrs[0]
+	_, port, _ := net.SplitHostPort(miner)
+	zero := net.JoinHostPort("0.0.0.0", port)
+	facilitator := h.FacilitatorURL
+	for _, tt := range []struct {
+		name  string
+		spec  func() *protocol.JobSpec
+		stage protocol.JobStage
+	}{
+		{"volume from the miner's receipts", func() *protocol.JobSpec {
+			s := Spec("demo")
+			s.Volume = &protocol.Volume{VolumeType: protocol.VolumeZipURL, Contents: "http://" + miner + "/receipts"}
+			return s
+		}, protocol.StageVolumeDownload},
+		{"volume from 0.0.0.0", func() *protocol.JobSpec {
+			s := Spec("demo")
+			s.Volume = &protocol.Volume{VolumeType: protocol.VolumeSingleFile, URL: "http://" + zero + "/receipts", RelativePath: "r.json"}
+			return s
+		}, protocol.StageVolumeDownload},
+		{"volume from the facilitator", func() *protocol.JobSpec {
+			s := Spec("demo")
+			s.Volume = &protocol.Volume{VolumeType: protocol.VolumeSingleFile, URL: facilitator + "/api/v1/jobs/", RelativePath: "jobs.json"}
+			return s
+		}, protocol.StageVolumeDownload},
+		{"upload to the miner", func() *protocol.JobSpec {
+			s := Spec("write", "o.bin", "10")
+			s.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: "http://" + miner + "/receipts"}
+			return s
+		}, protocol.StageResultUpload},
+		{"upload to 0.0.0.0", func() *protocol.JobSpec {
+			s := Spec("write", "o.bin", "10")
+			s.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadSinglePut, URL: "http://" + zero + "/x", RelativePath: "o.bin"}
+			return s
+		}, protocol.StageResultUpload},
+		{"upload to the facilitator", func() *protocol.JobSpec {
+			s := Spec("write", "o.bin", "10")
+			s.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadSinglePost, URL: facilitator + "/api/v1/job-create/", RelativePath: "o.bin"}
+			return s
+		}, protocol.StageResultUpload},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			job := h.Run(t, tt.spec())
+			last := Last(job)
+			d := last.Metadata.JobFailureDetails
+			if job.Status != protocol.StatusFailed || d == nil {
+				b, _ := json.Marshal(last)
+				t.Fatalf("status %s: %s", job.Status, b)
+			}
+			if d.Stage != tt.stage || !strings.Contains(d.Message, "destination refused") || !strings.Contains(d.Message, "is not a public address") {
+				t.Errorf("failure %s: %s", d.Stage, d.Message)
+			}
+			if tt.stage == protocol.StageVolumeDownload && d.DockerProcessStdout != "" {
+				t.Errorf("the job ran: %q", d.DockerProcessStdout)
+			}
+		})
+	}
+	// The object server the operator listed still works.
+	h.Objects.Put("in.zip", zipOf(t, map[string]string{"a.txt": "allowed"}))
+	s := Spec("demo")
+	s.Volume = &protocol.Volume{VolumeType: protocol.VolumeZipURL, Contents: h.Objects.URL + "/in.zip"}
+	if job := h.Run(t, s); job.Status != protocol.StatusCompleted {
+		t.Errorf("allowed volume: %s %s", job.Status, fmt.Sprint(Last(job).Metadata))
+	}
+}

@@ -1,13 +1,18 @@
 package hordetest
 
 import (
+	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/devstack"
+	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/protocol"
 )
 
@@ -80,5 +85,43 @@ func TestClientURLsToTheHordeRefused(t *testing.T) {
 	s.Volume = &protocol.Volume{VolumeType: protocol.VolumeZipURL, Contents: h.Objects.URL + "/in.zip"}
 	if job := h.Run(t, s); job.Status != protocol.StatusCompleted {
 		t.Errorf("allowed volume: %s %s", job.Status, fmt.Sprint(Last(job).Metadata))
+	}
+}
+
+// Issue 15, row 10 (volumes): a streaming job's later volumes count against
+// the same job budget as its first: two volumes each under the per-volume
+// limit but together over the job's are refused at the second, with the
+// reason in the acknowledgement, and the job goes on serving.
+func TestStreamingVolumesShareOneBudget(t *testing.T) {
+	lim := blob.DefaultLimits()
+	lim.MaxVolumeBytes, lim.MaxJobVolumeBytes = 1<<20, 3<<19
+	h := StartFake(t, devstack.Config{Limits: lim, StreamingWhitelist: map[string]string{images.LLMImage: OnFake.LLMDigest(t)}})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	for _, name := range []string{"one.zip", "two.zip"} {
+		noise := make([]byte, 900<<10) // incompressible: the zip is as big
+		rand.Read(noise)
+		h.Objects.Put(name, zipOf(t, map[string]string{"data.bin": string(noise)}))
+	}
+	st, err := h.Client.StartStreaming(ctx, streamSpec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Client.Stop(ctx, st.JobUUID)
+	ack, err := h.Client.SendVolume(ctx, st.JobUUID, &protocol.VolumeMessage{Volume: &protocol.Volume{VolumeType: protocol.VolumeZipURL,
+		Contents: h.Objects.URL + "/one.zip", RelativePath: "one"}})
+	if err != nil || !ack.Success {
+		t.Fatalf("first volume: %+v %v", ack, err)
+	}
+	ack, err = h.Client.SendVolume(ctx, st.JobUUID, &protocol.VolumeMessage{Volume: &protocol.Volume{VolumeType: protocol.VolumeZipURL,
+		Contents: h.Objects.URL + "/two.zip", RelativePath: "two"}})
+	left := fmt.Sprintf("%d left of the volume limits", lim.MaxJobVolumeBytes-900<<10) // the job's budget, not the volume's
+	if err == nil || ack == nil || ack.Success || !strings.Contains(ack.Error, left) {
+		t.Fatalf("second volume: %+v %v", ack, err)
+	}
+	hc, _ := st.HTTPClient()
+	var out strings.Builder
+	if res, err := st.Call(ctx, hc, "GET", "/health", nil, &out); err != nil || res.Status != 200 {
+		t.Errorf("the job no longer serves: %v %v", res, err)
 	}
 }

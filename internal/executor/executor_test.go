@@ -33,7 +33,10 @@ import (
 const blockImage = "test/block:1"
 
 type harness struct {
-	rt      *fakert.Runtime
+	rt *fakert.Runtime // nil on Docker
+	// runtime is where executors run containers: rt, or the Docker Engine.
+	runtime executor.Runtime
+	owner   string // executors' owner label
 	dataDir string
 	objects *devstack.Objects
 	started chan string // ids of blockImage containers that run
@@ -42,7 +45,14 @@ type harness struct {
 }
 
 func newHarness(t *testing.T) *harness {
-	h := &harness{rt: fakert.New(), dataDir: t.TempDir(), started: make(chan string, 4), conns: make(chan *wsconn.Conn, 1)}
+	rt := fakert.New()
+	h := serveMiner(t, rt, "miner-key")
+	h.rt = rt
+	t.Cleanup(func() {
+		if err := h.rt.Close(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
 	images.RegisterFake(h.rt)
 	h.rt.Register(blockImage, func(ctx context.Context, c *fakert.Container) int {
 		fmt.Fprintln(c.Stdout, "running")
@@ -54,6 +64,13 @@ func newHarness(t *testing.T) *harness {
 		fmt.Fprintln(c.Stdout, "pulled and ran")
 		return 0
 	})
+	return h
+}
+
+// serveMiner starts the harness's side of things: the miner's executor
+// route (a real WebSocket, played by the test) and an object server.
+func serveMiner(t *testing.T, rt executor.Runtime, owner string) *harness {
+	h := &harness{runtime: rt, owner: owner, dataDir: t.TempDir(), started: make(chan string, 4), conns: make(chan *wsconn.Conn, 1)}
 	objects, err := devstack.ServeObjects(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -73,9 +90,6 @@ func newHarness(t *testing.T) *harness {
 		close(released)
 		srv.Close()
 		objects.Close()
-		if err := h.rt.Close(context.Background()); err != nil {
-			t.Error(err)
-		}
 	})
 	return h
 }
@@ -90,7 +104,7 @@ type job struct {
 // start runs an executor with cfg (edited, when given) against the harness.
 func (h *harness) start(t *testing.T, edit func(*executor.Config)) *job {
 	t.Helper()
-	cfg := executor.Config{MinerURL: h.url, DataDir: h.dataDir, Runtime: h.rt, Owner: "miner-key", StartupTimeout: 10 * time.Second,
+	cfg := executor.Config{MinerURL: h.url, DataDir: h.dataDir, Runtime: h.runtime, Owner: h.owner, StartupTimeout: 10 * time.Second,
 		Net: allow(t, h.objects.URL)}
 	if edit != nil {
 		edit(&cfg)
@@ -212,11 +226,17 @@ func request(uuid, image string, args ...string) *protocol.V0JobRequest {
 // assertClean checks that the job left no container, network or directory.
 func (h *harness) assertClean(t *testing.T) {
 	t.Helper()
-	if cs := h.rt.Containers(); len(cs) != 0 {
-		t.Errorf("containers left: %+v", cs)
+	label := executor.LabelOwner + "=" + h.owner
+	if cs, err := h.runtime.ContainerList(context.Background(), label); err != nil || len(cs) != 0 {
+		t.Errorf("containers left: %+v %v", cs, err)
 	}
-	if ns, _ := h.rt.NetworkList(context.Background(), ""); len(ns) != 0 {
-		t.Errorf("networks left: %+v", ns)
+	if ns, err := h.runtime.NetworkList(context.Background(), label); err != nil || len(ns) != 0 {
+		t.Errorf("networks left: %+v %v", ns, err)
+	}
+	if h.rt != nil {
+		if cs := h.rt.Containers(); len(cs) != 0 {
+			t.Errorf("containers left, whatever their labels: %+v", cs)
+		}
 	}
 	if ents, _ := os.ReadDir(h.dataDir); len(ents) != 0 {
 		t.Errorf("job directories left: %v", ents)

@@ -77,7 +77,25 @@ func dockerHarness(t *testing.T) (*harness, string) {
 	image := jobImage(t, cli)
 	b := make([]byte, 6)
 	rand.Read(b)
-	return serveMiner(t, cli, "executor-test-"+hex.EncodeToString(b)), image
+	h := serveMiner(t, cli, "executor-test-"+hex.EncodeToString(b))
+	// Whatever a failed test left, on the shared engine and host: its own
+	// objects only, by its owner label and data directory.
+	t.Cleanup(func() {
+		ctx := context.Background()
+		label := executor.LabelOwner + "=" + h.owner
+		if cs, err := cli.ContainerList(ctx, label); err == nil {
+			for _, c := range cs {
+				cli.ContainerRemove(ctx, c.ID)
+			}
+		}
+		if ns, err := cli.NetworkList(ctx, label); err == nil {
+			for _, n := range ns {
+				cli.NetworkRemove(ctx, n.ID)
+			}
+		}
+		jobdisk.UnmountBeneath(h.dataDir)
+	})
+	return h, image
 }
 
 // runOn runs one job on h with cfg edited and returns its last message.

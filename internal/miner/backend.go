@@ -90,15 +90,22 @@ type Reaper struct {
 	Runtime executor.Runtime
 	Owner   string
 	DataDir string
-	Log     *slog.Logger
+	// MinAge spares leftovers younger than it (zero: leftoverAge; negative:
+	// none): an executor creates them before the miner knows the job runs.
+	MinAge time.Duration
+	Log    *slog.Logger
 }
 
 // leftoverAge is how old an unowned container, network or directory must be
-// to be reaped: an executor creates them before the miner knows the job runs.
+// to be reaped, by default.
 const leftoverAge = 5 * time.Second
 
 // Reap removes leftovers of jobs not in active.
 func (r *Reaper) Reap(ctx context.Context, active map[string]bool) {
+	leftoverAge := leftoverAge
+	if r.MinAge != 0 {
+		leftoverAge = r.MinAge
+	}
 	if r.Runtime != nil {
 		label := executor.LabelOwner + "=" + r.Owner
 		cs, err := r.Runtime.ContainerList(ctx, label)

@@ -125,3 +125,23 @@ func TestStreamingVolumesShareOneBudget(t *testing.T) {
 		t.Errorf("the job no longer serves: %v %v", res, err)
 	}
 }
+
+// Issue 15, row 2, end to end: a job makes /output/pipe a FIFO and asks
+// for it as a single-file upload. The client is told why it failed, within
+// the upload stage (never waiting on the FIFO), and the miner's only
+// executor is free again: the next job runs on it.
+func TestFIFOOutputFreesTheExecutor(t *testing.T) {
+	h := StartFake(t, devstack.Config{Manifest: map[string]int{protocol.ClassTest: 1}})
+	s := Spec("fifo", "pipe")
+	s.UploadTimeLimit = 86400 // only the refusal ends it soon
+	s.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadSinglePut, URL: h.Objects.URL + "/pipe", RelativePath: "pipe"}
+	job := h.Run(t, s)
+	d := Last(job).Metadata.JobFailureDetails
+	if job.Status != protocol.StatusFailed || d == nil || d.Stage != protocol.StageResultUpload || !strings.Contains(d.Message, "pipe is a FIFO") {
+		b, _ := json.Marshal(Last(job))
+		t.Fatalf("status %s: %s", job.Status, b)
+	}
+	if next := h.Run(t, Spec("echo", "next")); next.Status != protocol.StatusCompleted {
+		t.Errorf("the next job: %s", next.Status)
+	}
+}

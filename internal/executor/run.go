@@ -21,6 +21,13 @@ type Paths struct {
 	Volume, Output, Artifacts string
 }
 
+// JobLogs is where the engine keeps a job's stdout and stderr: in files of
+// bounded size on the engine's disk (a job printing without end would fill
+// it otherwise), still far more than the MaxLogBytes tail that travels.
+func JobLogs() *docker.LogConfig {
+	return &docker.LogConfig{Type: "json-file", Config: map[string]string{"max-size": "8m", "max-file": "2"}}
+}
+
 // ContainerConfig returns the isolated container a job runs in: no network,
 // read-only root, no new privileges, every capability dropped, resource
 // limits of the class, and GPUs requested for GPU classes.
@@ -44,6 +51,7 @@ func ContainerConfig(req *protocol.V0JobRequest, class ClassSpec, p Paths, owner
 		ReadonlyRootfs: true,
 		SecurityOpt:    []string{"no-new-privileges"},
 		CapDrop:        []string{"ALL"},
+		LogConfig:      JobLogs(),
 		Memory:         class.MemoryBytes,
 		NanoCPUs:       class.NanoCPUs,
 		CpusetCpus:     class.CPUSet,

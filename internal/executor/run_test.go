@@ -27,6 +27,7 @@ func TestContainerConfigIsolation(t *testing.T) {
 		ReadonlyRootfs: true,
 		SecurityOpt:    []string{"no-new-privileges"},
 		CapDrop:        []string{"ALL"},
+		LogConfig:      &docker.LogConfig{Type: "json-file", Config: map[string]string{"max-size": "8m", "max-file": "2"}},
 	}
 	if diff := cmp.Diff(want, c.HostConfig); diff != "" {
 		t.Errorf("host config (-want +got):\n%s", diff)

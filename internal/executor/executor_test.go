@@ -2,6 +2,7 @@ package executor_test
 
 import (
 	"archive/zip"
+	"cmp"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -99,6 +100,8 @@ type job struct {
 	t    *testing.T
 	conn *wsconn.Conn
 	errc chan error
+	// patience bounds the wait for each message (default a minute).
+	patience time.Duration
 }
 
 // start runs an executor with cfg (edited, when given) against the harness.
@@ -150,7 +153,7 @@ func (j *job) send(m protocol.Message) {
 
 func (j *job) recv() protocol.Message {
 	j.t.Helper()
-	ctx, cancel := context.WithTimeout(j.t.Context(), time.Minute)
+	ctx, cancel := context.WithTimeout(j.t.Context(), cmp.Or(j.patience, time.Minute))
 	defer cancel()
 	m, err := j.conn.Recv(ctx)
 	if err != nil {

@@ -102,6 +102,9 @@ func dockerHarness(t *testing.T) (*harness, string) {
 func runOn(t *testing.T, h *harness, edit func(*executor.Config), in *protocol.V0InitialJobRequest, req *protocol.V0JobRequest) protocol.Message {
 	t.Helper()
 	j := h.start(t, edit)
+	// Gigabytes go through these jobs (slowly under -race): the stages'
+	// own limits bound the wait.
+	j.patience = 10 * time.Minute
 	j.send(in)
 	if m := j.recv(); m.MessageType() != "V0ExecutorReadyRequest" {
 		t.Fatalf("after the initial request: %#v", m)

@@ -2,8 +2,8 @@ package executor_test
 
 import (
 	"archive/zip"
-	"cmp"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"

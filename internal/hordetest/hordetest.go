@@ -36,6 +36,10 @@ type Horde struct {
 	Docker  *docker.Client
 	Fake    *fakert.Runtime
 	Objects *devstack.Objects
+	// BoundDisks says whether job directories are bounded file systems
+	// (on Docker, where the host can): a job writing too much then fails
+	// in execution (output_too_large), not at upload.
+	BoundDisks bool
 }
 
 // Docker returns a client of the local engine; it is the Docker gate (see
@@ -132,7 +136,7 @@ func start(t testing.TB, cfg devstack.Config) *Horde {
 		objects.Close()
 		t.Fatal(err)
 	}
-	h := &Horde{Stack: s, Client: client.New(s.FacilitatorURL, s.Client), Runtime: cfg.Runtime, Objects: objects}
+	h := &Horde{Stack: s, Client: client.New(s.FacilitatorURL, s.Client), Runtime: cfg.Runtime, Objects: objects, BoundDisks: cfg.BoundDisks}
 	t.Cleanup(func() {
 		objects.Close()
 		if err := s.Stop(); err != nil {

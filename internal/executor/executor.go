@@ -44,11 +44,12 @@ const MaxLogBytes = 1 << 20
 
 // Artifacts travel base64 in the finished message: files under
 // MaxArtifactFileBytes each, MaxArtifactsBytes in all (what does not fit is
-// left out and logged); with bounded disks the artifacts directory holds
-// ArtifactsDiskBytes at most.
+// left out and logged) — 43 MiB once encoded, which with both logs (1 MiB
+// each, JSON-escaped) stays under protocol.MaxMessageSize. With bounded
+// disks the artifacts directory holds ArtifactsDiskBytes at most.
 const (
 	MaxArtifactFileBytes = 1_000_000
-	MaxArtifactsBytes    = 16 << 20
+	MaxArtifactsBytes    = 32 << 20
 	ArtifactsDiskBytes   = 64 << 20
 )
 

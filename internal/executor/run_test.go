@@ -71,3 +71,12 @@ func TestTailBuffer(t *testing.T) {
 		t.Errorf("tail = %q", got)
 	}
 }
+
+// The finished message can carry every artifact collected and both logs.
+func TestArtifactsFitTheMessage(t *testing.T) {
+	encoded := (MaxArtifactsBytes + 2) / 3 * 4
+	logs := 2 * 6 * MaxLogBytes // JSON may escape a byte as \u00XX
+	if encoded+logs >= protocol.MaxMessageSize || ArtifactsDiskBytes < MaxArtifactsBytes {
+		t.Errorf("artifacts %d encoded + logs %d vs message limit %d; disk %d", encoded, logs, protocol.MaxMessageSize, ArtifactsDiskBytes)
+	}
+}

@@ -8,7 +8,7 @@ import (
 )
 
 // The validator's rooms: arrows only downward (validator → rounds, windows,
-// receipts, route → jobrun, scoring), logic without transport, and no room
+// receipts, route → jobrun, scoring, excuse), logic without transport, and no room
 // importing the validator package (the rooms live below it). Kept apart
 // from deps_test.go's table because a room must not import its parent
 // exactly, while it may import its siblings below.
@@ -22,6 +22,8 @@ var rooms = []struct {
 		"one job's stages are logic: frames go out through an interface"},
 	{room("scoring"), append(transport(), room("jobrun"), room("route"), room("rounds"), room("windows"), room("receipts")), []string{val},
 		"scoring is a pure function of its inputs"},
+	{room("excuse"), append(transport(), sqlite, "github.com/horde-compute/horde/internal/store", room("jobrun"), room("route"), room("rounds"), room("windows"), room("receipts"), room("scoring")), []string{val},
+		"judging excuses is a pure function of receipts, the metagraph and the rules"},
 	{room("rounds"), []string{wsconn, websocket, sqlite, room("route"), room("windows"), room("receipts")}, []string{val},
 		"rounds reach miners, receipts and stores through interfaces"},
 	{room("windows"), []string{wsconn, websocket, sqlite, room("route"), room("rounds"), room("receipts"), room("scoring")}, []string{val},

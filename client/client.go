@@ -1,6 +1,9 @@
 // Package client is the Go SDK for horde: it signs requests with the
 // client's hotkey and submits, watches, lists and cancels jobs on a
-// facilitator. It imports no server code.
+// facilitator. Every request is signed: job creation over the job's
+// SignedFields (the signature validators check), cheat reports over the
+// report (scope FullRequest), everything else over its method, path, query
+// and body (scope HordeRequest). It imports no server code.
 package client
 
 import (
@@ -54,31 +57,40 @@ func (e *APIError) Unwrap() error {
 	return nil
 }
 
-// sign sets the signature headers over payload.
-func (c *Client) sign(req *http.Request, payload []byte) {
+// sign sets the signature headers: the hotkey's signature over payload at
+// the current time, of the given scope (see protocol/client.go).
+func (c *Client) sign(req *http.Request, scope string, payload []byte) {
 	ts := time.Now().UnixNano()
 	s := c.Hotkey.Sign(protocol.SignedMessage(ts, payload))
 	req.Header.Set(protocol.HeaderSignatureType, protocol.SignatureTypeBittensor)
 	req.Header.Set(protocol.HeaderSignatory, c.Hotkey.SS58())
 	req.Header.Set(protocol.HeaderTimestampNS, strconv.FormatInt(ts, 10))
 	req.Header.Set(protocol.HeaderSignature, base64.StdEncoding.EncodeToString(s))
-	req.Header.Set(protocol.HeaderSignatureScope, protocol.ScopeSignedFields)
+	req.Header.Set(protocol.HeaderSignatureScope, scope)
 }
 
-func (c *Client) do(ctx context.Context, method, path string, body []byte, signed []byte, out any) error {
+// request makes a request signed over its method, path, query and body
+// (scope HordeRequest), or, with scope and payload given, over payload.
+func (c *Client) request(ctx context.Context, method, path string, body []byte, scope string, payload []byte) (*http.Request, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if signed == nil {
-		signed = body
-		if len(body) == 0 {
-			signed = []byte(method + " " + req.URL.RequestURI())
-		}
+	if scope == "" {
+		scope, payload = protocol.ScopeHordeRequest, protocol.RequestPayload(method, req.URL.RequestURI(), body)
 	}
-	c.sign(req, signed)
+	c.sign(req, scope, payload)
 	if len(body) > 0 {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	return req, nil
+}
+
+// do makes a signed request (see request) and decodes the answer into out.
+func (c *Client) do(ctx context.Context, method, path string, body []byte, scope string, payload []byte, out any) error {
+	req, err := c.request(ctx, method, path, body, scope, payload)
+	if err != nil {
+		return err
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
@@ -103,33 +115,51 @@ func apiError(resp *http.Response) error {
 	return &APIError{Status: resp.StatusCode, Code: e.Code, Msg: e.Error}
 }
 
-// CreateJob submits a job.
+// CreateJob submits a job: its body in upstream's SDK shape, signed over
+// its SignedFields (the signature validators check, upstream's too).
 func (c *Client) CreateJob(ctx context.Context, spec *protocol.JobSpec) (*protocol.Job, error) {
-	if spec.Nonce == "" {
-		spec.Nonce = strconv.FormatInt(time.Now().UnixNano(), 36)
-	}
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("job: %w", err)
 	}
-	body, err := json.Marshal(spec)
+	body, err := spec.RequestBody()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("job: %w", err)
 	}
 	signed, err := spec.SignedBytes()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("job: %w", err)
 	}
 	var job protocol.Job
-	if err := c.do(ctx, http.MethodPost, protocol.RouteCreateJob, body, signed, &job); err != nil {
+	if err := c.do(ctx, http.MethodPost, protocol.RouteCreateJob, body, protocol.ScopeSignedFields, signed, &job); err != nil {
 		return nil, err
 	}
 	return &job, nil
 }
 
+// ReportCheated tells the validator of job (through the facilitator) that
+// its miner cheated: trustedJob, the same job run on the validator's
+// trusted miner, gave another result. details is any JSON (nil: null).
+// Both jobs must be the client's, trustedJob submitted with OnTrustedMiner.
+func (c *Client) ReportCheated(ctx context.Context, job, trustedJob string, details json.RawMessage) error {
+	if details == nil {
+		details = json.RawMessage("null")
+	}
+	r := protocol.CheatReport{JobUUID: job, TrustedJobUUID: trustedJob, Details: details}
+	body, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	payload, err := r.SignedPayload()
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodPost, protocol.RouteCheatedJob, body, protocol.ScopeFullRequest, payload, nil)
+}
+
 // Job returns a job with its status history.
 func (c *Client) Job(ctx context.Context, uuid string) (*protocol.Job, error) {
 	var job protocol.Job
-	if err := c.do(ctx, http.MethodGet, protocol.RouteJobs+uuid+"/", nil, nil, &job); err != nil {
+	if err := c.do(ctx, http.MethodGet, protocol.RouteJobs+uuid+"/", nil, "", nil, &job); err != nil {
 		return nil, err
 	}
 	return &job, nil
@@ -139,7 +169,7 @@ func (c *Client) Job(ctx context.Context, uuid string) (*protocol.Job, error) {
 func (c *Client) Jobs(ctx context.Context, offset, limit int) (*protocol.JobList, error) {
 	var out protocol.JobList
 	path := fmt.Sprintf("%s?offset=%d&limit=%d", protocol.RouteJobs, offset, limit)
-	if err := c.do(ctx, http.MethodGet, path, nil, nil, &out); err != nil {
+	if err := c.do(ctx, http.MethodGet, path, nil, "", nil, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -148,7 +178,7 @@ func (c *Client) Jobs(ctx context.Context, offset, limit int) (*protocol.JobList
 // Cancel asks for a job to be cancelled.
 func (c *Client) Cancel(ctx context.Context, uuid string) (*protocol.Job, error) {
 	var job protocol.Job
-	if err := c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/cancel/", nil, nil, &job); err != nil {
+	if err := c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/cancel/", nil, "", nil, &job); err != nil {
 		return nil, err
 	}
 	return &job, nil
@@ -188,11 +218,10 @@ func (c *Client) Watch(ctx context.Context, uuid string, fn func(protocol.Status
 }
 
 func (c *Client) watchOnce(ctx context.Context, uuid string, seen int, fn func(protocol.StatusEntry)) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+protocol.RouteJobs+uuid+"/events", nil)
+	req, err := c.request(ctx, http.MethodGet, protocol.RouteJobs+uuid+"/events", nil, "", nil)
 	if err != nil {
 		return seen, err
 	}
-	c.sign(req, []byte(http.MethodGet+" "+req.URL.RequestURI()))
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return seen, err
@@ -226,7 +255,7 @@ func (c *Client) watchOnce(ctx context.Context, uuid string, seen int, fn func(p
 // Scores returns each validator's latest scores, weights and their grounds.
 func (c *Client) Scores(ctx context.Context) (map[string]protocol.ValidatorScores, error) {
 	out := map[string]protocol.ValidatorScores{}
-	if err := c.do(ctx, http.MethodGet, protocol.RouteScores, nil, nil, &out); err != nil {
+	if err := c.do(ctx, http.MethodGet, protocol.RouteScores, nil, "", nil, &out); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -1,7 +1,6 @@
 package client
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/pyjson"
 	"github.com/horde-compute/horde/sig"
 )
 
@@ -46,14 +46,22 @@ func (f *fakeFacilitator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := r.URL.Path
 	switch {
 	case r.Method == "POST" && path == protocol.RouteCreateJob:
-		var s protocol.JobSpec
-		json.Unmarshal(body, &s)
+		s, err := protocol.ParseJobRequest(body)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(protocol.APIError{Error: err.Error(), Code: "bad_request"})
+			return
+		}
 		f.job = protocol.Job{UUID: "j1", Status: protocol.StatusSent, DockerImage: s.DockerImage,
 			StatusHistory: []protocol.StatusEntry{{Status: protocol.StatusSent}}}
 		w.WriteHeader(http.StatusCreated)
 		json.NewEncoder(w).Encode(f.job)
 	case path == protocol.RouteJobs:
-		json.NewEncoder(w).Encode(protocol.JobList{Count: 1, Results: []protocol.Job{f.job}, Next: r.URL.RawQuery})
+		q := r.URL.RawQuery
+		json.NewEncoder(w).Encode(protocol.JobList{Count: 1, Results: []protocol.Job{f.job}, Next: &q})
+	case path == protocol.RouteCheatedJob:
+		w.WriteHeader(http.StatusCreated)
+		json.NewEncoder(w).Encode(protocol.CheatReported{Message: string(body)})
 	case path == protocol.RouteJobs+"j1/":
 		json.NewEncoder(w).Encode(f.job)
 	case path == protocol.RouteJobs+"j1/cancel/" || path == protocol.RouteJobs+"j1/stop/":
@@ -82,8 +90,9 @@ func (f *fakeFacilitator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// verify checks the X-CH-* headers over the spec's signed bytes, the body,
-// or "METHOD URI".
+// verify checks the X-CH-* headers over what each scope covers: the body's
+// SignedFields (job creation), the sorted body (cheat reports), or the
+// method, request target and body.
 func (f *fakeFacilitator) verify(r *http.Request, body []byte) error {
 	h := r.Header
 	if h.Get(protocol.HeaderSignatory) != f.key.SS58() || h.Get(protocol.HeaderSignatureType) != protocol.SignatureTypeBittensor {
@@ -93,18 +102,37 @@ func (f *fakeFacilitator) verify(r *http.Request, body []byte) error {
 	if err != nil || time.Since(time.Unix(0, ts)).Abs() > time.Minute {
 		return errors.New("bad timestamp")
 	}
-	payload := body
-	if r.URL.Path == protocol.RouteCreateJob {
-		var s protocol.JobSpec
-		if err := json.Unmarshal(body, &s); err != nil {
+	var payload []byte
+	scope := h.Get(protocol.HeaderSignatureScope)
+	switch r.URL.Path {
+	case protocol.RouteCreateJob:
+		if scope != protocol.ScopeSignedFields {
+			return fmt.Errorf("scope %q", scope)
+		}
+		j, err := protocol.SignedFieldsOfRequest(body)
+		if err != nil {
 			return err
 		}
-		payload, _ = s.SignedBytes()
-	} else if len(body) == 0 {
-		payload = []byte(r.Method + " " + r.URL.RequestURI())
+		payload, _ = protocol.SignedPayload(j)
+	case protocol.RouteCheatedJob:
+		if scope != protocol.ScopeFullRequest {
+			return fmt.Errorf("scope %q", scope)
+		}
+		payload, err = pyjson.Canonical(body)
+		if err != nil {
+			return err
+		}
+	default:
+		if scope != protocol.ScopeHordeRequest {
+			return fmt.Errorf("scope %q", scope)
+		}
+		payload = protocol.RequestPayload(r.Method, r.RequestURI, body)
 	}
-	raw, _ := base64.StdEncoding.DecodeString(h.Get(protocol.HeaderSignature))
-	return sig.Verify(f.key.Public(), protocol.SignedMessage(ts, payload), raw)
+	raw, err := sig.ParseBase64(h.Get(protocol.HeaderSignature))
+	if err != nil {
+		return err
+	}
+	return raw.Verify(f.key.Public(), protocol.SignedMessage(ts, payload))
 }
 
 func newFake(t *testing.T) (*fakeFacilitator, *Client) {
@@ -123,8 +151,16 @@ func TestClientCalls(t *testing.T) {
 	ctx := t.Context()
 	spec := &protocol.JobSpec{ExecutorClass: protocol.ClassTest, DockerImage: "img", ExecutionTimeLimit: 5}
 	j, err := c.CreateJob(ctx, spec)
-	if err != nil || j.UUID != "j1" || spec.Nonce == "" {
-		t.Fatalf("create: %+v %v (nonce %q)", j, err, spec.Nonce)
+	if err != nil || j.UUID != "j1" {
+		t.Fatalf("create: %+v %v", j, err)
+	}
+	multi := &protocol.JobSpec{ExecutorClass: protocol.ClassTest, DockerImage: "img", ExecutionTimeLimit: 5,
+		OutputUpload: &protocol.OutputUpload{OutputUploadType: protocol.UploadMulti, SystemOutput: &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: "http://h/z"}}}
+	if _, err := c.CreateJob(ctx, multi); err != nil {
+		t.Errorf("a job with a system output: %v", err)
+	}
+	if err := c.ReportCheated(ctx, "a", "b", nil); err != nil {
+		t.Errorf("report cheated: %v", err)
 	}
 	if _, err := c.CreateJob(ctx, &protocol.JobSpec{DockerImage: "img"}); err == nil || !strings.Contains(err.Error(), "executor_class") {
 		t.Errorf("an invalid spec was sent: %v", err)
@@ -132,7 +168,7 @@ func TestClientCalls(t *testing.T) {
 	if j, err := c.Job(ctx, "j1"); err != nil || j.DockerImage != "img" {
 		t.Errorf("job: %+v %v", j, err)
 	}
-	if l, err := c.Jobs(ctx, 5, 7); err != nil || l.Count != 1 || l.Next != "offset=5&limit=7" {
+	if l, err := c.Jobs(ctx, 5, 7); err != nil || l.Count != 1 || *l.Next != "offset=5&limit=7" {
 		t.Errorf("jobs: %+v %v", l, err)
 	}
 	if _, err := c.Cancel(ctx, "j1"); err != nil {

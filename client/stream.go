@@ -97,7 +97,7 @@ func (c *Client) StartStreaming(ctx context.Context, spec *protocol.JobSpec, pro
 // Stop ends a streaming job normally.
 func (c *Client) Stop(ctx context.Context, uuid string) (*protocol.Job, error) {
 	var job protocol.Job
-	if err := c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/stop/", nil, nil, &job); err != nil {
+	if err := c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/stop/", nil, "", nil, &job); err != nil {
 		return nil, err
 	}
 	return &job, nil
@@ -112,7 +112,7 @@ func (c *Client) SendVolume(ctx context.Context, uuid string, msg *protocol.Volu
 		return nil, err
 	}
 	var ack protocol.VolumeAck
-	if err := c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/volumes/", body, nil, &ack); err != nil {
+	if err := c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/volumes/", body, "", nil, &ack); err != nil {
 		return nil, err
 	}
 	if !ack.Success {
@@ -212,7 +212,7 @@ func (c *Client) ReportPair(ctx context.Context, uuid string, p *protocol.Stream
 	if err != nil {
 		return err
 	}
-	return c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/pairs/", body, nil, nil)
+	return c.do(ctx, http.MethodPost, protocol.RouteJobs+uuid+"/pairs/", body, "", nil, nil)
 }
 
 // Pair makes the report of one call: what was sent, what came back, the receipt.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,30 +23,123 @@ import (
 // FacilitatorPath is the facilitator's route for validators.
 const FacilitatorPath = "/ws/v0/"
 
-// V0AuthenticationRequest: validator → facilitator, first message.
-// Upstream signs only the 32 raw public-key bytes, which can be replayed;
-// horde adds a timestamp and nonce and signs AuthMessage().
+// Capabilities: horde⇄horde extensions of this link, negotiated on the
+// WebSocket upgrade. The validator lists what it speaks in the request
+// header HeaderCapabilities; a horde facilitator answers the same header in
+// its 101 response with what it speaks (an upstream facilitator answers
+// none). An extension is used on a session only when both listed it;
+// otherwise both ends speak upstream's protocol exactly.
+const (
+	HeaderCapabilities = "X-Horde-Capabilities"
+	// CapAuthV1: the validator authenticates with V0HordeAuthenticationRequest
+	// (timestamped, one-time) instead of upstream's V0AuthenticationRequest
+	// (a signature over the public key alone, which can be replayed).
+	CapAuthV1 = "auth-v1"
+	// CapResponses: Response frames carry message_type and every message of
+	// the validator's, heartbeats included, is answered.
+	CapResponses = "responses-v1"
+	// CapCancel, CapStop: V0CancelJobByFacilitator, V0StopJobByFacilitator.
+	CapCancel = "cancel"
+	CapStop   = "stop"
+	// CapVolumeMessages: V0JobVolumeRequest and V0JobVolumeResult.
+	CapVolumeMessages = "volume_messages"
+	// CapStreamPairs: V0StreamPairReport.
+	CapStreamPairs = "stream_pairs"
+	// CapReports: V0ValidatorReport.
+	CapReports = "reports"
+	// CapJobCheated: V0JobCheated (upstream validators always take it).
+	CapJobCheated = "job_cheated"
+)
+
+// FacilitatorCapabilities are the extensions horde speaks on this link.
+var FacilitatorCapabilities = []string{CapAuthV1, CapResponses, CapCancel, CapStop, CapVolumeMessages,
+	CapStreamPairs, CapReports, CapJobCheated}
+
+// ParseCapabilities reads a HeaderCapabilities value: comma-separated
+// tokens, spaces ignored, lower-cased, duplicates and empty ones dropped,
+// at most 32 of at most 64 bytes each (more are ignored).
+func ParseCapabilities(h string) []string {
+	var out []string
+	for _, c := range strings.Split(h, ",") {
+		c = strings.ToLower(strings.TrimSpace(c))
+		if c == "" || len(c) > 64 || slices.Contains(out, c) {
+			continue
+		}
+		if len(out) == 32 {
+			break
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// FormatCapabilities writes a HeaderCapabilities value.
+func FormatCapabilities(caps []string) string { return strings.Join(caps, ", ") }
+
+// CommonCapabilities returns the capabilities both lists hold, in the order of a.
+func CommonCapabilities(a, b []string) []string {
+	var out []string
+	for _, c := range a {
+		if slices.Contains(b, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// V0AuthenticationRequest: validator → facilitator, first message, exactly
+// upstream's (extra="forbid" there): the validator's public key (64
+// lower-case hex digits) and its hotkey's signature ("0x"+hex) over the 32
+// raw public-key bytes. Nothing in it is fresh: anyone who saw one can
+// replay it. horde's facilitator takes it only when its operator allows
+// upstream validators; horde validators send V0HordeAuthenticationRequest.
 type V0AuthenticationRequest struct {
 	PublicKey string `json:"public_key"`
 	Signature string `json:"signature"`
-	Timestamp int64  `json:"horde_timestamp"`
-	Nonce     string `json:"horde_nonce"`
 }
 
 func (*V0AuthenticationRequest) MessageType() string { return "V0AuthenticationRequest" }
 
+// PublicKeyBytes returns the raw key: public_key must be 64 lower-case hex
+// digits, as upstream writes it (public_key.hex()), one text per key.
+func (m *V0AuthenticationRequest) PublicKeyBytes() (sig.PublicKey, error) {
+	return parsePublicKeyHex(m.PublicKey)
+}
+
+func parsePublicKeyHex(s string) (sig.PublicKey, error) {
+	var pk sig.PublicKey
+	if len(s) != 64 || strings.ToLower(s) != s {
+		return pk, fmt.Errorf("public_key must be 64 lower-case hex digits")
+	}
+	if _, err := hex.Decode(pk[:], []byte(s)); err != nil {
+		return pk, fmt.Errorf("public_key must be 64 lower-case hex digits")
+	}
+	return pk, nil
+}
+
+// V0HordeAuthenticationRequest (horde, CapAuthV1): validator → facilitator,
+// first message. The signature ("0x"+hex) covers AuthMessage(): the raw
+// public key ‖ ":{timestamp}:{nonce}", so it is fresh (timestamp, unix
+// seconds) and one-time (nonce); upstream's auth signs the key alone.
+type V0HordeAuthenticationRequest struct {
+	PublicKey string `json:"public_key"`
+	Timestamp int64  `json:"timestamp"`
+	Nonce     string `json:"nonce"`
+	Signature string `json:"signature"`
+}
+
+func (*V0HordeAuthenticationRequest) MessageType() string { return "V0HordeAuthenticationRequest" }
+
 // AuthMessage returns the signed bytes: raw public key ‖ ":{timestamp}:{nonce}".
-// public_key must be 64 lower-case hex digits, as upstream writes it
-// (public_key.hex()): one text per key, like signatures (see package sig).
-func (m *V0AuthenticationRequest) AuthMessage() ([]byte, error) {
-	if len(m.PublicKey) != 64 || strings.ToLower(m.PublicKey) != m.PublicKey {
-		return nil, fmt.Errorf("public_key must be 64 lower-case hex digits")
-	}
-	pk, err := hex.DecodeString(m.PublicKey)
+func (m *V0HordeAuthenticationRequest) AuthMessage() ([]byte, error) {
+	pk, err := parsePublicKeyHex(m.PublicKey)
 	if err != nil {
-		return nil, fmt.Errorf("public_key must be 64 lower-case hex digits")
+		return nil, err
 	}
-	return append(pk, ":"+strconv.FormatInt(m.Timestamp, 10)+":"+m.Nonce...), nil
+	if m.Nonce == "" || len(m.Nonce) > 128 {
+		return nil, fmt.Errorf("nonce must be 1 to 128 bytes")
+	}
+	return append(pk[:], ":"+strconv.FormatInt(m.Timestamp, 10)+":"+m.Nonce...), nil
 }
 
 // ResponseError is one error in a Response.
@@ -55,13 +149,63 @@ type ResponseError struct {
 	Help string `json:"help,omitempty"`
 }
 
-// Response: facilitator → validator, the answer to each authenticated request.
+// Response: facilitator → validator, the answer to the authentication and
+// to each status update. Upstream's Response has no message_type (and
+// refuses one), so the facilitator sends it to an upstream session as an
+// UpstreamResponse; on a horde session (CapResponses) it is this type, with
+// message_type. DecodeFacilitatorFrame reads both as *Response.
 type Response struct {
 	Status string          `json:"status"`
 	Errors []ResponseError `json:"errors,omitempty"`
 }
 
 func (*Response) MessageType() string { return "Response" }
+
+// UpstreamResponse is a Response as upstream writes it: no message_type,
+// errors always a list.
+type UpstreamResponse Response
+
+func (*UpstreamResponse) MessageType() string { return "Response" }
+func (*UpstreamResponse) bare()               {}
+
+// MarshalJSON writes {"status": …, "errors": […]}.
+func (r UpstreamResponse) MarshalJSON() ([]byte, error) {
+	errs := r.Errors
+	if errs == nil {
+		errs = []ResponseError{}
+	}
+	return json.Marshal(struct {
+		Status string          `json:"status"`
+		Errors []ResponseError `json:"errors"`
+	}{r.Status, errs})
+}
+
+// DecodeFacilitatorFrame decodes a frame of the facilitator link as the
+// validator reads it: a frame without message_type that has a "status" is
+// a Response (upstream writes it so); anything else goes through Decode.
+func DecodeFacilitatorFrame(b []byte) (Message, error) {
+	if len(b) > MaxMessageSize {
+		return nil, fmt.Errorf("%w: %d bytes exceeds %d", ErrMalformed, len(b), MaxMessageSize)
+	}
+	var head struct {
+		MessageType *string          `json:"message_type"`
+		Status      *json.RawMessage `json:"status"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if head.MessageType != nil || head.Status == nil {
+		return Decode(b)
+	}
+	var r Response
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: Response: %v", ErrMalformed, err)
+	}
+	if r.Status != "success" && r.Status != "error" {
+		return nil, fmt.Errorf("%w: Response: status %q", ErrMalformed, r.Status)
+	}
+	return &r, nil
+}
 
 // V0Heartbeat: validator → facilitator, every 60 s.
 type V0Heartbeat struct{}
@@ -119,7 +263,9 @@ type StreamingServerDetails struct {
 	StreamingServerAddress string `json:"streaming_server_address"`
 	StreamingServerPort    int    `json:"streaming_server_port"`
 	// MinerSignature (horde) is the miner hotkey's signature over
-	// StreamingReadyMessage: the miner vouches for the job's key.
+	// StreamingReadyMessage: the miner vouches for the job's key. Upstream's
+	// StreamingServerDetails refuses extra keys: in a status update send it
+	// as StatusMetadata.StreamingProof instead, which upstream keeps.
 	MinerSignature string `json:"horde_miner_signature,omitempty"`
 }
 
@@ -137,6 +283,19 @@ type StatusMetadata struct {
 	Timings map[string]int64 `json:"horde_timings,omitempty"`
 	// Receipts (horde): the receipts of the job, as stored by the validator.
 	Receipts []json.RawMessage `json:"horde_receipts,omitempty"`
+	// StreamingProof (horde) is StreamingDetails' miner signature, at this
+	// level (extra="allow" upstream) rather than inside streaming_details
+	// (extra="forbid" upstream).
+	StreamingProof string `json:"horde_streaming_proof,omitempty"`
+}
+
+// StreamingMinerSignature returns the miner's signature over the streaming
+// details, wherever the validator put it.
+func (m *StatusMetadata) StreamingMinerSignature() string {
+	if m.StreamingDetails != nil && m.StreamingDetails.MinerSignature != "" {
+		return m.StreamingDetails.MinerSignature
+	}
+	return m.StreamingProof
 }
 
 // V0JobStatusUpdate: validator → facilitator, a job moved on.
@@ -179,8 +338,10 @@ func SignedMessage(timestampNS int64, payload []byte) []byte {
 	return h.Sum(nil)
 }
 
-// JobSpec is what a client asks for; the client's signature covers
-// its canonical JSON (see SignedBytes).
+// JobSpec is what a client asks for. The client's signature covers its
+// SignedFields (see signedfields.go); the spec is written to stores as
+// JSON, never on a wire: clients send a job creation body (RequestBody,
+// ParseJobRequest), the facilitator sends V2JobRequest.
 type JobSpec struct {
 	ExecutorClass           string            `json:"executor_class"`
 	DockerImage             string            `json:"docker_image"`
@@ -195,21 +356,22 @@ type JobSpec struct {
 	StreamingStartTimeLimit int               `json:"streaming_start_time_limit"`
 	StreamingDetails        *StreamingDetails `json:"streaming_details,omitempty"`
 	OnTrustedMiner          bool              `json:"on_trusted_miner"`
-	TargetValidatorHotkey   string            `json:"target_validator_hotkey,omitempty"`
-	// Nonce (horde) makes two otherwise equal jobs distinct for replay checks.
+	// UseGPU is upstream's deprecated use_gpu (signed; "has no effect").
+	UseGPU bool `json:"use_gpu,omitempty"`
+	// JobNamespace names where a job comes from (e.g. "SN123.0"); not signed.
+	JobNamespace string `json:"job_namespace,omitempty"`
+	// TargetValidatorHotkey is the validator the client chose; not signed.
+	TargetValidatorHotkey string `json:"target_validator_hotkey,omitempty"`
+	// Nonce is not used: it is neither signed (SignedFields has no place for
+	// it; two submissions differ by their timestamps) nor sent.
+	//
+	// Deprecated: kept until internal/validator's tests stop setting it.
 	Nonce string `json:"horde_nonce,omitempty"`
-}
-
-// SignedBytes returns the canonical JSON of the spec that signatures cover.
-func (s *JobSpec) SignedBytes() ([]byte, error) {
-	c := *s
-	if c.Args == nil {
-		c.Args = []string{}
-	}
-	if c.Env == nil {
-		c.Env = map[string]string{}
-	}
-	return pyjson.Marshal(&c)
+	// SignedFields is the SignedFields text the spec was decoded from (its
+	// typed fields were read from it), kept byte for byte because env and
+	// the maps of volumes and uploads keep the order they were signed in.
+	// Empty for a spec built in Go: SignedFieldsJSON then writes one.
+	SignedFields string `json:"horde_signed_fields,omitempty"`
 }
 
 // Validate checks a spec before it is accepted.
@@ -274,7 +436,14 @@ func CheckArtifactsDir(dir string) error {
 	return nil
 }
 
-// V2JobRequest: facilitator → validator, a client's job with its signature.
+// V2JobRequest: facilitator → validator, a client's job with its signature,
+// in exactly upstream's shape (extra="forbid" there): type "job.new", uuid,
+// job_namespace, the SignedFields keys (volumes as volume: a multi_volume or
+// null, uploads as output_upload: the one upload, a multi_upload or null),
+// signature. Decoding re-derives SignedFields from the message as upstream's
+// validator does and reads the spec from them alone, so what a validator
+// verifies (VerifyJobSignature) is what it runs; a message that repeats a
+// key is refused.
 type V2JobRequest struct {
 	UUID string `json:"uuid"`
 	JobSpec
@@ -282,6 +451,231 @@ type V2JobRequest struct {
 }
 
 func (*V2JobRequest) MessageType() string { return "V2JobRequest" }
+
+// MarshalJSON writes upstream's V2JobRequest (without message_type, which
+// Encode adds).
+func (r V2JobRequest) MarshalJSON() ([]byte, error) {
+	j, err := r.JobSpec.signedValue()
+	if err != nil {
+		return nil, fmt.Errorf("V2JobRequest %s: %w", r.UUID, err)
+	}
+	get := func(k string) ovalue { return mustGet(j, k) }
+	vol := onull
+	if vs := get("volumes"); len(vs.arr) > 0 {
+		vol = oobj(omember{"volume_type", ostr(VolumeMulti)}, omember{"volumes", vs})
+	}
+	up := onull
+	switch us, so := get("uploads"), r.JobSpec.systemOutput(); {
+	case so.kind != 'n' || len(us.arr) > 1:
+		up = oobj(omember{"output_upload_type", ostr(UploadMulti)}, omember{"uploads", us}, omember{"system_output", so})
+	case len(us.arr) == 1:
+		up = us.arr[0]
+	}
+	artifacts := get("artifacts_dir")
+	if artifacts.s == "" {
+		artifacts = onull
+	}
+	sg := onull
+	if s := r.Signature; s != nil {
+		sg = oobj(omember{"signature_type", ostr(s.SignatureType)}, omember{"signatory", ostr(s.Signatory)},
+			omember{"timestamp_ns", oint(s.TimestampNS)}, omember{"signature", ostr(s.Signature)},
+			omember{"signature_scope", ostr(cmpOr(s.SignatureScope, ScopeSignedFields))})
+	}
+	return oobj(
+		omember{"type", ostr("job.new")},
+		omember{"uuid", ostr(r.UUID)},
+		omember{"job_namespace", optString(r.JobNamespace)},
+		omember{"executor_class", get("executor_class")},
+		omember{"docker_image", get("docker_image")},
+		omember{"args", get("args")},
+		omember{"env", get("env")},
+		omember{"use_gpu", get("use_gpu")},
+		omember{"volume", vol},
+		omember{"output_upload", up},
+		omember{"artifacts_dir", artifacts},
+		omember{"on_trusted_miner", get("on_trusted_miner")},
+		omember{"download_time_limit", get("download_time_limit")},
+		omember{"execution_time_limit", get("execution_time_limit")},
+		omember{"upload_time_limit", get("upload_time_limit")},
+		omember{"streaming_start_time_limit", get("streaming_start_time_limit")},
+		omember{"streaming_details", get("streaming_details")},
+		omember{"signature", sg},
+	).compactBytes()
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// UnmarshalJSON reads upstream's V2JobRequest (and horde's, the same).
+func (r *V2JobRequest) UnmarshalJSON(b []byte) error {
+	m, err := parseOrdered(b)
+	if err != nil {
+		return err
+	}
+	if m.kind != '{' {
+		return fmt.Errorf("not an object")
+	}
+	if t, ok := m.get("type"); ok && (t.kind != 's' || t.s != "job.new") {
+		return fmt.Errorf(`type must be "job.new"`)
+	}
+	uuid, ok := m.get("uuid")
+	if !ok {
+		return fmt.Errorf("uuid is required")
+	}
+	out := V2JobRequest{}
+	if out.UUID, err = uuid.asString("uuid"); err != nil {
+		return err
+	}
+	j, err := signedFromJobRequest(m)
+	if err != nil {
+		return err
+	}
+	spec, err := specFromSigned(j)
+	if err != nil {
+		return err
+	}
+	if u, ok := m.get("output_upload"); ok && u.kind == '{' {
+		if so, ok := u.get("system_output"); ok && so.kind != 'n' {
+			if err := spec.setSystemOutput(so); err != nil { // not signed: upstream's too
+				return err
+			}
+		}
+	}
+	out.JobSpec = *spec
+	if ns, ok := m.get("job_namespace"); ok && ns.kind != 'n' {
+		if out.JobNamespace, err = ns.asString("job_namespace"); err != nil {
+			return err
+		}
+	}
+	if sv, ok := m.get("signature"); ok && sv.kind != 'n' {
+		if out.Signature, err = signatureFrom(sv); err != nil {
+			return err
+		}
+	}
+	*r = out
+	return nil
+}
+
+// signatureFrom reads a Signature object with upstream's defaults.
+func signatureFrom(v ovalue) (*Signature, error) {
+	if v.kind != '{' {
+		return nil, fmt.Errorf("signature must be an object")
+	}
+	s := &Signature{SignatureScope: ScopeSignedFields}
+	var err error
+	for _, f := range []struct {
+		key string
+		dst *string
+	}{{"signature_type", &s.SignatureType}, {"signatory", &s.Signatory}, {"signature", &s.Signature}, {"signature_scope", &s.SignatureScope}} {
+		if e, ok := v.get(f.key); ok {
+			if *f.dst, err = e.asString("signature." + f.key); err != nil {
+				return nil, err
+			}
+		} else if f.key == "signature" {
+			return nil, fmt.Errorf("signature.signature is required")
+		}
+	}
+	if e, ok := v.get("timestamp_ns"); ok {
+		n, err := e.asInt("signature.timestamp_ns")
+		if err != nil {
+			return nil, err
+		}
+		s.TimestampNS = int64(n)
+	}
+	return s, nil
+}
+
+// V0JobCheated: facilitator → validator, a client reports that a job's
+// miner cheated (its result differs from a trusted miner's run of the same
+// job). Exactly upstream's shape (extra="forbid"): type "job.cheated",
+// job_uuid, trusted_job_uuid, details (any JSON; the key is always sent,
+// null when none), and the client's signature (scope FullRequest) over
+// SignedPayload(). horde sends it to a horde validator only with
+// CapJobCheated.
+type V0JobCheated struct {
+	JobUUID        string          `json:"job_uuid"`
+	TrustedJobUUID string          `json:"trusted_job_uuid"`
+	Details        json.RawMessage `json:"details"`
+	Signature      *Signature      `json:"signature"`
+}
+
+func (*V0JobCheated) MessageType() string { return "V0JobCheated" }
+
+// MarshalJSON writes upstream's V0JobCheated (message_type added by Encode).
+func (m V0JobCheated) MarshalJSON() ([]byte, error) {
+	details := m.Details
+	if len(details) == 0 {
+		details = json.RawMessage("null")
+	}
+	return json.Marshal(struct {
+		Type           string          `json:"type"`
+		JobUUID        string          `json:"job_uuid"`
+		TrustedJobUUID string          `json:"trusted_job_uuid"`
+		Details        json.RawMessage `json:"details"`
+		Signature      *Signature      `json:"signature"`
+	}{"job.cheated", m.JobUUID, m.TrustedJobUUID, details, m.Signature})
+}
+
+// CheatReport is the body of POST /api/v1/cheated-job/ (upstream's SDK:
+// report_cheated_job), and what V0JobCheated's signature covers.
+type CheatReport struct {
+	JobUUID        string          `json:"job_uuid"`
+	TrustedJobUUID string          `json:"trusted_job_uuid"`
+	Details        json.RawMessage `json:"details"`
+}
+
+// SignedPayload returns the bytes the client signed (scope FullRequest):
+// Python's json.dumps({"job_uuid", "trusted_job_uuid", "details"},
+// sort_keys=True).
+func (r *CheatReport) SignedPayload() ([]byte, error) {
+	details := r.Details
+	if len(details) == 0 {
+		details = json.RawMessage("null")
+	}
+	b, err := json.Marshal(CheatReport{r.JobUUID, r.TrustedJobUUID, details})
+	if err != nil {
+		return nil, err
+	}
+	return pyjson.Canonical(b)
+}
+
+// VerifyJobCheated checks a V0JobCheated's signature over its report, strictly
+// decoded, no older than maxAge nor further than maxAhead in the future.
+// It does not say whether the signatory may report the job: that is the
+// validator's decision (upstream: itself or a whitelisted client).
+func VerifyJobCheated(m *V0JobCheated, now time.Time, maxAge, maxAhead time.Duration) error {
+	s := m.Signature
+	if s == nil {
+		return fmt.Errorf("%w: the report carries no signature", ErrBadJobSignature)
+	}
+	if s.SignatureType != SignatureTypeBittensor {
+		return fmt.Errorf("%w: signature_type %q is not %q", ErrBadJobSignature, s.SignatureType, SignatureTypeBittensor)
+	}
+	age := now.Sub(time.Unix(0, s.TimestampNS))
+	if age > maxAge || age < -maxAhead {
+		return fmt.Errorf("%w: signed %s ago (limits: %s old, %s ahead)", ErrBadJobSignature, age.Round(time.Second), maxAge, maxAhead)
+	}
+	pub, err := sig.ParseSS58(s.Signatory)
+	if err != nil {
+		return fmt.Errorf("%w: signatory: %w", ErrBadJobSignature, err)
+	}
+	raw, err := s.Decode()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadJobSignature, err)
+	}
+	payload, err := (&CheatReport{m.JobUUID, m.TrustedJobUUID, m.Details}).SignedPayload()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadJobSignature, err)
+	}
+	if err := raw.Verify(pub, SignedMessage(s.TimestampNS, payload)); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadJobSignature, err)
+	}
+	return nil
+}
 
 // V0JobVolumeRequest (horde): facilitator → validator, a client's volume
 // message for a serving streaming job (see V0VolumeRequest).
@@ -333,7 +727,7 @@ type V0CancelJobByFacilitator struct {
 func (*V0CancelJobByFacilitator) MessageType() string { return "V0CancelJobByFacilitator" }
 
 func init() {
-	register(&V0AuthenticationRequest{}, &Response{}, &V0Heartbeat{}, &V0MachineSpecsUpdate{},
+	register(&V0AuthenticationRequest{}, &V0HordeAuthenticationRequest{}, &Response{}, &V0Heartbeat{}, &V0MachineSpecsUpdate{}, &V0JobCheated{},
 		&V0JobStatusUpdate{}, &V2JobRequest{}, &V0CancelJobByFacilitator{}, &V0StopJobByFacilitator{},
 		&V0JobVolumeRequest{}, &V0JobVolumeResult{}, &V0StreamPairReport{})
 }

@@ -36,11 +36,22 @@ func register(ms ...Message) {
 	}
 }
 
-// Encode writes m as a JSON object with its message_type first.
+// bareMessage is a message written without message_type (upstream's
+// Response is one).
+type bareMessage interface {
+	Message
+	bare()
+}
+
+// Encode writes m as a JSON object with its message_type first (a bare
+// message, such as UpstreamResponse, without one).
 func Encode(m Message) ([]byte, error) {
 	body, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", m.MessageType(), err)
+	}
+	if _, ok := m.(bareMessage); ok {
+		return body, nil
 	}
 	var buf bytes.Buffer
 	buf.Grow(len(body) + 40)

@@ -7,10 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
-	"github.com/google/go-cmp/cmp/cmpopts"
-
-	"github.com/horde-compute/horde/pyjson"
 	"github.com/horde-compute/horde/sig"
 )
 
@@ -59,7 +55,7 @@ func TestJobSignatureReEncoded(t *testing.T) {
 // TestAuthMessagePublicKeyCase: the facilitator auth's public key has one text.
 func TestAuthMessagePublicKeyCase(t *testing.T) {
 	pk := strings.Repeat("ab", 32)
-	m := V0AuthenticationRequest{PublicKey: pk, Timestamp: 1, Nonce: "n"}
+	m := V0HordeAuthenticationRequest{PublicKey: pk, Timestamp: 1, Nonce: "n"}
 	if _, err := m.AuthMessage(); err != nil {
 		t.Fatal(err)
 	}
@@ -71,42 +67,48 @@ func TestAuthMessagePublicKeyCase(t *testing.T) {
 	}
 }
 
-// FuzzSignedBytes: any job spec that decodes has signed bytes, which are
-// canonical JSON (a fixed point of pyjson.Canonical) and decode back to the
-// same spec.
+// FuzzSignedBytes: a spec that decodes has SignedFields; its request body
+// parses back to a spec with the same SignedFields, and so does the
+// V2JobRequest that carries it: client, facilitator and validator sign and
+// verify the same bytes.
 func FuzzSignedBytes(f *testing.F) {
-	for _, m := range samples() {
-		if r, ok := m.(*V2JobRequest); ok {
-			b, _ := json.Marshal(r.JobSpec)
-			f.Add(b)
-		}
-	}
-	f.Add([]byte(`{"executor_class":"c","docker_image":"i","args":["\u00e9\ud83d\ude00"],"env":{"b":"1","a":"2"},"execution_time_limit":1e1}`))
+	f.Add([]byte(`{"executor_class":"c","docker_image":"i","args":["\u00e9\ud83d\ude00","<&>"],"env":{"b":"1","a":"2"},"execution_time_limit":10}`))
+	f.Add([]byte(`{"executor_class":"c","docker_image":"i","volume":{"volume_type":"multi_volume","volumes":[{"volume_type":"huggingface_volume","repo_id":"r","allow_patterns":["*"]}]},"output_upload":{"output_upload_type":"single_file_post","url":"u","relative_path":"p","form_fields":{"z":"1","a":"2"}}}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var spec JobSpec
 		if json.Unmarshal(in, &spec) != nil {
 			return
 		}
-		b, err := spec.SignedBytes()
+		spec.SignedFields = ""
+		j, err := spec.SignedFieldsJSON()
 		if err != nil {
-			t.Fatalf("spec decoded but has no signed bytes: %v", err)
+			return // a volume or upload type that cannot be listed
 		}
-		again, err := pyjson.Canonical(b)
-		if err != nil || !bytes.Equal(again, b) {
-			t.Fatalf("signed bytes %q are not canonical: %q, %v", b, again, err)
+		if _, err := SignedPayload(j); err != nil {
+			t.Fatalf("SignedFields %q has no payload: %v", j, err)
 		}
-		var back JobSpec
-		if err := json.Unmarshal(b, &back); err != nil {
-			t.Fatalf("signed bytes do not decode: %v", err)
+		body, err := spec.RequestBody()
+		if err != nil {
+			t.Fatalf("no request body: %v", err)
 		}
-		if spec.Args == nil {
-			spec.Args = []string{}
+		if jb, err := SignedFieldsOfRequest(body); err != nil || !bytes.Equal(jb, j) {
+			t.Fatalf("body's SignedFields %q, %v; spec's %q", jb, err, j)
 		}
-		if spec.Env == nil {
-			spec.Env = map[string]string{}
+		if parsed, err := ParseJobRequest(body); err == nil {
+			if parsed.SignedFields != string(j) {
+				t.Fatalf("parsed SignedFields %q, want %q", parsed.SignedFields, j)
+			}
 		}
-		if d := cmp.Diff(spec, back, cmpopts.EquateEmpty()); d != "" {
-			t.Fatalf("signed bytes lose part of the spec (-in +back):\n%s", d)
+		msg, err := Encode(&V2JobRequest{UUID: "u", JobSpec: spec})
+		if err != nil {
+			t.Fatalf("encode: %v", err)
+		}
+		back, err := Decode(msg)
+		if err != nil {
+			t.Fatalf("decode %s: %v", msg, err)
+		}
+		if got := back.(*V2JobRequest).SignedFields; got != string(j) {
+			t.Fatalf("validator's SignedFields %q, want %q", got, j)
 		}
 	})
 }
@@ -115,9 +117,9 @@ func FuzzSignedBytes(f *testing.F) {
 // its timestamp and nonce, and only a canonical key text has them.
 func FuzzAuthMessage(f *testing.F) {
 	f.Add(strings.Repeat("ab", 32), int64(1700000000), "nonce")
-	f.Add(strings.Repeat("AB", 32), int64(-1), "")
+	f.Add(strings.Repeat("AB", 32), int64(-1), "x")
 	f.Fuzz(func(t *testing.T, pk string, ts int64, nonce string) {
-		m := V0AuthenticationRequest{PublicKey: pk, Timestamp: ts, Nonce: nonce}
+		m := V0HordeAuthenticationRequest{PublicKey: pk, Timestamp: ts, Nonce: nonce}
 		b, err := m.AuthMessage()
 		if err != nil {
 			return

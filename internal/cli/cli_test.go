@@ -126,6 +126,8 @@ func TestUsageErrors(t *testing.T) {
 		{"validator", "--streaming-whitelist", "img"},
 		{"validator", "--comparators", "img=fuzzy"},
 		{"validator", "--trusted-miner", "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"},
+		{"facilitator", "--validators", "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY", "--clients", "not-an-address"},
+		{"facilitator", "--validators", "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY", "--token-key-file", shortKey(t)},
 	}
 	for _, args := range cases {
 		_, errs, code := run(t, map[string]string{"HORDE_WALLET_PATH": t.TempDir()}, args...)
@@ -133,6 +135,15 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2\n%s", args, code, errs)
 		}
 	}
+}
+
+// shortKey is a token key file too short to sign with.
+func shortKey(t *testing.T) string {
+	p := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(p, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func TestKeys(t *testing.T) {

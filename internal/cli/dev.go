@@ -19,6 +19,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/jobdisk"
 	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/synthetic"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
@@ -262,7 +263,7 @@ func (e *env) devDemo(args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "\nsynthetic round: %d jobs in %.1fs", len(rep.Results), rep.Took.Seconds())
-	printScores(e.stdout, rep.Scores)
+	printScores(e.stdout, rep.Scores, map[int64][]store.ExcuseVerdict{rep.Cycle: rep.Excuses})
 	if d.cheater >= 0 && d.cheater < len(s.Miners) {
 		for _, sc := range rep.Scores {
 			if sc.Miner == s.Miners[d.cheater].SS58() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
+	"github.com/horde-compute/horde/internal/validator/excuse"
 	"github.com/horde-compute/horde/sig"
 )
 
@@ -29,12 +31,41 @@ func (e *env) facilitator(args []string) error {
 	db := fs.String("db", "facilitator.db", "SQLite database file")
 	validators := fs.String("validators", "", "comma-separated validator hotkeys allowed to connect")
 	metagraph := fs.String("metagraph", "", "metagraph file: validators with a permit may connect")
+	upstreamAuth := fs.Bool("allow-upstream-auth", false, "let unmodified upstream validators authenticate with upstream's auth, "+
+		"which can be replayed (a replay never displaces a connected validator)")
+	clients := fs.String("clients", "", "comma-separated client hotkeys allowed to log in and submit jobs (empty: any hotkey)")
+	tokenKey := fs.String("token-key-file", "", "file of at least 32 secret bytes that signs login tokens "+
+		"(empty: a new key each start, and clients log in again)")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *validators == "" && *metagraph == "" {
 		return usageErr("give --validators or --metagraph: who may connect as a validator")
+	}
+	var key []byte
+	if *tokenKey != "" {
+		b, err := os.ReadFile(*tokenKey)
+		if err != nil {
+			return fmt.Errorf("--token-key-file: %w", err)
+		}
+		if len(b) < 32 {
+			return usageErr("--token-key-file %s holds %d bytes, want at least 32", *tokenKey, len(b))
+		}
+		key = b
+	}
+	var allowClient func(string) bool
+	if *clients != "" {
+		set := map[string]bool{}
+		for _, c := range strings.Split(*clients, ",") {
+			if c = strings.TrimSpace(c); c != "" {
+				if _, err := sig.ParseSS58(c); err != nil {
+					return usageErr("--clients: %q: %v", c, err)
+				}
+				set[c] = true
+			}
+		}
+		allowClient = func(hk string) bool { return set[hk] }
 	}
 	log, err := e.logger(*level)
 	if err != nil {
@@ -61,7 +92,8 @@ func (e *env) facilitator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log})
+	f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log,
+		AllowUpstreamAuth: *upstreamAuth, AllowClient: allowClient, TokenKey: key})
 	if err != nil {
 		return err
 	}
@@ -91,9 +123,13 @@ func (e *env) validator(args []string) error {
 	valEvery := fs.Duration("validation-every", 5*time.Minute, "how often waiting streaming pairs are looked at")
 	sample := fs.Float64("validation-sample", 0.1, "fraction of gathered pairs replayed on the trusted miner")
 	threshold := fs.Int("validation-threshold", 100, "pairs of an image that open a validation window")
+	excuseStake := fs.Float64("excuse-min-stake", excuse.DefaultMinStake, "stake a validator needs for its receipts to excuse a busy miner (this validator's own always do)")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *excuseStake <= 0 {
+		return usageErr("--excuse-min-stake must be positive")
 	}
 	wl, err := parsePairs("--streaming-whitelist", *whitelist)
 	if err != nil {
@@ -145,7 +181,7 @@ func (e *env) validator(args []string) error {
 	defer st.Close()
 	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, Metagraph: meta,
 		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log,
-		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights},
+		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights, MinExcuseStake: *excuseStake},
 		StreamingWhitelist: wl, Validation: val})
 }
 

@@ -35,6 +35,7 @@ func (f *Facilitator) dispatchLoop(ctx context.Context) {
 		}
 		f.dispatchPass(ctx, time.Now())
 		f.forwardPairs(ctx)
+		f.forwardCheats(ctx)
 	}
 }
 
@@ -112,16 +113,55 @@ func (f *Facilitator) send(ctx context.Context, j store.JobRecord) {
 	f.log.Info("job sent to validator", "job", j.UUID, "validator", vs.hotkey)
 }
 
-// forwardPairs passes reported streaming pairs on to the validators of their
-// jobs; pairs wait here while a validator is away.
-func (f *Facilitator) forwardPairs(ctx context.Context) {
+// sessions returns the connected validators that speak capability ("":
+// all).
+func (f *Facilitator) sessions(capability string) []*session {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	all := make([]*session, 0, len(f.validators))
 	for _, vs := range f.validators {
-		all = append(all, vs)
+		if capability == "" || vs.has(capability) {
+			all = append(all, vs)
+		}
 	}
-	f.mu.Unlock()
-	for _, vs := range all {
+	return all
+}
+
+// forwardCheats passes clients' cheat reports on to the validators of
+// their jobs: always to an upstream validator (it takes V0JobCheated), to a
+// horde one that speaks it. Reports wait here while a validator is away.
+func (f *Facilitator) forwardCheats(ctx context.Context) {
+	for _, vs := range f.sessions("") {
+		if len(vs.caps) > 0 && !vs.has(protocol.CapJobCheated) {
+			continue
+		}
+		reps, ids, err := f.cfg.Store.UnforwardedCheatReports(ctx, vs.hotkey, 100)
+		if err != nil {
+			if ctx.Err() == nil {
+				f.log.Error("forward cheat reports", "err", err)
+			}
+			return
+		}
+		for i, r := range reps {
+			sg := r.Signature
+			m := &protocol.V0JobCheated{JobUUID: r.JobUUID, TrustedJobUUID: r.TrustedJobUUID, Details: r.Details, Signature: &sg}
+			if err := vs.send(ctx, m); err != nil {
+				break
+			}
+			if err := f.cfg.Store.MarkCheatForwarded(ctx, ids[i]); err != nil {
+				if ctx.Err() == nil {
+					f.log.Error("forward cheat reports: mark forwarded", "err", err)
+				}
+				break
+			}
+		}
+	}
+}
+
+// forwardPairs passes reported streaming pairs on to the validators of their
+// jobs that speak it; pairs wait here while a validator is away.
+func (f *Facilitator) forwardPairs(ctx context.Context) {
+	for _, vs := range f.sessions(protocol.CapStreamPairs) {
 		pairs, ids, err := f.cfg.Store.UnforwardedPairs(ctx, vs.hotkey, 100)
 		if err != nil {
 			if ctx.Err() == nil {

@@ -62,6 +62,14 @@ func bubble(t *testing.T, cfg Config) (*Facilitator, *sqlite.DB, func()) {
 	}
 }
 
+// connect registers an in-process horde session of every capability.
+func connect(t *testing.T, f *Facilitator, hotkey string, l sender) {
+	t.Helper()
+	if _, err := f.connect(t.Context(), &session{hotkey: hotkey, link: l, caps: protocol.FacilitatorCapabilities}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 var signatures int
 
 func clientSig() protocol.Signature {
@@ -75,9 +83,9 @@ func TestRedispatchTiming(t *testing.T) {
 		defer stop()
 		links := map[string]*fakeLink{"A": newLink(), "B": newLink()}
 		for hk, l := range links {
-			f.connect(&session{hotkey: hk, link: l})
+			connect(t, f, hk, l)
 		}
-		j, err := f.create(t.Context(), *spec(), clientSig())
+		j, err := f.create(t.Context(), spec(), clientSig(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,7 +116,7 @@ func TestRedispatchTiming(t *testing.T) {
 		if holder == links["B"] {
 			hk = "B"
 		}
-		if err := f.statusUpdate(t.Context(), hk, &protocol.V0JobStatusUpdate{UUID: j.UUID, Status: protocol.StatusReceived}); err != nil {
+		if err := f.statusUpdate(t.Context(), hk, true, &protocol.V0JobStatusUpdate{UUID: j.UUID, Status: protocol.StatusReceived}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(3 * f.cfg.Redispatch)
@@ -123,7 +131,7 @@ func TestJobsDispatchedWhenAValidatorConnects(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f, db, stop := bubble(t, Config{})
 		defer stop()
-		j, err := f.create(t.Context(), *spec(), clientSig())
+		j, err := f.create(t.Context(), spec(), clientSig(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,7 +142,7 @@ func TestJobsDispatchedWhenAValidatorConnects(t *testing.T) {
 		}
 		l := newLink()
 		start := time.Now()
-		f.connect(&session{hotkey: "V", link: l})
+		connect(t, f, "V", l)
 		got := <-l.sent
 		if m, ok := got.m.(*protocol.V2JobRequest); !ok || m.UUID != j.UUID || !got.at.Equal(start) {
 			t.Errorf("on connect: %+v at +%s, want the waiting job at once", got.m, got.at.Sub(start))
@@ -151,8 +159,8 @@ func TestFailedSendKeepsTheJobWaiting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f, db, stop := bubble(t, Config{})
 		defer stop()
-		f.connect(&session{hotkey: "broken", link: failingLink{}})
-		j, err := f.create(t.Context(), *spec(), clientSig())
+		connect(t, f, "broken", failingLink{})
+		j, err := f.create(t.Context(), spec(), clientSig(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -168,9 +176,9 @@ func TestVolumeMessageTimesOut(t *testing.T) {
 		f, db, stop := bubble(t, Config{VolumeTimeout: 15 * time.Minute})
 		defer stop()
 		l := newLink()
-		f.connect(&session{hotkey: "V", link: l})
+		connect(t, f, "V", l)
 		s := clientSig()
-		j, err := f.create(t.Context(), *spec(), s)
+		j, err := f.create(t.Context(), spec(), s, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,7 +205,7 @@ func TestCancelWhenTheValidatorIsAway(t *testing.T) {
 		f, db, stop := bubble(t, Config{})
 		defer stop()
 		s := clientSig()
-		j, err := f.create(t.Context(), *spec(), s)
+		j, err := f.create(t.Context(), spec(), s, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -206,7 +214,7 @@ func TestCancelWhenTheValidatorIsAway(t *testing.T) {
 		}
 		ch := f.subscribe(j.UUID)
 		defer f.unsubscribe(j.UUID, ch)
-		got, err := f.cancel(t.Context(), j.UUID, s.Signatory)
+		got, err := f.cancel(t.Context(), j.UUID, s.Signatory, false)
 		if err != nil || got.Status != protocol.StatusCancelled {
 			t.Fatalf("cancel: %+v %v", got, err)
 		}
@@ -215,7 +223,7 @@ func TestCancelWhenTheValidatorIsAway(t *testing.T) {
 		default:
 			t.Error("watchers not told of the cancel")
 		}
-		if _, err := f.cancel(t.Context(), j.UUID, "someone else"); !errors.Is(err, store.ErrNotFound) {
+		if _, err := f.cancel(t.Context(), j.UUID, "someone else", false); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("cancel by another client: %v", err)
 		}
 	})

@@ -22,6 +22,12 @@ var (
 	ErrUnavailable = errors.New("unavailable")
 	// ErrTimeout: a streaming job did not answer in time.
 	ErrTimeout = errors.New("timed out")
+	// ErrForbidden: the caller is authenticated but not allowed.
+	ErrForbidden = errors.New("forbidden")
+	// ErrReplayed: the request's signature was used before.
+	ErrReplayed = errors.New("replayed")
+	// ErrTooLarge: the request's body is over the route's limit.
+	ErrTooLarge = errors.New("request too large")
 )
 
 // statusOf maps an error to its HTTP status and stable code: the one place
@@ -32,6 +38,12 @@ func statusOf(err error) (int, string) {
 		return http.StatusBadRequest, "bad_request"
 	case errors.Is(err, ErrUnauthorized):
 		return http.StatusUnauthorized, "unauthorized"
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden, "forbidden"
+	case errors.Is(err, ErrReplayed):
+		return http.StatusConflict, "replayed"
+	case errors.Is(err, ErrTooLarge):
+		return http.StatusRequestEntityTooLarge, "too_large"
 	case errors.Is(err, store.ErrNotFound):
 		return http.StatusNotFound, "not_found"
 	case errors.Is(err, store.ErrDuplicate):
@@ -54,10 +66,3 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(v)
 }
-
-// linkError is the answer to a validator's message that was refused.
-func linkError(kind string, err error) *protocol.Response {
-	return &protocol.Response{Status: "error", Errors: []protocol.ResponseError{{Msg: err.Error(), Type: kind}}}
-}
-
-var linkOK = &protocol.Response{Status: "success"}

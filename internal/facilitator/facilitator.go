@@ -1,6 +1,8 @@
 // Package facilitator is the front door: clients submit, watch, list and
-// cancel jobs over HTTP (signed with their hotkeys); validators dial in over
-// WebSocket, receive jobs and report status. Every job's status history is
+// cancel jobs over HTTP (upstream ComputeHorde's SDK API, signed and bearer
+// authenticated, and horde's richer one); validators dial in over
+// WebSocket, receive jobs and report status (upstream's protocol, or horde's
+// extensions when both ends advertise them). Every job's status history is
 // kept, and a job accepted is stored before it is acknowledged.
 //
 // A Facilitator is a value like http.Server: New checks its Config, Handler
@@ -8,14 +10,16 @@
 // in the background (dispatching jobs, forwarding reported pairs) and, when
 // the Config names a listener, serves on it.
 //
-// Inside, transport is kept apart from logic: api.go and auth.go turn HTTP
-// requests into calls of the logic in jobs.go; link.go turns a validator's
-// WebSocket frames into calls of the same logic; dispatch.go decides which
-// validator gets which job; errors.go alone maps errors to HTTP statuses.
+// Inside, transport is kept apart from logic: api.go, auth.go and login.go
+// turn HTTP requests into calls of the logic in jobs.go (view.go shapes the
+// answers); link.go turns a validator's WebSocket frames into calls of the
+// same logic; dispatch.go decides which validator gets which job; errors.go
+// alone maps errors to HTTP statuses.
 package facilitator
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,6 +40,7 @@ type Store interface {
 	store.Jobs
 	store.Reports
 	store.Pairs
+	store.CheatReports
 }
 
 // Config configures a facilitator.
@@ -47,7 +52,28 @@ type Config struct {
 	Store    Store
 	// AllowValidator decides which validator hotkeys may connect.
 	AllowValidator func(hotkey string) bool
-	// MaxSkew bounds the age of a client's request signature (default 5m).
+	// AllowUpstreamAuth lets validators authenticate with upstream's
+	// V0AuthenticationRequest, which unmodified upstream validators send.
+	// Its signature covers the public key alone, so a captured one can be
+	// replayed: the facilitator refuses a signature it has seen (for
+	// wsconn.UpstreamAuthMemory, not across restarts) and never lets a
+	// second session take a connected validator's place, but a replayed
+	// auth can still connect as a validator that is away. Off, only horde's
+	// timestamped, one-time auth (protocol.CapAuthV1) is taken.
+	AllowUpstreamAuth bool
+	// AllowClient decides which client hotkeys may log in and submit
+	// (nil: any hotkey; upstream keeps a whitelist).
+	AllowClient func(hotkey string) bool
+	// TokenKey is the HMAC key of login nonces and bearer tokens (at least
+	// 32 bytes). Empty: a random key per process, so tokens end with the
+	// process and upstream's SDK logs in again.
+	TokenKey []byte
+	// TokenLifetime bounds a bearer token (default 1h, as upstream);
+	// NonceLifetime a login nonce (default 5m, as upstream).
+	TokenLifetime time.Duration
+	NonceLifetime time.Duration
+	// MaxSkew bounds the age of a client's request signature, either way
+	// (default 5m).
 	MaxSkew time.Duration
 	// Redispatch is how long a job given to a validator may go unacknowledged
 	// before it is given again, to the same validator (default 30s).
@@ -59,9 +85,17 @@ type Config struct {
 	// VolumeTimeout bounds the wait for a streaming job to acknowledge a
 	// client's volume message (default 15m).
 	VolumeTimeout time.Duration
-	// MaxBody bounds a client's request body (default MaxBody).
-	MaxBody int64
-	Log     *slog.Logger
+	// PingTimeout bounds the wait for a connected validator's pong when
+	// another session authenticates as it: a validator that answers keeps
+	// its place and the newcomer is refused (default 10s).
+	PingTimeout time.Duration
+	// MaxBody bounds the body of a job creation or a volume message, where
+	// inline volumes travel (default MaxBody); MaxSmallBody every other
+	// request's (default MaxSmallBody). Bodies are read only after the
+	// request's credentials have passed every check that needs no body.
+	MaxBody      int64
+	MaxSmallBody int64
+	Log          *slog.Logger
 }
 
 // Validate checks the config and names the first bad field.
@@ -81,6 +115,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("facilitator config: VolumeTimeout %s is negative", c.VolumeTimeout)
 	case c.MaxBody < 0:
 		return fmt.Errorf("facilitator config: MaxBody %d is negative", c.MaxBody)
+	case c.MaxSmallBody < 0:
+		return fmt.Errorf("facilitator config: MaxSmallBody %d is negative", c.MaxSmallBody)
+	case c.PingTimeout < 0:
+		return fmt.Errorf("facilitator config: PingTimeout %s is negative", c.PingTimeout)
+	case c.TokenLifetime < 0 || c.NonceLifetime < 0:
+		return errors.New("facilitator config: TokenLifetime and NonceLifetime must not be negative")
+	case len(c.TokenKey) > 0 && len(c.TokenKey) < 32:
+		return fmt.Errorf("facilitator config: TokenKey has %d bytes, want at least 32", len(c.TokenKey))
 	}
 	return nil
 }
@@ -104,13 +146,36 @@ func (c *Config) setDefaults() {
 	if c.MaxBody == 0 {
 		c.MaxBody = MaxBody
 	}
+	if c.MaxSmallBody == 0 {
+		c.MaxSmallBody = MaxSmallBody
+	}
+	if c.PingTimeout == 0 {
+		c.PingTimeout = 10 * time.Second
+	}
+	if c.TokenLifetime == 0 {
+		c.TokenLifetime = time.Hour
+	}
+	if c.NonceLifetime == 0 {
+		c.NonceLifetime = 5 * time.Minute
+	}
+	if c.AllowClient == nil {
+		c.AllowClient = func(string) bool { return true }
+	}
+	if len(c.TokenKey) == 0 {
+		c.TokenKey = make([]byte, 32)
+		if _, err := rand.Read(c.TokenKey); err != nil {
+			panic(err) // crypto/rand does not fail
+		}
+	}
 }
 
 // Facilitator is the front door of a horde. Make one with New.
 type Facilitator struct {
-	cfg   Config
-	log   *slog.Logger
-	guard *wsconn.ReplayGuard
+	cfg      Config
+	log      *slog.Logger
+	guard    *wsconn.ReplayGuard // validator auths
+	requests *replayGuard        // client request signatures
+	logins   *logins
 
 	// base ends the requests being served (validator sessions, event
 	// streams) when Run returns.
@@ -136,6 +201,7 @@ func New(cfg Config) (*Facilitator, error) {
 	cfg.setDefaults()
 	base, stop := context.WithCancel(context.Background())
 	return &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
+		requests: newReplayGuard(maxRemembered), logins: newLogins(cfg.TokenKey, cfg.NonceLifetime, cfg.TokenLifetime),
 		base: base, stopBase: stop,
 		validators: map[string]*session{}, watchers: map[string]map[chan struct{}]struct{}{},
 		pending: map[string]chan *protocol.V0JobVolumeResult{}, dispatch: make(chan struct{}, 1)}, nil
@@ -144,18 +210,26 @@ func New(cfg Config) (*Facilitator, error) {
 // Handler returns the client API and the validator link. Requests it serves
 // end when Run returns; after that it answers 503.
 func (f *Facilitator) Handler() http.Handler {
+	small, big := f.cfg.MaxSmallBody, f.cfg.MaxBody
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET "+protocol.FacilitatorPath, f.serveValidator)
-	mux.HandleFunc("POST "+protocol.RouteCreateJob, f.authed(f.handleCreate))
-	mux.HandleFunc("GET "+protocol.RouteJobs, f.authed(f.handleList))
-	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/", f.authed(f.handleGet))
-	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/cancel/", f.authed(f.handleCancel))
-	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/stop/", f.authed(f.handleStop))
-	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/volumes/", f.authed(f.handleVolume))
-	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/pairs/", f.authed(f.handlePair))
-	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(f.handleEvents))
-	mux.HandleFunc("GET "+protocol.RouteScores, f.authed(f.handleScores))
+	// upstream's SDK API (and horde's client)
+	mux.HandleFunc("GET "+protocol.RouteNonce, f.handleNonce)
+	mux.HandleFunc("POST "+protocol.RouteNonce, f.handleNonce)
+	mux.HandleFunc("POST "+protocol.RouteLogin, f.handleLogin)
+	mux.HandleFunc("POST "+protocol.RouteCreateJob, f.authed(route{scope: protocol.ScopeSignedFields, maxBody: big}, f.handleCreate))
+	mux.HandleFunc("GET "+protocol.RouteJobs, f.authed(route{maxBody: small}, f.handleList))
+	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/", f.authed(route{maxBody: small}, f.handleGet))
+	mux.HandleFunc("POST "+protocol.RouteCheatedJob, f.authed(route{scope: protocol.ScopeFullRequest, maxBody: small}, f.handleCheated))
+	// horde's own
+	mux.HandleFunc("GET "+protocol.RouteCapabilities, f.handleCapabilities)
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/cancel/", f.authed(route{maxBody: small}, f.handleCancel))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/stop/", f.authed(route{maxBody: small}, f.handleStop))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/volumes/", f.authed(route{maxBody: big}, f.handleVolume))
+	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/pairs/", f.authed(route{maxBody: small}, f.handlePair))
+	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(route{maxBody: small}, f.handleEvents))
+	mux.HandleFunc("GET "+protocol.RouteScores, f.authed(route{maxBody: small}, f.handleScores))
 	return f.track(mux)
 }
 
@@ -172,6 +246,7 @@ func (f *Facilitator) track(h http.Handler) http.Handler {
 		f.active.Add(1)
 		f.mu.Unlock()
 		defer f.active.Done()
+		w.Header().Set(protocol.HeaderCapabilities, apiCapabilities)
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
 		stop := context.AfterFunc(f.base, cancel)

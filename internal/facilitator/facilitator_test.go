@@ -97,90 +97,91 @@ func TestRunServes(t *testing.T) {
 }
 
 func TestClientSignatures(t *testing.T) {
-	h := newHarness(t, Config{MaxSkew: time.Minute, MaxBody: 4 << 10})
+	h := newHarness(t, Config{MaxSkew: time.Minute, MaxSmallBody: 4 << 10})
 	other := hotkey(t)
-	body, _ := json.Marshal(spec("echo"))
-	s := spec("echo")
-	signedSpec, _ := s.SignedBytes()
+	job := body(t, spec("echo"))
 	now := time.Now()
+	list := h.url + protocol.RouteJobs
 	type req = func() *http.Request
 	tests := []struct {
 		name string
 		req  req
 		want int
 	}{
-		{"good create", func() *http.Request {
-			return signedRequest(t, h.key, "POST", h.url+protocol.RouteCreateJob, body, signedSpec, now)
-		}, http.StatusCreated},
-		{"good list", func() *http.Request { return signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs, nil, nil, now) }, http.StatusOK},
-		{"unsigned", func() *http.Request {
-			r, _ := http.NewRequest("GET", h.url+protocol.RouteJobs, nil)
-			return r
-		}, http.StatusUnauthorized},
+		{"good create", func() *http.Request { return createRequest(t, h.key, h.url, job, now) }, http.StatusCreated},
+		{"good list", func() *http.Request { return signedRequest(t, h.key, "GET", list, nil, now) }, http.StatusOK},
+		{"unsigned", func() *http.Request { return newRequest(t, "GET", list, nil) }, http.StatusUnauthorized},
 		{"other signature type", func() *http.Request {
-			r := signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs, nil, nil, now)
+			r := signedRequest(t, h.key, "GET", list, nil, now)
 			r.Header.Set(protocol.HeaderSignatureType, "ed25519")
 			return r
 		}, http.StatusUnauthorized},
 		{"timestamp not a number", func() *http.Request {
-			r := signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs, nil, nil, now)
+			r := signedRequest(t, h.key, "GET", list, nil, now)
 			r.Header.Set(protocol.HeaderTimestampNS, "yesterday")
 			return r
 		}, http.StatusUnauthorized},
-		{"stale", func() *http.Request {
-			return signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs, nil, nil, now.Add(-2*time.Minute))
-		}, http.StatusUnauthorized},
-		{"from the future", func() *http.Request {
-			return signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs, nil, nil, now.Add(2*time.Minute))
-		}, http.StatusUnauthorized},
+		{"stale", func() *http.Request { return signedRequest(t, h.key, "GET", list, nil, now.Add(-2*time.Minute)) }, http.StatusUnauthorized},
+		{"from the future", func() *http.Request { return signedRequest(t, h.key, "GET", list, nil, now.Add(2*time.Minute)) }, http.StatusUnauthorized},
 		{"bad signatory", func() *http.Request {
-			r := signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs, nil, nil, now)
+			r := signedRequest(t, h.key, "GET", list, nil, now)
 			r.Header.Set(protocol.HeaderSignatory, "5notanaddress")
 			return r
 		}, http.StatusUnauthorized},
 		{"signature not base64", func() *http.Request {
-			r := signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs, nil, nil, now)
+			r := signedRequest(t, h.key, "GET", list, nil, now)
 			r.Header.Set(protocol.HeaderSignature, "%%%")
 			return r
 		}, http.StatusUnauthorized},
 		{"signed by another key", func() *http.Request {
-			r := signedRequest(t, other, "GET", h.url+protocol.RouteJobs, nil, nil, now)
+			r := signedRequest(t, other, "GET", list, nil, now)
 			r.Header.Set(protocol.HeaderSignatory, h.key.SS58())
 			return r
 		}, http.StatusUnauthorized},
 		{"other path signed", func() *http.Request {
-			r := signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs, nil, []byte("GET "+protocol.RouteScores), now)
-			return r
+			r := newRequest(t, "GET", list, nil)
+			return sign(r, h.key, protocol.ScopeHordeRequest, protocol.RequestPayload("GET", protocol.RouteScores, nil), now)
 		}, http.StatusUnauthorized},
-		{"spec altered after signing", func() *http.Request {
-			altered := spec("echo", "more")
-			b, _ := json.Marshal(altered)
-			return signedRequest(t, h.key, "POST", h.url+protocol.RouteCreateJob, b, signedSpec, now)
+		{"GET signed with upstream's scope", func() *http.Request {
+			return sign(newRequest(t, "GET", list, nil), h.key, protocol.ScopeSignedFields, []byte("GET "+protocol.RouteJobs), now)
+		}, http.StatusUnauthorized},
+		{"job altered after signing", func() *http.Request {
+			r := createRequest(t, h.key, h.url, job, now)
+			altered := body(t, spec("echo", "more"))
+			r2 := newRequest(t, "POST", h.url+protocol.RouteCreateJob, altered)
+			r2.Header = r.Header
+			return r2
+		}, http.StatusUnauthorized},
+		{"job signed over the whole body", func() *http.Request {
+			r := newRequest(t, "POST", h.url+protocol.RouteCreateJob, job)
+			return sign(r, h.key, protocol.ScopeHordeRequest, protocol.RequestPayload("POST", protocol.RouteCreateJob, job), now)
 		}, http.StatusUnauthorized},
 		{"unknown field", func() *http.Request {
 			b := []byte(`{"executor_class": "always_on.test", "docker_image": "x", "execution_time_limit": 1, "surprise": 1}`)
-			return signedRequest(t, h.key, "POST", h.url+protocol.RouteCreateJob, b, b, now)
+			return createRequest(t, h.key, h.url, b, now)
 		}, http.StatusBadRequest},
-		{"not JSON", func() *http.Request {
-			return signedRequest(t, h.key, "POST", h.url+protocol.RouteCreateJob, []byte("{"), []byte("{"), now)
-		}, http.StatusBadRequest},
+		{"not JSON", func() *http.Request { return createRequest(t, h.key, h.url, []byte("{"), now) }, http.StatusBadRequest},
 		{"too large", func() *http.Request {
-			b := make([]byte, 4<<10+1)
-			return signedRequest(t, h.key, "POST", h.url+protocol.RouteJobs+"x/pairs/", b, []byte("x"), now)
-		}, http.StatusBadRequest},
+			return signedRequest(t, h.key, "POST", h.url+protocol.RouteJobs+"x/pairs/", make([]byte, 4<<10+1), now)
+		}, http.StatusRequestEntityTooLarge},
+		{"bearer not a token", func() *http.Request {
+			r := newRequest(t, "GET", list, nil)
+			r.Header.Set("Authorization", "Bearer nope")
+			return r
+		}, http.StatusUnauthorized},
+		{"basic auth", func() *http.Request {
+			r := newRequest(t, "GET", list, nil)
+			r.SetBasicAuth("a", "b")
+			return r
+		}, http.StatusUnauthorized},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, err := http.DefaultClient.Do(tt.req())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
+			code, b := do(t, tt.req())
 			var e protocol.APIError
-			b, _ := io.ReadAll(resp.Body)
 			json.Unmarshal(b, &e)
-			if resp.StatusCode != tt.want {
-				t.Errorf("HTTP %d (%s), want %d", resp.StatusCode, b, tt.want)
+			if code != tt.want {
+				t.Errorf("HTTP %d (%s), want %d", code, b, tt.want)
 			}
 			if tt.want >= 400 && (e.Error == "" || e.Code == "") {
 				t.Errorf("error answer without a reason: %s", b)
@@ -188,17 +189,12 @@ func TestClientSignatures(t *testing.T) {
 		})
 	}
 	// The same signed job twice is a replay.
-	r1 := signedRequest(t, h.key, "POST", h.url+protocol.RouteCreateJob, body, signedSpec, now.Add(time.Second))
-	r2 := signedRequest(t, h.key, "POST", h.url+protocol.RouteCreateJob, body, signedSpec, now.Add(time.Second))
+	r1 := createRequest(t, h.key, h.url, job, now.Add(time.Second))
+	r2 := createRequest(t, h.key, h.url, job, now.Add(time.Second))
 	r2.Header.Set(protocol.HeaderSignature, r1.Header.Get(protocol.HeaderSignature))
 	for i, r := range []*http.Request{r1, r2} {
-		resp, err := http.DefaultClient.Do(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if want := []int{http.StatusCreated, http.StatusConflict}[i]; resp.StatusCode != want {
-			t.Errorf("submission %d: HTTP %d, want %d", i+1, resp.StatusCode, want)
+		if code, b := do(t, r); code != []int{http.StatusCreated, http.StatusConflict}[i] {
+			t.Errorf("submission %d: HTTP %d %s", i+1, code, b)
 		}
 	}
 }
@@ -221,14 +217,14 @@ func TestCreateGetList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if page.Count != 3 || len(page.Results) != 2 || page.Results[0].UUID != ids[2] || page.Next == "" {
+	if page.Count != 3 || len(page.Results) != 2 || page.Results[0].UUID != ids[2] || page.Next == nil || page.Previous != nil {
 		t.Errorf("first page: %+v", page)
 	}
 	page, err = h.client.Jobs(h.ctx(), 2, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(page.Results) != 1 || page.Results[0].UUID != ids[0] || page.Next != "" {
+	if len(page.Results) != 1 || page.Results[0].UUID != ids[0] || page.Next != nil || page.Previous == nil || len(page.Results[0].StatusHistory) != 1 {
 		t.Errorf("last page: %+v", page)
 	}
 
@@ -243,27 +239,20 @@ func TestCreateGetList(t *testing.T) {
 	if _, err := h.client.Job(h.ctx(), "no-such-job"); !errors.Is(err, client.ErrNotFound) {
 		t.Errorf("unknown job: %v", err)
 	}
-	resp, err := http.DefaultClient.Do(signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs+"?limit=many", nil, nil, time.Now()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("limit=many: HTTP %d", resp.StatusCode)
+	if code, _ := do(t, signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs+"?limit=many", nil, time.Now())); code != http.StatusBadRequest {
+		t.Errorf("limit=many: HTTP %d", code)
 	}
 	// A spec that is signed but invalid is refused with the reason.
 	bad := spec()
 	bad.ExecutionTimeLimit = 0
-	b, _ := json.Marshal(bad)
-	sb, _ := bad.SignedBytes()
-	resp, err = http.DefaultClient.Do(signedRequest(t, h.key, "POST", h.url+protocol.RouteCreateJob, b, sb, time.Now()))
-	if err != nil {
-		t.Fatal(err)
+	if code, msg := do(t, createRequest(t, h.key, h.url, body(t, bad), time.Now())); code != http.StatusBadRequest || !strings.Contains(string(msg), "execution_time_limit") {
+		t.Errorf("invalid spec: HTTP %d %s", code, msg)
 	}
-	msg, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(msg), "execution_time_limit") {
-		t.Errorf("invalid spec: HTTP %d %s", resp.StatusCode, msg)
+	// A job for a validator that is none of this facilitator's.
+	elsewhere := spec()
+	elsewhere.TargetValidatorHotkey = hotkey(t).SS58()
+	if code, msg := do(t, createRequest(t, h.key, h.url, body(t, elsewhere), time.Now())); code != http.StatusBadRequest || !strings.Contains(string(msg), "Could not select Validator") {
+		t.Errorf("unknown target validator: HTTP %d %s", code, msg)
 	}
 }
 
@@ -278,13 +267,7 @@ func TestDispatchToConnectedValidator(t *testing.T) {
 		t.Errorf("validator got %+v", got)
 	}
 	// The client's signature reaches the validator intact: it verifies.
-	pub, err := sig.ParseSS58(got.Signature.Signatory)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := decodeB64(got.Signature.Signature)
-	signed, _ := got.JobSpec.SignedBytes()
-	if err := sig.Verify(pub, protocol.SignedMessage(got.Signature.TimestampNS, signed), raw); err != nil {
+	if err := protocol.VerifyJobSignature(&got.JobSpec, got.Signature, time.Now(), time.Minute, time.Minute); err != nil {
 		t.Errorf("client signature does not verify at the validator: %v", err)
 	}
 	if got.Signature.Signatory != h.key.SS58() || got.Signature.SignatureScope != protocol.ScopeSignedFields {
@@ -393,24 +376,24 @@ func TestValidatorLink(t *testing.T) {
 	if r := v.request(&protocol.V0MachineSpecsUpdate{MinerHotkey: "m"}); r.Status != "success" {
 		t.Errorf("machine specs: %+v", r)
 	}
-	// A message a validator should not send is answered with GenericError.
-	if err := v.conn.Send(h.ctx(), &protocol.V2JobRequest{UUID: "x"}); err != nil {
-		t.Fatal(err)
+	// A message a validator should not send is answered with an error.
+	if r := v.request(&protocol.V2JobRequest{UUID: "x", JobSpec: *spec()}); r.Status != "error" || !strings.Contains(r.Errors[0].Msg, "V2JobRequest") {
+		t.Errorf("unexpected message answered with %+v", r)
 	}
-	if m, ok := v.next().(*protocol.GenericError); !ok || !strings.Contains(m.Details, "V2JobRequest") {
-		t.Errorf("unexpected message answered with %+v", m)
+	if r := v.request(&protocol.V0JobStatusUpdate{UUID: "x", Status: "unknown"}); r.Status != "error" {
+		t.Errorf("a status the SDK cannot read: %+v", r)
 	}
 
 	// A hotkey that is not allowed is refused, and its session closed.
-	conn, r, err := h.dial(hotkey(t))
-	if err != nil || r.Status != "error" || r.Errors[0].Type != "authentication" {
+	conn, r, err := h.dial(hotkey(t), protocol.FacilitatorCapabilities)
+	if err != nil || r.Status != "error" || r.Errors[0].Type != "auth.validator_not_found" {
 		t.Fatalf("unknown validator: %+v %v", r, err)
 	}
 	if m, err := conn.Recv(h.ctx()); err == nil {
 		t.Errorf("refused session goes on: %+v", m)
 	}
 	// So is a session whose first message is not an authentication.
-	conn, err = wsconn.Dial(h.ctx(), "ws"+strings.TrimPrefix(h.url, "http")+protocol.FacilitatorPath, nil)
+	conn, err = wsconn.DialWith(h.ctx(), h.wsURL(), wsconn.Options{Decode: protocol.DecodeFacilitatorFrame, BadFrame: wsconn.NoAnswer}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,11 +407,13 @@ func TestValidatorLink(t *testing.T) {
 		t.Errorf("session without auth goes on: %+v", m)
 	}
 
-	// A validator that connects again replaces its older session.
-	again := h.connectAs(v.key)
-	j := h.create(spec())
-	if got := again.nextJob(); got.UUID != j.UUID {
-		t.Errorf("new session got %s", got.UUID)
+	// A validator from before negotiation (horde auth, no header) speaks
+	// every extension.
+	k := hotkey(t)
+	h.allow(k)
+	legacy := h.connectWith(k, nil)
+	if r := legacy.request(&protocol.V0Heartbeat{}); r.Status != "success" {
+		t.Errorf("legacy heartbeat: %+v", r)
 	}
 }
 
@@ -472,7 +457,7 @@ func TestEventsFeedWatchers(t *testing.T) {
 	}
 
 	// An ended job's events are its history, then the end of the stream.
-	resp, err := http.DefaultClient.Do(signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs+j.UUID+"/events", nil, nil, time.Now()))
+	resp, err := http.DefaultClient.Do(signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs+j.UUID+"/events", nil, time.Now()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,7 +467,7 @@ func TestEventsFeedWatchers(t *testing.T) {
 		t.Errorf("events of an ended job: %s\n%s", resp.Header.Get("Content-Type"), b)
 	}
 	// Another client's job has no events for it.
-	resp, err = http.DefaultClient.Do(signedRequest(t, hotkey(t), "GET", h.url+protocol.RouteJobs+j.UUID+"/events", nil, nil, time.Now()))
+	resp, err = http.DefaultClient.Do(signedRequest(t, hotkey(t), "GET", h.url+protocol.RouteJobs+j.UUID+"/events", nil, time.Now()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -617,7 +602,8 @@ func TestStatusOf(t *testing.T) {
 		err  error
 		want int
 	}{
-		{ErrBadRequest, 400}, {ErrUnauthorized, 401}, {store.ErrNotFound, 404}, {store.ErrDuplicate, 409},
+		{ErrBadRequest, 400}, {ErrUnauthorized, 401}, {ErrForbidden, 403}, {store.ErrNotFound, 404}, {store.ErrDuplicate, 409},
+		{ErrReplayed, 409}, {ErrTooLarge, 413},
 		{ErrUnavailable, 503}, {ErrTimeout, 504}, {errors.New("disk on fire"), 500},
 	}
 	for _, tt := range tests {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -128,8 +129,9 @@ type fakeValidator struct {
 	done chan struct{}
 }
 
-// connect allows a new validator and connects it; it returns once the
-// facilitator has answered its authentication with success.
+// connect allows a new validator and connects it as a horde validator
+// that advertises every capability; it returns once the facilitator has
+// answered its authentication with success.
 func (h *harness) connect() *fakeValidator {
 	h.t.Helper()
 	k := hotkey(h.t)
@@ -146,7 +148,14 @@ func (h *harness) allow(k *sig.Hotkey) {
 
 func (h *harness) connectAs(k *sig.Hotkey) *fakeValidator {
 	h.t.Helper()
-	conn, resp, err := h.dial(k)
+	return h.connectWith(k, protocol.FacilitatorCapabilities)
+}
+
+// connectWith connects k advertising caps (nil: no header, as a horde
+// validator from before negotiation).
+func (h *harness) connectWith(k *sig.Hotkey, caps []string) *fakeValidator {
+	h.t.Helper()
+	conn, resp, err := h.dial(k, caps)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -178,10 +187,16 @@ func (h *harness) connectAs(k *sig.Hotkey) *fakeValidator {
 	return v
 }
 
-// dial opens a session as k and returns the facilitator's answer to its auth.
-func (h *harness) dial(k *sig.Hotkey) (*wsconn.Conn, *protocol.Response, error) {
+// wsURL is the facilitator's validator route.
+func (h *harness) wsURL() string {
+	return "ws" + strings.TrimPrefix(h.url, "http") + protocol.FacilitatorPath
+}
+
+// dial opens a session as k (horde auth) and returns the facilitator's
+// answer to its auth.
+func (h *harness) dial(k *sig.Hotkey, caps []string) (*wsconn.Conn, *protocol.Response, error) {
 	ctx := h.ctx()
-	conn, err := wsconn.Dial(ctx, "ws"+strings.TrimPrefix(h.url, "http")+protocol.FacilitatorPath, nil)
+	conn, err := wsconn.DialWith(ctx, h.wsURL(), wsconn.Options{Capabilities: caps, Decode: protocol.DecodeFacilitatorFrame, BadFrame: wsconn.NoAnswer}, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -246,27 +261,66 @@ func (v *fakeValidator) status(id string, s protocol.JobStatus, meta *protocol.S
 	}
 }
 
-// signedRequest builds a request signed by k as the SDK signs it, with
-// hooks to spoil it.
-func signedRequest(t *testing.T, k *sig.Hotkey, method, url string, body, signed []byte, ts time.Time) *http.Request {
+// sign sets k's X-CH-* headers on req: a signature of scope over payload,
+// stamped ts.
+func sign(req *http.Request, k *sig.Hotkey, scope string, payload []byte, ts time.Time) *http.Request {
+	n := ts.UnixNano()
+	req.Header.Set(protocol.HeaderSignatureType, protocol.SignatureTypeBittensor)
+	req.Header.Set(protocol.HeaderSignatory, k.SS58())
+	req.Header.Set(protocol.HeaderTimestampNS, strconv.FormatInt(n, 10))
+	req.Header.Set(protocol.HeaderSignature, base64.StdEncoding.EncodeToString(k.Sign(protocol.SignedMessage(n, payload))))
+	req.Header.Set(protocol.HeaderSignatureScope, scope)
+	return req
+}
+
+func newRequest(t *testing.T, method, url string, body []byte) *http.Request {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, url, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if signed == nil {
-		signed = body
-		if len(body) == 0 {
-			signed = []byte(method + " " + req.URL.RequestURI())
-		}
-	}
-	n := ts.UnixNano()
-	req.Header.Set(protocol.HeaderSignatureType, protocol.SignatureTypeBittensor)
-	req.Header.Set(protocol.HeaderSignatory, k.SS58())
-	req.Header.Set(protocol.HeaderTimestampNS, strconv.FormatInt(n, 10))
-	req.Header.Set(protocol.HeaderSignature, base64.StdEncoding.EncodeToString(k.Sign(protocol.SignedMessage(n, signed))))
-	req.Header.Set(protocol.HeaderSignatureScope, protocol.ScopeSignedFields)
 	return req
+}
+
+// signedRequest builds a request signed by k over its method, request
+// target and body (scope HordeRequest), as horde's client signs it.
+func signedRequest(t *testing.T, k *sig.Hotkey, method, url string, body []byte, ts time.Time) *http.Request {
+	t.Helper()
+	req := newRequest(t, method, url, body)
+	return sign(req, k, protocol.ScopeHordeRequest, protocol.RequestPayload(method, req.URL.RequestURI(), body), ts)
+}
+
+// createRequest builds a job creation signed by k over the body's
+// SignedFields, as upstream's SDK and horde's client sign it.
+func createRequest(t *testing.T, k *sig.Hotkey, url string, body []byte, ts time.Time) *http.Request {
+	t.Helper()
+	j, err := protocol.SignedFieldsOfRequest(body)
+	if err != nil {
+		j = body // a body that has none: the facilitator refuses it
+	}
+	payload, _ := protocol.SignedPayload(j)
+	return sign(newRequest(t, "POST", url+protocol.RouteCreateJob, body), k, protocol.ScopeSignedFields, payload, ts)
+}
+
+// do sends req and returns the status and body of the answer.
+func do(t *testing.T, req *http.Request) (int, []byte) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func body(t testing.TB, s *protocol.JobSpec) []byte {
+	t.Helper()
+	b, err := s.RequestBody()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 type testWriter struct{ t testing.TB }

@@ -2,6 +2,7 @@ package facilitator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -15,19 +16,24 @@ import (
 // This file: what the facilitator does with jobs, whoever asks (the client
 // API, a validator's session). It knows no HTTP and no WebSocket.
 
-// create stores a client's signed job and wakes the dispatcher.
-func (f *Facilitator) create(ctx context.Context, spec protocol.JobSpec, s protocol.Signature) (*protocol.Job, error) {
+// create stores a client's signed job and wakes the dispatcher. The spec
+// comes from protocol.ParseJobRequest, its signature already verified over
+// the spec's SignedFields.
+func (f *Facilitator) create(ctx context.Context, spec *protocol.JobSpec, s protocol.Signature, sdk bool) (*protocol.Job, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
+	if v := spec.TargetValidatorHotkey; v != "" && !f.cfg.AllowValidator(v) {
+		return nil, fmt.Errorf("%w: Could not select Validator: %s is not a validator of this facilitator", ErrBadRequest, v)
+	}
 	s.SignatureScope = protocol.ScopeSignedFields
-	rec := store.JobRecord{UUID: uuid.NewString(), Spec: spec, Signature: s, Status: protocol.StatusSent, CreatedAt: time.Now().UTC()}
+	rec := store.JobRecord{UUID: uuid.NewString(), Spec: *spec, Signature: s, Status: protocol.StatusSent, CreatedAt: time.Now().UTC()}
 	if err := f.cfg.Store.CreateJob(ctx, rec); err != nil {
 		return nil, err
 	}
 	f.log.Info("job accepted", "job", rec.UUID, "client", s.Signatory, "image", spec.DockerImage, "class", spec.ExecutorClass)
 	f.kick()
-	return f.job(ctx, rec.UUID, s.Signatory)
+	return f.job(ctx, rec.UUID, s.Signatory, sdk)
 }
 
 // record returns a job of signatory's; others' jobs are not found.
@@ -42,8 +48,9 @@ func (f *Facilitator) record(ctx context.Context, id, signatory string) (store.J
 	return rec, nil
 }
 
-// job returns a job of signatory's with its status history.
-func (f *Facilitator) job(ctx context.Context, id, signatory string) (*protocol.Job, error) {
+// job returns a job of signatory's with its status history, as a horde
+// client or (sdk) upstream's SDK sees it.
+func (f *Facilitator) job(ctx context.Context, id, signatory string, sdk bool) (*protocol.Job, error) {
 	rec, err := f.record(ctx, id, signatory)
 	if err != nil {
 		return nil, err
@@ -52,44 +59,56 @@ func (f *Facilitator) job(ctx context.Context, id, signatory string) (*protocol.
 	if err != nil {
 		return nil, err
 	}
-	return toJob(rec, hist), nil
+	return toJob(rec, hist, sdk), nil
 }
 
-func toJob(rec store.JobRecord, hist []protocol.StatusEntry) *protocol.Job {
-	args := rec.Spec.Args
-	if args == nil {
-		args = []string{}
-	}
-	if hist == nil {
-		hist = []protocol.StatusEntry{}
-	}
-	return &protocol.Job{UUID: rec.UUID, Status: rec.Status, ExecutorClass: rec.Spec.ExecutorClass, DockerImage: rec.Spec.DockerImage,
-		Args: args, Signatory: rec.Signature.Signatory, ValidatorHotkey: rec.ValidatorHotkey, CreatedAt: rec.CreatedAt,
-		UpdatedAt: rec.UpdatedAt, StatusHistory: hist}
-}
-
-// Paging of job lists.
+// Paging of job lists: horde's (offset, limit) and upstream's (page,
+// page_size, as Django REST framework's page-number pagination).
 const (
-	defaultPage = 20
-	maxPage     = 100
+	defaultPage     = 20
+	maxPage         = 100
+	defaultPageSize = 10
+	maxPageSize     = 256
 )
 
-// list returns a page of signatory's jobs, newest first.
-func (f *Facilitator) list(ctx context.Context, signatory string, offset, limit int) (*protocol.JobList, error) {
-	offset = max(0, offset)
-	if limit <= 0 || limit > maxPage {
-		limit = defaultPage
-	}
-	recs, total, err := f.cfg.Store.ListJobs(ctx, signatory, offset, limit)
+// page is which jobs to list: offset and limit, and for upstream's style
+// the page number (0: horde's style).
+type page struct {
+	offset, limit, number int
+}
+
+// list returns a page of signatory's jobs, newest first, with their
+// histories. In upstream's style a page past the end is not found.
+func (f *Facilitator) list(ctx context.Context, signatory string, p page, sdk bool) (*protocol.JobList, error) {
+	recs, total, err := f.cfg.Store.ListJobs(ctx, signatory, p.offset, p.limit)
 	if err != nil {
 		return nil, err
 	}
+	if p.number > 1 && len(recs) == 0 {
+		return nil, fmt.Errorf("page %d: %w (Invalid page)", p.number, store.ErrNotFound)
+	}
 	out := &protocol.JobList{Count: total, Results: []protocol.Job{}}
 	for _, rec := range recs {
-		out.Results = append(out.Results, *toJob(rec, nil))
+		hist, err := f.cfg.Store.History(ctx, rec.UUID)
+		if err != nil {
+			return nil, err
+		}
+		out.Results = append(out.Results, *toJob(rec, hist, sdk))
 	}
-	if offset+len(recs) < total {
-		out.Next = fmt.Sprintf("%s?offset=%d&limit=%d", protocol.RouteJobs, offset+len(recs), limit)
+	link := func(offset int) *string {
+		var s string
+		if p.number > 0 {
+			s = fmt.Sprintf("%s?page=%d&page_size=%d", protocol.RouteJobs, offset/p.limit+1, p.limit)
+		} else {
+			s = fmt.Sprintf("%s?offset=%d&limit=%d", protocol.RouteJobs, offset, p.limit)
+		}
+		return &s
+	}
+	if p.offset+len(recs) < total {
+		out.Next = link(p.offset + len(recs))
+	}
+	if p.offset > 0 {
+		out.Previous = link(max(0, p.offset-p.limit))
 	}
 	return out, nil
 }
@@ -105,7 +124,7 @@ func (f *Facilitator) end(ctx context.Context, id string, e protocol.StatusEntry
 
 // cancel cancels a job: its validator is told to, or, when no validator has
 // it (or its validator is away), the job is cancelled here.
-func (f *Facilitator) cancel(ctx context.Context, id, signatory string) (*protocol.Job, error) {
+func (f *Facilitator) cancel(ctx context.Context, id, signatory string, sdk bool) (*protocol.Job, error) {
 	rec, err := f.record(ctx, id, signatory)
 	if err != nil {
 		return nil, err
@@ -113,23 +132,27 @@ func (f *Facilitator) cancel(ctx context.Context, id, signatory string) (*protoc
 	if rec.Status.Terminal() {
 		return nil, fmt.Errorf("%w: job %s already ended (%s)", ErrBadRequest, id, rec.Status)
 	}
-	if vs := f.validator(rec.ValidatorHotkey); vs != nil {
+	if vs := f.validator(rec.ValidatorHotkey); vs != nil && vs.has(protocol.CapCancel) {
 		if err := vs.send(ctx, &protocol.V0CancelJobByFacilitator{UUID: id}); err != nil {
 			return nil, fmt.Errorf("%w: forward cancel to validator: %w", ErrUnavailable, err)
 		}
 	} else {
+		// No validator that can cancel has the job (none yet, it is away,
+		// or it speaks upstream's protocol, which has no cancel): the job
+		// ends here, and what its validator reports later changes nothing.
 		e := protocol.StatusEntry{Status: protocol.StatusCancelled, CreatedAt: time.Now().UTC(), Metadata: &protocol.StatusMetadata{Comment: "cancelled by the client"}}
 		if err := f.end(ctx, id, e); err != nil {
 			return nil, err
 		}
 	}
 	f.log.Info("job cancel requested", "job", id)
-	return f.job(ctx, id, signatory)
+	return f.job(ctx, id, signatory, sdk)
 }
 
-// serving returns a client's serving streaming job and its validator's session.
-func (f *Facilitator) serving(ctx context.Context, id, signatory string) (*protocol.Job, *session, error) {
-	job, err := f.job(ctx, id, signatory)
+// serving returns a client's serving streaming job and its validator's
+// session, which must speak the extension capability.
+func (f *Facilitator) serving(ctx context.Context, id, signatory, capability string) (*protocol.Job, *session, error) {
+	job, err := f.job(ctx, id, signatory, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -140,12 +163,15 @@ func (f *Facilitator) serving(ctx context.Context, id, signatory string) (*proto
 	if vs == nil {
 		return nil, nil, fmt.Errorf("%w: job %s: its validator is not connected", ErrUnavailable, id)
 	}
+	if !vs.has(capability) {
+		return nil, nil, fmt.Errorf("%w: job %s: its validator does not speak horde's %q extension", ErrBadRequest, id, capability)
+	}
 	return job, vs, nil
 }
 
 // stop ends a serving streaming job normally (it uploads its outputs and completes).
 func (f *Facilitator) stop(ctx context.Context, id, signatory string) (*protocol.Job, error) {
-	job, vs, err := f.serving(ctx, id, signatory)
+	job, vs, err := f.serving(ctx, id, signatory, protocol.CapStop)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +188,7 @@ func (f *Facilitator) sendVolume(ctx context.Context, id, signatory string, msg 
 	if err := vr.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
-	_, vs, err := f.serving(ctx, id, signatory)
+	_, vs, err := f.serving(ctx, id, signatory, protocol.CapVolumeMessages)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +235,7 @@ func (f *Facilitator) volumeResult(m *protocol.V0JobVolumeResult) {
 // falls within the job's life. Tampered pairs are refused with the reason.
 // It returns the pair's request id.
 func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p protocol.StreamPair, now time.Time) (string, error) {
-	job, err := f.job(ctx, id, signatory)
+	job, err := f.job(ctx, id, signatory, false)
 	if err != nil {
 		return "", err
 	}
@@ -222,8 +248,9 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 	if ready == nil {
 		return "", fmt.Errorf("%w: job %s never served as a streaming job", ErrBadRequest, id)
 	}
-	d, miner := ready.Metadata.StreamingDetails, ready.Metadata.MinerHotkey
-	rc, err := validation.VerifyPair(id, miner, *d, p)
+	d, miner := *ready.Metadata.StreamingDetails, ready.Metadata.MinerHotkey
+	d.MinerSignature = ready.Metadata.StreamingMinerSignature()
+	rc, err := validation.VerifyPair(id, miner, d, p)
 	if err != nil {
 		return "", fmt.Errorf("%w: pair refused: %v", ErrBadRequest, err)
 	}
@@ -232,13 +259,40 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 			rc.TimestampFrom.Format(time.RFC3339), rc.TimestampTo.Format(time.RFC3339))
 	}
 	rec := store.PairRecord{JobUUID: id, RequestID: rc.RequestID, Image: job.DockerImage, MinerHotkey: miner,
-		ValidatorHotkey: job.ValidatorHotkey, ReportedBy: signatory, Pair: p, Proof: *d, At: now.UTC()}
+		ValidatorHotkey: job.ValidatorHotkey, ReportedBy: signatory, Pair: p, Proof: d, At: now.UTC()}
 	if err := f.cfg.Store.PutPair(ctx, rec); err != nil {
 		return "", err
 	}
 	f.log.Info("streaming pair accepted", "job", id, "request", rc.RequestID)
 	f.kick() // pass it on to the job's validator
 	return rc.RequestID, nil
+}
+
+// reportCheat takes a client's report that a job's miner cheated, as
+// upstream's facilitator does: the job must be the client's, not run on a
+// trusted miner; the trusted job the client's, run on one; a job is
+// reported once. The report is kept and passed on to the job's validator
+// (with the client's signature, which the validator checks).
+func (f *Facilitator) reportCheat(ctx context.Context, client string, r protocol.CheatReport, s protocol.Signature, now time.Time) error {
+	job, err := f.record(ctx, r.JobUUID, client)
+	if err != nil || job.Spec.OnTrustedMiner {
+		return fmt.Errorf("%w: Job not found", store.ErrNotFound)
+	}
+	trusted, err := f.record(ctx, r.TrustedJobUUID, client)
+	if err != nil || !trusted.Spec.OnTrustedMiner {
+		return fmt.Errorf("%w: Trusted job not found", store.ErrNotFound)
+	}
+	rec := store.CheatRecord{JobUUID: r.JobUUID, TrustedJobUUID: r.TrustedJobUUID, Reporter: client, ValidatorHotkey: job.ValidatorHotkey,
+		Details: r.Details, Signature: s, At: now.UTC()}
+	if err := f.cfg.Store.PutCheatReport(ctx, rec); err != nil {
+		if errors.Is(err, store.ErrDuplicate) {
+			return fmt.Errorf("%w: Cheat report already exists for this job", ErrBadRequest)
+		}
+		return err
+	}
+	f.log.Info("job reported as cheated", "job", r.JobUUID, "client", client, "validator", job.ValidatorHotkey)
+	f.kick()
+	return nil
 }
 
 // scores returns the latest report of each validator: per-miner scores,
@@ -272,7 +326,10 @@ func (f *Facilitator) storeReport(ctx context.Context, validator string, m *prot
 // statusUpdate records a validator's report on a job it was given. A job
 // given to another validator is refused; news of a job that has ended
 // changes nothing.
-func (f *Facilitator) statusUpdate(ctx context.Context, validator string, m *protocol.V0JobStatusUpdate) error {
+// Statuses are upstream's, but sent (the facilitator's own), plus horde's
+// cancelled from a horde validator; anything else (upstream's "unknown") is
+// refused: upstream's SDK could not read the job.
+func (f *Facilitator) statusUpdate(ctx context.Context, validator string, horde bool, m *protocol.V0JobStatusUpdate) error {
 	j, err := f.cfg.Store.Job(ctx, m.UUID)
 	if err != nil {
 		return err
@@ -282,6 +339,9 @@ func (f *Facilitator) statusUpdate(ctx context.Context, validator string, m *pro
 	}
 	if j.Status.Terminal() {
 		return nil // already ended (e.g. cancelled here); later news changes nothing
+	}
+	if !sdkStatuses[m.Status] && !(m.Status == protocol.StatusCancelled && horde) || m.Status == protocol.StatusSent {
+		return fmt.Errorf("status %q is not one a validator reports", m.Status)
 	}
 	e := protocol.StatusEntry{Status: m.Status, CreatedAt: time.Now().UTC(), Metadata: m.Metadata}
 	if err := f.cfg.Store.AddStatus(ctx, m.UUID, e); err != nil {

@@ -95,9 +95,11 @@ func TestReportedPairs(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &protocol.StreamingServerDetails{StreamingServerCert: string(k.cert), StreamingServerAddress: "127.0.0.1", StreamingServerPort: 4443}
-	d.MinerSignature = miner.SignHex(protocol.StreamingReadyMessage(j2.UUID, d.StreamingServerAddress, d.StreamingServerPort, d.StreamingServerCert))
+	// The miner's proof as a validator that also talks to upstream sends
+	// it: beside streaming_details, not inside.
+	proof := miner.SignHex(protocol.StreamingReadyMessage(j2.UUID, d.StreamingServerAddress, d.StreamingServerPort, d.StreamingServerCert))
 	if err := h.db.AddStatus(h.ctx(), j2.UUID, protocol.StatusEntry{Status: protocol.StatusStreaming, CreatedAt: now,
-		Metadata: &protocol.StatusMetadata{StreamingDetails: d, MinerHotkey: miner.SS58()}}); err != nil {
+		Metadata: &protocol.StatusMetadata{StreamingDetails: d, StreamingProof: proof, MinerHotkey: miner.SS58()}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.client.ReportPair(h.ctx(), j2.UUID, k.pair(j2.UUID, "r7", []byte("q"), []byte("a"), now)); err != nil {
@@ -105,12 +107,10 @@ func TestReportedPairs(t *testing.T) {
 	}
 	h.allow(away)
 	back := h.connectAs(away)
-	if m, ok := back.next().(*protocol.V0StreamPairReport); !ok || m.UUID != j2.UUID {
-		t.Errorf("returning validator got %+v, want the pair that waited", m)
+	if m, ok := back.next().(*protocol.V0StreamPairReport); !ok || m.UUID != j2.UUID || m.Proof.MinerSignature != proof {
+		t.Errorf("returning validator got %+v, want the pair that waited, with the proof", m)
 	}
 }
-
-func decodeB64(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }
 
 func httptestRecorder() *httptest.ResponseRecorder { return httptest.NewRecorder() }
 

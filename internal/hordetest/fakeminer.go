@@ -36,13 +36,16 @@ import (
 //
 // Receipts says how it serves its receipts: "" (countersigned honestly),
 // "forge" (signed by another key), "alter" (payload changed) or "replay"
-// (each receipt served twice).
+// (each receipt served twice). Excuses says what a busy decline carries: ""
+// (nothing) or "self" (job-started receipts of client jobs it signed itself,
+// as if it were a validator, each with a ttl of 2^30 s).
 type FakeMiner struct {
 	Hotkey   *sig.Hotkey
 	Offers   atomic.Int32
 	Neuron   chain.Neuron
 	Mode     string
 	Receipts string
+	Excuses  string
 	Delay    time.Duration
 	Manifest map[string]int
 
@@ -95,7 +98,8 @@ func (f *FakeMiner) serve(w http.ResponseWriter, r *http.Request) {
 			f.Offers.Add(1)
 			switch f.Mode {
 			case "busy":
-				conn.Send(ctx, &protocol.V0DeclineJobRequest{JobUUID: m.JobUUID, Reason: protocol.RejectBusy, Message: "fake miner is always busy"})
+				conn.Send(ctx, &protocol.V0DeclineJobRequest{JobUUID: m.JobUUID, Reason: protocol.RejectBusy, Message: "fake miner is always busy",
+					Receipts: f.excuses(m.ExecutorClass)})
 			case "refuse":
 				conn.Send(ctx, &protocol.V0DeclineJobRequest{JobUUID: m.JobUUID, Reason: protocol.RejectUnknown, Message: "fake miner refuses"})
 			case "vanish":
@@ -117,6 +121,24 @@ func (f *FakeMiner) serve(w http.ResponseWriter, r *http.Request) {
 			f.keep(receipt.JobFinished, m.Payload, m.Signature)
 		}
 	}
+}
+
+// excuses are what a busy decline carries (see Excuses).
+func (f *FakeMiner) excuses(class string) []json.RawMessage {
+	if f.Excuses != "self" {
+		return nil
+	}
+	var out []json.RawMessage
+	for i := range f.Manifest[class] {
+		p := &receipt.StartedPayload{Base: receipt.Base{JobUUID: fmt.Sprintf("client-job-%d", i), MinerHotkey: f.Hotkey.SS58(),
+			ValidatorHotkey: f.Hotkey.SS58(), Timestamp: receipt.At(time.Now().Add(-time.Second))}, ExecutorClass: class, IsOrganic: true, TTL: 1 << 30}
+		s, _ := receipt.Sign(f.Hotkey, p)
+		r, _ := receipt.New(p, s)
+		r.MinerSignature = s
+		b, _ := json.Marshal(r)
+		out = append(out, b)
+	}
+	return out
 }
 
 // execute plays an executor: volumes ready, execution, result.

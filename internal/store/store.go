@@ -24,8 +24,6 @@ type Receipts interface {
 	// ReceiptsAfter pages through receipts in the order they were stored:
 	// those with an id above after, at most limit.
 	ReceiptsAfter(ctx context.Context, after int64, limit int) ([]StoredReceipt, error)
-	// ReceiptsStored returns receipts first stored within [from, to).
-	ReceiptsStored(ctx context.Context, from, to time.Time) ([]receipt.Receipt, error)
 	ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error)
 }
 
@@ -50,7 +48,9 @@ type JobRecord struct {
 // Jobs keeps jobs and their status history (facilitator and validator).
 type Jobs interface {
 	// CreateJob stores a new job with its first status; ErrDuplicate if the
-	// uuid or the client signature was seen before (replay).
+	// uuid or the client signature was seen before (replay). Signatures are
+	// compared by their bytes (protocol.Signature.Decode) when they decode,
+	// so a re-encoded copy is the same signature.
 	CreateJob(ctx context.Context, j JobRecord) error
 	Job(ctx context.Context, uuid string) (JobRecord, error)
 	// AddStatus appends to the job's history and sets its status. A job in a
@@ -112,6 +112,68 @@ type Scores interface {
 	LatestScores(ctx context.Context, n int) ([]MinerScore, error)
 }
 
+// Work is one job the validator ran on a miner, as its own receipts tell
+// it: the job-started receipt it signed and stored when it offered the job
+// (nil if it has none), which names the executor class, and the
+// job-finished receipt it signed at the end, which says what the job is
+// paid; the miner's countersignature is on it once collected.
+type Work struct {
+	Started  *receipt.Receipt
+	Finished receipt.Receipt
+}
+
+// Counted is what one cycle made of one finished job: paid (Pay > 0) or
+// not, and why not.
+type Counted struct {
+	JobUUID string  `json:"job_uuid"`
+	Miner   string  `json:"miner"`
+	Class   string  `json:"executor_class,omitempty"`
+	Cycle   int64   `json:"cycle"`
+	Pay     float64 `json:"pay"`
+	Reason  string  `json:"reason,omitempty"`
+}
+
+// Ledger keeps which cycle counted which finished job (validator): each is
+// counted by exactly one cycle, whenever it started. It also keeps, per
+// miner, where fetching the miner's receipts goes on.
+type Ledger interface {
+	// Uncounted returns the jobs with a finished receipt that no cycle
+	// counted yet, oldest first.
+	Uncounted(ctx context.Context) ([]Work, error)
+	// PutCycle stores a cycle's scores and the jobs it counted, in one
+	// transaction. If one of the jobs has no finished receipt or was counted
+	// before, it stores nothing and returns ErrNotFound or ErrDuplicate.
+	PutCycle(ctx context.Context, scores []MinerScore, counted []Counted) error
+	// Counted returns the jobs cycle counted, in job order.
+	Counted(ctx context.Context, cycle int64) ([]Counted, error)
+	// ReceiptCursor returns where fetching miner's receipts goes on ("" before the first fetch).
+	ReceiptCursor(ctx context.Context, miner string) (string, error)
+	SetReceiptCursor(ctx context.Context, miner, cursor string) error
+}
+
+// ExcuseVerdict is the judgement of one receipt a busy miner declined a
+// job with, as proof that its executors were taken by other work.
+type ExcuseVerdict struct {
+	Cycle       int64  `json:"cycle"`
+	Miner       string `json:"miner"`
+	Class       string `json:"executor_class"`
+	DeclinedJob string `json:"declined_job"`
+	// Job and Signer are the excuse's job and the validator that signed it
+	// ("" when the receipt could not be read).
+	Job    string    `json:"job"`
+	Signer string    `json:"signer"`
+	Valid  bool      `json:"valid"`
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// Excuses keeps the validator's judgements of busy miners' excuses.
+type Excuses interface {
+	PutExcuseVerdicts(ctx context.Context, vs []ExcuseVerdict) error
+	// ExcuseVerdicts returns cycle's verdicts in the order they were stored.
+	ExcuseVerdicts(ctx context.Context, cycle int64) ([]ExcuseVerdict, error)
+}
+
 // Reports keeps the latest report each validator sent (facilitator).
 type Reports interface {
 	PutReport(ctx context.Context, validator string, body []byte) error
@@ -136,6 +198,27 @@ type Pairs interface {
 	// UnforwardedPairs returns the pairs for validator not yet passed on to it.
 	UnforwardedPairs(ctx context.Context, validator string, limit int) ([]PairRecord, []int64, error)
 	MarkForwarded(ctx context.Context, id int64) error
+}
+
+// CheatRecord is a client's report that a job's miner cheated, as the
+// facilitator keeps it until the job's validator has it.
+type CheatRecord struct {
+	JobUUID, TrustedJobUUID, Reporter, ValidatorHotkey string
+	// Details is the client's JSON, as sent ("null" when none).
+	Details json.RawMessage
+	// Signature is the client's, over the report (scope FullRequest).
+	Signature protocol.Signature
+	At        time.Time
+}
+
+// CheatReports keeps clients' cheat reports (facilitator).
+type CheatReports interface {
+	// PutCheatReport stores a report; ErrDuplicate if the job was reported before.
+	PutCheatReport(ctx context.Context, r CheatRecord) error
+	// UnforwardedCheatReports returns the reports on validator's jobs not
+	// yet passed on to it, oldest first, and their ids.
+	UnforwardedCheatReports(ctx context.Context, validator string, limit int) ([]CheatRecord, []int64, error)
+	MarkCheatForwarded(ctx context.Context, id int64) error
 }
 
 // Window is one validation window as the validator keeps it.

@@ -21,6 +21,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -49,6 +50,8 @@ type Store interface {
 	store.Scores
 	store.Pairs
 	store.Validations
+	store.Ledger
+	store.Excuses
 }
 
 // The rooms' types, as the validator's callers name them.
@@ -166,6 +169,12 @@ type Validator struct {
 	windows *windows.Windows
 	dial    func(ctx context.Context, url string) (conn, error) // the facilitator
 
+	// tests is held (a token in it) by a synthetic round, and by the
+	// canaries: the validator's own streaming jobs never compete with its
+	// rounds for the same executors (a canary would be declined as busy,
+	// or make the round's jobs be).
+	tests chan struct{}
+
 	running       atomic.Bool
 	facilitatorUp atomic.Bool
 	jobs          sync.WaitGroup // job drivers, waited for by Run
@@ -199,7 +208,7 @@ func newValidator(cfg Config, t transport) (*Validator, error) {
 	if t.facilitator == nil {
 		t.facilitator = dialFacilitator(log)
 	}
-	v := &Validator{cfg: cfg, log: log, dial: t.facilitator, cancel: map[string]context.CancelCauseFunc{},
+	v := &Validator{cfg: cfg, log: log, dial: t.facilitator, cancel: map[string]context.CancelCauseFunc{}, tests: make(chan struct{}, 1),
 		pool: route.NewPool(t.miners, cfg.Hotkey.SS58(), log), out: newOutbox(cfg.Store, log)}
 	if tm := cfg.Validation.TrustedMiner; tm != nil {
 		v.pool.Pin(*tm)
@@ -207,7 +216,7 @@ func newValidator(cfg Config, t transport) (*Validator, error) {
 	run := jobrun.Params{Hotkey: cfg.Hotkey, Timing: cfg.Timing, AllowPull: cfg.AllowPull, Digests: cfg.StreamingWhitelist, Receipts: cfg.Store, Log: log}
 	v.driver = &jobrun.Driver{Params: run, Pool: v.pool, MaxAttempts: cfg.MaxAttempts, QueueTimeout: cfg.QueueTimeout}
 	m := miners{v}
-	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: v.out, Log: log,
+	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: v.out, Metagraph: cfg.Metagraph, Log: log,
 		Receipts: &receipts.Collector{Validator: cfg.Hotkey.SS58(), Store: cfg.Store, HTTP: t.receipts, Log: log}})
 	v.windows = windows.New(windows.Deps{Config: cfg.Validation, Self: cfg.Hotkey.SS58(), Whitelist: cfg.StreamingWhitelist,
 		Run: run, Miners: m, Store: cfg.Store, Connect: t.streams, Log: log})
@@ -229,7 +238,7 @@ func (v *Validator) Run(ctx context.Context) error {
 	if d := v.cfg.Synthetic.Every; d > 0 {
 		wg.Go(func() {
 			every(ctx, d, false, func() {
-				if _, err := v.rounds.Round(ctx); err != nil && ctx.Err() == nil {
+				if _, err := v.Round(ctx); err != nil && ctx.Err() == nil {
 					v.log.Error("synthetic round failed", "err", err)
 				}
 			})
@@ -239,7 +248,19 @@ func (v *Validator) Run(ctx context.Context) error {
 		wg.Go(func() { every(ctx, d, false, func() { v.windows.Due(ctx) }) })
 	}
 	if d := v.cfg.Validation.CanaryEvery; d > 0 && len(v.cfg.Validation.Canaries) > 0 {
-		wg.Go(func() { every(ctx, d, false, func() { v.windows.Canaries(ctx) }) })
+		// Half a period after the rounds' ticks when the periods are equal
+		// (as in horde dev): a canary's executor is free again by the next round.
+		wg.Go(func() {
+			if sleep(ctx, d/2) != nil {
+				return
+			}
+			every(ctx, d, false, func() {
+				if v.lockTests(ctx) == nil {
+					defer v.unlockTests()
+					v.windows.Canaries(ctx)
+				}
+			})
+		})
 	}
 	if v.cfg.FacilitatorURL != "" {
 		wg.Go(func() { v.facilitatorLoop(ctx) })
@@ -271,8 +292,27 @@ func (v *Validator) Handler() http.Handler {
 	return mux
 }
 
-// Round runs one synthetic cycle now (see rounds.Rounds.Round).
-func (v *Validator) Round(ctx context.Context) (*Report, error) { return v.rounds.Round(ctx) }
+// Round runs one synthetic cycle now (see rounds.Rounds.Round), once no
+// canary runs.
+func (v *Validator) Round(ctx context.Context) (*Report, error) {
+	if err := v.lockTests(ctx); err != nil {
+		return nil, fmt.Errorf("round: %w", err)
+	}
+	defer v.unlockTests()
+	return v.rounds.Round(ctx)
+}
+
+// lockTests waits until no round or canary runs, or ctx ends.
+func (v *Validator) lockTests(ctx context.Context) error {
+	select {
+	case v.tests <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (v *Validator) unlockTests() { <-v.tests }
 
 // OpenWindow opens a validation window for image now (see windows.Windows.Open).
 func (v *Validator) OpenWindow(ctx context.Context, image string) (*WindowReport, error) {
@@ -280,8 +320,12 @@ func (v *Validator) OpenWindow(ctx context.Context, image string) (*WindowReport
 }
 
 // Canary sends the validator's own requests to a streaming job of image and
-// keeps the pairs; it returns how many it kept.
+// keeps the pairs, once no round runs; it returns how many it kept.
 func (v *Validator) Canary(ctx context.Context, image string, requests [][]byte, path string) (int, error) {
+	if err := v.lockTests(ctx); err != nil {
+		return 0, fmt.Errorf("canary: %w", err)
+	}
+	defer v.unlockTests()
 	return v.windows.Canary(ctx, image, requests, path)
 }
 
@@ -352,6 +396,18 @@ func every(ctx context.Context, d time.Duration, now bool, f func()) {
 		case <-t.C:
 			f()
 		}
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

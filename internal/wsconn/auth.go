@@ -1,10 +1,12 @@
 package wsconn
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -125,23 +127,21 @@ func CheckValidatorAuth(m *protocol.ValidatorAuthForMiner, pathHotkey, minerHotk
 	return g.useAll(now, forgetAfter(m.Timestamp, now), "miner-auth-sig:"+s.Key())
 }
 
-// NewFacilitatorAuth builds a validator's signed auth message for the facilitator.
-func NewFacilitatorAuth(k *sig.Hotkey, now time.Time) *protocol.V0AuthenticationRequest {
-	m := &protocol.V0AuthenticationRequest{PublicKey: k.Public().Hex(), Timestamp: now.Unix(), Nonce: Token()}
+// NewFacilitatorAuth builds a validator's horde auth message for the
+// facilitator (protocol.CapAuthV1): timestamped, with a fresh nonce.
+func NewFacilitatorAuth(k *sig.Hotkey, now time.Time) *protocol.V0HordeAuthenticationRequest {
+	m := &protocol.V0HordeAuthenticationRequest{PublicKey: k.Public().Hex(), Timestamp: now.Unix(), Nonce: Token()}
 	b, _ := m.AuthMessage()
 	m.Signature = k.SignHex(b)
 	return m
 }
 
-// CheckFacilitatorAuth verifies a validator's auth on the facilitator's side
-// and returns the validator's SS58 address.
-func CheckFacilitatorAuth(m *protocol.V0AuthenticationRequest, allowed func(string) bool, g *ReplayGuard, now time.Time) (string, error) {
+// CheckFacilitatorAuth verifies a validator's horde auth on the
+// facilitator's side and returns the validator's SS58 address.
+func CheckFacilitatorAuth(m *protocol.V0HordeAuthenticationRequest, allowed func(string) bool, g *ReplayGuard, now time.Time) (string, error) {
 	b, err := m.AuthMessage()
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
-	}
-	if m.Timestamp == 0 {
-		return "", fmt.Errorf("%w: no horde_timestamp (unsigned-time auth can be replayed)", ErrStale)
 	}
 	if err := checkAge(m.Timestamp, now); err != nil {
 		return "", err
@@ -161,6 +161,43 @@ func CheckFacilitatorAuth(m *protocol.V0AuthenticationRequest, allowed func(stri
 	// Keyed on the signature's bytes and on the signed message (public key,
 	// timestamp and nonce): neither a re-encoded nor a re-signed copy passes.
 	return pk.SS58(), g.useAll(now, forgetAfter(m.Timestamp, now), "facilitator-auth-sig:"+s.Key(), "facilitator-auth-msg:"+string(b))
+}
+
+// NewUpstreamFacilitatorAuth builds upstream's auth message for the
+// facilitator: the hotkey's signature over its raw public key.
+func NewUpstreamFacilitatorAuth(k *sig.Hotkey) *protocol.V0AuthenticationRequest {
+	pk := k.Public()
+	return &protocol.V0AuthenticationRequest{PublicKey: pk.Hex(), Signature: k.SignHex(pk[:])}
+}
+
+// UpstreamAuthMemory is how long the facilitator remembers an upstream
+// auth's signature to refuse its replay. Upstream's auth has no time in it,
+// so a captured one could be replayed forever; remembering its signature
+// refuses the exact replay (re-encodings are refused by the strict
+// decoding), but only while remembered: after this long, or after the
+// facilitator restarts, a captured auth passes again. Only a connected
+// validator is safe from it: its second session is refused.
+const UpstreamAuthMemory = 7 * 24 * time.Hour
+
+// CheckUpstreamFacilitatorAuth verifies upstream's auth message on the
+// facilitator's side and returns the validator's SS58 address. The message
+// carries no time: see UpstreamAuthMemory for what a replay can do.
+func CheckUpstreamFacilitatorAuth(m *protocol.V0AuthenticationRequest, allowed func(string) bool, g *ReplayGuard, now time.Time) (string, error) {
+	pk, err := m.PublicKeyBytes()
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	s, err := sig.ParseHex(m.Signature)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	if err := s.Verify(pk, pk[:]); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadAuth, err)
+	}
+	if !allowed(pk.SS58()) {
+		return "", fmt.Errorf("%w: validator %s", ErrNotAllowed, pk.SS58())
+	}
+	return pk.SS58(), g.useAll(now, now.Add(UpstreamAuthMemory), "facilitator-upstream-auth-sig:"+s.Key())
 }
 
 // Token returns a random 128-bit hex token.
@@ -204,4 +241,62 @@ func (t *Tokens) Revoke(tok string) {
 	t.mu.Lock()
 	delete(t.issued, tok)
 	t.mu.Unlock()
+}
+
+// FacilitatorSession is a validator's authenticated session with a
+// facilitator.
+type FacilitatorSession struct {
+	*Conn
+	// Capabilities are the extensions both ends advertised: none with an
+	// upstream facilitator. Send horde-only messages only when listed.
+	Capabilities []string
+}
+
+// Has reports whether both ends speak the extension.
+func (s *FacilitatorSession) Has(capability string) bool {
+	for _, c := range s.Capabilities {
+		if c == capability {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrRefused is a facilitator's refusal of the authentication.
+var ErrRefused = errors.New("facilitator refused the authentication")
+
+// DialFacilitator opens a validator's session with the facilitator at url
+// as upstream's and horde's facilitators expect it: it advertises caps on
+// the upgrade; when the facilitator's 101 advertises protocol.CapAuthV1 it
+// sends horde's auth, else upstream's (or, with requireHorde, gives up:
+// upstream's auth can be replayed); it returns once the facilitator
+// answered success. Frames decode with protocol.DecodeFacilitatorFrame and
+// bad ones are not answered (the facilitator link has no GenericError).
+func DialFacilitator(ctx context.Context, url string, k *sig.Hotkey, caps []string, requireHorde bool, log *slog.Logger) (*FacilitatorSession, error) {
+	conn, err := DialWith(ctx, url, Options{Capabilities: caps, Decode: protocol.DecodeFacilitatorFrame, BadFrame: NoAnswer}, log)
+	if err != nil {
+		return nil, err
+	}
+	common := protocol.CommonCapabilities(caps, conn.PeerCapabilities())
+	var auth protocol.Message = NewUpstreamFacilitatorAuth(k)
+	if (&FacilitatorSession{Capabilities: common}).Has(protocol.CapAuthV1) {
+		auth = NewFacilitatorAuth(k, time.Now())
+	} else if requireHorde {
+		conn.Close("horde auth required")
+		return nil, fmt.Errorf("%w: the facilitator does not offer %s and upstream's auth is not allowed", ErrRefused, protocol.CapAuthV1)
+	}
+	if err := conn.Send(ctx, auth); err != nil {
+		conn.Close("")
+		return nil, err
+	}
+	m, err := conn.Recv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, ok := m.(*protocol.Response)
+	if !ok || r.Status != "success" {
+		conn.Close("refused")
+		return nil, fmt.Errorf("%w: %+v", ErrRefused, m)
+	}
+	return &FacilitatorSession{Conn: conn, Capabilities: common}, nil
 }

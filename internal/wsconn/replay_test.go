@@ -111,7 +111,7 @@ func TestFacilitatorAuthReplayReEncoded(t *testing.T) {
 	if _, err := CheckFacilitatorAuth(captured, all, g, now); err != nil {
 		t.Fatalf("genuine auth refused: %v", err)
 	}
-	sigOf := func(m *protocol.V0AuthenticationRequest) *string { return &m.Signature }
+	sigOf := func(m *protocol.V0HordeAuthenticationRequest) *string { return &m.Signature }
 	for name, rewrite := range reencodings {
 		t.Run(name, func(t *testing.T) {
 			replay := replayFrame(t, captured, sigOf, rewrite)
@@ -123,7 +123,7 @@ func TestFacilitatorAuthReplayReEncoded(t *testing.T) {
 			}
 		})
 	}
-	pkOf := func(m *protocol.V0AuthenticationRequest) *string { return &m.PublicKey }
+	pkOf := func(m *protocol.V0HordeAuthenticationRequest) *string { return &m.PublicKey }
 	for name, rewrite := range map[string]func(string) string{
 		"public key upper case": strings.ToUpper,
 		"public key with 0x":    func(s string) string { return "0x" + s },

@@ -78,10 +78,10 @@ func TestFacilitatorAuth(t *testing.T) {
 	if _, err := CheckFacilitatorAuth(NewFacilitatorAuth(v, now.Add(-time.Minute)), all, g, now); !errors.Is(err, ErrStale) {
 		t.Errorf("stale: %v", err)
 	}
-	legacy := NewFacilitatorAuth(v, now)
-	legacy.Timestamp = 0
-	if _, err := CheckFacilitatorAuth(legacy, all, g, now); !errors.Is(err, ErrStale) {
-		t.Errorf("legacy: %v", err)
+	noNonce := NewFacilitatorAuth(v, now)
+	noNonce.Nonce = ""
+	if _, err := CheckFacilitatorAuth(noNonce, all, g, now); !errors.Is(err, ErrBadAuth) {
+		t.Errorf("no nonce: %v", err)
 	}
 	forged := NewFacilitatorAuth(v, now)
 	forged.Nonce = "other"
@@ -167,5 +167,150 @@ func TestOversizedMessage(t *testing.T) {
 	raw.Write(ctx, websocket.MessageText, big)
 	if err := <-got; !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "read limited") {
 		t.Errorf("receiver: %v", err)
+	}
+}
+
+// Upstream's facilitator auth (a signature over the public key alone) is
+// accepted once per signature: a verbatim replay is refused while it is
+// remembered, a re-encoded one always, a fresh signature (the validator
+// reconnecting) is not a replay. Once forgotten, the replay passes: that is
+// why upstream auth is off unless the operator allows it.
+func TestUpstreamFacilitatorAuth(t *testing.T) {
+	v := hotkey(t)
+	now := time.Now()
+	g := NewReplayGuard()
+	all := func(string) bool { return true }
+	captured := NewUpstreamFacilitatorAuth(v)
+	b, _ := protocol.Encode(captured)
+	if string(b) != `{"message_type":"V0AuthenticationRequest","public_key":"`+v.Public().Hex()+`","signature":"`+captured.Signature+`"}` {
+		t.Fatalf("not upstream's shape: %s", b)
+	}
+	if got, err := CheckUpstreamFacilitatorAuth(captured, all, g, now); err != nil || got != v.SS58() {
+		t.Fatalf("genuine: %q, %v", got, err)
+	}
+	if _, err := CheckUpstreamFacilitatorAuth(captured, all, g, now.Add(time.Hour)); !errors.Is(err, ErrReplayed) {
+		t.Errorf("replay: %v", err)
+	}
+	for name, rewrite := range reencodings {
+		re := *captured
+		re.Signature = rewrite(re.Signature)
+		if _, err := CheckUpstreamFacilitatorAuth(&re, all, NewReplayGuard(), now); !errors.Is(err, ErrBadAuth) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := CheckUpstreamFacilitatorAuth(NewUpstreamFacilitatorAuth(v), all, g, now); err != nil {
+		t.Errorf("reconnect with a fresh signature: %v", err)
+	}
+	if _, err := CheckUpstreamFacilitatorAuth(captured, func(string) bool { return false }, NewReplayGuard(), now); !errors.Is(err, ErrNotAllowed) {
+		t.Errorf("not allowed: %v", err)
+	}
+	if _, err := CheckUpstreamFacilitatorAuth(captured, all, g, now.Add(UpstreamAuthMemory+time.Minute)); err != nil {
+		t.Errorf("after UpstreamAuthMemory the replay passes (documented): %v", err)
+	}
+	horde := NewFacilitatorAuth(v, now)
+	asUpstream := &protocol.V0AuthenticationRequest{PublicKey: horde.PublicKey, Signature: horde.Signature}
+	if _, err := CheckUpstreamFacilitatorAuth(asUpstream, all, NewReplayGuard(), now); !errors.Is(err, ErrBadAuth) {
+		t.Errorf("a horde auth's signature passed as upstream's: %v", err)
+	}
+}
+
+// Capabilities travel on the upgrade both ways; a session's frames decode
+// with its decoder, and bad frames get the session's answer (here: none,
+// as on the facilitator link).
+func TestOptionsOnTheUpgrade(t *testing.T) {
+	server := make(chan *Conn, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := AcceptWith(w, r, Options{Capabilities: []string{"a", "b"}}, nil)
+		if err != nil {
+			return
+		}
+		server <- c
+		c.Recv(r.Context()) // reads pings and pongs until the client goes
+	}))
+	defer srv.Close()
+	ctx := t.Context()
+	url := "ws" + strings.TrimPrefix(srv.URL, "http")
+	c, err := DialWith(ctx, url, Options{Capabilities: []string{"B", "c"}, Decode: protocol.DecodeFacilitatorFrame, BadFrame: NoAnswer}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close("done")
+	s := <-server
+	if got := strings.Join(s.PeerCapabilities(), ","); got != "b,c" {
+		t.Errorf("server saw %q", got)
+	}
+	if got := strings.Join(c.PeerCapabilities(), ","); got != "a,b" {
+		t.Errorf("client saw %q", got)
+	}
+	plain, err := Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close("done")
+	if s2 := <-server; len(s2.PeerCapabilities()) != 0 || len(plain.PeerCapabilities()) != 2 {
+		t.Errorf("no header: server saw %q", s2.PeerCapabilities())
+	}
+	// A bare Response and a frame that does not decode: the first is read,
+	// the second is dropped without an answer.
+	pinged := make(chan error, 1)
+	go func() {
+		pinged <- s.Ping(ctx) // answered by the client's Recv below
+		s.Send(ctx, &protocol.GenericError{})
+		s.ws.Write(ctx, websocket.MessageText, []byte(`{"message_type":"Nope"}`))
+		s.Send(ctx, &protocol.UpstreamResponse{Status: "success"})
+	}()
+	m, err := c.Recv(ctx)
+	if _, ok := m.(*protocol.GenericError); err != nil || !ok {
+		t.Fatalf("first: %T %v", m, err)
+	}
+	m, err = c.Recv(ctx)
+	if r, ok := m.(*protocol.Response); err != nil || !ok || r.Status != "success" {
+		t.Fatalf("second: %T %v", m, err)
+	}
+	if err := <-pinged; err != nil {
+		t.Errorf("ping: %v", err)
+	}
+}
+
+// DialFacilitator against an upstream facilitator (no capabilities in its
+// 101, Response without message_type): upstream's auth, in upstream's
+// shape; with requireHorde nothing is sent.
+func TestDialFacilitatorUpstream(t *testing.T) {
+	v := hotkey(t)
+	got := make(chan []byte, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		_, b, err := ws.Read(r.Context())
+		if err != nil {
+			got <- nil
+			return
+		}
+		got <- b
+		ws.Write(r.Context(), websocket.MessageText, []byte(`{"status": "success", "errors": []}`))
+		ws.Read(r.Context()) // until the client goes
+	}))
+	defer srv.Close()
+	url := "ws" + strings.TrimPrefix(srv.URL, "http")
+	s, err := DialFacilitator(t.Context(), url, v, protocol.FacilitatorCapabilities, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close("done")
+	if len(s.Capabilities) != 0 || s.Has(protocol.CapResponses) {
+		t.Errorf("capabilities with an upstream facilitator: %q", s.Capabilities)
+	}
+	pk := v.Public()
+	if b := <-got; !strings.HasPrefix(string(b), `{"message_type":"V0AuthenticationRequest","public_key":"`+pk.Hex()+`","signature":"0x`) || strings.Count(string(b), ":") != 3 {
+		t.Errorf("auth sent: %s", b)
+	}
+	if _, err := DialFacilitator(t.Context(), url, v, protocol.FacilitatorCapabilities, true, nil); !errors.Is(err, ErrRefused) {
+		t.Errorf("requireHorde: %v", err)
+	}
+	if b := <-got; b != nil {
+		t.Errorf("requireHorde sent %s", b)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,13 +31,16 @@ var migrations embed.FS
 type DB struct{ db *sql.DB }
 
 var (
-	_ store.Jobs        = (*DB)(nil)
-	_ store.Receipts    = (*DB)(nil)
-	_ store.Outbox      = (*DB)(nil)
-	_ store.Scores      = (*DB)(nil)
-	_ store.Reports     = (*DB)(nil)
-	_ store.Pairs       = (*DB)(nil)
-	_ store.Validations = (*DB)(nil)
+	_ store.Jobs         = (*DB)(nil)
+	_ store.Receipts     = (*DB)(nil)
+	_ store.Outbox       = (*DB)(nil)
+	_ store.Scores       = (*DB)(nil)
+	_ store.Reports      = (*DB)(nil)
+	_ store.Pairs        = (*DB)(nil)
+	_ store.Validations  = (*DB)(nil)
+	_ store.Ledger       = (*DB)(nil)
+	_ store.Excuses      = (*DB)(nil)
+	_ store.CheatReports = (*DB)(nil)
 )
 
 // Open opens (creating) the database at path and applies migrations.
@@ -109,6 +113,13 @@ func (d *DB) CreateJob(ctx context.Context, j store.JobRecord) error {
 		return err
 	}
 	sigb, _ := json.Marshal(j.Signature)
+	// The dedup key is the signature's bytes in their one canonical text.
+	sigKey := j.Signature.Signature
+	if raw, err := j.Signature.Decode(); err == nil {
+		sigKey = raw.Base64()
+	} else if b, err := base64.StdEncoding.DecodeString(sigKey); err == nil {
+		sigKey = base64.StdEncoding.EncodeToString(b) // low bits dropped
+	}
 	now := j.CreatedAt.UnixMicro()
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -116,7 +127,7 @@ func (d *DB) CreateJob(ctx context.Context, j store.JobRecord) error {
 	}
 	defer tx.Rollback()
 	_, err = tx.ExecContext(ctx, `INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, validator_hotkey, miner_hotkey, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, j.UUID, spec, sigb, j.Signature.Signature, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, j.UUID, spec, sigb, sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
 	if isUnique(err) {
 		return fmt.Errorf("job %s: %w (same uuid or same client signature)", j.UUID, store.ErrDuplicate)
 	}
@@ -327,11 +338,6 @@ func (d *DB) ReceiptsAfter(ctx context.Context, after int64, limit int) ([]store
 	return out, rows.Err()
 }
 
-// ReceiptsStored implements store.Receipts.
-func (d *DB) ReceiptsStored(ctx context.Context, from, to time.Time) ([]receipt.Receipt, error) {
-	return d.queryReceipts(ctx, `SELECT receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE stored_at >= ? AND stored_at < ? ORDER BY id`, from.UnixMicro(), to.UnixMicro())
-}
-
 // ReceiptsForJob implements store.Receipts.
 func (d *DB) ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error) {
 	return d.queryReceipts(ctx, `SELECT receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE job_uuid = ? ORDER BY id`, jobUUID)
@@ -531,6 +537,59 @@ func (d *DB) queryPairs(ctx context.Context, where string, args ...any) ([]store
 	return out, ids, rows.Err()
 }
 
+// PutCheatReport implements store.CheatReports.
+func (d *DB) PutCheatReport(ctx context.Context, r store.CheatRecord) error {
+	sigb, err := json.Marshal(r.Signature)
+	if err != nil {
+		return err
+	}
+	details := string(r.Details)
+	if details == "" {
+		details = "null"
+	}
+	_, err = d.db.ExecContext(ctx, `INSERT INTO cheat_reports (job_uuid, trusted_job_uuid, reporter, validator_hotkey, details, signature, at)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`, r.JobUUID, r.TrustedJobUUID, r.Reporter, r.ValidatorHotkey, details, string(sigb), r.At.UnixMicro())
+	if isUnique(err) {
+		return fmt.Errorf("cheat report on job %s: %w", r.JobUUID, store.ErrDuplicate)
+	}
+	if err != nil {
+		return fmt.Errorf("put cheat report: %w", err)
+	}
+	return nil
+}
+
+// UnforwardedCheatReports implements store.CheatReports.
+func (d *DB) UnforwardedCheatReports(ctx context.Context, validator string, limit int) ([]store.CheatRecord, []int64, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, job_uuid, trusted_job_uuid, reporter, validator_hotkey, details, signature, at
+		FROM cheat_reports WHERE validator_hotkey = ? AND forwarded = 0 ORDER BY id LIMIT ?`, validator, limit)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var out []store.CheatRecord
+	var ids []int64
+	for rows.Next() {
+		var r store.CheatRecord
+		var id, at int64
+		var details, sigb string
+		if err := rows.Scan(&id, &r.JobUUID, &r.TrustedJobUUID, &r.Reporter, &r.ValidatorHotkey, &details, &sigb, &at); err != nil {
+			return nil, nil, err
+		}
+		r.Details = json.RawMessage(details)
+		json.Unmarshal([]byte(sigb), &r.Signature)
+		r.At = time.UnixMicro(at).UTC()
+		out = append(out, r)
+		ids = append(ids, id)
+	}
+	return out, ids, rows.Err()
+}
+
+// MarkCheatForwarded implements store.CheatReports.
+func (d *DB) MarkCheatForwarded(ctx context.Context, id int64) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE cheat_reports SET forwarded = 1 WHERE id = ?`, id)
+	return err
+}
+
 // PutWindow implements store.Validations.
 func (d *DB) PutWindow(ctx context.Context, w store.Window, cheats []store.Cheat) (int64, error) {
 	tx, err := d.db.BeginTx(ctx, nil)
@@ -598,6 +657,144 @@ func (d *DB) Cheats(ctx context.Context, since time.Time) ([]store.Cheat, error)
 		}
 		c.Evidence, c.At = json.RawMessage(ev), time.UnixMicro(at).UTC()
 		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// Uncounted implements store.Ledger.
+func (d *DB) Uncounted(ctx context.Context) ([]store.Work, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT f.payload, f.validator_signature, f.miner_signature, s.payload, s.validator_signature, s.miner_signature
+		FROM receipts f LEFT JOIN receipts s ON s.job_uuid = f.job_uuid AND s.miner_hotkey = f.miner_hotkey AND s.receipt_type = ?
+		WHERE f.receipt_type = ? AND f.counted_cycle IS NULL ORDER BY f.id`, receipt.JobStarted, receipt.JobFinished)
+	if err != nil {
+		return nil, fmt.Errorf("uncounted: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Work
+	for rows.Next() {
+		var fp string
+		var sp, svs, sms sql.NullString
+		w := store.Work{Finished: receipt.Receipt{Type: receipt.JobFinished}}
+		if err := rows.Scan(&fp, &w.Finished.ValidatorSignature, &w.Finished.MinerSignature, &sp, &svs, &sms); err != nil {
+			return nil, fmt.Errorf("uncounted: %w", err)
+		}
+		w.Finished.Payload = json.RawMessage(fp)
+		if sp.Valid {
+			w.Started = &receipt.Receipt{Type: receipt.JobStarted, Payload: json.RawMessage(sp.String), ValidatorSignature: svs.String, MinerSignature: sms.String}
+		}
+		out = append(out, w)
+	}
+	return out, rows.Err()
+}
+
+// PutCycle implements store.Ledger.
+func (d *DB) PutCycle(ctx context.Context, scores []store.MinerScore, counted []store.Counted) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, c := range counted {
+		res, err := tx.ExecContext(ctx, `UPDATE receipts SET counted_cycle = ? WHERE job_uuid = ? AND miner_hotkey = ? AND receipt_type = ? AND counted_cycle IS NULL`,
+			c.Cycle, c.JobUUID, c.Miner, receipt.JobFinished)
+		if err != nil {
+			return fmt.Errorf("put cycle: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			var have int
+			tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM receipts WHERE job_uuid = ? AND miner_hotkey = ? AND receipt_type = ?`, c.JobUUID, c.Miner, receipt.JobFinished).Scan(&have)
+			if have == 0 {
+				return fmt.Errorf("put cycle %d: job %s on %s has no finished receipt: %w", c.Cycle, c.JobUUID, c.Miner, store.ErrNotFound)
+			}
+			return fmt.Errorf("put cycle %d: job %s on %s was counted before: %w", c.Cycle, c.JobUUID, c.Miner, store.ErrDuplicate)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO counted (job_uuid, miner_hotkey, class, cycle, pay, reason) VALUES (?, ?, ?, ?, ?, ?)`,
+			c.JobUUID, c.Miner, c.Class, c.Cycle, c.Pay, c.Reason); err != nil {
+			if isUnique(err) {
+				return fmt.Errorf("put cycle %d: job %s on %s was counted before: %w", c.Cycle, c.JobUUID, c.Miner, store.ErrDuplicate)
+			}
+			return fmt.Errorf("put cycle: %w", err)
+		}
+	}
+	for _, s := range scores {
+		if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO scores (cycle, miner, score, weight, details, at) VALUES (?, ?, ?, ?, ?, ?)`,
+			s.Cycle, s.Miner, s.Score, s.Weight, string(s.Details), s.At.UnixMicro()); err != nil {
+			return fmt.Errorf("put cycle: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+// Counted implements store.Ledger.
+func (d *DB) Counted(ctx context.Context, cycle int64) ([]store.Counted, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT job_uuid, miner_hotkey, class, cycle, pay, reason FROM counted WHERE cycle = ? ORDER BY job_uuid, miner_hotkey`, cycle)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Counted
+	for rows.Next() {
+		var c store.Counted
+		if err := rows.Scan(&c.JobUUID, &c.Miner, &c.Class, &c.Cycle, &c.Pay, &c.Reason); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// ReceiptCursor implements store.Ledger.
+func (d *DB) ReceiptCursor(ctx context.Context, miner string) (string, error) {
+	var c string
+	err := d.db.QueryRowContext(ctx, `SELECT cursor FROM receipt_cursors WHERE miner = ?`, miner).Scan(&c)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return c, err
+}
+
+// SetReceiptCursor implements store.Ledger.
+func (d *DB) SetReceiptCursor(ctx context.Context, miner, cursor string) error {
+	_, err := d.db.ExecContext(ctx, `INSERT INTO receipt_cursors (miner, cursor, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT(miner) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at`, miner, cursor, time.Now().UnixMicro())
+	if err != nil {
+		return fmt.Errorf("set receipt cursor: %w", err)
+	}
+	return nil
+}
+
+// PutExcuseVerdicts implements store.Excuses.
+func (d *DB) PutExcuseVerdicts(ctx context.Context, vs []store.ExcuseVerdict) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, v := range vs {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO excuse_verdicts (cycle, miner, class, declined_job, job, signer, valid, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			v.Cycle, v.Miner, v.Class, v.DeclinedJob, v.Job, v.Signer, v.Valid, v.Reason, v.At.UnixMicro()); err != nil {
+			return fmt.Errorf("put excuse verdicts: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+// ExcuseVerdicts implements store.Excuses.
+func (d *DB) ExcuseVerdicts(ctx context.Context, cycle int64) ([]store.ExcuseVerdict, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT cycle, miner, class, declined_job, job, signer, valid, reason, at FROM excuse_verdicts WHERE cycle = ? ORDER BY id`, cycle)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.ExcuseVerdict
+	for rows.Next() {
+		var v store.ExcuseVerdict
+		var at int64
+		if err := rows.Scan(&v.Cycle, &v.Miner, &v.Class, &v.DeclinedJob, &v.Job, &v.Signer, &v.Valid, &v.Reason, &at); err != nil {
+			return nil, err
+		}
+		v.At = time.UnixMicro(at).UTC()
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }

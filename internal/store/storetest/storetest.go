@@ -2,7 +2,9 @@
 package storetest
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -20,6 +22,9 @@ type Store interface {
 	store.Reports
 	store.Pairs
 	store.Validations
+	store.CheatReports
+	store.Ledger
+	store.Excuses
 }
 
 // Run runs the suite against stores made by open (a fresh, empty one per call).
@@ -30,6 +35,9 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 	t.Run("scores", func(t *testing.T) { testScores(t, open(t)) })
 	t.Run("pairs", func(t *testing.T) { testPairs(t, open(t)) })
 	t.Run("validations", func(t *testing.T) { testValidations(t, open(t)) })
+	t.Run("cheat reports", func(t *testing.T) { testCheatReports(t, open(t)) })
+	t.Run("ledger", func(t *testing.T) { testLedger(t, open(t)) })
+	t.Run("excuses", func(t *testing.T) { testExcuses(t, open(t)) })
 }
 
 func testJobs(t *testing.T, s Store) {
@@ -47,6 +55,19 @@ func testJobs(t *testing.T, s Store) {
 	replay.UUID = "j2"
 	if err := s.CreateJob(ctx, replay); !errors.Is(err, store.ErrDuplicate) {
 		t.Errorf("replayed signature: %v", err)
+	}
+	// The same signature bytes in another base64 text (issue #15 row 6: the
+	// unused low bits of the last character set) are the same signature.
+	b64 := "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw=="
+	first := j
+	first.UUID, first.Status, first.Signature = "r1", protocol.StatusCompleted, protocol.Signature{Signatory: "carol", Signature: b64}
+	if err := s.CreateJob(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	reenc := first
+	reenc.UUID, reenc.Signature.Signature = "r2", b64[:85]+"x=="
+	if err := s.CreateJob(ctx, reenc); !errors.Is(err, store.ErrDuplicate) {
+		t.Errorf("re-encoded signature: %v", err)
 	}
 	if _, err := s.Job(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("missing job: %v", err)
@@ -83,7 +104,6 @@ func testReceipts(t *testing.T, s Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	since := time.Now().Add(-time.Second)
 	if err := s.PutReceipt(ctx, r); err != nil {
 		t.Fatal(err)
 	}
@@ -106,10 +126,6 @@ func testReceipts(t *testing.T, s Store) {
 	}
 	if both, _ := s.ReceiptsForJob(ctx, "j1"); len(both) != 2 {
 		t.Errorf("receipts of a job with two miners = %d, want 2", len(both))
-	}
-	stored, err := s.ReceiptsStored(ctx, since, time.Now().Add(time.Second))
-	if err != nil || len(stored) != 2 {
-		t.Errorf("stored = %d, %v", len(stored), err)
 	}
 	page, err := s.ReceiptsAfter(ctx, 0, 1)
 	if err != nil || len(page) != 1 || page[0].ID == 0 {
@@ -222,5 +238,156 @@ func testValidations(t *testing.T, s Store) {
 	cs, err := s.Cheats(ctx, before)
 	if err != nil || len(cs) != 1 || cs[0].Window != id || cs[0].Miner != "m" {
 		t.Errorf("cheats = %+v %v", cs, err)
+	}
+}
+
+func testCheatReports(t *testing.T, s Store) {
+	ctx := t.Context()
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	r := store.CheatRecord{JobUUID: "j1", TrustedJobUUID: "t1", Reporter: "alice", ValidatorHotkey: "v",
+		Details: []byte(`{"b": 1, "a": [2.50]}`), Signature: protocol.Signature{Signatory: "alice", Signature: "s", TimestampNS: 7, SignatureScope: "FullRequest"}, At: at}
+	if err := s.PutCheatReport(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	again := r
+	again.TrustedJobUUID = "t2"
+	if err := s.PutCheatReport(ctx, again); !errors.Is(err, store.ErrDuplicate) {
+		t.Errorf("second report on a job: %v", err)
+	}
+	other := store.CheatRecord{JobUUID: "j2", TrustedJobUUID: "t1", Reporter: "alice", ValidatorHotkey: "w", At: at}
+	if err := s.PutCheatReport(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	got, ids, err := s.UnforwardedCheatReports(ctx, "v", 10)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("pending for v: %v, %v", got, err)
+	}
+	if string(got[0].Details) != string(r.Details) || got[0].Signature != r.Signature || !got[0].At.Equal(at) || got[0].Reporter != "alice" {
+		t.Errorf("kept %+v", got[0])
+	}
+	if err := s.MarkCheatForwarded(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := s.UnforwardedCheatReports(ctx, "v", 10); len(got) != 0 {
+		t.Errorf("forwarded report still pending")
+	}
+	if got, _, _ := s.UnforwardedCheatReports(ctx, "w", 10); len(got) != 1 || string(got[0].Details) != "null" {
+		t.Errorf("report without details: %+v", got)
+	}
+}
+
+func testLedger(t *testing.T, s Store) {
+	ctx := t.Context()
+	put := func(p receipt.Payload, minerSig string) {
+		t.Helper()
+		r, err := receipt.New(p, "0xaa")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.MinerSignature = minerSig
+		if err := s.PutReceipt(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := func(job, miner string) receipt.Base {
+		return receipt.Base{JobUUID: job, MinerHotkey: miner, ValidatorHotkey: "v", Timestamp: receipt.At(time.Now())}
+	}
+	// j1 started long before it finished; j2 on two miners; j3 has no started receipt; j4 is still running.
+	put(&receipt.StartedPayload{Base: base("j1", "m"), ExecutorClass: "c1", TTL: 5}, "")
+	put(&receipt.StartedPayload{Base: base("j2", "m"), ExecutorClass: "c2", TTL: 5}, "")
+	put(&receipt.StartedPayload{Base: base("j2", "n"), ExecutorClass: "c2", TTL: 5}, "")
+	put(&receipt.StartedPayload{Base: base("j4", "m"), ExecutorClass: "c1", TTL: 5}, "")
+	put(&receipt.FinishedPayload{Base: base("j2", "n"), ScoreStr: "0"}, "")
+	put(&receipt.FinishedPayload{Base: base("j1", "m"), ScoreStr: "3.000000"}, "0xm1")
+	put(&receipt.FinishedPayload{Base: base("j3", "m"), ScoreStr: "1.000000"}, "")
+	j2 := &receipt.FinishedPayload{Base: base("j2", "m"), ScoreStr: "2.000000"}
+	put(j2, "")
+	put(j2, "0xm2") // countersigned later
+
+	jobOf := func(r receipt.Receipt) string {
+		var b receipt.Base
+		json.Unmarshal(r.Payload, &b)
+		return b.JobUUID + "@" + b.MinerHotkey
+	}
+	work, err := s.Uncounted(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, w := range work {
+		started := "-"
+		if w.Started != nil {
+			started = jobOf(*w.Started)
+			if w.Started.Type != receipt.JobStarted {
+				t.Errorf("started receipt of type %s", w.Started.Type)
+			}
+		}
+		got = append(got, jobOf(w.Finished)+" "+started+" "+w.Finished.MinerSignature)
+	}
+	want := []string{"j2@n j2@n ", "j1@m j1@m 0xm1", "j3@m - ", "j2@m j2@m 0xm2"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("uncounted = %q, want %q", got, want)
+	}
+
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	scores := []store.MinerScore{{Cycle: 5, Miner: "m", Score: 3, Weight: 1, Details: []byte(`{}`), At: now}}
+	c5 := []store.Counted{{JobUUID: "j1", Miner: "m", Class: "c1", Cycle: 5, Pay: 3}, {JobUUID: "j2", Miner: "n", Class: "c2", Cycle: 5, Reason: "failed"}}
+	if err := s.PutCycle(ctx, scores, c5); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Counted(ctx, 5); err != nil || fmt.Sprint(got) != fmt.Sprint(c5) {
+		t.Errorf("counted = %+v, %v; want %+v", got, err, c5)
+	}
+	if sc, _ := s.LatestScores(ctx, 1); len(sc) != 1 || sc[0].Cycle != 5 {
+		t.Errorf("scores of the cycle = %+v", sc)
+	}
+	if work, _ = s.Uncounted(ctx); len(work) != 2 {
+		t.Errorf("after cycle 5: %d uncounted, want 2", len(work))
+	}
+	// A job is counted once: a cycle that counts it again stores nothing.
+	again := []store.Counted{{JobUUID: "j3", Miner: "m", Cycle: 6}, {JobUUID: "j1", Miner: "m", Cycle: 6, Pay: 3}}
+	if err := s.PutCycle(ctx, []store.MinerScore{{Cycle: 6, Miner: "m", Details: []byte(`{}`), At: now}}, again); !errors.Is(err, store.ErrDuplicate) {
+		t.Errorf("counting j1 twice: %v", err)
+	}
+	if sc, _ := s.LatestScores(ctx, 1); sc[0].Cycle != 5 {
+		t.Errorf("a refused cycle stored its scores: %+v", sc)
+	}
+	if got, _ := s.Counted(ctx, 6); len(got) != 0 {
+		t.Errorf("a refused cycle counted %+v", got)
+	}
+	if err := s.PutCycle(ctx, nil, []store.Counted{{JobUUID: "j4", Miner: "m", Cycle: 6}}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("counting a job that has not finished: %v", err)
+	}
+
+	if c, err := s.ReceiptCursor(ctx, "m"); err != nil || c != "" {
+		t.Errorf("first cursor = %q, %v", c, err)
+	}
+	for _, c := range []string{"7", "12"} {
+		if err := s.SetReceiptCursor(ctx, "m", c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, err := s.ReceiptCursor(ctx, "m"); err != nil || c != "12" {
+		t.Errorf("cursor = %q, %v", c, err)
+	}
+	if c, _ := s.ReceiptCursor(ctx, "n"); c != "" {
+		t.Errorf("another miner's cursor = %q", c)
+	}
+}
+
+func testExcuses(t *testing.T, s Store) {
+	ctx := t.Context()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	vs := []store.ExcuseVerdict{
+		{Cycle: 3, Miner: "m", Class: "c", DeclinedJob: "d", Job: "o1", Signer: "v", Valid: true, At: now},
+		{Cycle: 3, Miner: "m", Class: "c", DeclinedJob: "d", Job: "o2", Signer: "m", Reason: "signed by the miner itself", At: now},
+		{Cycle: 4, Miner: "m", Class: "c", DeclinedJob: "e", Reason: "undecodable", At: now},
+	}
+	if err := s.PutExcuseVerdicts(ctx, vs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ExcuseVerdicts(ctx, 3)
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(vs[:2]) {
+		t.Errorf("verdicts = %+v, %v", got, err)
 	}
 }

@@ -92,6 +92,9 @@ type Outcome struct {
 	Retry bool
 	// Excuses are the receipts a busy miner declined with.
 	Excuses []json.RawMessage
+	// Offered is the job-started receipt the declined offer carried: its
+	// timestamp is when the executors had to be taken.
+	Offered *receipt.StartedPayload
 }
 
 // Busy reports a decline because every executor of the class was taken.

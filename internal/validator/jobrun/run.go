@@ -146,7 +146,7 @@ func (r *Run) reserve(ctx context.Context) *Outcome {
 		return o
 	}
 	if d, ok := m.(*protocol.V0DeclineJobRequest); ok {
-		return &Outcome{Status: protocol.StatusRejected, Retry: true, Excuses: d.Receipts, Meta: &protocol.StatusMetadata{JobRejectionDetails: &protocol.RejectionDetails{
+		return &Outcome{Status: protocol.StatusRejected, Retry: true, Excuses: d.Receipts, Offered: started, Meta: &protocol.StatusMetadata{JobRejectionDetails: &protocol.RejectionDetails{
 			RejectedBy: protocol.ByMiner, Reason: d.Reason, Message: d.Message}}}
 	}
 	r.mark(StageReserve)

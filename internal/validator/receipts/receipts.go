@@ -1,7 +1,10 @@
 // Package receipts collects the receipts miners countersigned. It pages
-// through a miner's /receipts since the last fetch, checks both signatures
-// and that each receipt is the very one this validator signed, and records
-// the miner's signature on the validator's copy. A receipt counts once.
+// through a miner's /receipts since the last fetch (the cursor is kept in
+// the store, so a restart neither fetches them again nor skips any; a miner
+// unreachable for a while is fetched from where it was left), checks both
+// signatures and that each receipt is the very one this validator signed,
+// and records the miner's signature on the validator's copy. A receipt
+// counts once.
 package receipts
 
 import (
@@ -9,12 +12,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/horde-compute/horde/internal/chain"
@@ -22,16 +25,24 @@ import (
 	"github.com/horde-compute/horde/receipt"
 )
 
-// Store is the validator's receipts.
+// Store is the validator's receipts and its cursors into miners' receipts.
 type Store interface {
 	PutReceipt(ctx context.Context, r receipt.Receipt) error
 	ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error)
+	ReceiptCursor(ctx context.Context, miner string) (string, error)
+	SetReceiptCursor(ctx context.Context, miner, cursor string) error
 }
+
+// ErrStore marks a receipt that could not be recorded because the store
+// failed: it is fetched again next time. Every other error refuses the
+// receipt for good.
+var ErrStore = errors.New("receipt store")
 
 // PageSize is how many receipts one request asks for.
 const PageSize = 1000
 
-// Collector fetches receipts from miners for one validator.
+// Collector fetches receipts from miners for one validator. One miner is
+// fetched by one Collect at a time.
 type Collector struct {
 	// Validator is the validator's hotkey (SS58): other validators' receipts are skipped.
 	Validator string
@@ -39,13 +50,13 @@ type Collector struct {
 	// HTTP fetches the pages (default: a client with a 30 s timeout).
 	HTTP *http.Client
 	Log  *slog.Logger
-
-	mu     sync.Mutex
-	cursor map[string]int64 // by miner: the last receipt id fetched
 }
 
 // Collect fetches what miner n countersigned since the last call and
 // records it. It returns why receipts were refused (or the fetch failed).
+// The cursor moves past a receipt once it is recorded or refused for good;
+// a receipt that could not be recorded (the store failed) is fetched again
+// next time.
 func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
 	hc := c.HTTP
 	if hc == nil {
@@ -57,8 +68,12 @@ func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
 	}
 	base := "http://" + net.JoinHostPort(n.AxonInfo.IP, strconv.Itoa(n.AxonInfo.Port)) + "/receipts"
 	var refused []string
+	cur, err := c.Store.ReceiptCursor(ctx, n.Hotkey)
+	if err != nil {
+		return append(refused, "read the receipt cursor: "+err.Error())
+	}
+	after, _ := strconv.ParseInt(cur, 10, 64)
 	for {
-		after := c.after(n.Hotkey, 0)
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s?after=%d&limit=%d", base, after, PageSize), nil)
 		if err != nil {
 			return append(refused, err.Error())
@@ -67,7 +82,12 @@ func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
 		if err != nil {
 			return append(refused, "fetch receipts: "+err.Error())
 		}
-		lines := 0
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return append(refused, fmt.Sprintf("fetch receipts: HTTP %d", resp.StatusCode))
+		}
+		lines, last := 0, after
+		var stop error
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 64<<10), 4<<20)
 		for sc.Scan() {
@@ -77,33 +97,35 @@ func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
 				refused = append(refused, "undecodable receipt line: "+err.Error())
 				continue
 			}
+			if sr.ID <= last {
+				continue // the miner went back: what was read before is not read twice
+			}
 			if err := c.Accept(ctx, n.Hotkey, sr.Receipt); err != nil {
+				if errors.Is(err, ErrStore) {
+					stop = err // not the receipt's fault: read it again next time
+					break
+				}
 				refused = append(refused, err.Error())
 				log.Warn("receipt refused", "miner", n.Hotkey, "err", err)
 			}
-			c.after(n.Hotkey, sr.ID)
+			last = sr.ID
 		}
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return append(refused, fmt.Sprintf("fetch receipts: HTTP %d", resp.StatusCode))
+		if last > after {
+			if err := c.Store.SetReceiptCursor(ctx, n.Hotkey, strconv.FormatInt(last, 10)); err != nil {
+				return append(refused, "keep the receipt cursor: "+err.Error())
+			}
+			after = last
 		}
-		if lines < PageSize {
+		switch {
+		case stop != nil:
+			return append(refused, "record receipts: "+stop.Error())
+		case sc.Err() != nil:
+			return append(refused, "read receipts: "+sc.Err().Error())
+		case lines < PageSize:
 			return refused
 		}
 	}
-}
-
-// after moves miner's cursor up to id and returns it.
-func (c *Collector) after(miner string, id int64) int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cursor == nil {
-		c.cursor = map[string]int64{}
-	}
-	if id > c.cursor[miner] {
-		c.cursor[miner] = id
-	}
-	return c.cursor[miner]
 }
 
 // Accept checks one receipt served by miner and records its countersignature.
@@ -131,7 +153,7 @@ func (c *Collector) Accept(ctx context.Context, miner string, r receipt.Receipt)
 	}
 	ours, err := c.Store.ReceiptsForJob(ctx, b.JobUUID)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	want, err := receipt.Bytes(p)
 	if err != nil {
@@ -157,7 +179,10 @@ func (c *Collector) Accept(ctx context.Context, miner string, r receipt.Receipt)
 			return nil // counted already
 		}
 		o.MinerSignature = r.MinerSignature
-		return c.Store.PutReceipt(ctx, o)
+		if err := c.Store.PutReceipt(ctx, o); err != nil {
+			return fmt.Errorf("%w: %w", ErrStore, err)
+		}
+		return nil
 	}
 	return fmt.Errorf("%w: %s receipt of job %s was never signed by this validator", receipt.ErrInvalid, r.Type, b.JobUUID)
 }

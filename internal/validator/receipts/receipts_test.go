@@ -151,13 +151,63 @@ func TestCollectHonest(t *testing.T) {
 	if strings.Join(afters, ",") != "0,2" {
 		t.Errorf("cursors asked for: %v", afters)
 	}
-	// Served again with the cursor reset (a replaying miner): still counted once.
+	// A restarted validator goes on from the cursor it kept.
 	again := &receipts.Collector{Validator: f.v.SS58(), Store: f.st, HTTP: f.c.HTTP}
+	if refused := again.Collect(t.Context(), f.n); len(refused) != 0 {
+		t.Errorf("after a restart: refused %v", refused)
+	}
+	if strings.Join(afters, ",") != "0,2,2" {
+		t.Errorf("cursors asked for: %v", afters)
+	}
+	// Served again from the start (a replaying miner, a lost cursor): still counted once.
+	if err := f.st.SetReceiptCursor(t.Context(), f.m.SS58(), ""); err != nil {
+		t.Fatal(err)
+	}
 	if refused := again.Collect(t.Context(), f.n); len(refused) != 0 {
 		t.Errorf("replayed receipts refused: %v", refused)
 	}
 	if n := minerSigned(t, f.st, "j"); n != 2 {
 		t.Errorf("%d receipts countersigned", n)
+	}
+}
+
+// flaky is a store whose PutReceipt fails while fail is set.
+type flaky struct {
+	*sqlite.DB
+	fail bool
+}
+
+func (s *flaky) PutReceipt(ctx context.Context, r receipt.Receipt) error {
+	if s.fail {
+		return errors.New("disk full")
+	}
+	return s.DB.PutReceipt(ctx, r)
+}
+
+// A receipt that could not be recorded is fetched again next time: the
+// cursor stays before it.
+func TestCollectStoreFailure(t *testing.T) {
+	f := newFixture(t)
+	served := countersign(t, f.m, f.signed(t, f.v, "j", f.m.SS58(), true))
+	var afters []string
+	st := &flaky{DB: f.st, fail: true}
+	c := &receipts.Collector{Validator: f.v.SS58(), Store: st, HTTP: &http.Client{Transport: serve(served, &afters)}}
+	refused := c.Collect(t.Context(), f.n)
+	if len(refused) != 1 || !strings.Contains(refused[0], "disk full") || !errors.Is(c.Accept(t.Context(), f.m.SS58(), served[0]), receipts.ErrStore) {
+		t.Fatalf("refused %v", refused)
+	}
+	if cur, _ := f.st.ReceiptCursor(t.Context(), f.m.SS58()); cur != "" {
+		t.Errorf("cursor moved past a receipt not recorded: %q", cur)
+	}
+	st.fail = false
+	if refused := c.Collect(t.Context(), f.n); len(refused) != 0 {
+		t.Fatalf("refused %v", refused)
+	}
+	if n := minerSigned(t, f.st, "j"); n != 2 || strings.Join(afters, ",") != "0,0" {
+		t.Errorf("%d countersigned, cursors asked for %v", n, afters)
+	}
+	if cur, _ := f.st.ReceiptCursor(t.Context(), f.m.SS58()); cur != "2" {
+		t.Errorf("cursor %q", cur)
 	}
 }
 

@@ -74,9 +74,25 @@ type fixture struct {
 	r       *rounds.Rounds
 	st      *sqlite.DB
 	pool    *route.Pool
+	net     *minertest.Net
+	run     jobrun.Params
 	out     *outbox
 	weights *weights
 	ns      []chain.Neuron
+}
+
+// metagraph is a fixed metagraph.
+type metagraph struct{ mg chain.Metagraph }
+
+func (m *metagraph) Metagraph(context.Context) (*chain.Metagraph, error) { return &m.mg, nil }
+
+// validators are other validators of the metagraph, with permits and enough stake.
+func validators(ks ...*sig.Hotkey) []chain.Neuron {
+	var ns []chain.Neuron
+	for _, k := range ks {
+		ns = append(ns, chain.Neuron{Hotkey: k.SS58(), ValidatorPermit: true, Stake: 1e6})
+	}
+	return ns
 }
 
 type miners struct {
@@ -116,6 +132,11 @@ func (w *weights) SetWeights(_ context.Context, m map[string]float64) error {
 
 // newFixture runs rounds over ms (down ones unreachable); it must run in a bubble.
 func newFixture(t *testing.T, sequential bool, down []*minertest.Miner, ms ...*minertest.Miner) *fixture {
+	return newFixtureWith(t, sequential, nil, down, ms...)
+}
+
+// newFixtureWith is newFixture with other validators in the metagraph.
+func newFixtureWith(t *testing.T, sequential bool, others []chain.Neuron, down []*minertest.Miner, ms ...*minertest.Miner) *fixture {
 	net := &minertest.Net{}
 	var ns []chain.Neuron
 	for _, m := range ms {
@@ -130,13 +151,17 @@ func newFixture(t *testing.T, sequential bool, down []*minertest.Miner, ms ...*m
 		t.Fatal(err)
 	}
 	pool := route.NewPool(net, v.SS58(), nil)
-	f := &fixture{st: st, pool: pool, out: &outbox{}, weights: &weights{}, ns: ns}
+	f := &fixture{st: st, pool: pool, net: net, out: &outbox{}, weights: &weights{}, ns: ns,
+		run: jobrun.Params{Hotkey: v, Timing: jobrun.DefaultTiming(), Receipts: st}}
+	mg := &metagraph{chain.Metagraph{Neurons: append(append([]chain.Neuron{{Hotkey: v.SS58(), ValidatorPermit: true}}, others...), ns...)}}
 	f.r = rounds.New(rounds.Deps{
-		Config:   rounds.Config{Image: "img", Params: params, Generators: synthetic.Generators(), Weights: f.weights, Sequential: sequential},
-		Run:      jobrun.Params{Hotkey: v, Timing: jobrun.DefaultTiming(), Receipts: st},
-		Miners:   miners{pool, ns},
-		Receipts: &receipts.Collector{Validator: v.SS58(), Store: st, HTTP: &http.Client{Transport: net}},
-		Store:    st, Out: f.out,
+		Config:    rounds.Config{Image: "img", Params: params, Generators: synthetic.Generators(), Weights: f.weights, Sequential: sequential},
+		Run:       f.run,
+		Miners:    miners{pool, ns},
+		Receipts:  &receipts.Collector{Validator: v.SS58(), Store: st, HTTP: &http.Client{Transport: net}},
+		Store:     st,
+		Out:       f.out,
+		Metagraph: mg,
 	})
 	return f
 }
@@ -156,11 +181,13 @@ func TestRound(t *testing.T) {
 		slow := minertest.New(t, map[string]int{class: 1})
 		slow.Reply = working(slow, 6*time.Second, "")
 		excused := minertest.New(t, map[string]int{class: 1})
-		excused.Reply = busy(excuse(t, other, excused.Hotkey.SS58(), class, true, 0))
+		excused.Reply = busy(excuse(t, other, excused.Hotkey.SS58(), class, true, time.Second))
 		unexcused := minertest.New(t, map[string]int{class: 1})
-		unexcused.Reply = busy(excuse(t, other, unexcused.Hotkey.SS58(), class, false, 0))
+		unexcused.Reply = busy(excuse(t, other, unexcused.Hotkey.SS58(), class, false, time.Second))
+		selfExcused := minertest.New(t, map[string]int{class: 1})
+		selfExcused.Reply = busy(excuse(t, selfExcused.Hotkey, selfExcused.Hotkey.SS58(), class, true, time.Second))
 		gone := minertest.New(t, map[string]int{class: 1})
-		f := newFixture(t, false, []*minertest.Miner{gone}, honest, wrong, slow, excused, unexcused, gone)
+		f := newFixtureWith(t, false, validators(other), []*minertest.Miner{gone}, honest, wrong, slow, excused, unexcused, selfExcused, gone)
 		defer f.close()
 
 		start := time.Now()
@@ -172,20 +199,22 @@ func TestRound(t *testing.T) {
 			t.Errorf("round took %s: the miners were not tested at once", took)
 		}
 		for _, tt := range []struct {
-			m              *minertest.Miner
-			passed, failed int
-			reason         string
-			score          float64
+			m                       *minertest.Miner
+			passed, failed, excused int
+			reason                  string
+			score                   float64
 		}{
-			{honest, 2, 0, "", 2}, // two jobs of 1 s, class weight 1
-			{wrong, 0, 1, "wrong answer", 0},
-			{slow, 0, 1, "too slow: executed in 6s, the class allows 5s", 0},
-			{excused, 1, 0, "", 0},
-			{unexcused, 0, 1, "declined as busy without valid excuses", 0},
+			{honest, 2, 0, 0, "", 2}, // two jobs of 1 s, class weight 1
+			{wrong, 0, 1, 0, "wrong answer", 0},
+			{slow, 0, 1, 0, "too slow: executed in 6s, the class allows 5s", 0},
+			{excused, 0, 0, 1, "", 0},
+			{unexcused, 0, 1, 0, "declined as busy without valid excuses", 0},
+			{selfExcused, 0, 1, 0, "declined as busy without valid excuses", 0},
 		} {
 			d := rep.Details[tt.m.Hotkey.SS58()]
 			cr := d.Classes[class]
-			if !d.Reachable || cr == nil || cr.Passed != tt.passed || cr.Failed != tt.failed || cr.Sent != tt.passed+tt.failed || cr.Claimed != cr.Sent {
+			if !d.Reachable || cr == nil || cr.Passed != tt.passed || cr.Failed != tt.failed || cr.Excused != tt.excused ||
+				cr.Sent != tt.passed+tt.failed+tt.excused || cr.Claimed != cr.Sent {
 				t.Errorf("%s: %+v %+v", tt.m.Hotkey.SS58()[:8], d, cr)
 				continue
 			}
@@ -201,14 +230,35 @@ func TestRound(t *testing.T) {
 				}
 			}
 		}
+		// Every excuse judged is kept, the refused ones with their reason.
+		vs, err := f.st.ExcuseVerdicts(t.Context(), rep.Cycle)
+		if err != nil || len(vs) != 3 {
+			t.Fatalf("verdicts %+v, %v", vs, err)
+		}
+		for _, v := range vs {
+			switch v.Miner {
+			case excused.Hotkey.SS58():
+				if !v.Valid || v.Signer != other.SS58() || v.Job != "organic" || v.Reason != "" {
+					t.Errorf("excused: %+v", v)
+				}
+			case unexcused.Hotkey.SS58():
+				if v.Valid || !strings.Contains(v.Reason, "synthetic job") {
+					t.Errorf("unexcused: %+v", v)
+				}
+			case selfExcused.Hotkey.SS58():
+				if v.Valid || !strings.Contains(v.Reason, "signed by the miner itself") || v.Signer != selfExcused.Hotkey.SS58() {
+					t.Errorf("self-signed: %+v", v)
+				}
+			}
+		}
 		if d := rep.Details[gone.Hotkey.SS58()]; d.Reachable || d.Note == "" {
 			t.Errorf("unreachable miner: %+v", d)
 		}
-		if len(rep.Results) != 6 || len(rep.Scores) != 6 {
+		if len(rep.Results) != 7 || len(rep.Scores) != 7 {
 			t.Errorf("%d results, %d scores", len(rep.Results), len(rep.Scores))
 		}
 		stored, err := f.st.SyntheticResults(t.Context(), rep.Cycle)
-		if err != nil || len(stored) != 6 {
+		if err != nil || len(stored) != 7 {
 			t.Errorf("stored %d results: %v", len(stored), err)
 		}
 		if len(f.weights.got) != 1 || f.weights.got[0][honest.Hotkey.SS58()] != 1 {
@@ -232,7 +282,7 @@ func TestRound(t *testing.T) {
 			}
 		}
 		latest, err := f.st.LatestScores(t.Context(), 1)
-		if err != nil || len(latest) != 6 || latest[0].Cycle != rep2.Cycle {
+		if err != nil || len(latest) != 7 || latest[0].Cycle != rep2.Cycle {
 			t.Errorf("latest scores: %v %v", latest, err)
 		}
 	})
@@ -271,35 +321,6 @@ func TestRoundWithoutMetagraph(t *testing.T) {
 			t.Errorf("got %v", err)
 		}
 	})
-}
-
-func TestValidExcuses(t *testing.T) {
-	v := minertest.Hotkey(t)
-	m := minertest.Hotkey(t)
-	other := minertest.Hotkey(t)
-	forged := excuse(t, v, m.SS58(), class, true, 0)
-	var r receipt.Receipt
-	json.Unmarshal(forged, &r)
-	r.ValidatorSignature, _ = receipt.Sign(other, mustDecode(t, r))
-	forged, _ = json.Marshal(r)
-	tests := []struct {
-		name string
-		ex   json.RawMessage
-		want int
-	}{
-		{"valid", excuse(t, v, m.SS58(), class, true, 0), 1},
-		{"synthetic job", excuse(t, v, m.SS58(), class, false, 0), 0},
-		{"other class", excuse(t, v, m.SS58(), protocol.ClassGPU24, true, 0), 0},
-		{"other miner", excuse(t, v, other.SS58(), class, true, 0), 0},
-		{"expired", excuse(t, v, m.SS58(), class, true, 2*time.Minute), 0},
-		{"forged", forged, 0},
-		{"garbage", json.RawMessage(`{"receipt_type": 5}`), 0},
-	}
-	for _, tt := range tests {
-		if got := rounds.ValidExcuses(m.SS58(), class, []json.RawMessage{tt.ex}, time.Now()); got != tt.want {
-			t.Errorf("%s: %d valid, want %d", tt.name, got, tt.want)
-		}
-	}
 }
 
 func mustDecode(t *testing.T, r receipt.Receipt) receipt.Payload {

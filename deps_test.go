@@ -22,6 +22,7 @@ var forbidden = []struct {
 	{"github.com/horde-compute/horde/internal/wsconn", []string{"github.com/horde-compute/horde/internal/validator", "github.com/horde-compute/horde/internal/miner",
 		"github.com/horde-compute/horde/internal/facilitator", "github.com/horde-compute/horde/internal/executor", "github.com/horde-compute/horde/internal/store"}, "transport knows no jobs", true},
 	{"github.com/horde-compute/horde/internal/blob", []string{"github.com/horde-compute/horde/internal/"}, "data movement knows no roles", true},
+	{"github.com/horde-compute/horde/internal/executor/jobdisk", []string{"github.com/horde-compute/horde/"}, "a disk bound knows nothing of horde", true},
 	{"github.com/horde-compute/horde/internal/store", []string{"github.com/horde-compute/horde/internal/validator", "github.com/horde-compute/horde/internal/miner",
 		"github.com/horde-compute/horde/internal/facilitator", "net/http"}, "stores know no roles", false},
 }

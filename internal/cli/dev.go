@@ -17,6 +17,7 @@ import (
 	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/executor/jobdisk"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/synthetic"
@@ -106,14 +107,22 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 		cfg.Cheaters = map[int]bool{d.cheater: true}
 		cfg.StreamCheaters = map[int]float64{d.cheater: 0.5}
 	}
-	s, err := devstack.Start(e.ctx, cfg)
+	objects, err := devstack.ServeObjects(filepath.Join(d.dataDir, "objects"))
 	if err != nil {
 		logFile.Close()
 		return nil, nil, nil, err
 	}
-	objects, err := devstack.ServeObjects(filepath.Join(d.dataDir, "objects"))
+	// Executors may reach the object server started here, and nothing else
+	// that is not public; job disks are bounded where this user can.
+	cfg.AllowPrivate = []string{strings.TrimPrefix(objects.URL, "http://")}
+	if err := jobdisk.Check(); err != nil {
+		fmt.Fprintf(e.stderr, "note: %v: a job can fill this disk\n", err)
+	} else {
+		cfg.BoundDisks = true
+	}
+	s, err := devstack.Start(e.ctx, cfg)
 	if err != nil {
-		s.Stop()
+		objects.Close()
 		logFile.Close()
 		return nil, nil, nil, err
 	}

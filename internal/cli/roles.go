@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/executor/jobdisk"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/miner"
@@ -247,6 +249,10 @@ func (e *env) miner(args []string) error {
 	if err != nil {
 		return err
 	}
+	guard, err := x.jobGuards()
+	if err != nil {
+		return err
+	}
 	st, err := sqlite.Open(e.ctx, *db)
 	if err != nil {
 		return err
@@ -255,6 +261,7 @@ func (e *env) miner(args []string) error {
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
 		TrustedValidator: *pinned, Store: st, Log: log,
 		Backend: &miner.Local{Runtime: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
+			Net: guard, BoundDisks: x.boundDisks,
 			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew},
 		Reaper: &miner.Reaper{Runtime: dock, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
 	if !*trusted {
@@ -289,8 +296,12 @@ func (e *env) executor(args []string) error {
 	if err != nil {
 		return err
 	}
+	guard, err := x.jobGuards()
+	if err != nil {
+		return err
+	}
 	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Runtime: dock, Class: spec,
-		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: x.hf, Log: log,
+		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: x.hf, Log: log, Net: guard, BoundDisks: x.boundDisks,
 		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew})
 }
 
@@ -298,6 +309,8 @@ func (e *env) executor(args []string) error {
 type executorFlags struct {
 	dataDir, dockerHost, hf, streamListen, streamHost string
 	skew                                              time.Duration
+	allowPrivate                                      string
+	boundDisks                                        bool
 }
 
 func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
@@ -307,6 +320,35 @@ func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
 	fs.StringVar(&x.streamListen, "streaming-listen", ":0", "where streaming jobs' signing proxies listen")
 	fs.StringVar(&x.streamHost, "streaming-host", "127.0.0.1", "the address clients reach streaming jobs at")
 	fs.DurationVar(&x.skew, "streaming-skew", 5*time.Second, "clock skew streaming requests may have")
+	fs.StringVar(&x.allowPrivate, "allow-private", "", "non-public destinations job volumes and uploads may reach: CIDR, address or host:port,… (default: public addresses only; --huggingface-endpoint is added)")
+	fs.BoolVar(&x.boundDisks, "bound-disks", true, "make each job's /volume, /output and artifacts directory a loop-mounted file system of bounded size (needs root and mkfs.ext4)")
+}
+
+// jobGuards builds the dial guard for client URLs and checks that job
+// disks can be bounded, as the flags ask.
+func (x *executorFlags) jobGuards() (*blob.DialGuard, error) {
+	allow := strings.Split(x.allowPrivate, ",")
+	if x.hf != "" {
+		u, err := url.Parse(x.hf)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return nil, usageErr("--huggingface-endpoint %q: want http(s)://host[:port]", x.hf)
+		}
+		host := u.Host
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), map[string]string{"http": "80", "https": "443"}[u.Scheme])
+		}
+		allow = append(allow, host)
+	}
+	guard, err := blob.NewDialGuard(allow...)
+	if err != nil {
+		return nil, usageErr("--allow-private: %v", err)
+	}
+	if x.boundDisks {
+		if err := jobdisk.Check(); err != nil {
+			return nil, fmt.Errorf("%w; run as root with e2fsprogs installed, or pass --bound-disks=false and accept that a job can fill %s's disk", err, x.dataDir)
+		}
+	}
+	return guard, nil
 }
 
 // docker connects to the Docker Engine and checks that it answers.

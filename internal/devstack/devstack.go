@@ -43,8 +43,15 @@ type Config struct {
 	FacilitatorAddr string
 	AllowPull       bool
 	Limits          blob.Limits
-	Refresh         time.Duration
-	ReapEvery       time.Duration
+	// AllowPrivate lists the non-public destinations executors may fetch
+	// volumes from and upload to (see blob.NewDialGuard): only the local
+	// servers the stack's user starts (its object server). Everything else
+	// on loopback or a private network is refused, as on a real miner.
+	AllowPrivate []string
+	// BoundDisks bounds job directories (see executor.Config; needs root).
+	BoundDisks bool
+	Refresh    time.Duration
+	ReapEvery  time.Duration
 	// Synthetic configures the validator's rounds (Image defaults to the job
 	// image, Weights to <data-dir>/weights.jsonl).
 	Synthetic validator.SyntheticConfig
@@ -132,6 +139,10 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	if cfg.Refresh == 0 {
 		cfg.Refresh = 5 * time.Second
 	}
+	guard, err := blob.NewDialGuard(cfg.AllowPrivate...)
+	if err != nil {
+		return nil, fmt.Errorf("devstack: AllowPrivate: %w", err)
+	}
 	rt := cfg.Runtime
 	if rt == nil {
 		dock, err := docker.New("")
@@ -145,7 +156,6 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	wallets := filepath.Join(cfg.DataDir, "wallets")
 	s := &Stack{DataDir: cfg.DataDir, errs: make(chan error, 8)}
-	var err error
 	if cfg.Synthetic.Image == "" {
 		cfg.Synthetic.Image = images.JobImage
 	}
@@ -253,8 +263,9 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		run(fmt.Sprintf("miner %d", i), func() error {
 			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
 				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite},
-				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
+				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
+					Net: guard, BoundDisks: cfg.BoundDisks},
+				Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
 		})
 	}
 	if cfg.TrustedMiner {
@@ -280,7 +291,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		run("trusted miner", func() error {
 			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
 				TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog},
+				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog, Net: guard, BoundDisks: cfg.BoundDisks},
 				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
 		})
 	}

@@ -4,6 +4,14 @@
 // uploads outputs and reports the result, then removes everything it made.
 // Containers run on a Runtime: the Docker Engine (package docker), or in
 // tests the in-process fake (package fakert), which isolates nothing.
+//
+// What a job wrote is hostile: the executor reads /output and the artifacts
+// directory only through package blob's tree (regular files beneath the
+// directory, no link followed, no FIFO or device opened), and with
+// Config.BoundDisks each of /volume, /output and the artifacts directory is
+// a file system of bounded size (package jobdisk). What a client named is
+// hostile too: volume, upload and hub URLs go only where Config.Net lets
+// them (public addresses, and the operator's allow-list).
 package executor
 
 import (
@@ -14,10 +22,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/executor/jobdisk"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -31,6 +41,17 @@ const (
 
 // MaxLogBytes bounds the stdout/stderr that travel in messages.
 const MaxLogBytes = 1 << 20
+
+// Artifacts travel base64 in the finished message: files under
+// MaxArtifactFileBytes each, MaxArtifactsBytes in all (what does not fit is
+// left out and logged) — 43 MiB once encoded, which with both logs (1 MiB
+// each, JSON-escaped) stays under protocol.MaxMessageSize. With bounded
+// disks the artifacts directory holds ArtifactsDiskBytes at most.
+const (
+	MaxArtifactFileBytes = 1_000_000
+	MaxArtifactsBytes    = 32 << 20
+	ArtifactsDiskBytes   = 64 << 20
+)
 
 // ClassSpec is the hardware an executor class gives a job container.
 type ClassSpec struct {
@@ -52,6 +73,16 @@ type Config struct {
 	Runtime Runtime
 	Class   ClassSpec
 	Limits  blob.Limits
+	// Net decides where volume, upload and Hugging Face URLs may lead:
+	// public addresses and what its allow-list names (see blob.DialGuard),
+	// checked at dial time, after DNS and on every redirect. Nil: public
+	// addresses only.
+	Net *blob.DialGuard
+	// BoundDisks makes each job's /volume, /output and artifacts directory
+	// a file system of bounded size (package jobdisk; needs root): the
+	// job's volume limit, MaxOutputBytes and ArtifactsDiskBytes. Without
+	// it a job can fill the disk DataDir is on.
+	BoundDisks bool
 	// Owner labels containers (the miner's hotkey) for reaping.
 	Owner               string
 	HuggingFaceEndpoint string
@@ -78,6 +109,11 @@ func (c *Config) Validate() error {
 	case c.Runtime == nil:
 		return errors.New("executor config: Runtime is required")
 	}
+	if c.BoundDisks {
+		if err := jobdisk.Check(); err != nil {
+			return fmt.Errorf("executor config: BoundDisks: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -103,6 +139,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Limits.Tries == 0 {
 		cfg.Limits = blob.DefaultLimits()
+	}
+	if cfg.Net == nil {
+		cfg.Net, _ = blob.NewDialGuard() // public addresses only
 	}
 	// Docker binds need absolute host paths.
 	abs, err := filepath.Abs(cfg.DataDir)
@@ -143,7 +182,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}
 	}()
-	j := &job{cfg: cfg, conn: conn, msgs: msgs, timings: map[string]int64{}}
+	j := &job{cfg: cfg, conn: conn, msgs: msgs, timings: map[string]int64{}, budget: blob.NewBudget(cfg.Limits), disks: map[string]*jobdisk.Disk{}}
 	err = j.run(jobCtx)
 	j.cleanup()
 	cancel(nil)
@@ -167,6 +206,12 @@ type job struct {
 	container, containerName string
 	network                  string
 	timings                  map[string]int64
+	// budget is what is left of the job's volume limit, shared by its
+	// first volume and every later one of a streaming job.
+	budget *blob.Budget
+	// disks are the bounded file systems of the job's directories, by
+	// name ("volume", "output", "artifacts"), with BoundDisks.
+	disks map[string]*jobdisk.Disk
 }
 
 func (j *job) send(ctx context.Context, m protocol.Message) error {
@@ -191,7 +236,17 @@ func (j *job) next(ctx context.Context, d time.Duration) (protocol.Message, erro
 
 func (j *job) stage(name string, start time.Time) { j.timings[name] = time.Since(start).Milliseconds() }
 
+// hostPaths hides where the job lives on the miner's host from a message
+// that leaves it (an engine's error may name a bind's source).
+func (j *job) hostPaths(msg string) string {
+	if j.dir != "" {
+		msg = strings.ReplaceAll(msg, j.dir, "<job dir>")
+	}
+	return strings.ReplaceAll(msg, j.cfg.DataDir, "<data dir>")
+}
+
 func (j *job) fail(ctx context.Context, stage protocol.JobStage, reason protocol.JobFailureReason, code, msg string, extra func(*protocol.V0JobFailedRequest)) error {
+	msg = j.hostPaths(msg)
 	m := &protocol.V0JobFailedRequest{JobUUID: j.uuid, ExecutorToken: j.token, Stage: stage, Reason: reason,
 		Message: code + ": " + msg, Context: map[string]any{"horde_reason": code}}
 	if extra != nil {
@@ -206,6 +261,7 @@ func (j *job) fail(ctx context.Context, stage protocol.JobStage, reason protocol
 
 // hordeFail reports a failure that is the system's fault.
 func (j *job) hordeFail(ctx context.Context, reason protocol.HordeFailureReason, msg string) error {
+	msg = j.hostPaths(msg)
 	j.cfg.Log.Warn("job failed (horde)", "job", j.uuid, "reason", reason, "msg", msg)
 	return j.send(ctx, &protocol.V0HordeFailedRequest{JobUUID: j.uuid, ReportedBy: protocol.ByExecutor, Reason: reason, Message: msg})
 }
@@ -261,23 +317,27 @@ func (j *job) run(ctx context.Context) error {
 	if j.cfg.Rewrite != nil {
 		j.cfg.Rewrite(req)
 	}
-
-	j.dir, err = os.MkdirTemp(j.cfg.DataDir, "job-"+j.uuid+"-")
-	if err != nil {
-		return fmt.Errorf("executor: job dir: %w", err)
-	}
-	for _, d := range []string{"volume", "output", "artifacts", "system"} {
-		if err := os.MkdirAll(filepath.Join(j.dir, d), 0o777); err != nil {
-			return err
+	// The artifacts directory becomes a bind mount's target: no options,
+	// nothing reserved (the validator checks it too; the miner's host must
+	// not rely on that).
+	if req.ArtifactsDir != "" {
+		if err := protocol.CheckArtifactsDir(req.ArtifactsDir); err != nil {
+			return j.fail(ctx, protocol.StageExecutorStartup, protocol.FailureUnknown, "artifacts_dir_invalid", err.Error(), nil)
 		}
+	}
+
+	if err := j.makeDirs(ctx, req.ArtifactsDir != ""); err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return j.hordeFail(ctx, protocol.HordeGenericError, "job directories: "+err.Error())
 	}
 
 	// Download.
 	start = time.Now()
 	if req.Volume != nil {
 		dctx, dcancel := context.WithTimeout(ctx, seconds(timing.DownloadTimeLimit))
-		f := &blob.Fetcher{Limits: j.cfg.Limits, HuggingFaceEndpoint: j.cfg.HuggingFaceEndpoint}
-		err := f.Download(dctx, req.Volume, filepath.Join(j.dir, "volume"))
+		err := j.fetcher().Download(dctx, req.Volume, filepath.Join(j.dir, "volume"))
 		timedOut := dctx.Err() == context.DeadlineExceeded
 		dcancel()
 		if ctx.Err() != nil {
@@ -319,11 +379,73 @@ func (j *job) run(ctx context.Context) error {
 		return j.fail(ctx, protocol.StageExecution, protocol.FailureNonzeroReturn, "out_of_memory",
 			"the container was killed for exceeding its memory limit", withLogs)
 	}
+	if code, msg := j.overBound(); code != "" {
+		return j.fail(ctx, protocol.StageExecution, protocol.FailureUnknown, code, msg, withLogs)
+	}
 	if res.exit != 0 {
 		return j.fail(ctx, protocol.StageExecution, protocol.FailureNonzeroReturn, "nonzero_exit",
 			fmt.Sprintf("job exited with code %d", res.exit), withLogs)
 	}
 	return j.finish(ctx, req, res, timing)
+}
+
+// makeDirs makes the job's directory and those its container sees, each a
+// bounded file system with BoundDisks.
+func (j *job) makeDirs(ctx context.Context, artifacts bool) error {
+	var err error
+	j.dir, err = os.MkdirTemp(j.cfg.DataDir, "job-"+j.uuid+"-")
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{"volume", "output", "artifacts", "system"} {
+		if err := os.Mkdir(filepath.Join(j.dir, d), 0o777); err != nil {
+			return err
+		}
+		os.Chmod(filepath.Join(j.dir, d), 0o777) // whatever the umask: a job's user may not be root
+	}
+	if !j.cfg.BoundDisks {
+		return nil
+	}
+	bounds := map[string]int64{
+		"volume": cmp.Or(j.cfg.Limits.MaxJobVolumeBytes, j.cfg.Limits.MaxVolumeBytes, blob.DefaultLimits().MaxJobVolumeBytes),
+		"output": cmp.Or(j.cfg.Limits.MaxOutputBytes, blob.DefaultLimits().MaxOutputBytes),
+	}
+	if artifacts {
+		bounds["artifacts"] = ArtifactsDiskBytes
+	}
+	for name, limit := range bounds {
+		d, err := jobdisk.Mount(ctx, filepath.Join(j.dir, name), limit)
+		if err != nil {
+			return err
+		}
+		j.disks[name] = d
+	}
+	return nil
+}
+
+// overBound says (a horde_reason and a message) whether the job wrote more
+// than a bounded directory holds; the kernel stopped it there.
+func (j *job) overBound() (string, string) {
+	for _, name := range []string{"output", "volume", "artifacts"} {
+		if d := j.disks[name]; d != nil && d.Over() {
+			where := "/" + name
+			if name == "artifacts" {
+				where = "the artifacts directory"
+			}
+			return name + "_too_large", fmt.Sprintf("the job wrote more to %s than its limit of %d bytes; the write past it failed (no space left on device)", where, d.Limit())
+		}
+	}
+	return "", ""
+}
+
+// fetcher downloads the job's volumes: where Net allows, within the job's budget.
+func (j *job) fetcher() *blob.Fetcher {
+	return &blob.Fetcher{Limits: j.cfg.Limits, Net: j.cfg.Net, Budget: j.budget, TempDir: j.dir, HuggingFaceEndpoint: j.cfg.HuggingFaceEndpoint}
+}
+
+// uploader sends the job's outputs: where Net allows, streamed from disk.
+func (j *job) uploader() *blob.Uploader {
+	return &blob.Uploader{Limits: j.cfg.Limits, Net: j.cfg.Net, TempDir: j.dir, Log: j.cfg.Log.With("job", j.uuid)}
 }
 
 // finish reports the execution done, uploads outputs and reports the result.
@@ -334,11 +456,13 @@ func (j *job) finish(ctx context.Context, req *protocol.V0JobRequest, res *resul
 	}
 	start := time.Now()
 	finished := &protocol.V0JobFinishedRequest{JobUUID: j.uuid, DockerProcessStdout: res.stdout, DockerProcessStderr: res.stderr}
+	// Artifacts and outputs are read under the upload stage's deadline.
+	uctx, ucancel := context.WithTimeout(ctx, seconds(timing.UploadTimeLimit))
+	defer ucancel()
 	if req.ArtifactsDir != "" {
-		finished.Artifacts = collectArtifacts(filepath.Join(j.dir, "artifacts"), req.ArtifactsDir)
+		finished.Artifacts = j.collectArtifacts(uctx, req.ArtifactsDir)
 	}
 	if req.OutputUpload != nil {
-		uctx, ucancel := context.WithTimeout(ctx, seconds(timing.UploadTimeLimit))
 		results, err := j.upload(uctx, req.OutputUpload, res)
 		timedOut := uctx.Err() == context.DeadlineExceeded
 		ucancel()
@@ -400,6 +524,12 @@ func (j *job) cleanup() {
 		}
 	}
 	if j.dir != "" {
-		os.RemoveAll(j.dir)
+		// Bounded disks first: removing files through a mount is no removal.
+		if err := jobdisk.UnmountBeneath(j.dir); err != nil {
+			j.cfg.Log.Warn("unmount job disks", "job", j.uuid, "err", err)
+		}
+		if err := os.RemoveAll(j.dir); err != nil {
+			j.cfg.Log.Warn("remove job directory", "job", j.uuid, "err", err)
+		}
 	}
 }

@@ -3,18 +3,21 @@ package executor_test
 import (
 	"archive/zip"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
@@ -31,7 +34,10 @@ import (
 const blockImage = "test/block:1"
 
 type harness struct {
-	rt      *fakert.Runtime
+	rt *fakert.Runtime // nil on Docker
+	// runtime is where executors run containers: rt, or the Docker Engine.
+	runtime executor.Runtime
+	owner   string // executors' owner label
 	dataDir string
 	objects *devstack.Objects
 	started chan string // ids of blockImage containers that run
@@ -40,7 +46,14 @@ type harness struct {
 }
 
 func newHarness(t *testing.T) *harness {
-	h := &harness{rt: fakert.New(), dataDir: t.TempDir(), started: make(chan string, 4), conns: make(chan *wsconn.Conn, 1)}
+	rt := fakert.New()
+	h := serveMiner(t, rt, "miner-key")
+	h.rt = rt
+	t.Cleanup(func() {
+		if err := h.rt.Close(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
 	images.RegisterFake(h.rt)
 	h.rt.Register(blockImage, func(ctx context.Context, c *fakert.Container) int {
 		fmt.Fprintln(c.Stdout, "running")
@@ -52,6 +65,13 @@ func newHarness(t *testing.T) *harness {
 		fmt.Fprintln(c.Stdout, "pulled and ran")
 		return 0
 	})
+	return h
+}
+
+// serveMiner starts the harness's side of things: the miner's executor
+// route (a real WebSocket, played by the test) and an object server.
+func serveMiner(t *testing.T, rt executor.Runtime, owner string) *harness {
+	h := &harness{runtime: rt, owner: owner, dataDir: t.TempDir(), started: make(chan string, 4), conns: make(chan *wsconn.Conn, 1)}
 	objects, err := devstack.ServeObjects(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -71,9 +91,6 @@ func newHarness(t *testing.T) *harness {
 		close(released)
 		srv.Close()
 		objects.Close()
-		if err := h.rt.Close(context.Background()); err != nil {
-			t.Error(err)
-		}
 	})
 	return h
 }
@@ -83,12 +100,15 @@ type job struct {
 	t    *testing.T
 	conn *wsconn.Conn
 	errc chan error
+	// patience bounds the wait for each message (default a minute).
+	patience time.Duration
 }
 
 // start runs an executor with cfg (edited, when given) against the harness.
 func (h *harness) start(t *testing.T, edit func(*executor.Config)) *job {
 	t.Helper()
-	cfg := executor.Config{MinerURL: h.url, DataDir: h.dataDir, Runtime: h.rt, Owner: "miner-key", StartupTimeout: 10 * time.Second}
+	cfg := executor.Config{MinerURL: h.url, DataDir: h.dataDir, Runtime: h.runtime, Owner: h.owner, StartupTimeout: 10 * time.Second,
+		Net: allow(t, h.objects.URL)}
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -104,6 +124,26 @@ func (h *harness) start(t *testing.T, edit func(*executor.Config)) *job {
 	return j
 }
 
+// allow returns a dial guard that lets the executor reach the servers at
+// urls (on loopback, as a miner's operator would list them), and no other
+// address that is not public.
+func allow(t *testing.T, urls ...string) *blob.DialGuard {
+	t.Helper()
+	var hostPorts []string
+	for _, u := range urls {
+		p, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hostPorts = append(hostPorts, p.Host)
+	}
+	g, err := blob.NewDialGuard(hostPorts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
 func (j *job) send(m protocol.Message) {
 	j.t.Helper()
 	if err := j.conn.Send(j.t.Context(), m); err != nil {
@@ -113,7 +153,7 @@ func (j *job) send(m protocol.Message) {
 
 func (j *job) recv() protocol.Message {
 	j.t.Helper()
-	ctx, cancel := context.WithTimeout(j.t.Context(), time.Minute)
+	ctx, cancel := context.WithTimeout(j.t.Context(), cmp.Or(j.patience, time.Minute))
 	defer cancel()
 	m, err := j.conn.Recv(ctx)
 	if err != nil {
@@ -189,11 +229,17 @@ func request(uuid, image string, args ...string) *protocol.V0JobRequest {
 // assertClean checks that the job left no container, network or directory.
 func (h *harness) assertClean(t *testing.T) {
 	t.Helper()
-	if cs := h.rt.Containers(); len(cs) != 0 {
-		t.Errorf("containers left: %+v", cs)
+	label := executor.LabelOwner + "=" + h.owner
+	if cs, err := h.runtime.ContainerList(context.Background(), label); err != nil || len(cs) != 0 {
+		t.Errorf("containers left: %+v %v", cs, err)
 	}
-	if ns, _ := h.rt.NetworkList(context.Background(), ""); len(ns) != 0 {
-		t.Errorf("networks left: %+v", ns)
+	if ns, err := h.runtime.NetworkList(context.Background(), label); err != nil || len(ns) != 0 {
+		t.Errorf("networks left: %+v %v", ns, err)
+	}
+	if h.rt != nil {
+		if cs := h.rt.Containers(); len(cs) != 0 {
+			t.Errorf("containers left, whatever their labels: %+v", cs)
+		}
 	}
 	if ents, _ := os.ReadDir(h.dataDir); len(ents) != 0 {
 		t.Errorf("job directories left: %v", ents)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,13 @@ import (
 // Paths are the host directories mounted into a job container.
 type Paths struct {
 	Volume, Output, Artifacts string
+}
+
+// JobLogs is where the engine keeps a job's stdout and stderr: in files of
+// bounded size on the engine's disk (a job printing without end would fill
+// it otherwise), still far more than the MaxLogBytes tail that travels.
+func JobLogs() *docker.LogConfig {
+	return &docker.LogConfig{Type: "json-file", Config: map[string]string{"max-size": "8m", "max-file": "2"}}
 }
 
 // ContainerConfig returns the isolated container a job runs in: no network,
@@ -43,6 +51,7 @@ func ContainerConfig(req *protocol.V0JobRequest, class ClassSpec, p Paths, owner
 		ReadonlyRootfs: true,
 		SecurityOpt:    []string{"no-new-privileges"},
 		CapDrop:        []string{"ALL"},
+		LogConfig:      JobLogs(),
 		Memory:         class.MemoryBytes,
 		NanoCPUs:       class.NanoCPUs,
 		CpusetCpus:     class.CPUSet,
@@ -176,7 +185,7 @@ func (j *job) upload(ctx context.Context, up *protocol.OutputUpload, res *result
 	sys := filepath.Join(j.dir, "system")
 	os.WriteFile(filepath.Join(sys, "stdout.txt"), []byte(res.stdout), 0o644)
 	os.WriteFile(filepath.Join(sys, "stderr.txt"), []byte(res.stderr), 0o644)
-	u := &blob.Uploader{Limits: j.cfg.Limits}
+	u := j.uploader()
 	main := *up
 	var system *protocol.OutputUpload
 	if up.OutputUploadType == protocol.UploadMulti && up.SystemOutput != nil {
@@ -199,26 +208,38 @@ func (j *job) upload(ctx context.Context, up *protocol.OutputUpload, res *result
 	return results, nil
 }
 
-// collectArtifacts returns files under dir smaller than 1 MB, base64, keyed
-// by their path in the container.
-func collectArtifacts(dir, containerDir string) map[string]string {
+// collectArtifacts returns the regular files of the artifacts directory
+// under MaxArtifactFileBytes, base64, keyed by their path in the container
+// (containerDir, checked), MaxArtifactsBytes in all, read as outputs are
+// (package blob: no link followed, no FIFO or device opened); whatever is
+// left out is logged.
+func (j *job) collectArtifacts(ctx context.Context, containerDir string) map[string]string {
 	out := map[string]string{}
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
+	total := int64(0)
+	log := j.cfg.Log.With("job", j.uuid)
+	err := blob.WalkRegular(ctx, filepath.Join(j.dir, "artifacts"), blob.Limits{MaxFiles: j.cfg.Limits.MaxFiles},
+		func(rel string, f *os.File, size int64) error {
+			if size >= MaxArtifactFileBytes || total+size > MaxArtifactsBytes {
+				log.Warn("artifact left out: too large", "path", rel, "bytes", size)
+				return nil
+			}
+			b, err := io.ReadAll(io.LimitReader(f, min(MaxArtifactFileBytes, MaxArtifactsBytes-total+1)))
+			if err != nil {
+				return err
+			}
+			if len(b) >= MaxArtifactFileBytes || total+int64(len(b)) > MaxArtifactsBytes { // it grew meanwhile
+				log.Warn("artifact left out: too large", "path", rel)
+				return nil
+			}
+			total += int64(len(b))
+			out[strings.TrimRight(containerDir, "/")+"/"+rel] = base64.StdEncoding.EncodeToString(b)
 			return nil
-		}
-		info, err := d.Info()
-		if err != nil || info.Size() >= 1_000_000 {
-			return nil
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil
-		}
-		rel, _ := filepath.Rel(dir, p)
-		out[strings.TrimRight(containerDir, "/")+"/"+filepath.ToSlash(rel)] = base64.StdEncoding.EncodeToString(b)
-		return nil
-	})
+		}, func(rel, kind string) {
+			log.Warn("artifact left out: not a regular file", "path", rel, "kind", kind)
+		})
+	if err != nil {
+		log.Warn("artifacts: collection stopped", "err", j.hostPaths(err.Error()), "collected", len(out))
+	}
 	return out
 }
 

@@ -27,6 +27,7 @@ func TestContainerConfigIsolation(t *testing.T) {
 		ReadonlyRootfs: true,
 		SecurityOpt:    []string{"no-new-privileges"},
 		CapDrop:        []string{"ALL"},
+		LogConfig:      &docker.LogConfig{Type: "json-file", Config: map[string]string{"max-size": "8m", "max-file": "2"}},
 	}
 	if diff := cmp.Diff(want, c.HostConfig); diff != "" {
 		t.Errorf("host config (-want +got):\n%s", diff)
@@ -68,5 +69,14 @@ func TestTailBuffer(t *testing.T) {
 	b.Write([]byte("defgh"))
 	if got := b.String(); got != "[truncated to the last 5 bytes]\ndefgh" {
 		t.Errorf("tail = %q", got)
+	}
+}
+
+// The finished message can carry every artifact collected and both logs.
+func TestArtifactsFitTheMessage(t *testing.T) {
+	encoded := (MaxArtifactsBytes + 2) / 3 * 4
+	logs := 2 * 6 * MaxLogBytes // JSON may escape a byte as \u00XX
+	if encoded+logs >= protocol.MaxMessageSize || ArtifactsDiskBytes < MaxArtifactsBytes {
+		t.Errorf("artifacts %d encoded + logs %d vs message limit %d; disk %d", encoded, logs, protocol.MaxMessageSize, ArtifactsDiskBytes)
 	}
 }

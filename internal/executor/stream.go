@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/streaming"
 	"github.com/horde-compute/horde/protocol"
 	sr "github.com/horde-compute/horde/streamreceipt"
@@ -161,6 +160,9 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
 	j.cfg.Log.Info("streaming job ended", "job", j.uuid, "why", why, "receipts", proxy.Receipts())
+	if code, msg := j.overBound(); code != "" {
+		return j.fail(ctx, protocol.StageExecution, protocol.FailureUnknown, code, msg, res.attach)
+	}
 	if why == "the service exited" && code != 0 {
 		return j.fail(ctx, protocol.StageExecution, protocol.FailureNonzeroReturn, "nonzero_exit",
 			fmt.Sprintf("the service exited with code %d", code), func(m *protocol.V0JobFailedRequest) {
@@ -203,17 +205,15 @@ func (j *job) volumeMessage(ctx context.Context, m *protocol.V0VolumeRequest, ti
 	var err error
 	if m.Volume != nil {
 		dctx, cancel := context.WithTimeout(ctx, seconds(timing.DownloadTimeLimit))
-		f := &blob.Fetcher{Limits: j.cfg.Limits, HuggingFaceEndpoint: j.cfg.HuggingFaceEndpoint}
-		err = f.Download(dctx, m.Volume, filepath.Join(j.dir, "volume"))
+		err = j.fetcher().Download(dctx, m.Volume, filepath.Join(j.dir, "volume"))
 		cancel()
 	} else {
 		uctx, cancel := context.WithTimeout(ctx, seconds(timing.UploadTimeLimit))
-		u := &blob.Uploader{Limits: j.cfg.Limits}
-		res.UploadResults, err = u.Upload(uctx, m.OutputUpload, filepath.Join(j.dir, "output"))
+		res.UploadResults, err = j.uploader().Upload(uctx, m.OutputUpload, filepath.Join(j.dir, "output"))
 		cancel()
 	}
 	if err != nil {
-		res.Error = err.Error()
+		res.Error = j.hostPaths(err.Error())
 	} else {
 		res.Success = true
 	}

@@ -36,6 +36,10 @@ func TestBadJobs(t *testing.T) {
 	h := Start(t, devstack.Config{Manifest: map[string]int{protocol.ClassTest: 4}, Limits: lim})
 	h.Objects.Fail("/denied", http.StatusForbidden)
 	slip := base64.StdEncoding.EncodeToString(zipOf(t, map[string]string{"../../escape.txt": "x"}))
+	tooLarge := "upload_failed"
+	if h.BoundDisks {
+		tooLarge = "output_too_large"
+	}
 
 	tests := []struct {
 		name   string
@@ -103,8 +107,13 @@ func TestBadJobs(t *testing.T) {
 			s := Spec("write", "big.bin", strconv.Itoa(3<<20))
 			s.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: h.Objects.URL + "/big.zip"}
 			return s
-		}, protocol.StatusFailed, "upload_failed", func(t *testing.T, e protocol.StatusEntry) {
-			if d := e.Metadata.JobFailureDetails; !strings.Contains(d.Message, "too large") {
+		}, protocol.StatusFailed, tooLarge, func(t *testing.T, e protocol.StatusEntry) {
+			// Bounded disks stop the job at the bound; without, the upload refuses.
+			want := "too large"
+			if h.BoundDisks {
+				want = "/output than its limit of 1048576 bytes"
+			}
+			if d := e.Metadata.JobFailureDetails; !strings.Contains(d.Message, want) {
 				t.Errorf("details = %+v", d)
 			}
 		}},

@@ -22,6 +22,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/docker/dockertest"
 	"github.com/horde-compute/horde/internal/executor/fakert"
+	"github.com/horde-compute/horde/internal/executor/jobdisk"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -35,6 +36,10 @@ type Horde struct {
 	Docker  *docker.Client
 	Fake    *fakert.Runtime
 	Objects *devstack.Objects
+	// BoundDisks says whether job directories are bounded file systems
+	// (on Docker, where the host can): a job writing too much then fails
+	// in execution (output_too_large), not at upload.
+	BoundDisks bool
 }
 
 // Docker returns a client of the local engine; it is the Docker gate (see
@@ -88,6 +93,8 @@ func Start(t testing.TB, cfg devstack.Config) *Horde {
 	cli := Docker(t)
 	JobImage(t, cli)
 	cfg.Runtime = cli
+	// As a miner would, where the host can: bounded job disks.
+	cfg.BoundDisks = jobdisk.Check() == nil
 	h := start(t, cfg)
 	h.Docker = cli
 	return h
@@ -118,15 +125,18 @@ func start(t testing.TB, cfg devstack.Config) *Horde {
 	if cfg.Refresh == 0 {
 		cfg.Refresh = time.Second
 	}
-	s, err := devstack.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	objects, err := devstack.ServeObjects(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Horde{Stack: s, Client: client.New(s.FacilitatorURL, s.Client), Runtime: cfg.Runtime, Objects: objects}
+	// Executors reach the object server, and nothing else on loopback.
+	cfg.AllowPrivate = append(cfg.AllowPrivate, strings.TrimPrefix(objects.URL, "http://"))
+	s, err := devstack.Start(context.Background(), cfg)
+	if err != nil {
+		objects.Close()
+		t.Fatal(err)
+	}
+	h := &Horde{Stack: s, Client: client.New(s.FacilitatorURL, s.Client), Runtime: cfg.Runtime, Objects: objects, BoundDisks: cfg.BoundDisks}
 	t.Cleanup(func() {
 		objects.Close()
 		if err := s.Stop(); err != nil {

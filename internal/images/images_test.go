@@ -2,6 +2,7 @@ package images_test
 
 import (
 	"bytes"
+	"compress/flate"
 	"context"
 	"encoding/json"
 	"io"
@@ -109,6 +110,29 @@ func TestJobImage(t *testing.T) {
 			{name: "write", args: []string{"write", "out.bin", "10"}, out: "wrote 10\n", check: func(t *testing.T, d dirs) {
 				if st, err := os.Stat(filepath.Join(d.output, "out.bin")); err != nil || st.Size() != 10 {
 					t.Errorf("out.bin: %v %v", st, err)
+				}
+			}},
+			{name: "random", args: []string{"random", "r.bin", "3000000"}, out: "wrote 3000000\n", check: func(t *testing.T, d dirs) {
+				b, err := os.ReadFile(filepath.Join(d.output, "r.bin"))
+				if err != nil || len(b) != 3000000 {
+					t.Fatalf("r.bin: %d bytes, %v", len(b), err)
+				}
+				var z bytes.Buffer
+				w, _ := flate.NewWriter(&z, flate.BestCompression)
+				w.Write(b)
+				w.Close()
+				if z.Len() < len(b) {
+					t.Errorf("random output compresses from %d to %d bytes", len(b), z.Len())
+				}
+			}},
+			{name: "symlink", args: []string{"symlink", "link", "/etc/hostname"}, out: "linked link to /etc/hostname\n", check: func(t *testing.T, d dirs) {
+				if target, err := os.Readlink(filepath.Join(d.output, "link")); err != nil || target != "/etc/hostname" {
+					t.Errorf("link: %q, %v", target, err)
+				}
+			}},
+			{name: "fifo", args: []string{"fifo", "pipe"}, out: "made FIFO pipe\n", check: func(t *testing.T, d dirs) {
+				if st, err := os.Lstat(filepath.Join(d.output, "pipe")); err != nil || st.Mode().Type() != os.ModeNamedPipe {
+					t.Errorf("pipe: %v, %v", st, err)
 				}
 			}},
 			{name: "write outside outputs", args: []string{"write", "../../etc/x", "1"}, code: 1, checkOnly: true},

@@ -11,6 +11,7 @@ import (
 
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/executor"
+	"github.com/horde-compute/horde/internal/executor/jobdisk"
 	"github.com/horde-compute/horde/protocol"
 )
 
@@ -39,6 +40,11 @@ type Local struct {
 	Owner               string
 	Limits              blob.Limits
 	HuggingFaceEndpoint string
+	// Net and BoundDisks are passed to executors (see executor.Config):
+	// where client URLs may lead (nil: public addresses only), and whether
+	// job directories are bounded file systems.
+	Net        *blob.DialGuard
+	BoundDisks bool
 	// StreamingListen, StreamingHost and StreamingSkew configure streaming
 	// jobs' proxies (see executor.Config).
 	StreamingListen, StreamingHost string
@@ -61,7 +67,7 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 		defer close(done)
 		err := executor.Run(ctx, executor.Config{
 			MinerURL: spec.MinerURL, DataDir: l.DataDir, Runtime: l.Runtime, Class: spec.Limits,
-			Limits: l.Limits, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
+			Limits: l.Limits, Net: l.Net, BoundDisks: l.BoundDisks, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
 			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew, Rewrite: l.Rewrite,
 			Log: l.Log.With("role", "executor"),
 		})
@@ -75,22 +81,31 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 // Wait implements Backend.
 func (l *Local) Wait() { l.wg.Wait() }
 
-// Reaper removes containers, networks and job directories that no running
-// job owns: what an executor left behind when it crashed.
+// Reaper removes containers, networks and job directories (with the
+// bounded disks mounted in them) that no running job owns: what an executor
+// left behind when it crashed. Every Docker object a job makes carries the
+// owner and job labels it looks for.
 type Reaper struct {
 	// Runtime is where the containers and networks are; nil: reap only directories.
 	Runtime executor.Runtime
 	Owner   string
 	DataDir string
-	Log     *slog.Logger
+	// MinAge spares leftovers younger than it (zero: leftoverAge; negative:
+	// none): an executor creates them before the miner knows the job runs.
+	MinAge time.Duration
+	Log    *slog.Logger
 }
 
 // leftoverAge is how old an unowned container, network or directory must be
-// to be reaped: an executor creates them before the miner knows the job runs.
+// to be reaped, by default.
 const leftoverAge = 5 * time.Second
 
 // Reap removes leftovers of jobs not in active.
 func (r *Reaper) Reap(ctx context.Context, active map[string]bool) {
+	leftoverAge := leftoverAge
+	if r.MinAge != 0 {
+		leftoverAge = r.MinAge
+	}
 	if r.Runtime != nil {
 		label := executor.LabelOwner + "=" + r.Owner
 		cs, err := r.Runtime.ContainerList(ctx, label)
@@ -133,7 +148,16 @@ func (r *Reaper) Reap(ctx context.Context, active map[string]bool) {
 			info, err := e.Info()
 			if err == nil && !active[id] && time.Since(info.ModTime()) > leftoverAge {
 				r.Log.Info("reaper: removing leftover job directory", "job", id)
-				os.RemoveAll(filepath.Join(r.DataDir, name))
+				dir := filepath.Join(r.DataDir, name)
+				// Its bounded disks first (containers using them are gone):
+				// removing files through a mount frees no mount.
+				if err := jobdisk.UnmountBeneath(dir); err != nil {
+					r.Log.Warn("reaper: unmount job disks", "job", id, "err", err)
+					continue
+				}
+				if err := os.RemoveAll(dir); err != nil {
+					r.Log.Warn("reaper: remove job directory", "job", id, "err", err)
+				}
 			}
 		}
 	}

@@ -236,6 +236,13 @@ type HostConfig struct {
 	CapDrop        []string          `json:",omitempty"`
 	DeviceRequests []DeviceRequest   `json:",omitempty"`
 	AutoRemove     bool              `json:",omitempty"`
+	LogConfig      *LogConfig        `json:",omitempty"`
+}
+
+// LogConfig is where the engine keeps a container's stdout and stderr.
+type LogConfig struct {
+	Type   string
+	Config map[string]string `json:",omitempty"`
 }
 
 // ContainerConfig is the subset of the engine's container config horde sets.

@@ -7,13 +7,17 @@
 //	exit CODE        exit with CODE (after printing to stderr)
 //	net              probe for a network without sending a packet:
 //	                 exit 7 if there is none (the expected case)
-//	write NAME BYTES write an output file of BYTES bytes
+//	write NAME BYTES write an output file of BYTES zero bytes, streamed
+//	random NAME BYTES write an output file of BYTES incompressible bytes
+//	symlink NAME TARGET  make /output/NAME a symbolic link to TARGET
+//	fifo NAME        make /output/NAME a FIFO (a named pipe)
 //	env NAME         print an environment variable
 //	search SALT HASH SPACE   find the secret of a synthetic search job
 //	matmul SEED N            multiply two seeded n×n matrices into /artifacts
 //
-// Every mode ends when ctx does, as a killed container would. What a mode
-// shows depends on where it runs: in a container, net probes the
+// symlink and fifo take an absolute NAME as a path of the container
+// (/artifacts/x). Every mode ends when ctx does, as a killed container
+// would. What a mode shows depends on where it runs: in a container, net probes the
 // container's real network; in the fake runtime it only asks the fake, which
 // says there is none, and search and matmul take this process's CPU, with
 // no class limits, so their timing means nothing.
@@ -26,10 +30,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/horde-compute/horde/internal/images/prog"
@@ -77,16 +83,32 @@ func Main(ctx context.Context, e *prog.Env) int {
 		}
 		c.Close()
 		fmt.Fprintln(e.Stdout, "network reachable: a route to the outside exists")
-	case "write":
-		n, _ := strconv.Atoi(arg(args, 2))
-		p, err := e.Path(filepath.Join("/output", arg(args, 1)))
+	case "write", "random":
+		n, _ := strconv.ParseInt(arg(args, 2), 10, 64)
+		wrote, err := writeOutput(ctx, e, arg(args, 1), n, args[0] == "random")
+		if err != nil {
+			fmt.Fprintln(e.Stdout, "wrote", wrote)
+			return fail(1, err)
+		}
+		fmt.Fprintln(e.Stdout, "wrote", wrote)
+	case "symlink":
+		p, err := e.Path(outputPath(arg(args, 1)))
 		if err == nil {
-			err = os.WriteFile(p, make([]byte, n), 0o644)
+			err = os.Symlink(arg(args, 2), p)
 		}
 		if err != nil {
 			return fail(1, err)
 		}
-		fmt.Fprintln(e.Stdout, "wrote", n)
+		fmt.Fprintln(e.Stdout, "linked", arg(args, 1), "to", arg(args, 2))
+	case "fifo":
+		p, err := e.Path(outputPath(arg(args, 1)))
+		if err == nil {
+			err = syscall.Mkfifo(p, 0o644)
+		}
+		if err != nil {
+			return fail(1, err)
+		}
+		fmt.Fprintln(e.Stdout, "made FIFO", arg(args, 1))
 	case "env":
 		fmt.Fprintln(e.Stdout, e.Getenv(arg(args, 1)))
 	case "search":
@@ -121,6 +143,48 @@ func Main(ctx context.Context, e *prog.Env) int {
 		return 2
 	}
 	return 0
+}
+
+// writeOutput writes n bytes to /output/name a chunk at a time (a job
+// filling a disk holds no more than a chunk in memory): zeros, or with
+// random, bytes from a seeded ChaCha8 stream, which no compressor shrinks.
+// It returns what was written, also when the disk refuses more.
+func writeOutput(ctx context.Context, e *prog.Env, name string, n int64, random bool) (int64, error) {
+	p, err := e.Path(filepath.Join("/output", name))
+	if err != nil {
+		return 0, err
+	}
+	f, err := os.Create(p)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	rng := rand.NewChaCha8([32]byte{'h', 'o', 'r', 'd', 'e'})
+	var wrote int64
+	for wrote < n {
+		if err := ctx.Err(); err != nil {
+			return wrote, err
+		}
+		chunk := buf[:min(int64(len(buf)), n-wrote)]
+		if random {
+			rng.Read(chunk)
+		}
+		k, err := f.Write(chunk)
+		wrote += int64(k)
+		if err != nil {
+			return wrote, err
+		}
+	}
+	return wrote, f.Close()
+}
+
+// outputPath is name under /output, or name itself if absolute.
+func outputPath(name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join("/output", name)
 }
 
 func arg(a []string, i int) string {

@@ -127,7 +127,8 @@ func (c *fconn) Send(ctx context.Context, m protocol.Message) error {
 	f := c.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := m.(*protocol.V0AuthenticationRequest); ok {
+	switch m.(type) {
+	case *protocol.V0AuthenticationRequest, *protocol.V0HordeAuthenticationRequest:
 		if f.refuse > 0 {
 			f.refuse--
 			c.toV.put(&protocol.Response{Status: "error"})
@@ -481,7 +482,7 @@ func TestFacilitatorReconnects(t *testing.T) {
 		}
 		v.out.Push(&protocol.V0JobStatusUpdate{UUID: "queued", Status: protocol.StatusReceived})
 		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error)
+		done := make(chan error, 1)
 		start := time.Now()
 		go func() { done <- v.Run(ctx) }()
 		time.Sleep(2 * time.Second)

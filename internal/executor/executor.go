@@ -28,6 +28,7 @@ import (
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/jobdisk"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -93,6 +94,8 @@ type Config struct {
 	StreamingListen, StreamingHost string
 	// StreamingSkew bounds clock skew of streaming requests (default 5s).
 	StreamingSkew time.Duration
+	// StreamingMetrics counts what streaming jobs' signing proxies do (nil: not counted).
+	StreamingMetrics *metrics.Streaming
 	// Rewrite, if set, changes each job before it runs. Dev stacks and tests
 	// use it to make a miner that cheats; real executors leave it nil.
 	Rewrite func(*protocol.V0JobRequest)

@@ -98,17 +98,24 @@ func (f *Facilitator) send(ctx context.Context, j store.JobRecord) {
 	if vs == nil {
 		return
 	}
+	retry := j.ValidatorHotkey != ""
 	if err := f.cfg.Store.SetAssignment(ctx, j.UUID, vs.hotkey, ""); err != nil {
+		f.metrics.Dispatch("assign_failed", retry)
 		f.log.Error("dispatch: assign", "job", j.UUID, "err", err)
 		return
 	}
 	sg := j.Signature
 	if err := vs.send(ctx, &protocol.V2JobRequest{UUID: j.UUID, JobSpec: j.Spec, Signature: &sg}); err != nil {
+		f.metrics.Dispatch("send_failed", retry)
 		f.log.Warn("dispatch: send failed; will retry", "job", j.UUID, "err", err)
 		if j.ValidatorHotkey == "" { // never reached a validator: any may have it
 			f.cfg.Store.SetAssignment(ctx, j.UUID, "", "")
 		}
 		return
+	}
+	f.metrics.Dispatch("sent", retry)
+	if !retry {
+		f.metrics.Stage("queue", time.Since(j.CreatedAt))
 	}
 	f.log.Info("job sent to validator", "job", j.UUID, "validator", vs.hotkey)
 }

@@ -14,9 +14,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/httpserve"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
@@ -50,6 +53,9 @@ type Config struct {
 	Log           *slog.Logger
 	// Ready, if set, is called with the listening address.
 	Ready func(addr string)
+	// Metrics is where the miner's metrics are registered (nil: nowhere);
+	// when it is a prometheus.Gatherer too, GET /metrics serves it.
+	Metrics prometheus.Registerer
 }
 
 // Validate checks the config, naming the bad field.
@@ -87,6 +93,7 @@ type Miner struct {
 	jobs     map[string]*job // by uuid
 	reserved map[string]int  // by class
 	meta     *chain.Metagraph
+	metrics  *metrics.Miner
 }
 
 // Run serves until ctx ends.
@@ -121,6 +128,7 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.HandleFunc("GET "+protocol.ValidatorAuthPath+"{hotkey}", m.serveValidator)
 	mux.HandleFunc("GET "+protocol.ExecutorPath+"{token}", m.serveExecutor)
 	mux.HandleFunc("GET /receipts", m.serveReceipts)
+	m.instrument(mux)
 	var wg sync.WaitGroup
 	bctx, stop := context.WithCancel(ctx)
 	wg.Go(func() { m.background(bctx) })

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/receipt"
@@ -55,6 +56,8 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 	validator := auth.ValidatorHotkey
 	log := m.log.With("validator", validator)
 	log.Info("validator connected")
+	m.metrics.Validators(1)
+	defer m.metrics.Validators(-1)
 	if err := conn.Send(ctx, &protocol.V0ExecutorManifestRequest{Manifest: m.cfg.Manifest}); err != nil {
 		return
 	}
@@ -104,6 +107,7 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 	log := m.log.With("job", req.JobUUID, "validator", validator)
 	decline := func(reason protocol.JobRejectionReason, msg string, excuses []json.RawMessage) *job {
 		log.Info("declining job", "reason", reason, "msg", msg)
+		m.metrics.Job("declined", metrics.Word(string(reason)))
 		if excuses == nil {
 			excuses = []json.RawMessage{}
 		}
@@ -166,6 +170,7 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 		return j
 	}
 	log.Info("job accepted, executor starting", "class", j.class)
+	m.metrics.Job("accepted", "")
 	m.watchers.Go(func() { m.watch(jctx, j, done) }) // ends when the executor has
 	return j
 }
@@ -210,6 +215,7 @@ func (m *Miner) hordeFailed(ctx context.Context, j *job, reason protocol.HordeFa
 	j.terminal = true
 	j.mu.Unlock()
 	m.log.Warn("job failed (horde)", "job", j.uuid, "reason", reason, "msg", msg)
+	m.metrics.Job("horde_failed", metrics.Word(string(reason)))
 	j.vconn.Send(ctx, &protocol.V0HordeFailedRequest{JobUUID: j.uuid, ReportedBy: protocol.ByMiner, Reason: reason, Message: msg})
 }
 

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
@@ -40,6 +41,8 @@ type Proxy struct {
 	Transport http.RoundTripper
 	// Now is the proxy's clock (default time.Now).
 	Now func() time.Time
+	// Metrics counts requests and bytes and times signing (nil: not counted).
+	Metrics *metrics.Streaming
 
 	mu       sync.Mutex
 	receipts map[string]*signed
@@ -121,9 +124,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var ref *refusal
 	if errors.As(err, &ref) {
+		p.Metrics.Request(ref.status, 0, 0)
 		fail(w, ref.status, ref.msg)
 		return
 	}
+	p.Metrics.Request(http.StatusInternalServerError, 0, 0)
 	fail(w, http.StatusInternalServerError, err.Error())
 }
 
@@ -257,6 +262,8 @@ func copyResponseHeader(dst, src http.Header, ctype string) {
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, id string, stamp sr.Stamp, x sr.Exchange) {
 	in := sha256.New()
 	out := p.outbound(r, x)
+	code, inBytes, outBytes := http.StatusBadGateway, int64(0), int64(0)
+	defer func() { p.Metrics.Request(code, inBytes, outBytes) }()
 	// The request body streams to the service through a pipe, hashed on the
 	// way. HTTP/1 may refuse reads of a request body once the response has
 	// started, so the response waits until the body has been read to its end
@@ -269,7 +276,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 		pr, pw := io.Pipe()
 		out.Body = pr
 		go func() { // owned: ends at the body's end, or when the pipe is closed below
-			_, err := io.Copy(io.MultiWriter(pw, in), r.Body)
+			var err error
+			inBytes, err = io.Copy(io.MultiWriter(pw, in), r.Body)
 			pw.CloseWithError(err)
 			close(bodyDone)
 		}()
@@ -299,6 +307,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 	w.Header().Set(sr.HeaderRequestID, id)
 	w.Header().Set("Trailer", sr.TrailerReceipt+", "+sr.TrailerSig)
 	w.WriteHeader(resp.StatusCode)
+	code = resp.StatusCode
 	outHash := sha256.New()
 	// Stream token by token what the service streams (SSE, chunked replies);
 	// a reply of known length goes out in as few writes as it can.
@@ -313,6 +322,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			outHash.Write(buf[:n])
+			outBytes += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return // the client went away: no receipt
 			}
@@ -338,7 +348,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 
 // sign sets the receipt trailers and keeps the receipt for GET ReceiptsPath+id.
 func (p *Proxy) sign(w http.ResponseWriter, id string, rc *sr.Receipt) {
+	start := time.Now()
 	blob, sig, err := sr.SignReceipt(p.Key, rc)
+	p.Metrics.Signed(time.Since(start))
 	if err != nil {
 		// Every value was checked before the request went on; a receipt that
 		// still cannot be encoded ends the response without one.

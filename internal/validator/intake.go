@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/validator/jobrun"
 	"github.com/horde-compute/horde/protocol"
@@ -122,4 +123,7 @@ func (v *Validator) setStatus(ctx context.Context, uuid string, s protocol.JobSt
 		v.log.Error("store status", "job", uuid, "status", s, "err", err)
 	}
 	v.out.Push(&protocol.V0JobStatusUpdate{UUID: uuid, Status: s, Metadata: meta})
+	if s.Terminal() {
+		v.metrics.Job(string(s), metrics.Reason(meta))
+	}
 }

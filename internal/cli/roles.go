@@ -41,6 +41,7 @@ func (e *env) facilitator(args []string) error {
 	tokenKey := fs.String("token-key-file", "", "file of at least 32 secret bytes that signs login tokens "+
 		"(empty: a new key each start, and clients log in again)")
 	metricsAddr := metricsFlag(fs, "they are also served at /metrics on --listen")
+	dashToken := fs.String("dashboard-token", "", "operator token of the dashboard at /dashboard/ on --listen (empty: the dashboard serves loopback only)")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
@@ -99,7 +100,7 @@ func (e *env) facilitator(args []string) error {
 	defer st.Close()
 	return e.withMetrics(*metricsAddr, nil, func(ctx context.Context, reg *prometheus.Registry) error {
 		f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log,
-			AllowUpstreamAuth: *upstreamAuth, AllowClient: allowClient, TokenKey: key, Metrics: reg})
+			AllowUpstreamAuth: *upstreamAuth, AllowClient: allowClient, TokenKey: key, Metrics: reg, DashboardToken: *dashToken})
 		if err != nil {
 			return err
 		}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/horde-compute/horde/internal/dashboard"
 	"github.com/horde-compute/horde/internal/httpserve"
 	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
@@ -103,9 +104,10 @@ type Config struct {
 	// nowhere). When it is also a prometheus.Gatherer (a
 	// *prometheus.Registry), Handler serves it at GET /metrics.
 	Metrics prometheus.Registerer
-	// Dashboard, if set, is served at /dashboard/ by Handler (see
-	// internal/dashboard); it reads the facilitator through Facilitator.View.
-	Dashboard http.Handler
+	// DashboardToken is the operator token of the dashboard Handler
+	// serves at /dashboard/ (package dashboard); empty, the dashboard
+	// serves loopback requests only.
+	DashboardToken string
 }
 
 // Validate checks the config and names the first bad field.
@@ -245,8 +247,9 @@ func (f *Facilitator) Handler() http.Handler {
 	if g, ok := f.cfg.Metrics.(prometheus.Gatherer); ok {
 		mux.Handle("GET /metrics", metrics.Handler(g))
 	}
-	if f.cfg.Dashboard != nil {
-		mux.Handle("/dashboard/", f.cfg.Dashboard)
+	if d, err := dashboard.New(dashboard.Config{Source: f, Token: f.cfg.DashboardToken, Log: f.log,
+		Streams: f.metrics.DashboardStreams}); err == nil {
+		mux.Handle(dashboard.Path, d)
 	}
 	return f.track(mux)
 }

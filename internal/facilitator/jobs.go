@@ -331,6 +331,7 @@ func (f *Facilitator) storeReport(ctx context.Context, validator string, m *prot
 		return err
 	}
 	f.metrics.Report()
+	f.publish(anyJob)
 	return nil
 }
 
@@ -413,10 +414,16 @@ func (f *Facilitator) unsubscribe(id string, ch chan struct{}) {
 func (f *Facilitator) publish(id string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for ch := range f.watchers[id] {
-		select {
-		case ch <- struct{}{}:
-		default:
+	signal := func(key string) {
+		for ch := range f.watchers[key] {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
 		}
+	}
+	signal(id)
+	if id != anyJob {
+		signal(anyJob) // the dashboard watches every job
 	}
 }

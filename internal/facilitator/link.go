@@ -109,6 +109,7 @@ func (f *Facilitator) connect(ctx context.Context, s *session) (disconnect func(
 		f.metrics.Validators(1)
 	}
 	f.log.Info("validator connected", "validator", s.hotkey, "capabilities", s.caps)
+	f.publish(anyJob)
 	f.kick()
 	return func() {
 		f.mu.Lock()
@@ -117,6 +118,7 @@ func (f *Facilitator) connect(ctx context.Context, s *session) (disconnect func(
 			f.metrics.Validators(-1)
 		}
 		f.mu.Unlock()
+		f.publish(anyJob)
 		f.log.Info("validator disconnected", "validator", s.hotkey)
 	}, nil
 }

@@ -226,7 +226,7 @@ func newValidator(cfg Config, t transport) (*Validator, error) {
 	run := jobrun.Params{Hotkey: cfg.Hotkey, Timing: cfg.Timing, AllowPull: cfg.AllowPull, Digests: cfg.StreamingWhitelist, Receipts: cfg.Store, Log: log, Metrics: v.metrics}
 	v.driver = &jobrun.Driver{Params: run, Pool: v.pool, MaxAttempts: cfg.MaxAttempts, QueueTimeout: cfg.QueueTimeout}
 	m := miners{v}
-	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: v.out, Metagraph: cfg.Metagraph, Log: log,
+	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: withWindows{v}, Metagraph: cfg.Metagraph, Log: log,
 		Receipts: &receipts.Collector{Validator: cfg.Hotkey.SS58(), Store: cfg.Store, HTTP: t.receipts, Log: log, Metrics: v.metrics}})
 	v.windows = windows.New(windows.Deps{Config: cfg.Validation, Self: cfg.Hotkey.SS58(), Whitelist: cfg.StreamingWhitelist,
 		Run: run, Miners: m, Store: cfg.Store, Connect: t.streams, Log: log, Metrics: v.metrics})
@@ -327,6 +327,35 @@ func (v *Validator) Round(ctx context.Context) (*Report, error) {
 		}
 	}
 	return rep, err
+}
+
+// withWindows queues messages for the facilitator, adding the latest
+// validation windows to each score report (for operators' dashboards).
+type withWindows struct{ v *Validator }
+
+// reportWindows is how many of the latest windows a report carries.
+const reportWindows = 20
+
+// maxReportWindows bounds the windows' bytes in a report.
+const maxReportWindows = 1 << 20
+
+func (o withWindows) Push(m protocol.Message) {
+	if rep, ok := m.(*protocol.V0ValidatorReport); ok && rep.Windows == nil {
+		if ws, err := o.v.cfg.Store.Windows(context.Background(), reportWindows); err != nil {
+			o.v.log.Warn("report: read validation windows", "err", err)
+		} else if len(ws) > 0 {
+			out := make([]protocol.ReportedWindow, len(ws))
+			for i, w := range ws {
+				out[i] = protocol.ReportedWindow{ID: w.ID, Image: w.Image, At: w.At, Body: w.Body}
+			}
+			rep.Windows, _ = json.Marshal(out)
+			for len(rep.Windows) > maxReportWindows && len(out) > 1 { // keep the report well under a frame's bound
+				out = out[:len(out)/2]
+				rep.Windows, _ = json.Marshal(out)
+			}
+		}
+	}
+	o.v.out.Push(m)
 }
 
 // outboxDepth is how many messages wait for the facilitator (up to 10000).

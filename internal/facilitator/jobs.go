@@ -32,6 +32,7 @@ func (f *Facilitator) create(ctx context.Context, spec *protocol.JobSpec, s prot
 	if err := f.cfg.Store.CreateJob(ctx, rec); err != nil {
 		return nil, err
 	}
+	f.publish(rec.UUID) // the dashboard lists it
 	f.metrics.JobCreated(spec.StreamingDetails != nil)
 	f.metrics.Status(string(protocol.StatusSent), "")
 	f.log.Info("job accepted", "job", rec.UUID, "client", s.Signatory, "image", spec.DockerImage, "class", spec.ExecutorClass)

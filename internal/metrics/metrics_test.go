@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -142,4 +144,12 @@ func TestSetsOnInjectedRegistries(t *testing.T) {
 	var none *metrics.Facilitator
 	none.Status("completed", "")
 	none.Stage("total", time.Second)
+}
+
+// The deployment's scrape configuration is one Prometheus accepts.
+func TestDeployScrapeConfig(t *testing.T) {
+	out, err := exec.Command(promtooltest.Path(t), "check", "config", filepath.Join("..", "..", "deploy", "prometheus.yml")).CombinedOutput()
+	if err != nil {
+		t.Errorf("promtool check config deploy/prometheus.yml: %v\n%s", err, out)
+	}
 }

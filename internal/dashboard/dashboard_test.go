@@ -165,3 +165,27 @@ func TestEvents(t *testing.T) {
 	cancel()
 	io.Copy(io.Discard, resp.Body)
 }
+
+// BenchmarkOverview renders the main page of 50 jobs, each with a full
+// history, as every event of the live stream does.
+func BenchmarkOverview(b *testing.B) {
+	src := source()
+	j := src.o.Jobs[0]
+	for _, s := range []string{"received", "accepted", "executor_ready", "volumes_ready", "execution_done", "completed"} {
+		j.Stages = append(j.Stages, Stage{Name: s, Took: time.Second, At: j.Created})
+	}
+	src.o.Jobs = nil
+	for range 50 {
+		src.o.Jobs = append(src.o.Jobs, j)
+	}
+	h, _ := New(Config{Source: src})
+	r := httptest.NewRequest("GET", Path, nil)
+	r.RemoteAddr = "127.0.0.1:1"
+	var size int
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		size = w.Body.Len()
+	}
+	b.ReportMetric(float64(size), "bytes/page")
+}

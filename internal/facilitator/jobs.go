@@ -357,10 +357,10 @@ func (f *Facilitator) statusUpdate(ctx context.Context, validator string, horde 
 		return fmt.Errorf("status %q is not one a validator reports", m.Status)
 	}
 	e := protocol.StatusEntry{Status: m.Status, CreatedAt: time.Now().UTC(), Metadata: m.Metadata}
+	f.observe(j, e) // before it is stored: whoever sees the status sees it counted
 	if err := f.cfg.Store.AddStatus(ctx, m.UUID, e); err != nil {
 		return err
 	}
-	f.observe(j, e)
 	if m.Metadata != nil && m.Metadata.MinerHotkey != "" && j.MinerHotkey == "" {
 		if err := f.cfg.Store.SetAssignment(ctx, m.UUID, validator, m.Metadata.MinerHotkey); err != nil {
 			f.log.Warn("record the job's miner", "job", m.UUID, "err", err)

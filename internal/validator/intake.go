@@ -122,8 +122,8 @@ func (v *Validator) setStatus(ctx context.Context, uuid string, s protocol.JobSt
 	if err := v.cfg.Store.AddStatus(context.WithoutCancel(ctx), uuid, e); err != nil {
 		v.log.Error("store status", "job", uuid, "status", s, "err", err)
 	}
-	v.out.Push(&protocol.V0JobStatusUpdate{UUID: uuid, Status: s, Metadata: meta})
-	if s.Terminal() {
+	if s.Terminal() { // counted before the facilitator (and so the client) can see it
 		v.metrics.Job(string(s), metrics.Reason(meta))
 	}
+	v.out.Push(&protocol.V0JobStatusUpdate{UUID: uuid, Status: s, Metadata: meta})
 }

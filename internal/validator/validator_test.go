@@ -352,20 +352,22 @@ func TestIntakeRefuses(t *testing.T) {
 		for _, tt := range []struct {
 			req    *protocol.V2JobRequest
 			reason protocol.JobRejectionReason
+			code   string // horde's specific reason, where upstream's enum says less
 			msg    string
 		}{
-			{forged, protocol.RejectInvalidSignature, "client signature is invalid"},
-			{unsigned, protocol.RejectInvalidSignature, "no signature"},
-			{stale, protocol.RejectInvalidSignature, "ago, limit"},
-			{badType, protocol.RejectInvalidSignature, "not supported"},
-			{h.job(t, "invalid", invalid), protocol.RejectUnknown, "invalid job: execution_time_limit"},
-			{h.job(t, "streaming", streaming), protocol.RejectUnknown, "not whitelisted"},
-			{&replayed, protocol.RejectInvalidSignature, "already received"},
+			{forged, protocol.RejectInvalidSignature, "invalid_signature", "client signature is invalid"},
+			{unsigned, protocol.RejectInvalidSignature, "invalid_signature", "no signature"},
+			{stale, protocol.RejectInvalidSignature, "invalid_signature", "ago, limit"},
+			{badType, protocol.RejectInvalidSignature, "invalid_signature", "not supported"},
+			{h.job(t, "invalid", invalid), protocol.RejectUnknown, "invalid_job", "invalid job: execution_time_limit"},
+			{h.job(t, "streaming", streaming), protocol.RejectUnknown, "image_not_whitelisted", "not whitelisted"},
+			{&replayed, protocol.RejectInvalidSignature, "replayed_job", "already received"},
 		} {
 			h.fac.send(tt.req)
 			synctest.Wait()
 			u := h.fac.statuses(tt.req.UUID)
 			if len(u) != 1 || u[0].Status != protocol.StatusRejected || u[0].Metadata.JobRejectionDetails.Reason != tt.reason ||
+				protocol.ReasonCode(u[0].Metadata.JobRejectionDetails.Context) != tt.code ||
 				!strings.Contains(u[0].Metadata.JobRejectionDetails.Message, tt.msg) {
 				t.Errorf("%s: %+v", tt.req.UUID, u)
 			}

@@ -147,7 +147,7 @@ func (r *Run) reserve(ctx context.Context) *Outcome {
 	}
 	if d, ok := m.(*protocol.V0DeclineJobRequest); ok {
 		return &Outcome{Status: protocol.StatusRejected, Retry: true, Excuses: d.Receipts, Offered: started, Meta: &protocol.StatusMetadata{JobRejectionDetails: &protocol.RejectionDetails{
-			RejectedBy: protocol.ByMiner, Reason: d.Reason, Message: d.Message}}}
+			RejectedBy: protocol.ByMiner, Reason: d.Reason, Message: d.Message, Context: d.Context}}}
 	}
 	r.mark(StageReserve)
 	r.notes.Status(protocol.StatusAccepted, &protocol.StatusMetadata{MinerHotkey: r.miner})

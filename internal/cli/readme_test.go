@@ -32,8 +32,10 @@ func TestREADME(t *testing.T) {
 			t.Errorf("README does not show this line 'horde dev' prints:\n%s", l)
 		}
 	}
-	for _, outside := range []string{"../shared", "/work/", "PROTOCOL.md"} {
-		if strings.Contains(readme, outside) {
+	// The design notes live outside; the repository's own docs/ are fine.
+	inside := strings.NewReplacer("docs/PROTOCOL.md", "", "docs/ARCHITECTURE.md", "").Replace(readme)
+	for _, outside := range []string{"../shared", "/work/", "PROTOCOL.md", "ARCHITECTURE.md"} {
+		if strings.Contains(inside, outside) {
 			t.Errorf("README points outside the repository: %q", outside)
 		}
 	}

@@ -137,7 +137,7 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 	if err == nil {
 		started.MinerSignature, err = receipt.Sign(m.cfg.Hotkey, &p)
 	}
-	jctx, cancel := context.WithCancel(m.ctx)
+	jctx, cancel := context.WithCancel(m.base)
 	j := &job{uuid: req.JobUUID, class: req.ExecutorClass, validator: validator, vconn: conn, initial: req,
 		started: started, cancel: cancel, connected: make(chan struct{}), relayed: make(chan struct{})}
 	j.token = m.tokens.Issue(j.uuid)
@@ -158,7 +158,7 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 		return nil
 	}
 	done, err := m.cfg.Backend.Start(jctx, ExecutorSpec{JobUUID: j.uuid, Class: j.class,
-		MinerURL: m.cfg.ExecutorBaseURL + protocol.ExecutorPath + j.token, Limits: m.cfg.Classes[j.class]})
+		MinerURL: m.executorURL(j.token), Limits: m.cfg.Classes[j.class]})
 	if err != nil {
 		m.hordeFailed(ctx, j, protocol.HordeSpinupFailed, "executor back-end could not start an executor: "+err.Error())
 		m.release(j)

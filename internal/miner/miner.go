@@ -310,23 +310,3 @@ func (m *Miner) activeJobs() map[string]bool {
 	}
 	return out
 }
-
-// reserve takes an executor of class, if one is free.
-func (m *Miner) reserve(class string) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.reserved[class] >= m.cfg.Manifest[class] {
-		return false
-	}
-	m.reserved[class]++
-	return true
-}
-
-func (m *Miner) release(j *job) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if _, ok := m.jobs[j.uuid]; ok {
-		delete(m.jobs, j.uuid)
-		m.reserved[j.class]--
-	}
-}

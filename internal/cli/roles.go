@@ -267,7 +267,11 @@ func (e *env) miner(args []string) error {
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
-	return miner.Run(e.ctx, cfg)
+	m, err := miner.New(cfg)
+	if err != nil {
+		return err
+	}
+	return m.Run(e.ctx)
 }
 
 func (e *env) executor(args []string) error {

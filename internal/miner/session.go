@@ -55,7 +55,7 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 	validator := auth.ValidatorHotkey
 	log := m.log.With("validator", validator)
 	log.Info("validator connected")
-	if err := conn.Send(ctx, &protocol.V0ExecutorManifestRequest{Manifest: m.cfg.Manifest}); err != nil {
+	if err := conn.Send(ctx, &protocol.V0ExecutorManifestRequest{Manifest: m.cfg.Manifest, Capabilities: protocol.MinerCapabilities}); err != nil {
 		return
 	}
 	conn.Send(ctx, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()})

@@ -22,12 +22,13 @@ type session struct {
 
 	conn     Conn
 	manifest map[string]int
-	inflight map[string]int    // leased executors, by class
-	leases   int               // all classes
-	jobs     map[string]*Inbox // by job uuid
-	held     map[string]*hold  // by class: declined as busy
-	dialing  chan struct{}     // closed when a dial ends
-	retired  bool              // left the metagraph (or moved): no new jobs
+	caps     protocol.Capabilities // the miner's extensions: none from an upstream miner
+	inflight map[string]int        // leased executors, by class
+	leases   int                   // all classes
+	jobs     map[string]*Inbox     // by job uuid
+	held     map[string]*hold      // by class: declined as busy
+	dialing  chan struct{}         // closed when a dial ends
+	retired  bool                  // left the metagraph (or moved): no new jobs
 }
 
 // hold keeps a miner that declined as busy from being picked until until.
@@ -513,7 +514,10 @@ func (p *Pool) dial(ctx context.Context, s *session) error {
 		conn.Close("")
 		return fmt.Errorf("%w: %s", ErrNotConnected, s.neuron.Hotkey)
 	}
-	s.conn, s.manifest = conn, manifest
+	s.conn, s.manifest, s.caps = conn, manifest, nil
+	if c, ok := conn.(Capable); ok {
+		s.caps = c.Capabilities()
+	}
 	clear(s.held)
 	p.bg.Go(func() { p.read(s, conn) })
 	p.changedLocked()
@@ -553,6 +557,7 @@ func (p *Pool) deliver(s *session, m protocol.Message) {
 	case *protocol.V0ExecutorManifestRequest:
 		p.mu.Lock()
 		s.manifest = m.Manifest
+		s.caps = m.Capabilities
 		clear(s.held)
 		p.changedLocked()
 		p.mu.Unlock()
@@ -636,6 +641,14 @@ func (l *Lease) Send(ctx context.Context, m protocol.Message) error {
 		return fmt.Errorf("%w: %s", ErrNotConnected, l.s.neuron.Hotkey)
 	}
 	return conn.Send(ctx, m)
+}
+
+// Capabilities returns the extensions the lease's miner advertised (none:
+// it speaks upstream's protocol only).
+func (l *Lease) Capabilities() protocol.Capabilities {
+	l.p.mu.Lock()
+	defer l.p.mu.Unlock()
+	return l.s.caps
 }
 
 // Next returns the job's next message from the miner (see Inbox).

@@ -85,6 +85,26 @@ type Pool struct {
 	recheck   *time.Timer         // fires when the earliest hold ends
 	recheckAt time.Time
 	closed    bool
+	// banned are miners picked for no job until the time given (a client
+	// reported them cheating).
+	banned map[string]time.Time
+}
+
+// Blacklist keeps miner hotkey from being picked for any job until until.
+func (p *Pool) Blacklist(hotkey string, until time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.banned == nil {
+		p.banned = map[string]time.Time{}
+	}
+	if until.After(p.banned[hotkey]) {
+		p.banned[hotkey] = until
+	}
+}
+
+func (p *Pool) bannedLocked(hotkey string, now time.Time) bool {
+	until, ok := p.banned[hotkey]
+	return ok && now.Before(until)
 }
 
 // NewPool returns an empty pool that dials miners with d; self (the
@@ -340,7 +360,7 @@ func (p *Pool) pickLocked(class string, tried map[string]bool, now time.Time) *s
 	var cands []*session
 	best := 0
 	for hk, s := range p.miners {
-		if tried[hk] {
+		if tried[hk] || p.bannedLocked(hk, now) {
 			continue
 		}
 		switch free := s.free(class, now); {
@@ -360,8 +380,9 @@ func (p *Pool) pickLocked(class string, tried map[string]bool, now time.Time) *s
 // offeredLocked reports whether a connected miner not in tried has
 // executors of class at all, busy or not.
 func (p *Pool) offeredLocked(class string, tried map[string]bool) bool {
+	now := time.Now()
 	for hk, s := range p.miners {
-		if !tried[hk] && s.conn != nil && s.manifest[class] > 0 {
+		if !tried[hk] && !p.bannedLocked(hk, now) && s.conn != nil && s.manifest[class] > 0 {
 			return true
 		}
 	}

@@ -1,0 +1,42 @@
+package postgres
+
+import (
+	"testing"
+
+	"github.com/horde-compute/horde/internal/store/postgres/pgtest"
+	"github.com/horde-compute/horde/internal/store/storetest"
+)
+
+func open(t *testing.T) *DB {
+	t.Helper()
+	db, err := Open(t.Context(), pgtest.Schema(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Store { return open(t) })
+}
+
+func TestReopenKeepsData(t *testing.T) {
+	url := pgtest.Schema(t)
+	db, err := Open(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.db.Exec(`INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, created_at, updated_at) VALUES ('x','{}','{}','','a','sent',0,0)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	db, err = Open(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Job(t.Context(), "x"); err != nil {
+		t.Fatal(err)
+	}
+}

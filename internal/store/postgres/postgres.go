@@ -318,6 +318,34 @@ func (d *DB) SetAssignment(ctx context.Context, uuid, validator, miner string) e
 	return err
 }
 
+// ClaimJob implements store.Jobs. The job's row is locked (SKIP LOCKED:
+// a replica claiming it at the same moment wins, this one moves on) and
+// changed only if it is as seen.
+func (d *DB) ClaimJob(ctx context.Context, seen store.JobRecord, validator string) (bool, error) {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
+	}
+	defer tx.Rollback()
+	var uuid string
+	err = tx.QueryRowContext(ctx, `SELECT uuid FROM jobs WHERE uuid = $1 AND status = $2 AND validator_hotkey = $3 AND updated_at = $4
+		FOR UPDATE SKIP LOCKED`, seen.UUID, protocol.StatusSent, seen.ValidatorHotkey, seen.UpdatedAt.UnixMicro()).Scan(&uuid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = $1, updated_at = $2 WHERE uuid = $3`,
+		validator, max(time.Now().UnixMicro(), seen.UpdatedAt.UnixMicro()+1), seen.UUID); err != nil {
+		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
+	}
+	return true, nil
+}
+
 // PutReceipt implements store.Receipts; a receipt of the same job, miner and
 // type is replaced only to add a miner signature.
 func (d *DB) PutReceipt(ctx context.Context, r receipt.Receipt) error {

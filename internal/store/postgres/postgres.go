@@ -869,3 +869,46 @@ func (d *DB) ExcuseVerdicts(ctx context.Context, cycle int64) ([]store.ExcuseVer
 	}
 	return out, rows.Err()
 }
+
+// Notify sends payload (under 8000 bytes) to every process that listens on
+// this database and schema, this one included. Facilitator replicas wake
+// each other so: a job created at one is dispatched by another at once.
+func (d *DB) Notify(ctx context.Context, payload string) error {
+	if _, err := d.db.ExecContext(ctx, `SELECT pg_notify($1, $2)`, d.channel, payload); err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	return nil
+}
+
+// Listen listens on a connection of its own and calls fn with the payload
+// of every notification, in order, until ctx ends (it then returns nil) or
+// the connection fails. It calls ready once it listens: notifications sent
+// before that are not seen, so a caller that listens again after a failure
+// looks again at what it may have missed.
+func (d *DB) Listen(ctx context.Context, ready func(), fn func(payload string)) error {
+	conn, err := pgx.ConnectConfig(ctx, d.cfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, `LISTEN `+pgx.Identifier{d.channel}.Sanitize()); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("listen: %w", err)
+	}
+	ready()
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("listen: %w", err)
+		}
+		fn(n.Payload)
+	}
+}

@@ -39,13 +39,13 @@ func hotkey(t testing.TB) *sig.Hotkey {
 // harness is a facilitator served by httptest over a SQLite file, with a
 // client, and validators that may connect.
 type harness struct {
-	t      *testing.T
-	f      *Facilitator
-	db     Store
-	url    string
+	t   *testing.T
+	f   *Facilitator
+	db  Store
+	url string
 	// kill ends the facilitator at once, as if its process died: its
 	// Run returns and its server closes every connection.
-	kill func()
+	kill   func()
 	key    *sig.Hotkey
 	client *client.Client
 

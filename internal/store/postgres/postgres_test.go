@@ -40,3 +40,14 @@ func TestReopenKeepsData(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func BenchmarkIntake(b *testing.B) {
+	storetest.BenchIntake(b, func(b *testing.B) storetest.Store {
+		db, err := Open(b.Context(), pgtest.Schema(b))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { db.Close() })
+		return db
+	})
+}

@@ -214,8 +214,13 @@ func TestReplicaDiesMidDispatch(t *testing.T) {
 			t.Errorf("w2 at b: %v", err)
 		}
 	})
-	<-up1
-	<-up2
+	for _, up := range []chan struct{}{up1, up2} {
+		select {
+		case <-up:
+		case <-ctx.Done():
+			t.Fatal("a worker never connected")
+		}
+	}
 
 	// Clients submit at a, one job after another, until a dies.
 	submitted := make(chan struct{})

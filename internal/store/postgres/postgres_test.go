@@ -51,3 +51,18 @@ func BenchmarkIntake(b *testing.B) {
 		return db
 	})
 }
+
+// BenchmarkIntakeAsyncCommit is BenchmarkIntake with synchronous_commit=off:
+// a commit does not wait for its WAL to reach the disk, as SQLite's
+// synchronous=NORMAL in WAL mode does not; a crash may lose the last
+// commits, never the database.
+func BenchmarkIntakeAsyncCommit(b *testing.B) {
+	storetest.BenchIntake(b, func(b *testing.B) storetest.Store {
+		db, err := Open(b.Context(), pgtest.Schema(b)+"&synchronous_commit=off")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { db.Close() })
+		return db
+	})
+}

@@ -18,7 +18,7 @@ import (
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/miner"
-	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/store/backend"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/internal/validator/excuse"
@@ -28,7 +28,7 @@ import (
 func (e *env) facilitator(args []string) error {
 	fs := e.flags("facilitator")
 	listen := fs.String("listen", "127.0.0.1:9000", "address to serve the client API and validator link on")
-	db := fs.String("db", "facilitator.db", "SQLite database file")
+	db := fs.String("db", "facilitator.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
 	validators := fs.String("validators", "", "comma-separated validator hotkeys allowed to connect")
 	metagraph := fs.String("metagraph", "", "metagraph file: validators with a permit may connect")
 	upstreamAuth := fs.Bool("allow-upstream-auth", false, "let unmodified upstream validators authenticate with upstream's auth, "+
@@ -87,7 +87,7 @@ func (e *env) facilitator(args []string) error {
 		mg, err := chain.File{Path: *metagraph}.Metagraph(e.ctx)
 		return err == nil && mg.IsValidator(hk)
 	}
-	st, err := sqlite.Open(e.ctx, *db)
+	st, err := backend.Open(e.ctx, *db)
 	if err != nil {
 		return err
 	}
@@ -107,7 +107,7 @@ func (e *env) validator(args []string) error {
 	fac := fs.String("facilitator", "ws://127.0.0.1:9000/ws/v0/", "facilitator WebSocket URL (empty: none)")
 	requireHordeFac := fs.Bool("require-horde-facilitator", false, "refuse a facilitator without horde's replay-proof auth (an upstream facilitator) instead of sending it upstream's replayable one")
 	metagraph := fs.String("metagraph", "metagraph.json", "metagraph file (Pylon neurons shape)")
-	db := fs.String("db", "validator.db", "SQLite database file")
+	db := fs.String("db", "validator.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
 	allowPull := fs.Bool("allow-pull", false, "let executors pull images that are not present")
 	attempts := fs.Int("max-attempts", 3, "miners one job is offered to at most")
 	refresh := fs.Duration("refresh", time.Minute, "metagraph refresh interval")
@@ -175,7 +175,7 @@ func (e *env) validator(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := sqlite.Open(e.ctx, *db)
+	st, err := backend.Open(e.ctx, *db)
 	if err != nil {
 		return err
 	}
@@ -219,7 +219,7 @@ func (e *env) miner(args []string) error {
 	trusted := fs.Bool("trusted", false, "run as a trusted miner: outside the metagraph, serving only --validator")
 	pinned := fs.String("validator", "", "with --trusted: the one validator (SS58 hotkey) this miner serves")
 	manifest := fs.String("manifest", "always_on.test=1", "executors per class: CLASS=COUNT,…")
-	db := fs.String("db", "miner.db", "SQLite database file")
+	db := fs.String("db", "miner.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
 	var x executorFlags
 	x.register(fs, "miner-jobs")
 	level := fs.String("log-level", "info", "log level")
@@ -254,7 +254,7 @@ func (e *env) miner(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := sqlite.Open(e.ctx, *db)
+	st, err := backend.Open(e.ctx, *db)
 	if err != nil {
 		return err
 	}

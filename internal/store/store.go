@@ -62,6 +62,12 @@ type Jobs interface {
 	// Unfinished returns jobs not in a terminal status (for recovery at start).
 	Unfinished(ctx context.Context) ([]JobRecord, error)
 	SetAssignment(ctx context.Context, uuid, validator, miner string) error
+	// ClaimJob gives a job still in status sent to validator, if its
+	// assignment and update time are still those of seen (as read before):
+	// of the callers that read the same record, one wins and the others get
+	// false. Facilitator replicas over one database claim a job before they
+	// send it, so each sends it only when the job is theirs to send.
+	ClaimJob(ctx context.Context, seen JobRecord, validator string) (bool, error)
 }
 
 // OutboxItem is a queued message.

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -33,10 +34,22 @@ func runRole(ctx context.Context, role string, args []string, stdout io.Writer) 
 	tokens := fs.Int("tokens", 200, "SSE tokens (echo)")
 	gap := fs.Duration("gap", time.Millisecond, "time between SSE tokens (echo)")
 	spec := fs.String("spec", "", "load, as JSON (load)")
+	prof := fs.String("cpuprofile", "", "write a CPU profile of the role here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ready := func(a string) { fmt.Fprintln(stdout, a) }
+	if *prof != "" {
+		f, err := os.Create(*prof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	switch role {
 	case "echo":
 		return serveEcho(ctx, *addr, *tokens, *gap, ready)
@@ -276,6 +289,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	only := fs.String("only", "", "comma-separated subset of rows: direct, nginx, horde")
 	sizes := fs.String("sizes", "1024,65536", "POST body sizes")
 	gap := fs.Duration("gap", time.Millisecond, "time between SSE tokens")
+	prof := fs.String("cpuprofile", "", "write a CPU profile of horde's proxy here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -316,7 +330,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		targets = append(targets, target{"nginx", "https://" + ng.addr, true, ng.cmd.Process.Pid})
 	}
 	if want("horde") {
-		hp, err := startRole(ctx, *targetCore, stderr, "horde", "-dir", dir, "-upstream", "http://"+echo.addr)
+		hp, err := startRole(ctx, *targetCore, stderr, "horde", "-dir", dir, "-upstream", "http://"+echo.addr, "-cpuprofile", *prof)
 		if err != nil {
 			return err
 		}

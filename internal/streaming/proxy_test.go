@@ -44,7 +44,7 @@ func newRig(t testing.TB, service http.Handler) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{JobUUID: "job-1", Key: jobKey, Upstream: up}
+	p := &Proxy{JobUUID: "job-1", Key: jobKey, Upstream: up, Dir: t.TempDir()}
 	tlsCfg, err := sr.ServerTLS(jobKey, jobCert, cc)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +52,10 @@ func newRig(t testing.TB, service http.Handler) *rig {
 	srv := httptest.NewUnstartedServer(p)
 	srv.TLS = tlsCfg
 	srv.StartTLS()
-	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		srv.Close()
+		p.Close()
+	})
 	r := &rig{proxy: p, url: srv.URL, jobCert: jobCert, clientKey: ck, clientPEM: cc}
 	r.client = r.clientWith(ck, cc)
 	return r
@@ -285,5 +288,73 @@ func TestManyRequestsOneConnection(t *testing.T) {
 		if _, _, _, err := r.call(t, fmt.Sprintf("k%d", i), bytes.Repeat([]byte("z"), i*37), nil); err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}
+	}
+}
+
+// A client offering HTTP/2 gets it (ALPN), with the receipt in the trailers
+// as an HTTP/1.1 client gets it; both kinds of body (held whole, streamed).
+func TestHTTP2AndHTTP1Trailers(t *testing.T) {
+	r := newRig(t, echo())
+	r.proxy.MaxBuffered = 1 << 10
+	cfg, err := sr.ClientTLS(r.clientKey, r.clientPEM, r.jobCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	h2 := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		proto  int
+	}{{"h1", r.client, 1}, {"h2", h2, 2}} {
+		for _, size := range []int{0, 100, 1 << 10, 5000, 200 << 10} {
+			t.Run(fmt.Sprintf("%s/%d", tc.name, size), func(t *testing.T) {
+				old := r.client
+				r.client = tc.client
+				defer func() { r.client = old }()
+				body := bytes.Repeat([]byte("q"), size)
+				resp, got, rc, err := r.call(t, fmt.Sprintf("%s-%d", tc.name, size), body, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.ProtoMajor != tc.proto || string(got) != "echo:"+string(body) || rc.InputSHA256 != hexsum(body) {
+					t.Errorf("proto %d, %d bytes back, receipt %+v", resp.ProtoMajor, len(got), rc)
+				}
+			})
+		}
+	}
+}
+
+// Receipts are kept on disk: each is retrievable by id while the job lives,
+// ids stay used after their buffers were written out, and a request that
+// ended without a receipt keeps its id used too.
+func TestReceiptsKeptOnDisk(t *testing.T) {
+	r := newRig(t, echo())
+	const n = 300
+	for i := range n {
+		if _, _, _, err := r.call(t, fmt.Sprintf("d%d", i), []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := r.proxy.Receipts(); got != n {
+		t.Errorf("%d receipts, want %d", got, n)
+	}
+	pub, _ := sr.PublicKey(r.jobCert)
+	for _, i := range []int{0, 7, n / 2, n - 1} {
+		id := fmt.Sprintf("d%d", i)
+		blob, sig, ok, err := r.proxy.Receipt(id)
+		if err != nil || !ok {
+			t.Fatalf("%s: %v %v", id, ok, err)
+		}
+		if _, err := sr.VerifyEvidence(pub, "job-1", blob, sig, []byte("x"), []byte("echo:x")); err != nil {
+			t.Errorf("%s: %v", id, err)
+		}
+		resp, _, _, _ := r.call(t, id, []byte("again"), nil)
+		if resp == nil || resp.StatusCode != http.StatusConflict {
+			t.Errorf("%s reused: %v", id, resp)
+		}
+	}
+	if _, _, ok, _ := r.proxy.Receipt("never"); ok {
+		t.Error("a receipt for an id never used")
 	}
 }

@@ -275,6 +275,50 @@ type row struct {
 	res                 *loadResult
 	cpu                 time.Duration // of the proxy under test, over the measured part
 	rss, rssGrowth      int64
+	calls               sysCalls
+}
+
+// sysCalls counts a process's system calls (strace -c).
+type sysCalls struct{ reads, writes, total int64 }
+
+// workerPid is nginx's worker (the master's child) or pid itself.
+func workerPid(pid int) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := statFields(p); len(f) > 3 && f[3] == strconv.Itoa(pid) {
+			return p
+		}
+	}
+	return pid
+}
+
+func readStrace(file string) sysCalls {
+	var c sysCalls
+	b, _ := os.ReadFile(file)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[3], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[len(f)-1] {
+		case "read", "readv", "recvfrom", "recvmsg":
+			c.reads += n
+		case "write", "writev", "sendto", "sendmsg", "sendfile":
+			c.writes += n
+		case "total":
+			c.total = n
+			continue
+		}
+	}
+	return c
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -290,6 +334,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	sizes := fs.String("sizes", "1024,65536", "POST body sizes")
 	gap := fs.Duration("gap", time.Millisecond, "time between SSE tokens")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of horde's proxy here")
+	trace := fs.Bool("strace", false, "count the proxy's system calls per request with strace -c (slows the rows down)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -379,9 +424,23 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					return err
 				}
 				time.Sleep(*warm + 50*time.Millisecond)
+				var st *exec.Cmd
+				traceFile := filepath.Join(dir, "strace.out")
+				if *trace && t.pid != 0 {
+					st = exec.CommandContext(ctx, "strace", "-c", "-f", "-o", traceFile, "-p", strconv.Itoa(workerPid(t.pid)))
+					if err := st.Start(); err != nil {
+						return fmt.Errorf("strace: %w", err)
+					}
+				}
 				before = statTree(pid)
 				b, _ := io.ReadAll(out)
 				after := statTree(pid)
+				var calls sysCalls
+				if st != nil {
+					st.Process.Signal(os.Interrupt)
+					st.Wait()
+					calls = readStrace(traceFile)
+				}
 				if err := cmd.Wait(); err != nil {
 					return fmt.Errorf("load on %s: %w", t.name, err)
 				}
@@ -402,7 +461,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				if l.SSE {
 					load = "SSE 200 tokens"
 				}
-				r := row{target: t.name, proto: proto, load: load, res: &res, rss: after.rss, rssGrowth: after.rss - before.rss}
+				r := row{target: t.name, proto: proto, load: load, res: &res, rss: after.rss, rssGrowth: after.rss - before.rss, calls: calls}
 				if t.pid != 0 {
 					r.cpu = after.cpu - before.cpu
 				}
@@ -422,7 +481,7 @@ func ms(d time.Duration) string {
 
 func printTable(w io.Writer, rows []row, conns int) {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintf(tw, "load (%d conns)\ttarget\tprotocol\treq/s\tp50 / p99 ms\tTTFT p50 / p99 ms\tgap p50 / p99 ms\tproxy CPU s / 10k req\tproxy RSS MB (Δ in row)\terrors\treceipts\n", conns)
+	fmt.Fprintf(tw, "load (%d conns)\ttarget\tprotocol\treq/s\tp50 / p99 ms\tTTFT p50 / p99 ms\tgap p50 / p99 ms\tproxy CPU s / 10k req\tproxy RSS MB (Δ in row)\terrors\treceipts\tsyscalls / req (read, write, all)\n", conns)
 	for _, r := range rows {
 		rps := float64(r.res.Requests) / r.res.Elapsed.Seconds()
 		cpu, rss := "—", "—"
@@ -434,8 +493,13 @@ func printTable(w io.Writer, rows []row, conns int) {
 		if r.res.TTFT50 > 0 {
 			ttft, gap = ms(r.res.TTFT50)+" / "+ms(r.res.TTFT99), ms(r.res.Gap50)+" / "+ms(r.res.Gap99)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%s / %s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.load, r.target, r.proto, rps, ms(r.res.P50), ms(r.res.P99),
-			ttft, gap, cpu, rss, r.res.Errors, r.res.Receipts)
+		calls := "—"
+		if r.calls.total > 0 {
+			n := float64(max(r.res.Requests, 1))
+			calls = fmt.Sprintf("%.1f, %.1f, %.1f", float64(r.calls.reads)/n, float64(r.calls.writes)/n, float64(r.calls.total)/n)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%s / %s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", r.load, r.target, r.proto, rps, ms(r.res.P50), ms(r.res.P99),
+			ttft, gap, cpu, rss, r.res.Errors, r.res.Receipts, calls)
 	}
 	tw.Flush()
 }

@@ -17,7 +17,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	sr "github.com/horde-compute/horde/streamreceipt"
@@ -119,67 +118,15 @@ func (p *Proxy) Close() error {
 
 var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// bodyPools hold request body buffers by size class.
-var bodyPools = [...]struct {
-	size int
-	pool sync.Pool
-}{{size: 4 << 10}, {size: 64 << 10}, {size: 1 << 20}}
+// heldBody is a request body read whole. The service's transport gets it
+// as a bytes.Reader, which it knows to be in memory: it writes the request's
+// head and body in one go instead of flushing the head first, and it can
+// send it again on a kept connection the service had closed.
+type heldBody []byte
 
-// heldBody is a request body read whole, in a pooled buffer that goes back
-// to its pool once every reader the transport took of it is closed.
-type heldBody struct {
-	b    []byte
-	buf  *[]byte
-	pool *sync.Pool
-	open atomic.Int32
-}
+func (b heldBody) reader() io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
 
-func holdBody(n int) *heldBody {
-	for i := range bodyPools {
-		c := &bodyPools[i]
-		if n <= c.size {
-			bp, _ := c.pool.Get().(*[]byte)
-			if bp == nil {
-				b := make([]byte, c.size)
-				bp = &b
-			}
-			return &heldBody{b: (*bp)[:n], buf: bp, pool: &c.pool}
-		}
-	}
-	return &heldBody{b: make([]byte, n)}
-}
-
-// reader is one reading of the body (the transport takes another to retry
-// on a kept connection the service closed).
-func (h *heldBody) reader() io.ReadCloser {
-	h.open.Add(1)
-	r := &heldReader{h: h}
-	r.Reset(h.b)
-	return r
-}
-
-func (h *heldBody) getBody() (io.ReadCloser, error) { return h.reader(), nil }
-
-// release returns the buffer to its pool if no reader of it is open.
-func (h *heldBody) release() {
-	if h != nil && h.pool != nil && h.open.Load() == 0 {
-		h.pool.Put(h.buf)
-		h.pool = nil
-	}
-}
-
-type heldReader struct {
-	bytes.Reader
-	h      *heldBody
-	closed atomic.Bool
-}
-
-func (r *heldReader) Close() error {
-	if r.closed.CompareAndSwap(false, true) {
-		r.h.open.Add(-1)
-	}
-	return nil
-}
+func (b heldBody) getBody() (io.ReadCloser, error) { return b.reader(), nil }
 
 // streamedBody is a request body too long to hold, streamed to the service
 // through a pipe as it arrives; done is closed once it has been read to its
@@ -394,20 +341,19 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 	if limit == 0 {
 		limit = DefaultMaxBuffered
 	}
-	var held *heldBody
+	var held heldBody
 	switch {
 	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
 		out.Body = http.NoBody
 	case r.ContentLength > 0 && r.ContentLength <= limit:
 		// A plain copy: read the body whole, hash it, send it with its length.
-		held = holdBody(int(r.ContentLength))
-		if _, err := io.ReadFull(r.Body, held.b); err != nil {
-			held.release()
+		held = make(heldBody, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, held); err != nil {
 			p.unreserve(id)
 			fail(w, http.StatusBadRequest, "reading the request body: "+err.Error())
 			return
 		}
-		in.Write(held.b)
+		in.Write(held)
 		out.Body, out.GetBody, out.ContentLength = held.reader(), held.getBody, r.ContentLength
 	default:
 		body, wait := p.streamBody(r, in)
@@ -415,7 +361,6 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 		defer wait()
 		defer body.Close()
 	}
-	defer held.release()
 	resp, err := p.transport().RoundTrip(out)
 	if err != nil {
 		p.unreserve(id)

@@ -131,6 +131,29 @@ func BenchmarkVerifyReceipt(b *testing.B) {
 	reportRate(b, start, cpu)
 }
 
+// BenchmarkVerifyVsRaw alternates the two, receipt by receipt, so that a
+// busy machine slows both alike, and reports their rates and ratio.
+func BenchmarkVerifyVsRaw(b *testing.B) {
+	r, msg, pubs, sigs := benchReceipt(b)
+	var raw, full time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		for i := range pubs {
+			if err := sig.Verify(pubs[i], msg, sigs[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		t1 := time.Now()
+		if err := r.Verify(); err != nil {
+			b.Fatal(err)
+		}
+		raw, full = raw+t1.Sub(t0), full+time.Since(t1)
+	}
+	b.ReportMetric(float64(b.N)/raw.Seconds(), "raw-receipts/s")
+	b.ReportMetric(float64(b.N)/full.Seconds(), "receipts/s")
+	b.ReportMetric(raw.Seconds()/full.Seconds(), "ratio")
+}
+
 // reportRate reports receipts per second of wall time and per second of
 // the process's CPU time (steadier on a shared machine).
 func reportRate(b *testing.B, start time.Time, cpu time.Duration) {

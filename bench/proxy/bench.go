@@ -334,6 +334,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	sizes := fs.String("sizes", "1024,65536", "POST body sizes")
 	gap := fs.Duration("gap", time.Millisecond, "time between SSE tokens")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of horde's proxy here")
+	flat := fs.Int("memory", 0, "instead of the table: send this many 1 KiB requests to horde's proxy and print its RSS every tenth")
 	trace := fs.Bool("strace", false, "count the proxy's system calls per request with strace -c (slows the rows down)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -381,6 +382,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer hp.stop()
 		targets = append(targets, target{"horde proxy", "https://" + hp.addr, true, hp.cmd.Process.Pid})
+	}
+	if *flat > 0 {
+		if len(targets) == 0 || targets[len(targets)-1].name != "horde proxy" {
+			return errors.New("-memory needs horde's proxy (-only horde)")
+		}
+		return memoryRun(ctx, targets[len(targets)-1].url, targets[len(targets)-1].pid, dir, *loadCore, *conns, *flat, stdout, stderr)
 	}
 	var loads []loadSpec
 	for _, s := range strings.Split(*sizes, ",") {
@@ -502,4 +509,35 @@ func printTable(w io.Writer, rows []row, conns int) {
 			ttft, gap, cpu, rss, r.res.Errors, r.res.Receipts, calls)
 	}
 	tw.Flush()
+}
+
+// memoryRun sends n client-stamped 1 KiB requests to horde's proxy in ten
+// parts and prints its RSS after each: flat, as receipts go to disk.
+func memoryRun(ctx context.Context, url string, pid int, dir, core string, conns, n int, stdout, stderr io.Writer) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "requests\tproxy RSS MB\treq/s\n0\t%.1f\t—\n", float64(statTree(pid).rss)/(1<<20))
+	sent := 0
+	for part := 1; part <= 10; part++ {
+		spec := loadSpec{URL: url, TLS: true, Conns: conns, Size: 1024, Duration: time.Hour, Warmup: time.Millisecond, Requests: n / 10}
+		js, _ := json.Marshal(spec)
+		cmd := pinned(ctx, core, self, "load", "-dir", dir, "-spec", string(js))
+		cmd.Stderr = stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return err
+		}
+		var res loadResult
+		if err := json.Unmarshal(out, &res); err != nil {
+			return err
+		}
+		if res.Errors > 0 {
+			return fmt.Errorf("%d errors: %s", res.Errors, res.FirstErr)
+		}
+		sent += int(res.Requests)
+		fmt.Fprintf(stdout, "%d\t%.1f\t%.0f\n", sent, float64(statTree(pid).rss)/(1<<20), float64(res.Requests)/res.Elapsed.Seconds())
+	}
+	return nil
 }

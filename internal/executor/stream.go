@@ -107,7 +107,9 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
-	proxy := &streaming.Proxy{JobUUID: j.uuid, Key: key, Upstream: service, Skew: j.cfg.StreamingSkew}
+	// Receipts are kept on disk in the job's directory (outside the
+	// container's mounts), for as long as the job lives.
+	proxy := &streaming.Proxy{JobUUID: j.uuid, Key: key, Upstream: service, Skew: j.cfg.StreamingSkew, Dir: filepath.Join(j.dir, "receipts")}
 	srv := &http.Server{Handler: proxy, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(tls.NewListener(ln, tlsCfg)) }() // owned: Shutdown below, then <-served

@@ -60,6 +60,8 @@ type Proxy struct {
 	Now func() time.Time
 
 	mu     sync.Mutex
+	up     *upstream
+	rt     http.RoundTripper
 	store  store
 	stored sync.Once
 }
@@ -88,29 +90,40 @@ func (p *Proxy) now() time.Time {
 	return time.Now()
 }
 
-// transport is the proxy's own connection pool to its one service: kept
-// connections make small requests cheap (the default transport keeps two),
-// and a pool per job never hands a request to another job's service that
-// had the same address.
-func (p *Proxy) transport() http.RoundTripper {
+// clients returns the proxy's own connection pool to its one service, for
+// requests whose body is in memory (nil if a Transport was given or the
+// service is not plain HTTP), and the transport for the others: kept
+// connections make small requests cheap, and a pool per job never hands a
+// request to another job's service that had the same address.
+func (p *Proxy) clients() (*upstream, http.RoundTripper) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.Transport == nil {
+	if p.rt == nil {
 		n := p.PoolSize
 		if n <= 0 {
 			n = DefaultPoolSize
 		}
-		p.Transport = &http.Transport{MaxIdleConns: n, MaxIdleConnsPerHost: n, IdleConnTimeout: 90 * time.Second,
-			DisableCompression: true, ReadBufferSize: 32 << 10, WriteBufferSize: 32 << 10}
+		p.rt = p.Transport
+		if p.rt == nil {
+			p.rt = &http.Transport{MaxIdleConns: n, MaxIdleConnsPerHost: n, IdleConnTimeout: 90 * time.Second,
+				DisableCompression: true, ReadBufferSize: 32 << 10, WriteBufferSize: 32 << 10}
+			if p.Upstream.Scheme == "http" {
+				p.up = &upstream{host: p.Upstream.Host, maxIdle: n}
+			}
+		}
 	}
-	return p.Transport
+	return p.up, p.rt
 }
 
 // Close drops the proxy's kept connections to the service and its receipts.
 func (p *Proxy) Close() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if t, ok := p.Transport.(*http.Transport); ok {
+	up, rt := p.up, p.rt
+	p.mu.Unlock()
+	if up != nil {
+		up.close()
+	}
+	if t, ok := rt.(*http.Transport); ok {
 		t.CloseIdleConnections()
 	}
 	return p.receipts().close()
@@ -361,7 +374,14 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 		defer wait()
 		defer body.Close()
 	}
-	resp, err := p.transport().RoundTrip(out)
+	up, rt := p.clients()
+	var resp *http.Response
+	var err error
+	if up != nil && (held != nil || out.Body == http.NoBody) {
+		resp, err = up.roundTrip(out, held)
+	} else {
+		resp, err = rt.RoundTrip(out)
+	}
 	if err != nil {
 		p.unreserve(id)
 		fail(w, http.StatusBadGateway, "service: "+err.Error())

@@ -358,3 +358,64 @@ func TestReceiptsKeptOnDisk(t *testing.T) {
 		t.Error("a receipt for an id never used")
 	}
 }
+
+// The proxy's own pool to the service: a service that closes every
+// connection after its answer, and kept connections the service closed
+// between requests, are both served; a client that goes away mid-stream
+// makes the proxy drop the service's connection, not drain it.
+func TestUpstreamPool(t *testing.T) {
+	t.Run("connection close", func(t *testing.T) {
+		r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+			io.ReadAll(q.Body)
+			w.Header().Set("Connection", "close")
+			io.WriteString(w, "bye")
+		}))
+		for i := range 5 {
+			if _, got, _, err := r.call(t, fmt.Sprintf("c%d", i), []byte("x"), nil); err != nil || string(got) != "bye" {
+				t.Fatalf("%d: %q %v", i, got, err)
+			}
+		}
+	})
+	t.Run("kept connections closed by the service", func(t *testing.T) {
+		svc := httptest.NewServer(echo())
+		t.Cleanup(svc.Close)
+		r := newRig(t, echo())
+		up, _ := url.Parse(svc.URL)
+		r.proxy.Upstream = up
+		for i := range 4 {
+			if _, got, _, err := r.call(t, fmt.Sprintf("s%d", i), []byte("y"), nil); err != nil || string(got) != "echo:y" {
+				t.Fatalf("%d: %q %v", i, got, err)
+			}
+			svc.CloseClientConnections()
+		}
+	})
+	t.Run("client gone mid-stream", func(t *testing.T) {
+		serviceDone := make(chan struct{})
+		r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+			defer close(serviceDone)
+			w.Header().Set("Content-Type", "text/event-stream")
+			for {
+				if _, err := io.WriteString(w, "data: more\n\n"); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-q.Context().Done():
+					return
+				default:
+				}
+			}
+		}))
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, r.url+"/v1/stream", strings.NewReader("z"))
+		resp, err := r.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || line != "data: more\n" {
+			t.Fatalf("%q %v", line, err)
+		}
+		resp.Body.Close()
+		r.client.CloseIdleConnections()
+		<-serviceDone // the service saw its connection go
+	})
+}

@@ -141,6 +141,9 @@ type Image struct {
 	ID          string   `json:"Id"`
 	RepoTags    []string `json:"RepoTags"`
 	RepoDigests []string `json:"RepoDigests"`
+	Config      struct {
+		Labels map[string]string
+	}
 }
 
 // ImageInspect returns the image ref, or ErrNotFound.

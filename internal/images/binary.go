@@ -1,0 +1,125 @@
+package images
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/horde-compute/horde/internal/executor/docker"
+)
+
+// HordeImage is the tag of the role image: the horde binary as its entry
+// point, so 'docker run horde/horde:dev miner …' runs a miner (deploy/compose.yaml).
+const HordeImage = "horde/horde:dev"
+
+// LabelBinary is the image label holding the sha256 of the horde binary an
+// image was made from; an image whose label matches is not rebuilt.
+const LabelBinary = "horde.binary.sha256"
+
+// SelfExe is the running executable, as the kernel shows it.
+const SelfExe = "/proc/self/exe"
+
+// Made names the images made from one horde binary.
+type Made struct {
+	// Binary is the sha256 of the binary (hex).
+	Binary string
+	// LLMDigest is the id of LLMImage, which streaming whitelists pin.
+	LLMDigest string
+	// Built lists the images built now (the others were up to date).
+	Built []string
+}
+
+// ErrNotStatic is returned for a binary that needs a dynamic loader: it
+// cannot run in a FROM-scratch image.
+var ErrNotStatic = errors.New("not a static binary")
+
+// imageSpec is one image made from the binary: its tag and entry point.
+type imageSpec struct {
+	tag        string
+	entrypoint string
+}
+
+// FromBinary makes horde's images from the horde executable exe (SelfExe
+// for the running one): HordeImage runs horde itself, JobImage runs 'horde
+// program job' and LLMImage 'horde program llm'. Each is a FROM-scratch image
+// holding the binary alone, labelled with its sha256 (LabelBinary) and built
+// only if no image of that tag carries the same label. No Go toolchain or
+// source is needed; the binary must be static (built with CGO_ENABLED=0).
+func FromBinary(ctx context.Context, cli *docker.Client, exe string) (*Made, error) {
+	bin, err := os.ReadFile(exe)
+	if err != nil {
+		return nil, fmt.Errorf("read the horde binary: %w", err)
+	}
+	if err := checkStatic(bin); err != nil {
+		return nil, fmt.Errorf("make images from %s: %w (build horde with CGO_ENABLED=0: CGO_ENABLED=0 go build ./cmd/horde)", exe, err)
+	}
+	sum := sha256.Sum256(bin)
+	m := &Made{Binary: hex.EncodeToString(sum[:])}
+	for _, s := range []imageSpec{
+		{HordeImage, `["/horde"]`},
+		{JobImage, `["/horde", "program", "job"]`},
+		{LLMImage, `["/horde", "program", "llm"]`},
+	} {
+		img, err := cli.ImageInspect(ctx, s.tag)
+		if err == nil && img.Config.Labels[LabelBinary] == m.Binary {
+			continue
+		}
+		if err != nil && !errors.Is(err, docker.ErrNotFound) {
+			return nil, fmt.Errorf("inspect %s: %w", s.tag, err)
+		}
+		dockerfile := fmt.Sprintf("FROM scratch\nCOPY horde /horde\nLABEL %s=%q\nENTRYPOINT %s\n", LabelBinary, m.Binary, s.entrypoint)
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		if err := addFile(tw, "Dockerfile", 0o644, []byte(dockerfile)); err != nil {
+			return nil, err
+		}
+		if err := addFile(tw, "horde", 0o755, bin); err != nil {
+			return nil, err
+		}
+		if err := tw.Close(); err != nil {
+			return nil, err
+		}
+		if err := cli.ImageBuild(ctx, &buf, s.tag, nil); err != nil {
+			return nil, err
+		}
+		m.Built = append(m.Built, s.tag)
+	}
+	img, err := cli.ImageInspect(ctx, LLMImage)
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s: %w", LLMImage, err)
+	}
+	m.LLMDigest = img.ID
+	return m, nil
+}
+
+func addFile(tw *tar.Writer, name string, mode int64, data []byte) error {
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(data))}); err != nil {
+		return err
+	}
+	_, err := tw.Write(data)
+	return err
+}
+
+// checkStatic reports whether an ELF executable runs without a dynamic
+// loader or shared libraries.
+func checkStatic(bin []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(bin))
+	if err != nil {
+		return fmt.Errorf("%w: not an ELF executable: %v", ErrNotStatic, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			interp, _ := io.ReadAll(p.Open())
+			return fmt.Errorf("%w: it needs the dynamic loader %s", ErrNotStatic, bytes.TrimRight(interp, "\x00"))
+		}
+	}
+	return nil
+}

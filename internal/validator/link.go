@@ -1,6 +1,7 @@
 package validator
 
 import (
+	"errors"
 	"context"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/validator/windows"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -135,8 +137,18 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 				v.out.Push(&protocol.V0JobVolumeResult{UUID: m.UUID, MessageID: m.MessageID, Error: "the job is not running on this validator"})
 			}
 		case *protocol.V0StreamPairReport:
-			if err := v.windows.TakePair(ctx, m); err != nil {
+			err := v.windows.TakePair(ctx, m)
+			if err != nil {
 				v.log.Warn("reported pair not kept", "job", m.UUID, "err", err)
+			}
+			if m.ID != 0 && (err == nil || !errors.Is(err, windows.ErrNotKept)) {
+				// Kept (or refused for good): the facilitator may forget it.
+				// Unacknowledged, it comes again on the next session.
+				ack := &protocol.V0StreamPairAck{ID: m.ID}
+				if err != nil {
+					ack.Error = err.Error()
+				}
+				v.out.Push(ack)
 			}
 		case *protocol.V0StopJobByFacilitator:
 			if !v.StopJob(m.UUID) {

@@ -397,7 +397,14 @@ func TestStreamingJobControl(t *testing.T) {
 		h.fac.send(&protocol.V0StopJobByFacilitator{UUID: "nope"})
 		h.fac.send(&protocol.V0CancelJobByFacilitator{UUID: "nope"})
 		h.fac.send(&protocol.V0StreamPairReport{UUID: "nope"})
+		h.fac.send(&protocol.V0StreamPairReport{UUID: "nope", ID: 7})
 		synctest.Wait()
+		// A pair with an id is acknowledged through the outbox, here as
+		// refused for good; one without (an older facilitator) is not.
+		acks := h.fac.messages("V0StreamPairAck")
+		if len(acks) != 1 || acks[0].(*protocol.V0StreamPairAck).ID != 7 || !strings.Contains(acks[0].(*protocol.V0StreamPairAck).Error, "does not know") {
+			t.Errorf("pair acks %+v, want one refusing pair 7", acks)
+		}
 		results := map[string]*protocol.V0JobVolumeResult{}
 		for _, r := range h.fac.messages("V0JobVolumeResult") {
 			results[r.(*protocol.V0JobVolumeResult).MessageID] = r.(*protocol.V0JobVolumeResult)

@@ -66,6 +66,9 @@ Local:
   dev           run a whole horde on this machine (SQLite, local Docker)
   dev demo      run one, make the images, run a demo job, print its result
 
+Deploying:
+  deploy init   wallets, metagraph and images for deploy/compose.yaml
+
 Images (horde makes its images from this binary; these are their programs):
   program job   the demo and test job (image horde/job:dev)
   program llm   the demo language model service (image horde/llm:dev)
@@ -114,6 +117,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.stream(rest)
 	case "keys":
 		return sub(map[string]func([]string) error{"new": e.keysNew, "show": e.keysShow})
+	case "deploy":
+		return e.deploy(rest)
 	case "program":
 		return e.program(rest)
 	case "dev":

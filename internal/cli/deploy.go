@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -50,7 +51,7 @@ func DeployInit(dir string) (map[string]*sig.Hotkey, error) {
 	for _, name := range DeployWallets {
 		path := sig.HotkeyPath(root, name, "default")
 		k, err := sig.LoadKeyfile(path, "")
-		if os.IsNotExist(err) {
+		if errors.Is(err, os.ErrNotExist) {
 			var phrase string
 			if k, phrase, err = sig.Generate(); err == nil {
 				err = sig.WriteKeyfile(path, k, phrase)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -20,11 +19,9 @@ import (
 // second run finds the images up to date.
 func TestDemoFromBinaryAlone(t *testing.T) {
 	dockertest.Engine(t)
-	bin := filepath.Join(t.TempDir(), "horde")
-	build := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin, err := images.BuildStatic(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
 	work := t.TempDir()
 	run := func(args ...string) string {

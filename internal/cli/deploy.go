@@ -129,7 +129,7 @@ func (e *env) deploy(args []string) error {
 		if err != nil {
 			return err
 		}
-		made, err := images.FromBinary(e.ctx, dock, images.SelfExe)
+		made, err := images.FromSelf(e.ctx, dock)
 		if err != nil {
 			return err
 		}

@@ -77,7 +77,7 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 	}
 	t := time.Now()
 	fmt.Fprintf(e.stderr, "making the images %s, %s and %s from this binary… ", images.HordeImage, images.JobImage, images.LLMImage)
-	made, err := images.FromBinary(e.ctx, dock, images.SelfExe)
+	made, err := images.FromSelf(e.ctx, dock)
 	if err != nil {
 		fmt.Fprintln(e.stderr)
 		return nil, nil, nil, err

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 
 	"github.com/horde-compute/horde/internal/executor/docker"
 )
@@ -122,4 +124,42 @@ func checkStatic(bin []byte) error {
 		}
 	}
 	return nil
+}
+
+// HordePackage is the import path of the horde command.
+const HordePackage = "github.com/horde-compute/horde/cmd/horde"
+
+// FromSelf makes the images from the running horde binary. A binary that
+// is not static (what 'go run' and a plain 'go build' make where cgo is on)
+// cannot go into a FROM-scratch image: then a static copy is built from
+// source if this is a checkout with the Go toolchain, and the error says
+// how to build horde otherwise.
+func FromSelf(ctx context.Context, cli *docker.Client) (*Made, error) {
+	m, err := FromBinary(ctx, cli, SelfExe)
+	if !errors.Is(err, ErrNotStatic) {
+		return m, err
+	}
+	dir, derr := os.MkdirTemp("", "horde-static-")
+	if derr != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	bin, berr := BuildStatic(ctx, dir)
+	if berr != nil {
+		return nil, fmt.Errorf("%w\n(no static copy could be built from source here either: %v)", err, berr)
+	}
+	return FromBinary(ctx, cli, bin)
+}
+
+// BuildStatic builds a static horde binary (CGO_ENABLED=0) into dir from
+// the module the working directory is in, and returns its path. It needs
+// the Go toolchain and horde's source: 'go run' and tests use it.
+func BuildStatic(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "horde")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, HordePackage)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w\n%s", HordePackage, err, out)
+	}
+	return bin, nil
 }

@@ -16,7 +16,13 @@ import (
 // Deployment is the layout of deploy/compose.yaml: its networks' subnets,
 // each role's addresses on them, and its hotkeys' wallet names. The fault
 // suite (internal/faulttest) builds the same deployment.
-var Deployment = struct {
+var Deployment = DeployLayout{
+	Public: "172.28.1.0/24", Validators: "172.28.2.0/24", Miners: "172.28.3.0/24",
+	Facilitator: "10", Validator: "5", Trusted: "30", MinerAddrs: []string{"21", "22"}, MinerPort: 8000,
+}
+
+// DeployLayout is where the hosts of a deployment are.
+type DeployLayout struct {
 	// Subnets of the networks: clients reach the facilitator and streaming
 	// miners on Public; the facilitator and validators meet on Validators;
 	// validators reach miners on Miners.
@@ -27,16 +33,13 @@ var Deployment = struct {
 	Facilitator, Validator, Trusted string
 	MinerAddrs                      []string // last octet on Public and Miners
 	MinerPort                       int
-}{
-	Public: "172.28.1.0/24", Validators: "172.28.2.0/24", Miners: "172.28.3.0/24",
-	Facilitator: "10", Validator: "5", Trusted: "30", MinerAddrs: []string{"21", "22"}, MinerPort: 8000,
 }
 
 // DeployWallets are the wallet names 'horde deploy init' creates.
 var DeployWallets = []string{"validator", "trusted", "miner1", "miner2", "client"}
 
-// addrOn is the address with last octet host on the /24 subnet.
-func addrOn(subnet, host string) string {
+// AddrOn is the address with last octet host on the /24 subnet.
+func AddrOn(subnet, host string) string {
 	return strings.TrimSuffix(subnet, "0/24") + host
 }
 
@@ -45,7 +48,7 @@ func addrOn(subnet, host string) string {
 // the two miners at their addresses on the miners' network, and the
 // environment files of the validator (its trusted miner) and the trusted
 // miner (its validator). Existing hotkeys are kept.
-func DeployInit(dir string) (map[string]*sig.Hotkey, error) {
+func DeployInit(dir string, d DeployLayout) (map[string]*sig.Hotkey, error) {
 	keys := map[string]*sig.Hotkey{}
 	root := filepath.Join(dir, "wallets")
 	for _, name := range DeployWallets {
@@ -62,7 +65,6 @@ func DeployInit(dir string) (map[string]*sig.Hotkey, error) {
 		}
 		keys[name] = k
 	}
-	d := Deployment
 	type axon struct {
 		IP   string `json:"ip"`
 		Port int    `json:"port"`
@@ -78,7 +80,7 @@ func DeployInit(dir string) (map[string]*sig.Hotkey, error) {
 	neurons := map[string]neuron{keys["validator"].SS58(): {UID: 0, Hotkey: keys["validator"].SS58(), Active: true, Stake: 10000, ValidatorPermit: true}}
 	for i, a := range d.MinerAddrs {
 		k := keys[fmt.Sprintf("miner%d", i+1)].SS58()
-		neurons[k] = neuron{UID: i + 1, Hotkey: k, Active: true, AxonInfo: axon{IP: addrOn(d.Miners, a), Port: d.MinerPort}}
+		neurons[k] = neuron{UID: i + 1, Hotkey: k, Active: true, AxonInfo: axon{IP: AddrOn(d.Miners, a), Port: d.MinerPort}}
 	}
 	mg, err := json.MarshalIndent(map[string]any{"block": map[string]int{"number": 1}, "neurons": neurons}, "", "  ")
 	if err != nil {
@@ -86,7 +88,7 @@ func DeployInit(dir string) (map[string]*sig.Hotkey, error) {
 	}
 	files := map[string]string{
 		"metagraph.json": string(mg) + "\n",
-		"validator.env":  fmt.Sprintf("HORDE_TRUSTED_MINER=%s@%s:%d\n", keys["trusted"].SS58(), addrOn(d.Miners, d.Trusted), d.MinerPort),
+		"validator.env":  fmt.Sprintf("HORDE_TRUSTED_MINER=%s@%s:%d\n", keys["trusted"].SS58(), AddrOn(d.Miners, d.Trusted), d.MinerPort),
 		"trusted.env":    fmt.Sprintf("HORDE_VALIDATOR=%s\n", keys["validator"].SS58()),
 	}
 	for name, body := range files {
@@ -119,7 +121,7 @@ func (e *env) deploy(args []string) error {
 	if err != nil {
 		return err
 	}
-	keys, err := DeployInit(dir)
+	keys, err := DeployInit(dir, Deployment)
 	if err != nil {
 		return err
 	}
@@ -143,7 +145,7 @@ func (e *env) deploy(args []string) error {
 	if digest != "" {
 		fmt.Fprintf(e.stdout, "images made from this binary; %s is %.19s\n", images.LLMImage, digest)
 		if err := os.WriteFile(filepath.Join(dir, "validator.env"), fmt.Appendf(nil, "HORDE_TRUSTED_MINER=%s@%s:%d\nHORDE_STREAMING_WHITELIST=%s=%s\nHORDE_COMPARATORS=%s=llm\n",
-			keys["trusted"].SS58(), addrOn(Deployment.Miners, Deployment.Trusted), Deployment.MinerPort, images.LLMImage, digest, images.LLMImage), 0o644); err != nil {
+			keys["trusted"].SS58(), AddrOn(Deployment.Miners, Deployment.Trusted), Deployment.MinerPort, images.LLMImage, digest, images.LLMImage), 0o644); err != nil {
 			return err
 		}
 	}

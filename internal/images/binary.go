@@ -55,6 +55,15 @@ type imageSpec struct {
 // only if no image of that tag carries the same label. No Go toolchain or
 // source is needed; the binary must be static (built with CGO_ENABLED=0).
 func FromBinary(ctx context.Context, cli *docker.Client, exe string) (*Made, error) {
+	return FromBinaryAs(ctx, cli, exe, Tags{Horde: HordeImage, Job: JobImage, LLM: LLMImage})
+}
+
+// Tags name the images made from a binary.
+type Tags struct{ Horde, Job, LLM string }
+
+// FromBinaryAs is FromBinary under other tags (a test's own, which other
+// tests do not rebuild meanwhile).
+func FromBinaryAs(ctx context.Context, cli *docker.Client, exe string, tags Tags) (*Made, error) {
 	bin, err := os.ReadFile(exe)
 	if err != nil {
 		return nil, fmt.Errorf("read the horde binary: %w", err)
@@ -65,9 +74,9 @@ func FromBinary(ctx context.Context, cli *docker.Client, exe string) (*Made, err
 	sum := sha256.Sum256(bin)
 	m := &Made{Binary: hex.EncodeToString(sum[:])}
 	for _, s := range []imageSpec{
-		{HordeImage, `["/horde"]`},
-		{JobImage, `["/horde", "program", "job"]`},
-		{LLMImage, `["/horde", "program", "llm"]`},
+		{tags.Horde, `["/horde"]`},
+		{tags.Job, `["/horde", "program", "job"]`},
+		{tags.LLM, `["/horde", "program", "llm"]`},
 	} {
 		img, err := cli.ImageInspect(ctx, s.tag)
 		if err == nil && img.Config.Labels[LabelBinary] == m.Binary {
@@ -93,9 +102,9 @@ func FromBinary(ctx context.Context, cli *docker.Client, exe string) (*Made, err
 		}
 		m.Built = append(m.Built, s.tag)
 	}
-	img, err := cli.ImageInspect(ctx, LLMImage)
+	img, err := cli.ImageInspect(ctx, tags.LLM)
 	if err != nil {
-		return nil, fmt.Errorf("inspect %s: %w", LLMImage, err)
+		return nil, fmt.Errorf("inspect %s: %w", tags.LLM, err)
 	}
 	m.LLMDigest = img.ID
 	return m, nil

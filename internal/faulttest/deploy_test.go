@@ -218,7 +218,7 @@ func (d *deployment) ready(ctx context.Context) {
 // spec is a job of the job image with an execution limit.
 func (d *deployment) spec(execLimit int, args ...string) *protocol.JobSpec {
 	return &protocol.JobSpec{ExecutorClass: protocol.ClassTest, DockerImage: d.tags.Job, Args: args,
-		DownloadTimeLimit: 10, ExecutionTimeLimit: execLimit, UploadTimeLimit: 10}
+		DownloadTimeLimit: 5, ExecutionTimeLimit: execLimit, UploadTimeLimit: 5}
 }
 
 // roleOf returns the role of the miner with hotkey ss58.

@@ -114,10 +114,15 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 	v.log.Info("connected to facilitator")
 	v.facilitatorUp.Store(true)
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	responses := make(chan *protocol.Response, 1)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// The sender ends with the session: cancelled first, then waited for,
+	// so a message awaiting its answer does not hold the session (and the
+	// reconnect) for the answer's timeout.
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 	wg.Go(func() { // owned: the sender drains the outbox while the session lives
 		defer cancel()
 		if err := v.sendLoop(sctx, c, responses); err != nil && sctx.Err() == nil {

@@ -84,6 +84,7 @@ func (q *queue) next(ctx context.Context) (protocol.Message, error) {
 // `fail` dials), acknowledges every message, and keeps them.
 type facilitator struct {
 	mu      sync.Mutex
+	silent  bool // answers nothing but authentication
 	fail    int
 	refuse  int
 	dials   []time.Time
@@ -139,7 +140,9 @@ func (c *fconn) Send(ctx context.Context, m protocol.Message) error {
 		return nil
 	}
 	f.got = append(f.got, m)
-	c.toV.put(&protocol.Response{Status: "success"})
+	if !f.silent {
+		c.toV.put(&protocol.Response{Status: "success"})
+	}
 	return nil
 }
 
@@ -524,6 +527,46 @@ func TestFacilitatorReconnects(t *testing.T) {
 		synctest.Wait()
 		if len(fac.messages("V0Heartbeat")) == 0 {
 			t.Error("no heartbeat")
+		}
+		cancel()
+		<-done
+	})
+}
+
+// A session the facilitator drops while an update awaits its answer ends at
+// once: the validator redials after its first backoff, not after the
+// answer's timeout, and sends the unanswered update again.
+func TestFacilitatorDropsSessionAwaitingAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fac := &facilitator{silent: true}
+		st, _ := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "v.db"))
+		defer st.Close()
+		v, err := newValidator(Config{Hotkey: minertest.Hotkey(t), Metagraph: metagraph{&chain.Metagraph{}}, Store: st, FacilitatorURL: "ws://f/"},
+			transport{miners: &minertest.Net{}, facilitator: fac.dial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.out.Push(&protocol.V0JobStatusUpdate{UUID: "queued", Status: protocol.StatusReceived})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- v.Run(ctx) }()
+		synctest.Wait() // connected; the update awaits its answer
+		fac.mu.Lock()
+		fac.silent = false
+		c := fac.current
+		fac.mu.Unlock()
+		dropped := time.Now()
+		c.toV.close() // the facilitator restarts
+		time.Sleep(time.Second)
+		synctest.Wait()
+		fac.mu.Lock()
+		dials := append([]time.Time(nil), fac.dials...)
+		fac.mu.Unlock()
+		if len(dials) != 2 || dials[1].Sub(dropped) != backoffFirst {
+			t.Errorf("redialled at %v after the drop (%d dials), want after %v", dials[len(dials)-1].Sub(dropped), len(dials), backoffFirst)
+		}
+		if n := len(fac.statuses("queued")); n != 2 {
+			t.Errorf("the unanswered update was sent %d times, want twice (again on the new session)", n)
 		}
 		cancel()
 		<-done

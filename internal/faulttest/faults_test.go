@@ -409,10 +409,11 @@ func streamingMinerKilled(t *testing.T, d *deployment) row {
 	return r
 }
 
+// firstLine is the end of an error's first line: its cause.
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")
 	if len(s) > 60 {
-		s = s[:60] + "…"
+		s = "…" + s[len(s)-60:]
 	}
 	return s
 }

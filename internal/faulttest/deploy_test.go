@@ -83,7 +83,9 @@ func up(t *testing.T) *deployment {
 		t.Fatal(err)
 	}
 	L := d.layout
-	on := func(net, host string) Endpoint { return Endpoint{Network: d.nets[net], IP: cli.AddrOn(map[string]string{"public": L.Public, "validators": L.Validators, "miners": L.Miners}[net], host)} }
+	on := func(net, host string) Endpoint {
+		return Endpoint{Network: d.nets[net], IP: cli.AddrOn(map[string]string{"public": L.Public, "validators": L.Validators, "miners": L.Miners}[net], host)}
+	}
 	common := []string{"HORDE_WALLET_PATH=/deploy/wallets", "HORDE_METAGRAPH=/deploy/metagraph.json", "HORDE_DB=/data/horde.db", "HORDE_LOG_LEVEL=debug"}
 	data := func(role string) string {
 		p := filepath.Join(d.dir, "data", role)

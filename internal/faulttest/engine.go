@@ -113,7 +113,7 @@ type Host struct {
 func (e *Engine) Create(ctx context.Context, h *Host) error {
 	cfg := map[string]any{
 		"Image": h.Image, "Cmd": h.Cmd, "Env": h.Env, "Labels": h.Labels, "WorkingDir": "/data",
-		"HostConfig": map[string]any{"Binds": h.Binds, "NetworkMode": h.Nets[0].Network, "Tmpfs": map[string]string{"/tmp": ""}},
+		"HostConfig":       map[string]any{"Binds": h.Binds, "NetworkMode": h.Nets[0].Network, "Tmpfs": map[string]string{"/tmp": ""}},
 		"NetworkingConfig": map[string]any{"EndpointsConfig": map[string]any{h.Nets[0].Network: h.Nets[0].config()}},
 	}
 	if err := e.Call(ctx, http.MethodPost, "/containers/create", url.Values{"name": {h.Name}}, cfg, nil); err != nil {

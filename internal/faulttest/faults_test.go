@@ -54,8 +54,8 @@ func TestFaults(t *testing.T) {
 			r.observed = "FAILED (see the test's errors)"
 		}
 		rows = append(rows, r)
-		if !ok && d.broken(t) {
-			break
+		if !ok {
+			d.restore()
 		}
 	}
 	var b bytes.Buffer
@@ -76,15 +76,18 @@ func TestFaults(t *testing.T) {
 	fmt.Fprintf(os.Stdout, "\n%s\n", b.String())
 }
 
-// broken reports whether the deployment can no longer run jobs.
-func (d *deployment) broken(t *testing.T) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+// restore undoes what a failed scenario may have left: every host
+// unpaused, running and on its networks, for the next scenario.
+func (d *deployment) restore() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, role := range []string{"facilitator", "validator", "miner1", "miner2"} {
-		d.eng.Do(ctx, d.hosts[role].Name, "unpause")
-		d.eng.Do(ctx, d.hosts[role].Name, "start")
+	for _, h := range d.hosts {
+		d.eng.Do(ctx, h.Name, "unpause")
+		d.eng.Do(ctx, h.Name, "start")
+		for _, ep := range h.Nets {
+			d.eng.Connect(ctx, h.Name, ep) // refused if still connected
+		}
 	}
-	return false
 }
 
 func (d *deployment) do(t *testing.T, role, action string) time.Time {

@@ -54,6 +54,15 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
+	if j.cfg.SelfContainer != "" { // the proxy's container joins the service's network
+		nj, ok := d.(NetworkJoiner)
+		if !ok {
+			return j.hordeFail(ctx, protocol.HordeStreamingFailed, "this runtime cannot join its own container to the job's network")
+		}
+		if err := nj.NetworkConnect(ctx, netName, j.cfg.SelfContainer); err != nil {
+			return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
+		}
+	}
 	j.stage("streaming_network", netStart)
 	p := Paths{Volume: filepath.Join(j.dir, "volume"), Output: filepath.Join(j.dir, "output"), Artifacts: filepath.Join(j.dir, "artifacts")}
 	cfg := ContainerConfig(req, j.cfg.Class, p, j.cfg.Owner)

@@ -2,12 +2,14 @@ package validator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/validator/windows"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
@@ -110,10 +112,15 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 	v.log.Info("connected to facilitator", "upstream", !c.Has(protocol.CapAuthV1))
 	v.facilitatorUp.Store(true)
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	responses := make(chan *protocol.Response, 1)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// The sender ends with the session: cancelled first, then waited for,
+	// so a message awaiting its answer does not hold the session (and the
+	// reconnect) for the answer's timeout.
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 	wg.Go(func() { // owned: the sender drains the outbox while the session lives
 		defer cancel()
 		if err := v.sendLoop(sctx, c, responses); err != nil && sctx.Err() == nil {
@@ -135,8 +142,18 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 				v.out.Push(&protocol.V0JobVolumeResult{UUID: m.UUID, MessageID: m.MessageID, Error: "the job is not running on this validator"})
 			}
 		case *protocol.V0StreamPairReport:
-			if err := v.windows.TakePair(ctx, m); err != nil {
+			err := v.windows.TakePair(ctx, m)
+			if err != nil {
 				v.log.Warn("reported pair not kept", "job", m.UUID, "err", err)
+			}
+			if m.ID != 0 && (err == nil || !errors.Is(err, windows.ErrNotKept)) {
+				// Kept (or refused for good): the facilitator may forget it.
+				// Unacknowledged, it comes again on the next session.
+				ack := &protocol.V0StreamPairAck{ID: m.ID}
+				if err != nil {
+					ack.Error = err.Error()
+				}
+				v.out.Push(ack)
 			}
 		case *protocol.V0StopJobByFacilitator:
 			if !v.StopJob(m.UUID) {

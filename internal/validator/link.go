@@ -225,6 +225,10 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 	}
 }
 
+// maxSentStatuses bounds the (job, status) pairs remembered for an
+// upstream facilitator.
+const maxSentStatuses = 100_000
+
 // forFacilitator returns m as facilitator c takes it, or nil when c has no
 // use for it: a horde facilitator takes everything; an upstream one no
 // message of an extension, a status in upstream's shape, and each status of
@@ -245,8 +249,8 @@ func (v *Validator) forFacilitator(c conn, m protocol.Message) protocol.Message 
 	if v.sentStatus[key] {
 		return nil
 	}
-	if v.sentStatus == nil {
-		v.sentStatus = map[string]bool{}
+	if v.sentStatus == nil || len(v.sentStatus) >= maxSentStatuses {
+		v.sentStatus = map[string]bool{} // bounded: a repeat long after is refused upstream, and dropped
 	}
 	v.sentStatus[key] = true
 	return u

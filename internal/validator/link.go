@@ -26,9 +26,9 @@ type conn interface {
 // dialFacilitator negotiates with the facilitator (wsconn.DialFacilitator):
 // horde's replay-proof auth when it offers it, else upstream's, unless
 // requireHorde.
-func dialFacilitator(k *sig.Hotkey, requireHorde bool, log *slog.Logger) func(ctx context.Context, url string) (conn, error) {
+func dialFacilitator(k *sig.Hotkey, caps []string, requireHorde bool, log *slog.Logger) func(ctx context.Context, url string) (conn, error) {
 	return func(ctx context.Context, url string) (conn, error) {
-		s, err := wsconn.DialFacilitator(ctx, url, k, protocol.FacilitatorCapabilities, requireHorde, log)
+		s, err := wsconn.DialFacilitator(ctx, url, k, caps, requireHorde, log)
 		if err != nil {
 			return nil, err
 		}

@@ -57,7 +57,7 @@ func (u *upstreamMiner) requests() []string {
 	return out
 }
 
-func lines(t *testing.T, rs ...receipt.Receipt) []byte {
+func lines(t testing.TB, rs ...receipt.Receipt) []byte {
 	var b []byte
 	for _, r := range rs {
 		l, err := receipt.MarshalLine(r)

@@ -198,6 +198,7 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 			} else if err == nil {
 				var r *protocol.Response
 				if r, err = roundTrip(m); err != nil {
+					v.unsent(m) // it goes again on the next session
 					return err
 				}
 				if r.Status != "success" {
@@ -254,4 +255,14 @@ func (v *Validator) forFacilitator(c conn, m protocol.Message) protocol.Message 
 	}
 	v.sentStatus[key] = true
 	return u
+}
+
+// unsent forgets that status update m went to an upstream facilitator: its
+// session ended before the facilitator answered.
+func (v *Validator) unsent(m protocol.Message) {
+	if u, ok := m.(*protocol.V0JobStatusUpdate); ok {
+		v.mu.Lock()
+		delete(v.sentStatus, u.UUID+"\x00"+string(u.Status))
+		v.mu.Unlock()
+	}
 }

@@ -181,3 +181,18 @@ func TestUpstreamModeWithHordeMiner(t *testing.T) {
 		}
 	})
 }
+
+// A status whose sending failed goes again on the next session.
+func TestUpstreamStatusResentAfterAFailedSend(t *testing.T) {
+	v := &Validator{log: slog.New(slog.DiscardHandler)}
+	up := &fconn{f: &facilitator{upstream: true}}
+	s := &protocol.V0JobStatusUpdate{UUID: "j", Status: protocol.StatusAccepted}
+	m := v.forFacilitator(up, s)
+	if m == nil {
+		t.Fatal("not sent")
+	}
+	v.unsent(m)
+	if v.forFacilitator(up, s) == nil {
+		t.Error("a status whose send failed is never sent again")
+	}
+}

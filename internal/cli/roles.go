@@ -105,6 +105,7 @@ func (e *env) validator(args []string) error {
 	var w walletFlags
 	w.register(fs, "validator")
 	fac := fs.String("facilitator", "ws://127.0.0.1:9000/ws/v0/", "facilitator WebSocket URL (empty: none)")
+	upstream := fs.Bool("upstream-protocol", false, "speak upstream ComputeHorde's protocol only, to horde peers too (no horde field, message or capability; receipts from pages)")
 	requireHordeFac := fs.Bool("require-horde-facilitator", false, "refuse a facilitator without horde's replay-proof auth (an upstream facilitator) instead of sending it upstream's replayable one")
 	metagraph := fs.String("metagraph", "metagraph.json", "metagraph file (Pylon neurons shape)")
 	db := fs.String("db", "validator.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
@@ -180,7 +181,7 @@ func (e *env) validator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, RequireHordeFacilitator: *requireHordeFac, Metagraph: meta,
+	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, RequireHordeFacilitator: *requireHordeFac, Upstream: *upstream, Metagraph: meta,
 		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log,
 		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights, MinExcuseStake: *excuseStake},
 		StreamingWhitelist: wl, Validation: val})

@@ -28,9 +28,9 @@ type conn interface {
 // dialFacilitator negotiates with the facilitator (wsconn.DialFacilitator):
 // horde's replay-proof auth when it offers it, else upstream's, unless
 // requireHorde.
-func dialFacilitator(k *sig.Hotkey, requireHorde bool, log *slog.Logger) func(ctx context.Context, url string) (conn, error) {
+func dialFacilitator(k *sig.Hotkey, caps []string, requireHorde bool, log *slog.Logger) func(ctx context.Context, url string) (conn, error) {
 	return func(ctx context.Context, url string) (conn, error) {
-		s, err := wsconn.DialFacilitator(ctx, url, k, protocol.FacilitatorCapabilities, requireHorde, log)
+		s, err := wsconn.DialFacilitator(ctx, url, k, caps, requireHorde, log)
 		if err != nil {
 			return nil, err
 		}
@@ -215,6 +215,7 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 			} else if err == nil {
 				var r *protocol.Response
 				if r, err = roundTrip(m); err != nil {
+					v.unsent(m) // it goes again on the next session
 					return err
 				}
 				if r.Status != "success" {
@@ -242,6 +243,10 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 	}
 }
 
+// maxSentStatuses bounds the (job, status) pairs remembered for an
+// upstream facilitator.
+const maxSentStatuses = 100_000
+
 // forFacilitator returns m as facilitator c takes it, or nil when c has no
 // use for it: a horde facilitator takes everything; an upstream one no
 // message of an extension, a status in upstream's shape, and each status of
@@ -262,9 +267,19 @@ func (v *Validator) forFacilitator(c conn, m protocol.Message) protocol.Message 
 	if v.sentStatus[key] {
 		return nil
 	}
-	if v.sentStatus == nil {
-		v.sentStatus = map[string]bool{}
+	if v.sentStatus == nil || len(v.sentStatus) >= maxSentStatuses {
+		v.sentStatus = map[string]bool{} // bounded: a repeat long after is refused upstream, and dropped
 	}
 	v.sentStatus[key] = true
 	return u
+}
+
+// unsent forgets that status update m went to an upstream facilitator: its
+// session ended before the facilitator answered.
+func (v *Validator) unsent(m protocol.Message) {
+	if u, ok := m.(*protocol.V0JobStatusUpdate); ok {
+		v.mu.Lock()
+		delete(v.sentStatus, u.UUID+"\x00"+string(u.Status))
+		v.mu.Unlock()
+	}
 }

@@ -6,6 +6,7 @@
 package receipt
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,7 +44,9 @@ func (t Time) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON reads an RFC 3339 time.
 func (t *Time) UnmarshalJSON(b []byte) error {
 	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
+	if n := len(b); n >= 2 && b[0] == '"' && b[n-1] == '"' && bytes.IndexByte(b[1:n-1], '\\') < 0 && bytes.IndexByte(b[1:n-1], '"') < 0 {
+		s = string(b[1 : n-1]) // no escapes: the text is the string
+	} else if err := json.Unmarshal(b, &s); err != nil {
 		return err
 	}
 	v, err := pyjson.ParseTime(s)

@@ -231,7 +231,9 @@ func startNginx(ctx context.Context, core string, k *keys, upstream string, stde
 		}
 	}
 	if err != nil {
-		return nil, errors.New("nginx is not installed (apt-get install nginx, or run with -nginx=false)")
+		if bin, err = installNginx(ctx, stderr); err != nil {
+			return nil, fmt.Errorf("nginx is not installed and could not be (%w): apt-get install nginx, or run with -nginx=false", err)
+		}
 	}
 	addr, err := freePort()
 	if err != nil {
@@ -267,6 +269,33 @@ func startNginx(ctx context.Context, core string, k *keys, upstream string, stde
 		time.Sleep(50 * time.Millisecond)
 	}
 	return &child{cmd: cmd, addr: addr}, nil
+}
+
+// installNginx installs Debian's nginx with apt-get (as root only).
+func installNginx(ctx context.Context, stderr io.Writer) (string, error) {
+	if os.Geteuid() != 0 {
+		return "", errors.New("not root")
+	}
+	fmt.Fprintln(stderr, "bench: installing Debian's nginx (apt-get install nginx)")
+	install := func() error {
+		cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "--no-install-recommends", "nginx")
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		cmd.Stdout, cmd.Stderr = stderr, stderr
+		return cmd.Run()
+	}
+	if err := install(); err != nil {
+		update := exec.CommandContext(ctx, "apt-get", "update")
+		update.Stdout, update.Stderr = stderr, stderr
+		if err := errors.Join(update.Run(), install()); err != nil {
+			return "", err
+		}
+	}
+	for _, p := range []string{"/usr/sbin/nginx", "/sbin/nginx"} {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return exec.LookPath("nginx")
 }
 
 // row is one line of the table.

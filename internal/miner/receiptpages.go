@@ -1,0 +1,204 @@
+package miner
+
+// Receipt pages, as upstream ComputeHorde validators fetch them: GET
+// /receipts/{page}.jsonl, page = floor(unix seconds of the moment the miner
+// stored the receipt / 300), one upstream Receipt per line
+// ({"payload", "validator_signature", "miner_signature"}, the receipt type
+// inside the payload). A page only grows at its end (the store returns a
+// page's receipts in the order they were stored and a receipt is stored
+// once), so a validator that read N bytes asks again with "Range: bytes=N-":
+// 206 with what was added, 416 when nothing was. A page with no receipt is
+// 404, as upstream's miner has no file for it. A whole page is gzipped when
+// the client accepts it and asks for no range, as upstream's nginx does.
+//
+// TODO(lead): receipt/pages.go (helper i9v) has PageAt and MarshalLine; use
+// them here once merged and drop pageOf/pageLine.
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/receipt"
+)
+
+// receiptPageDuration is the span of one receipt page.
+const receiptPageDuration = 5 * time.Minute
+
+// receiptPagePrefix is the route under which pages are served.
+const receiptPagePrefix = "/receipts/"
+
+// pageOf returns the page a receipt stored at t goes to.
+func pageOf(t time.Time) int64 {
+	s, n := t.Unix(), int64(receiptPageDuration/time.Second)
+	if s < 0 {
+		return (s - n + 1) / n // floor, as Python's //
+	}
+	return s / n
+}
+
+// pageStart returns the first instant of page.
+func pageStart(page int64) time.Time {
+	return time.Unix(page*int64(receiptPageDuration/time.Second), 0)
+}
+
+// parsePageName reads "{page}.jsonl": digits only, no sign, no leading zero.
+func parsePageName(name string) (int64, bool) {
+	s, ok := strings.CutSuffix(name, ".jsonl")
+	if !ok || s == "" || len(s) > 18 || (len(s) > 1 && s[0] == '0') {
+		return 0, false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	p, err := strconv.ParseInt(s, 10, 64)
+	return p, err == nil
+}
+
+// upstreamReceipt is upstream's Receipt model, field for field.
+type upstreamReceipt struct {
+	Payload            json.RawMessage `json:"payload"`
+	ValidatorSignature string          `json:"validator_signature"`
+	MinerSignature     string          `json:"miner_signature"`
+}
+
+// pageLine returns r as upstream's miner writes it (pydantic's
+// model_dump_json: payload fields in upstream's declaration order, the
+// receipt type inside the payload), with its newline. ok is false for a
+// receipt upstream's model would refuse (one signature missing, a payload
+// that does not decode).
+func pageLine(r receipt.Receipt) ([]byte, bool) {
+	if r.ValidatorSignature == "" || r.MinerSignature == "" {
+		return nil, false
+	}
+	p, err := r.Decode()
+	if err != nil {
+		return nil, false
+	}
+	payload, err := receiptPayloadJSON(p)
+	if err != nil {
+		return nil, false
+	}
+	b, err := json.Marshal(upstreamReceipt{Payload: payload, ValidatorSignature: r.ValidatorSignature, MinerSignature: r.MinerSignature})
+	if err != nil {
+		return nil, false
+	}
+	return append(b, '\n'), true
+}
+
+// receiptPayloadJSON is a payload in upstream's shape: receipt.Bytes sets
+// the receipt type, and the typed payload marshals in declaration order.
+func receiptPayloadJSON(p receipt.Payload) (json.RawMessage, error) {
+	if _, err := receipt.Bytes(p); err != nil {
+		return nil, err
+	}
+	return json.Marshal(p)
+}
+
+// pageStore is what receipt pages read.
+type pageStore interface {
+	ReceiptsStoredIn(ctx context.Context, from, to time.Time) ([]store.StoredReceipt, error)
+}
+
+var _ pageStore = store.Receipts(nil)
+
+// receiptPages serves GET /receipts/{page}.jsonl.
+type receiptPages struct {
+	store pageStore
+	log   *slog.Logger
+}
+
+// page returns the bytes of page: every receipt the store keeps from that
+// page's five minutes, as page lines. Empty: no such page.
+func (p receiptPages) page(ctx context.Context, page int64) ([]byte, error) {
+	from := pageStart(page)
+	rs, err := p.store.ReceiptsStoredIn(ctx, from, from.Add(receiptPageDuration))
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	for _, sr := range rs {
+		if line, ok := pageLine(sr.Receipt); ok {
+			buf.Write(line)
+		}
+	}
+	return buf.Bytes(), nil
+}
+
+// ServeHTTP answers GET /receipts/{page}.jsonl as upstream's miner.
+func (p receiptPages) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	page, ok := parsePageName(r.PathValue("page"))
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	b, err := p.page(r.Context(), page)
+	if err != nil {
+		p.log.Warn("receipt page", "page", page, "err", err)
+		http.Error(w, "receipt page: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if len(b) == 0 {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/jsonl")
+	w.Header().Set("Vary", "Accept-Encoding")
+	if r.Header.Get("Range") == "" && acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		var z bytes.Buffer
+		zw := gzip.NewWriter(&z)
+		zw.Write(b)
+		zw.Close()
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Content-Length", strconv.Itoa(z.Len()))
+		if r.Method != http.MethodHead {
+			w.Write(z.Bytes())
+		}
+		return
+	}
+	// Range, 206, Content-Range and 416 as nginx serves a static file.
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
+}
+
+// acceptsGzip reports whether an Accept-Encoding value allows gzip.
+func acceptsGzip(v string) bool {
+	for _, part := range strings.Split(v, ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.EqualFold(strings.TrimSpace(name), "gzip") {
+			continue
+		}
+		q, found := strings.CutPrefix(strings.ReplaceAll(params, " ", ""), "q=")
+		return !found || (q != "0" && q != "0.0" && q != "0.00" && q != "0.000")
+	}
+	return false
+}
+
+// parseUpstreamLine reads an upstream Receipt (a page line or an excuse)
+// into a stored receipt; it checks the shape, not the signatures.
+func parseUpstreamLine(b []byte) (receipt.Receipt, error) {
+	var u upstreamReceipt
+	if err := json.Unmarshal(b, &u); err != nil {
+		return receipt.Receipt{}, fmt.Errorf("%w: %v", receipt.ErrInvalid, err)
+	}
+	var t struct {
+		Type receipt.Type `json:"receipt_type"`
+	}
+	if err := json.Unmarshal(u.Payload, &t); err != nil {
+		return receipt.Receipt{}, fmt.Errorf("%w: payload: %v", receipt.ErrInvalid, err)
+	}
+	r := receipt.Receipt{Type: t.Type, Payload: u.Payload, ValidatorSignature: u.ValidatorSignature, MinerSignature: u.MinerSignature}
+	if _, err := r.Decode(); err != nil {
+		return receipt.Receipt{}, err
+	}
+	return r, nil
+}

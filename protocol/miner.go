@@ -24,6 +24,9 @@ type ValidatorAuthForMiner struct {
 	MinerHotkey     string `json:"miner_hotkey"`
 	Timestamp       int64  `json:"timestamp"`
 	Signature       string `json:"signature"`
+	// Capabilities (horde, not signed): the validator's miner-link
+	// extensions (see upstream_miner.go); upstream's miner ignores it.
+	Capabilities []string `json:"horde_capabilities,omitempty"`
 }
 
 func (*ValidatorAuthForMiner) MessageType() string { return "ValidatorAuthForMiner" }
@@ -36,6 +39,9 @@ func (m *ValidatorAuthForMiner) AuthMessage() []byte {
 // V0ExecutorManifestRequest: miner → validator, executor counts per class.
 type V0ExecutorManifestRequest struct {
 	Manifest map[string]int `json:"manifest"`
+	// Capabilities (horde): the miner's extensions (see upstream_miner.go);
+	// upstream's validator ignores it.
+	Capabilities []string `json:"horde_capabilities,omitempty"`
 }
 
 func (*V0ExecutorManifestRequest) MessageType() string { return "V0ExecutorManifestRequest" }
@@ -79,6 +85,11 @@ type V0InitialJobRequest struct {
 	// ImageDigest (horde) pins the image of a streaming job: the executor
 	// refuses an image whose id or repo digest differs.
 	ImageDigest string `json:"horde_image_digest,omitempty"`
+	// ImageAllowList (horde, miner → executor only; the miner drops what a
+	// validator sends): for a streaming job without ImageDigest, the miner's
+	// allow-list: image names ("repo:tag") and digests ("sha256:…"); the
+	// executor runs the image if its name or its id or a repo digest is listed.
+	ImageAllowList []string `json:"horde_image_allow_list,omitempty"`
 }
 
 func (*V0InitialJobRequest) MessageType() string { return "V0InitialJobRequest" }

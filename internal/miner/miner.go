@@ -45,6 +45,12 @@ type Config struct {
 	Reaper *Reaper
 	// ReapEvery is how often leftovers are looked for (default 30s).
 	ReapEvery time.Duration
+	// ImagePull says when executors may pull a job's image (default
+	// protocol.PullIfValidatorAllows: only when a horde validator allows it).
+	ImagePull protocol.ImagePullPolicy
+	// StreamingImages lists the images streaming jobs may run when the
+	// validator pins no digest (upstream validators), by name or digest.
+	StreamingImages []string
 	// SpinUpTimeout bounds the wait for a started executor to connect.
 	SpinUpTimeout time.Duration
 	Log           *slog.Logger
@@ -65,6 +71,8 @@ func (c *Config) Validate() error {
 		return errors.New("miner config: Store is required")
 	case c.Metagraph == nil && c.TrustedValidator == "":
 		return errors.New("miner config: Metagraph or TrustedValidator is required")
+	case !c.ImagePull.Valid():
+		return fmt.Errorf("miner config: ImagePull %q is not validator, always or never", c.ImagePull)
 	}
 	for class, n := range c.Manifest {
 		if n < 0 {

@@ -42,20 +42,20 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	auth, ok := first.(*protocol.ValidatorAuthForMiner)
 	if !ok {
-		conn.Send(ctx, &protocol.UnauthorizedError{Code: "auth_required", Details: "first message must be ValidatorAuthForMiner, got " + first.MessageType()})
+		conn.Send(ctx, &protocol.UnauthorizedError{Code: protocol.UnauthorizedUnknownValidator, Details: "first message must be ValidatorAuthForMiner, got " + first.MessageType()})
 		conn.CloseWith("auth required")
 		return
 	}
 	if err := wsconn.CheckValidatorAuth(auth, r.PathValue("hotkey"), m.cfg.Hotkey.SS58(), m.allowed, m.guard, time.Now()); err != nil {
 		m.log.Warn("validator refused", "validator", auth.ValidatorHotkey, "err", err)
-		conn.Send(ctx, &protocol.UnauthorizedError{Code: "unauthorized", Details: err.Error()})
+		conn.Send(ctx, authRefusal(err, m.registered(auth.ValidatorHotkey)))
 		conn.CloseWith("unauthorized")
 		return
 	}
 	validator := auth.ValidatorHotkey
 	log := m.log.With("validator", validator)
 	log.Info("validator connected")
-	if err := conn.Send(ctx, &protocol.V0ExecutorManifestRequest{Manifest: m.cfg.Manifest}); err != nil {
+	if err := conn.Send(ctx, manifestFor(m.cfg.Manifest, auth.Capabilities)); err != nil {
 		return
 	}
 	conn.Send(ctx, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()})
@@ -124,6 +124,9 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 	if _, ok := m.cfg.Manifest[req.ExecutorClass]; !ok {
 		return decline(protocol.RejectUnknown, fmt.Sprintf("executor class %q is not offered by this miner", req.ExecutorClass), nil)
 	}
+	if msg := m.images().streamingRefusal(req); msg != "" {
+		return decline(protocol.RejectUnknown, msg, nil)
+	}
 	m.mu.Lock()
 	_, dup := m.jobs[req.JobUUID]
 	m.mu.Unlock()
@@ -131,14 +134,14 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 		return decline(protocol.RejectUnknown, "job uuid is already running here", nil)
 	}
 	if !m.reserve(req.ExecutorClass) {
-		return decline(protocol.RejectBusy, "all executors of class "+req.ExecutorClass+" are busy", m.excuses(req.ExecutorClass))
+		return decline(protocol.RejectBusy, "all executors of class "+req.ExecutorClass+" are busy", m.upstreamExcuses(req))
 	}
 	started, err := receipt.New(&p, req.JobStartedReceiptSignature)
 	if err == nil {
 		started.MinerSignature, err = receipt.Sign(m.cfg.Hotkey, &p)
 	}
 	jctx, cancel := context.WithCancel(m.ctx)
-	j := &job{uuid: req.JobUUID, class: req.ExecutorClass, validator: validator, vconn: conn, initial: req,
+	j := &job{uuid: req.JobUUID, class: req.ExecutorClass, validator: validator, vconn: conn, initial: m.images().forExecutor(req),
 		started: started, cancel: cancel, connected: make(chan struct{}), relayed: make(chan struct{})}
 	j.token = m.tokens.Issue(j.uuid)
 	m.mu.Lock()
@@ -211,31 +214,6 @@ func (m *Miner) hordeFailed(ctx context.Context, j *job, reason protocol.HordeFa
 	j.mu.Unlock()
 	m.log.Warn("job failed (horde)", "job", j.uuid, "reason", reason, "msg", msg)
 	j.vconn.Send(ctx, &protocol.V0HordeFailedRequest{JobUUID: j.uuid, ReportedBy: protocol.ByMiner, Reason: reason, Message: msg})
-}
-
-// excuses are the countersigned started receipts of running organic jobs of
-// class still within their ttl: proof that the executors are really taken.
-func (m *Miner) excuses(class string) []json.RawMessage {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []json.RawMessage
-	for _, j := range m.jobs {
-		if j.class != class {
-			continue
-		}
-		p, err := j.started.Decode()
-		if err != nil {
-			continue
-		}
-		sp := p.(*receipt.StartedPayload)
-		if !sp.IsOrganic || time.Since(sp.Timestamp.Time) > time.Duration(sp.TTL)*time.Second {
-			continue
-		}
-		if b, err := json.Marshal(j.started); err == nil {
-			out = append(out, b)
-		}
-	}
-	return out
 }
 
 func (m *Miner) jobOf(validator, uuid string) *job {

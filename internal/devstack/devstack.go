@@ -42,7 +42,11 @@ type Config struct {
 	// FacilitatorAddr is where the facilitator listens (default 127.0.0.1:0).
 	FacilitatorAddr string
 	AllowPull       bool
-	Limits          blob.Limits
+	// MinerImagePull and MinerStreamingImages are the miners' own image
+	// policy (miner.Config.ImagePull, StreamingImages).
+	MinerImagePull       protocol.ImagePullPolicy
+	MinerStreamingImages []string
+	Limits               blob.Limits
 	// AllowPrivate lists the non-public destinations executors may fetch
 	// volumes from and upload to (see blob.NewDialGuard): only the local
 	// servers the stack's user starts (its object server). Everything else
@@ -262,7 +266,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		}
 		run(fmt.Sprintf("miner %d", i), func() error {
 			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
-				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
+				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery, ImagePull: cfg.MinerImagePull, StreamingImages: cfg.MinerStreamingImages,
 				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
 					Net: guard, BoundDisks: cfg.BoundDisks},
 				Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})

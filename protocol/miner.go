@@ -24,9 +24,6 @@ type ValidatorAuthForMiner struct {
 	MinerHotkey     string `json:"miner_hotkey"`
 	Timestamp       int64  `json:"timestamp"`
 	Signature       string `json:"signature"`
-	// Capabilities (horde, not signed): the validator's miner-link
-	// extensions (see upstream_miner.go); upstream's miner ignores it.
-	Capabilities []string `json:"horde_capabilities,omitempty"`
 }
 
 func (*ValidatorAuthForMiner) MessageType() string { return "ValidatorAuthForMiner" }
@@ -39,9 +36,9 @@ func (m *ValidatorAuthForMiner) AuthMessage() []byte {
 // V0ExecutorManifestRequest: miner → validator, executor counts per class.
 type V0ExecutorManifestRequest struct {
 	Manifest map[string]int `json:"manifest"`
-	// Capabilities (horde): the miner's extensions (see upstream_miner.go);
-	// upstream's validator ignores it.
-	Capabilities []string `json:"horde_capabilities,omitempty"`
+	// Capabilities (horde) are the extensions a horde miner speaks
+	// (MinerCapabilities); upstream's model ignores the field.
+	Capabilities Capabilities `json:"horde_capabilities,omitempty"`
 }
 
 func (*V0ExecutorManifestRequest) MessageType() string { return "V0ExecutorManifestRequest" }

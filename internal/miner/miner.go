@@ -78,6 +78,10 @@ func (c *Config) Validate() error {
 		if n < 0 {
 			return fmt.Errorf("miner config: Manifest[%s] is negative", class)
 		}
+		if !protocol.IsUpstreamExecutorClass(class) {
+			// Upstream validators refuse a whole manifest with another class.
+			return fmt.Errorf("miner config: Manifest[%s]: not an executor class upstream validators know", class)
+		}
 	}
 	return nil
 }

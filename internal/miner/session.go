@@ -55,7 +55,7 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 	validator := auth.ValidatorHotkey
 	log := m.log.With("validator", validator)
 	log.Info("validator connected")
-	if err := conn.Send(ctx, manifestFor(m.cfg.Manifest, auth.Capabilities)); err != nil {
+	if err := conn.Send(ctx, manifestFor(m.cfg.Manifest)); err != nil {
 		return
 	}
 	conn.Send(ctx, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()})
@@ -90,6 +90,8 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 			m.countersign(ctx, conn, validator, receipt.JobAccepted, msg.Payload, msg.Signature)
 		case *protocol.V0JobFinishedReceiptRequest:
 			m.countersign(ctx, conn, validator, receipt.JobFinished, msg.Payload, msg.Signature)
+		case *protocol.V0MainHotkeyMessage:
+			conn.Send(ctx, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()}) // upstream's validator asks
 		case *protocol.GenericError:
 			log.Warn("validator reported an error", "details", msg.Details)
 		default:

@@ -49,20 +49,12 @@ func (m *Miner) registered(hotkey string) bool {
 	return ok
 }
 
-// hasCap reports whether a validator listed capability c.
-func hasCap(caps []string, c string) bool { return slices.Contains(caps, c) }
-
-// manifestFor is the manifest for a validator that listed caps: to a
-// validator that does not speak horde's classes, only the classes
-// upstream's enum has (its parser refuses a manifest with any other).
-func manifestFor(manifest map[string]int, caps []string) *protocol.V0ExecutorManifestRequest {
-	out := make(map[string]int, len(manifest))
-	for class, n := range manifest {
-		if hasCap(caps, protocol.MinerCapClasses) || protocol.IsUpstreamExecutorClass(class) {
-			out[class] = n
-		}
-	}
-	return &protocol.V0ExecutorManifestRequest{Manifest: out, Capabilities: protocol.MinerCapabilities}
+// manifestFor is the manifest a validator gets: the executors per class
+// (upstream's classes only: Config.Validate sees to it) and, for horde
+// validators, the extensions this miner speaks (upstream's model ignores
+// the field).
+func manifestFor(manifest map[string]int) *protocol.V0ExecutorManifestRequest {
+	return &protocol.V0ExecutorManifestRequest{Manifest: manifest, Capabilities: protocol.MinerCapabilities}
 }
 
 // imagePolicy is the miner's say on the images its executors run.

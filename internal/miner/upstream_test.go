@@ -1,9 +1,11 @@
 package miner
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -46,12 +48,7 @@ func testMiner(t *testing.T, cfg Config) string {
 		t.Fatal(err)
 	}
 	if cfg.Store == nil {
-		st, err := sqlite.Open(t.Context(), t.TempDir()+"/miner.db")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		cfg.Store = st
+		cfg.Store = openStore(t)
 	}
 	if cfg.Backend == nil {
 		cfg.Backend = idleBackend{}
@@ -71,6 +68,16 @@ func testMiner(t *testing.T, cfg Config) string {
 		}
 	})
 	return ln.Addr().String()
+}
+
+func openStore(t *testing.T) *sqlite.DB {
+	t.Helper()
+	st, err := sqlite.Open(t.Context(), t.TempDir()+"/miner.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }
 
 // rawSession is a validator's WebSocket to the miner, frames as bytes.
@@ -164,24 +171,22 @@ func TestUpstreamAuthRefusals(t *testing.T) {
 	}
 }
 
-// To a validator that lists no horde capabilities (upstream's), the
-// manifest holds only upstream's classes; a horde validator sees them all.
-// Both carry the miner's capabilities, which upstream ignores.
+// The manifest is what upstream's validator parses (upstream's classes
+// only) and carries the miner's extensions, which upstream ignores; a class
+// upstream does not know is refused at start.
 func TestManifestForUpstream(t *testing.T) {
-	man := map[string]int{protocol.ClassTest: 2, protocol.ClassGPU24: 1, "horde.cpu.2c": 3}
-	up := manifestFor(man, nil)
-	if diff := cmp.Diff(map[string]int{protocol.ClassTest: 2, protocol.ClassGPU24: 1}, up.Manifest); diff != "" {
-		t.Errorf("upstream manifest (-want +got):\n%s", diff)
-	}
-	b, _ := protocol.Encode(up)
+	man := map[string]int{protocol.ClassTest: 2, protocol.ClassGPU24: 1}
+	b, _ := protocol.Encode(manifestFor(man))
 	schematest.Valid(t, "protocol_messages.V0ExecutorManifestRequest", b)
 	if !strings.Contains(string(b), `"horde_capabilities":[`) {
 		t.Errorf("manifest without capabilities: %s", b)
 	}
-	withExtra, _ := protocol.Encode(manifestFor(man, []string{protocol.MinerCapClasses}))
-	schematest.Invalid(t, "protocol_messages.V0ExecutorManifestRequest", withExtra) // why upstream must not get it
-	if h := manifestFor(man, []string{protocol.MinerCapClasses}); len(h.Manifest) != 3 {
-		t.Errorf("horde manifest = %v", h.Manifest)
+	man["horde.cpu.2c"] = 3
+	b, _ = protocol.Encode(manifestFor(man))
+	schematest.Invalid(t, "protocol_messages.V0ExecutorManifestRequest", b) // why the class is refused
+	cfg := Config{Hotkey: hotkey(t, 1), Manifest: man, Backend: idleBackend{}, Store: openStore(t), TrustedValidator: "v"}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "horde.cpu.2c") {
+		t.Errorf("Validate = %v", err)
 	}
 }
 
@@ -285,5 +290,51 @@ func TestImagePolicy(t *testing.T) {
 		if protocol.SameImageName(c.a, c.b) != c.same {
 			t.Errorf("SameImageName(%q, %q) != %v", c.a, c.b, c.same)
 		}
+	}
+}
+
+// Every message upstream's validator sends a miner decodes; the main
+// hotkey request (main_hotkey null) is answered with the miner's hotkey.
+func TestUpstreamValidatorMessages(t *testing.T) {
+	f, err := os.Open("../../protocol/testdata/upstream/messages.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	n := 0
+	for sc.Scan() {
+		var v struct {
+			Name, Link string
+			JSON       json.RawMessage
+		}
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.Link != "validator->miner" && v.Link != "both" {
+			continue
+		}
+		n++
+		schematest.Valid(t, "protocol_messages.ValidatorToMinerMessage.union", v.JSON)
+		if _, err := protocol.Decode(v.JSON); err != nil {
+			t.Errorf("%s: %v", v.Name, err)
+		}
+	}
+	if n < 20 {
+		t.Errorf("only %d validator→miner vectors", n)
+	}
+
+	mk, v := hotkey(t, 30), hotkey(t, 31)
+	addr := testMiner(t, Config{Hotkey: mk, Manifest: map[string]int{protocol.ClassTest: 1}, TrustedValidator: v.SS58()})
+	s := dialRaw(t, addr, v.SS58())
+	s.send(wsconn.NewValidatorAuth(v, mk.SS58(), time.Now()))
+	s.recv() // manifest
+	s.recv() // the miner's main hotkey, unasked
+	if err := s.ws.Write(t.Context(), websocket.MessageText, []byte(`{"message_type": "V0MainHotkeyMessage", "main_hotkey": null}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m, b := s.recv(); m.MessageType() != "V0MainHotkeyMessage" || m.(*protocol.V0MainHotkeyMessage).MainHotkey != mk.SS58() {
+		t.Errorf("answer to the main hotkey request: %s", b)
 	}
 }

@@ -11,28 +11,44 @@ import (
 
 // checkStreamingImage decides whether a streaming job's image may run: the
 // validator's digest pin when it sent one (horde validators), else the
-// miner's allow-list (upstream validators send no pin): the image's name,
-// or its id or one of its repo digests, must be listed.
+// miner's allow-list (upstream validators send no pin).
 func (j *job) checkStreamingImage(ctx context.Context, initial *protocol.V0InitialJobRequest) error {
 	if initial.ImageDigest != "" || len(initial.ImageAllowList) == 0 {
 		return j.checkDigest(ctx, initial.DockerImage, initial.ImageDigest)
 	}
-	for _, e := range initial.ImageAllowList {
-		if !protocol.IsImageDigest(e) && protocol.SameImageName(e, initial.DockerImage) {
-			return nil
-		}
+	if listedByName(initial.DockerImage, initial.ImageAllowList) {
+		return nil
 	}
 	img, err := j.cfg.Runtime.ImageInspect(ctx, initial.DockerImage)
 	if err != nil {
 		return err
 	}
-	if slices.Contains(initial.ImageAllowList, img.ID) {
+	if listedByDigest(img.ID, img.RepoDigests, initial.ImageAllowList) {
 		return nil
 	}
-	for _, rd := range img.RepoDigests {
-		if _, d, ok := strings.Cut(rd, "@"); ok && slices.Contains(initial.ImageAllowList, d) {
-			return nil
+	return fmt.Errorf("streaming image %s (%s) is not on the miner's allow-list", initial.DockerImage, img.ID)
+}
+
+// listedByName reports whether an allow-list entry that is a name names image.
+func listedByName(image string, allow []string) bool {
+	for _, e := range allow {
+		if !protocol.IsImageDigest(e) && protocol.SameImageName(e, image) {
+			return true
 		}
 	}
-	return fmt.Errorf("streaming image %s (%s) is not on the miner's allow-list", initial.DockerImage, img.ID)
+	return false
+}
+
+// listedByDigest reports whether the image's id or one of its repo digests
+// ("name@sha256:…") is on the allow-list.
+func listedByDigest(id string, repoDigests, allow []string) bool {
+	if slices.Contains(allow, id) {
+		return true
+	}
+	for _, rd := range repoDigests {
+		if _, d, ok := strings.Cut(rd, "@"); ok && slices.Contains(allow, d) {
+			return true
+		}
+	}
+	return false
 }

@@ -133,7 +133,7 @@ func Run(ctx context.Context, cfg Config) error {
 	mux.HandleFunc("GET "+protocol.ValidatorAuthPath+"{hotkey}", m.serveValidator)
 	mux.HandleFunc("GET "+protocol.ExecutorPath+"{token}", m.serveExecutor)
 	mux.HandleFunc("GET /receipts", m.serveReceipts)
-	mux.Handle("GET "+receiptPagePrefix+"{page}", receiptPages{store: cfg.Store, log: m.log})
+	mux.Handle("GET "+receiptPagePrefix+"{page}", receiptPages{store: cfg.Store, log: m.log, cache: newPageCache()})
 	var wg sync.WaitGroup
 	bctx, stop := context.WithCancel(ctx)
 	wg.Go(func() { m.background(bctx) })

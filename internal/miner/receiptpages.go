@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/horde-compute/horde/internal/store"
@@ -96,11 +97,22 @@ func pageLine(r receipt.Receipt) ([]byte, bool) {
 	return append(b, '\n'), true
 }
 
-// receiptPayloadJSON is a payload in upstream's shape: receipt.Bytes sets
-// the receipt type, and the typed payload marshals in declaration order.
+// receiptPayloadJSON is a payload in upstream's shape: the receipt type
+// set, block_numbers a list, fields in declaration order (as receipt.Bytes
+// prepares a payload, without its canonical re-encoding).
 func receiptPayloadJSON(p receipt.Payload) (json.RawMessage, error) {
-	if _, err := receipt.Bytes(p); err != nil {
-		return nil, err
+	switch p := p.(type) {
+	case *receipt.StartedPayload:
+		p.ReceiptType = receipt.JobStarted
+	case *receipt.AcceptedPayload:
+		p.ReceiptType = receipt.JobAccepted
+	case *receipt.FinishedPayload:
+		p.ReceiptType = receipt.JobFinished
+		if p.BlockNumbers == nil {
+			p.BlockNumbers = []int64{}
+		}
+	default:
+		return nil, fmt.Errorf("%w: payload %T", receipt.ErrInvalid, p)
 	}
 	return json.Marshal(p)
 }
@@ -112,16 +124,65 @@ type pageStore interface {
 
 var _ pageStore = store.Receipts(nil)
 
+// pageSettles is how long after its five minutes a page can still gain a
+// receipt (one being stored as the page ended); after that it is complete.
+const pageSettles = time.Minute
+
+// cachedPages is how many complete pages are kept ready: a little more
+// than the 5 hours upstream's validators catch up on.
+const cachedPages = 72
+
 // receiptPages serves GET /receipts/{page}.jsonl.
 type receiptPages struct {
 	store pageStore
 	log   *slog.Logger
+	now   func() time.Time // nil: time.Now
+	cache *pageCache       // nil: no caching
+}
+
+// pageCache keeps the bytes of complete pages, which cannot change.
+type pageCache struct {
+	mu    sync.Mutex
+	pages map[int64][]byte
+}
+
+func newPageCache() *pageCache { return &pageCache{pages: map[int64][]byte{}} }
+
+func (c *pageCache) get(page int64) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, ok := c.pages[page]
+	return b, ok
+}
+
+// put keeps b, dropping the oldest page beyond cachedPages.
+func (c *pageCache) put(page int64, b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pages[page] = b
+	if len(c.pages) > cachedPages {
+		oldest := page
+		for p := range c.pages {
+			oldest = min(oldest, p)
+		}
+		delete(c.pages, oldest)
+	}
 }
 
 // page returns the bytes of page: every receipt the store keeps from that
 // page's five minutes, as page lines. Empty: no such page.
 func (p receiptPages) page(ctx context.Context, page int64) ([]byte, error) {
+	now := time.Now
+	if p.now != nil {
+		now = p.now
+	}
 	from := pageStart(page)
+	complete := now().After(from.Add(receiptPageDuration + pageSettles))
+	if p.cache != nil && complete {
+		if b, ok := p.cache.get(page); ok {
+			return b, nil
+		}
+	}
 	rs, err := p.store.ReceiptsStoredIn(ctx, from, from.Add(receiptPageDuration))
 	if err != nil {
 		return nil, err
@@ -131,6 +192,9 @@ func (p receiptPages) page(ctx context.Context, page int64) ([]byte, error) {
 		if line, ok := pageLine(sr.Receipt); ok {
 			buf.Write(line)
 		}
+	}
+	if p.cache != nil && complete {
+		p.cache.put(page, buf.Bytes())
 	}
 	return buf.Bytes(), nil
 }

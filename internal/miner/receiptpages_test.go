@@ -233,3 +233,50 @@ func TestAcceptsGzip(t *testing.T) {
 		}
 	}
 }
+
+// A page is read from the store until it is complete (a minute after its
+// five minutes), then kept: it cannot change any more.
+func TestReceiptPageCache(t *testing.T) {
+	v, m := hotkey(t, 1), hotkey(t, 2)
+	st := &pagesStore{}
+	page := int64(5_900_000)
+	at := pageStart(page)
+	clock := at.Add(time.Minute)
+	p := receiptPages{store: st, log: slog.New(slog.DiscardHandler), now: func() time.Time { return clock }, cache: newPageCache()}
+	put := func(uuid string) {
+		st.put(countersigned(t, v, m, &receipt.StartedPayload{Base: receipt.Base{JobUUID: uuid, MinerHotkey: m.SS58(), ValidatorHotkey: v.SS58(), Timestamp: receipt.At(at)}}), at.Add(time.Second))
+	}
+	lines := func() int {
+		b, err := p.page(t.Context(), page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), "\n")
+	}
+	put("a")
+	if n := lines(); n != 1 {
+		t.Fatalf("current page: %d lines", n)
+	}
+	put("b")
+	if n := lines(); n != 2 {
+		t.Fatalf("current page after a put: %d lines", n)
+	}
+	clock = at.Add(receiptPageDuration + pageSettles + time.Second)
+	if n := lines(); n != 2 {
+		t.Fatalf("complete page: %d lines", n)
+	}
+	st.mu.Lock()
+	st.rs = nil
+	st.at = nil
+	st.mu.Unlock()
+	if n := lines(); n != 2 {
+		t.Errorf("complete page not kept: %d lines", n)
+	}
+	// At most cachedPages are kept, the oldest dropped.
+	for i := range int64(cachedPages + 5) {
+		p.cache.put(page+1+i, nil)
+	}
+	if _, ok := p.cache.get(page); ok || len(p.cache.pages) != cachedPages {
+		t.Errorf("cache holds %d pages, the oldest kept: %v", len(p.cache.pages), ok)
+	}
+}

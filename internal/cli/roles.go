@@ -106,6 +106,7 @@ func (e *env) validator(args []string) error {
 	var w walletFlags
 	w.register(fs, "validator")
 	fac := fs.String("facilitator", "ws://127.0.0.1:9000/ws/v0/", "facilitator WebSocket URL (empty: none)")
+	requireHordeFac := fs.Bool("require-horde-facilitator", false, "refuse a facilitator without horde's replay-proof auth (an upstream facilitator) instead of sending it upstream's replayable one")
 	metagraph := fs.String("metagraph", "metagraph.json", "metagraph file (Pylon neurons shape)")
 	db := fs.String("db", "validator.db", "SQLite database file")
 	allowPull := fs.Bool("allow-pull", false, "let executors pull images that are not present")
@@ -180,7 +181,7 @@ func (e *env) validator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, Metagraph: meta,
+	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, RequireHordeFacilitator: *requireHordeFac, Metagraph: meta,
 		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log,
 		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights, MinExcuseStake: *excuseStake},
 		StreamingWhitelist: wl, Validation: val})
@@ -280,7 +281,11 @@ func (e *env) miner(args []string) error {
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
-	return miner.Run(e.ctx, cfg)
+	m, err := miner.New(cfg)
+	if err != nil {
+		return err
+	}
+	return m.Run(e.ctx)
 }
 
 func (e *env) executor(args []string) error {

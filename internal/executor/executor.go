@@ -248,7 +248,7 @@ func (j *job) hostPaths(msg string) string {
 func (j *job) fail(ctx context.Context, stage protocol.JobStage, reason protocol.JobFailureReason, code, msg string, extra func(*protocol.V0JobFailedRequest)) error {
 	msg = j.hostPaths(msg)
 	m := &protocol.V0JobFailedRequest{JobUUID: j.uuid, ExecutorToken: j.token, Stage: stage, Reason: reason,
-		Message: code + ": " + msg, Context: map[string]any{"horde_reason": code}}
+		Message: code + ": " + msg, Context: protocol.WithReason(code)}
 	if extra != nil {
 		extra(m)
 	}

@@ -10,16 +10,12 @@ package miner
 // 206 with what was added, 416 when nothing was. A page with no receipt is
 // 404, as upstream's miner has no file for it. A whole page is gzipped when
 // the client accepts it and asks for no range, as upstream's nginx does.
-//
-// TODO(lead): receipt/pages.go (helper i9v) has PageAt and MarshalLine; use
-// them here once merged and drop pageOf/pageLine.
+// Pages, paths and lines are receipt's (receipt/pages.go).
 
 import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -30,92 +26,6 @@ import (
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/receipt"
 )
-
-// receiptPageDuration is the span of one receipt page.
-const receiptPageDuration = 5 * time.Minute
-
-// receiptPagePrefix is the route under which pages are served.
-const receiptPagePrefix = "/receipts/"
-
-// pageOf returns the page a receipt stored at t goes to.
-func pageOf(t time.Time) int64 {
-	s, n := t.Unix(), int64(receiptPageDuration/time.Second)
-	if s < 0 {
-		return (s - n + 1) / n // floor, as Python's //
-	}
-	return s / n
-}
-
-// pageStart returns the first instant of page.
-func pageStart(page int64) time.Time {
-	return time.Unix(page*int64(receiptPageDuration/time.Second), 0)
-}
-
-// parsePageName reads "{page}.jsonl": digits only, no sign, no leading zero.
-func parsePageName(name string) (int64, bool) {
-	s, ok := strings.CutSuffix(name, ".jsonl")
-	if !ok || s == "" || len(s) > 18 || (len(s) > 1 && s[0] == '0') {
-		return 0, false
-	}
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-	}
-	p, err := strconv.ParseInt(s, 10, 64)
-	return p, err == nil
-}
-
-// upstreamReceipt is upstream's Receipt model, field for field.
-type upstreamReceipt struct {
-	Payload            json.RawMessage `json:"payload"`
-	ValidatorSignature string          `json:"validator_signature"`
-	MinerSignature     string          `json:"miner_signature"`
-}
-
-// pageLine returns r as upstream's miner writes it (pydantic's
-// model_dump_json: payload fields in upstream's declaration order, the
-// receipt type inside the payload), with its newline. ok is false for a
-// receipt upstream's model would refuse (one signature missing, a payload
-// that does not decode).
-func pageLine(r receipt.Receipt) ([]byte, bool) {
-	if r.ValidatorSignature == "" || r.MinerSignature == "" {
-		return nil, false
-	}
-	p, err := r.Decode()
-	if err != nil {
-		return nil, false
-	}
-	payload, err := receiptPayloadJSON(p)
-	if err != nil {
-		return nil, false
-	}
-	b, err := json.Marshal(upstreamReceipt{Payload: payload, ValidatorSignature: r.ValidatorSignature, MinerSignature: r.MinerSignature})
-	if err != nil {
-		return nil, false
-	}
-	return append(b, '\n'), true
-}
-
-// receiptPayloadJSON is a payload in upstream's shape: the receipt type
-// set, block_numbers a list, fields in declaration order (as receipt.Bytes
-// prepares a payload, without its canonical re-encoding).
-func receiptPayloadJSON(p receipt.Payload) (json.RawMessage, error) {
-	switch p := p.(type) {
-	case *receipt.StartedPayload:
-		p.ReceiptType = receipt.JobStarted
-	case *receipt.AcceptedPayload:
-		p.ReceiptType = receipt.JobAccepted
-	case *receipt.FinishedPayload:
-		p.ReceiptType = receipt.JobFinished
-		if p.BlockNumbers == nil {
-			p.BlockNumbers = []int64{}
-		}
-	default:
-		return nil, fmt.Errorf("%w: payload %T", receipt.ErrInvalid, p)
-	}
-	return json.Marshal(p)
-}
 
 // pageStore is what receipt pages read.
 type pageStore interface {
@@ -176,20 +86,22 @@ func (p receiptPages) page(ctx context.Context, page int64) ([]byte, error) {
 	if p.now != nil {
 		now = p.now
 	}
-	from := pageStart(page)
-	complete := now().After(from.Add(receiptPageDuration + pageSettles))
+	from := receipt.PageStart(page)
+	complete := now().After(from.Add(receipt.PageDuration + pageSettles))
 	if p.cache != nil && complete {
 		if b, ok := p.cache.get(page); ok {
 			return b, nil
 		}
 	}
-	rs, err := p.store.ReceiptsStoredIn(ctx, from, from.Add(receiptPageDuration))
+	rs, err := p.store.ReceiptsStoredIn(ctx, from, from.Add(receipt.PageDuration))
 	if err != nil {
 		return nil, err
 	}
 	var buf bytes.Buffer
 	for _, sr := range rs {
-		if line, ok := pageLine(sr.Receipt); ok {
+		// Upstream's model needs both signatures: a receipt without the
+		// miner's is left out.
+		if line, err := receipt.MarshalLine(sr.Receipt); err == nil {
 			buf.Write(line)
 		}
 	}
@@ -201,7 +113,7 @@ func (p receiptPages) page(ctx context.Context, page int64) ([]byte, error) {
 
 // ServeHTTP answers GET /receipts/{page}.jsonl as upstream's miner.
 func (p receiptPages) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	page, ok := parsePageName(r.PathValue("page"))
+	page, ok := receipt.ParsePagePath(r.URL.Path)
 	if !ok {
 		http.NotFound(w, r)
 		return
@@ -245,24 +157,4 @@ func acceptsGzip(v string) bool {
 		return !found || (q != "0" && q != "0.0" && q != "0.00" && q != "0.000")
 	}
 	return false
-}
-
-// parseUpstreamLine reads an upstream Receipt (a page line or an excuse)
-// into a stored receipt; it checks the shape, not the signatures.
-func parseUpstreamLine(b []byte) (receipt.Receipt, error) {
-	var u upstreamReceipt
-	if err := json.Unmarshal(b, &u); err != nil {
-		return receipt.Receipt{}, fmt.Errorf("%w: %v", receipt.ErrInvalid, err)
-	}
-	var t struct {
-		Type receipt.Type `json:"receipt_type"`
-	}
-	if err := json.Unmarshal(u.Payload, &t); err != nil {
-		return receipt.Receipt{}, fmt.Errorf("%w: payload: %v", receipt.ErrInvalid, err)
-	}
-	r := receipt.Receipt{Type: t.Type, Payload: u.Payload, ValidatorSignature: u.ValidatorSignature, MinerSignature: u.MinerSignature}
-	if _, err := r.Decode(); err != nil {
-		return receipt.Receipt{}, err
-	}
-	return r, nil
 }

@@ -44,8 +44,8 @@ func benchmarkReceiptPage(b *testing.B, complete bool) {
 		h.cache = newPageCache()
 		h.now = func() time.Time { return time.Now().Add(time.Hour) }
 	}
-	page := pageOf(time.Now())
-	url := receiptPagePrefix + strconv.FormatInt(page, 10) + ".jsonl"
+	page := receipt.PageAt(time.Now())
+	url := receipt.PagePrefix + strconv.FormatInt(page, 10) + ".jsonl"
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, withPage(httptest.NewRequest(http.MethodGet, url, nil), page))
 	size := rec.Body.Len()

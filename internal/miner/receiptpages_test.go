@@ -100,13 +100,13 @@ func TestReceiptPages(t *testing.T) {
 	st := &pagesStore{}
 	srv := httptest.NewServer(func() http.Handler {
 		mux := http.NewServeMux()
-		mux.Handle("GET "+receiptPagePrefix+"{page}", receiptPages{store: st, log: slog.New(slog.DiscardHandler)})
+		mux.Handle("GET "+receipt.PagePrefix+"{page}", receiptPages{store: st, log: slog.New(slog.DiscardHandler)})
 		return mux
 	}())
 	defer srv.Close()
 
 	page := int64(5_900_000)
-	at := pageStart(page)
+	at := receipt.PageStart(page)
 	started := &receipt.StartedPayload{Base: receipt.Base{JobUUID: "7b1c5e2a-0000-4000-8000-000000000001", MinerHotkey: m.SS58(), ValidatorHotkey: v.SS58(),
 		Timestamp: receipt.At(at)}, ExecutorClass: "always_on.gpu-24gb", IsOrganic: true, TTL: 300}
 	st.put(countersigned(t, v, m, started), at.Add(time.Second))
@@ -118,7 +118,7 @@ func TestReceiptPages(t *testing.T) {
 	unsigned, _ := receipt.New(started, "0xaa")
 	st.put(unsigned, at.Add(2*time.Second))
 
-	url := srv.URL + receiptPagePrefix + strconv.FormatInt(page, 10) + ".jsonl"
+	url := srv.URL + receipt.PagePrefix + strconv.FormatInt(page, 10) + ".jsonl"
 	resp, body := get(t, url)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET page = %d %s", resp.StatusCode, body)
@@ -188,7 +188,7 @@ func TestReceiptPages(t *testing.T) {
 
 	// Pages the miner does not have, and names that are not pages.
 	for _, name := range []string{strconv.FormatInt(page+1, 10) + ".jsonl", "0.jsonl", "05900000.jsonl", "-1.jsonl", "5900000", "5900000.json", "abc.jsonl", "99999999999999999999.jsonl"} {
-		if resp, _ := get(t, srv.URL+receiptPagePrefix+name); resp.StatusCode != http.StatusNotFound {
+		if resp, _ := get(t, srv.URL+receipt.PagePrefix+name); resp.StatusCode != http.StatusNotFound {
 			t.Errorf("GET %s = %d, want 404", name, resp.StatusCode)
 		}
 	}
@@ -197,32 +197,12 @@ func TestReceiptPages(t *testing.T) {
 // checkLine verifies both signatures of a page line as upstream's validator does.
 func checkLine(t *testing.T, line string) {
 	t.Helper()
-	r, err := parseUpstreamLine([]byte(line))
+	r, err := receipt.ParseLine([]byte(line))
 	if err != nil {
 		t.Fatalf("line %s: %v", line, err)
 	}
 	if err := r.Verify(); err != nil || r.MinerSignature == "" {
 		t.Errorf("line %s: signatures: %v", line, err)
-	}
-}
-
-func TestPageOf(t *testing.T) {
-	for _, c := range []struct {
-		t    time.Time
-		page int64
-	}{
-		{time.Unix(0, 0), 0},
-		{time.Unix(299, 999999999), 0},
-		{time.Unix(300, 0), 1},
-		{time.Unix(1767323045, 0), 5891076},
-		{time.Unix(-1, 0), -1},
-	} {
-		if got := pageOf(c.t); got != c.page {
-			t.Errorf("pageOf(%v) = %d, want %d", c.t.Unix(), got, c.page)
-		}
-		if c.page >= 0 && (pageStart(c.page).After(c.t) || !pageStart(c.page+1).After(c.t)) {
-			t.Errorf("%v is not in [pageStart(%d), pageStart(%d))", c.t.Unix(), c.page, c.page+1)
-		}
 	}
 }
 
@@ -240,7 +220,7 @@ func TestReceiptPageCache(t *testing.T) {
 	v, m := hotkey(t, 1), hotkey(t, 2)
 	st := &pagesStore{}
 	page := int64(5_900_000)
-	at := pageStart(page)
+	at := receipt.PageStart(page)
 	clock := at.Add(time.Minute)
 	p := receiptPages{store: st, log: slog.New(slog.DiscardHandler), now: func() time.Time { return clock }, cache: newPageCache()}
 	put := func(uuid string) {
@@ -261,7 +241,7 @@ func TestReceiptPageCache(t *testing.T) {
 	if n := lines(); n != 2 {
 		t.Fatalf("current page after a put: %d lines", n)
 	}
-	clock = at.Add(receiptPageDuration + pageSettles + time.Second)
+	clock = at.Add(receipt.PageDuration + pageSettles + time.Second)
 	if n := lines(); n != 2 {
 		t.Fatalf("complete page: %d lines", n)
 	}

@@ -8,15 +8,12 @@ package miner
 // images) for validators that send no horde fields.
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
-	"github.com/horde-compute/horde/receipt"
 )
 
 // authRefusal is the UnauthorizedError for a failed validator auth, with
@@ -100,37 +97,4 @@ func (p imagePolicy) streamingRefusal(req *protocol.V0InitialJobRequest) string 
 		}
 	}
 	return fmt.Sprintf("streaming image %q is not on this miner's allow-list", req.DockerImage)
-}
-
-// upstreamExcuses are the excuse receipts for declining req as busy, as
-// upstream's miner sends them: the countersigned started receipts of other
-// organic jobs of the same class running here whose validity
-// ([timestamp, timestamp + ttl]) covers the new job's receipt timestamp;
-// each in upstream's Receipt shape.
-func (m *Miner) upstreamExcuses(req *protocol.V0InitialJobRequest) []json.RawMessage {
-	var np receipt.StartedPayload
-	if json.Unmarshal(req.JobStartedReceiptPayload, &np) != nil {
-		return []json.RawMessage{}
-	}
-	now := np.Timestamp.Time
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := []json.RawMessage{}
-	for _, j := range m.jobs {
-		if j.class != req.ExecutorClass || j.uuid == req.JobUUID {
-			continue
-		}
-		p, err := j.started.Decode()
-		if err != nil {
-			continue
-		}
-		sp := p.(*receipt.StartedPayload)
-		if !sp.IsOrganic || sp.Timestamp.After(now) || sp.Timestamp.Add(time.Duration(sp.TTL)*time.Second).Before(now) {
-			continue
-		}
-		if line, ok := pageLine(j.started); ok {
-			out = append(out, json.RawMessage(line[:len(line)-1]))
-		}
-	}
-	return out
 }

@@ -118,8 +118,8 @@ func TestScriptedUpstreamValidator(t *testing.T) {
 	}
 
 	got := map[string]bool{}
-	for page := pageOf(now); page <= pageOf(time.Now()); page++ {
-		resp, body := get(t, "http://"+addr+receiptPagePrefix+strconv.FormatInt(page, 10)+".jsonl")
+	for page := receipt.PageAt(now); page <= receipt.PageAt(time.Now()); page++ {
+		resp, body := get(t, "http://"+addr+receipt.PagePrefix+strconv.FormatInt(page, 10)+".jsonl")
 		if resp.StatusCode == http.StatusNotFound {
 			continue
 		}
@@ -128,7 +128,7 @@ func TestScriptedUpstreamValidator(t *testing.T) {
 				continue
 			}
 			checkLine(t, line)
-			r, _ := parseUpstreamLine([]byte(line))
+			r, _ := receipt.ParseLine([]byte(line))
 			got[string(r.Type)] = true
 		}
 	}

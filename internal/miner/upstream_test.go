@@ -55,12 +55,14 @@ func testMiner(t *testing.T, cfg Config) string {
 	}
 	cfg.Listener = ln
 	cfg.SpinUpTimeout = time.Hour
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The listener queues connections until Run serves it.
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	ready := make(chan struct{})
-	cfg.Ready = func(string) { close(ready) }
-	go func() { done <- Run(ctx, cfg) }()
-	<-ready
+	go func() { done <- m.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -243,7 +245,7 @@ func TestUpstreamDeclines(t *testing.T) {
 	if strings.Contains(string(d.Receipts[0]), `{"receipt_type"`) || !strings.HasPrefix(string(d.Receipts[0]), `{"payload":{"job_uuid":"job-1"`) {
 		t.Errorf("excuse is not in upstream's shape: %s", d.Receipts[0])
 	}
-	r, err := parseUpstreamLine(d.Receipts[0])
+	r, err := receipt.ParseLine(d.Receipts[0])
 	if err != nil || r.Verify() != nil || r.MinerSignature == "" {
 		t.Errorf("excuse %s: %v", d.Receipts[0], err)
 	}

@@ -87,7 +87,11 @@ type Config struct {
 	Hotkey *sig.Hotkey
 	// FacilitatorURL is the facilitator's WebSocket ("ws://host:port/ws/v0/"); empty runs without one.
 	FacilitatorURL string
-	Metagraph      chain.Source
+	// RequireHordeFacilitator refuses a facilitator that does not offer
+	// horde's replay-proof auth (protocol.CapAuthV1) instead of sending it
+	// upstream's, which anyone who sees it can replay.
+	RequireHordeFacilitator bool
+	Metagraph               chain.Source
 	// Refresh is how often the metagraph is reloaded (default 1m).
 	Refresh time.Duration
 	Store   Store
@@ -181,6 +185,8 @@ type Validator struct {
 
 	mu     sync.Mutex
 	cancel map[string]context.CancelCauseFunc // running jobs
+	// sentStatus are the (job, status) pairs sent to an upstream facilitator.
+	sentStatus map[string]bool
 }
 
 // transport is how the validator reaches the world; zero fields are the
@@ -206,7 +212,7 @@ func newValidator(cfg Config, t transport) (*Validator, error) {
 		t.miners = route.WSDialer{Hotkey: cfg.Hotkey, Log: log}
 	}
 	if t.facilitator == nil {
-		t.facilitator = dialFacilitator(log)
+		t.facilitator = dialFacilitator(cfg.Hotkey, cfg.RequireHordeFacilitator, log)
 	}
 	v := &Validator{cfg: cfg, log: log, dial: t.facilitator, cancel: map[string]context.CancelCauseFunc{}, tests: make(chan struct{}, 1),
 		pool: route.NewPool(t.miners, cfg.Hotkey.SS58(), log), out: newOutbox(cfg.Store, log)}
@@ -233,6 +239,7 @@ func (v *Validator) Run(ctx context.Context) error {
 	}
 	defer v.pool.Close()
 	v.recover(ctx)
+	v.restoreBlacklist(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { every(ctx, v.cfg.Refresh, true, func() { v.refresh(ctx) }) })
 	if d := v.cfg.Synthetic.Every; d > 0 {

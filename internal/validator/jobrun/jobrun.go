@@ -135,7 +135,7 @@ func HordeFail(reason protocol.HordeFailureReason, msg string, retry bool) Outco
 func terminal(m protocol.Message) *Outcome {
 	switch m := m.(type) {
 	case *protocol.V0JobFailedRequest:
-		code, _ := m.Context["horde_reason"].(string)
+		code := protocol.ReasonCode(m.Context)
 		if code == "" {
 			code = string(m.Reason)
 		}

@@ -224,6 +224,7 @@ func (e *env) miner(args []string) error {
 	imagePull := fs.String("image-pull", string(protocol.PullIfValidatorAllows),
 		"when executors may pull a job's missing image: validator (when a horde validator allows it), always (as upstream; needed for upstream validators' jobs), never")
 	streamingImages := fs.String("streaming-images", "", "images streaming jobs may run when the validator pins no digest (upstream validators): names or sha256: digests, comma-separated")
+	upstreamOnly := fs.Bool("upstream-only", false, "look exactly like upstream's miner: advertise no horde extension, serve receipts only as upstream's pages")
 	var x executorFlags
 	x.register(fs, "miner-jobs")
 	level := fs.String("log-level", "info", "log level")
@@ -273,7 +274,7 @@ func (e *env) miner(args []string) error {
 	}
 	defer st.Close()
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
-		TrustedValidator: *pinned, Store: st, Log: log, ImagePull: protocol.ImagePullPolicy(*imagePull), StreamingImages: streaming,
+		TrustedValidator: *pinned, Store: st, Log: log, ImagePull: protocol.ImagePullPolicy(*imagePull), StreamingImages: streaming, UpstreamOnly: *upstreamOnly,
 		Backend: &miner.Local{Runtime: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
 			Net: guard, BoundDisks: x.boundDisks,
 			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew},

@@ -54,6 +54,10 @@ type Config struct {
 	// StreamingImages lists the images streaming jobs may run when the
 	// validator pins no digest (upstream validators), by name or digest.
 	StreamingImages []string
+	// UpstreamOnly makes the miner look exactly like upstream's to every
+	// validator: it advertises no horde extension (so horde validators send
+	// upstream's messages) and serves receipts only as upstream's pages.
+	UpstreamOnly bool
 	// SpinUpTimeout bounds the wait for a started executor to connect.
 	SpinUpTimeout time.Duration
 	// SendTimeout bounds each message sent to a validator or an executor
@@ -170,7 +174,9 @@ func (m *Miner) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+protocol.ValidatorAuthPath+"{hotkey}", m.serveValidator)
 	mux.HandleFunc("GET "+protocol.ExecutorPath+"{token}", m.serveExecutor)
-	mux.HandleFunc("GET /receipts", m.serveReceipts)
+	if !m.cfg.UpstreamOnly {
+		mux.HandleFunc("GET /receipts", m.serveReceipts)
+	}
 	mux.Handle("GET "+receipt.PagePrefix+"{page}", receiptPages{store: m.cfg.Store, log: m.log, cache: newPageCache()})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m.mu.Lock()

@@ -46,7 +46,7 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 	validator := auth.ValidatorHotkey
 	log := m.log.With("validator", validator)
 	log.Info("validator connected")
-	if err := m.send(ctx, conn, &protocol.V0ExecutorManifestRequest{Manifest: m.cfg.Manifest, Capabilities: protocol.MinerCapabilities}); err != nil {
+	if err := m.send(ctx, conn, manifestFor(m.cfg.Manifest, m.cfg.UpstreamOnly)); err != nil {
 		return
 	}
 	m.send(ctx, conn, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()})

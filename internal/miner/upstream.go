@@ -49,9 +49,13 @@ func (m *Miner) registered(hotkey string) bool {
 // manifestFor is the manifest a validator gets: the executors per class
 // (upstream's classes only: Config.Validate sees to it) and, for horde
 // validators, the extensions this miner speaks (upstream's model ignores
-// the field).
-func manifestFor(manifest map[string]int) *protocol.V0ExecutorManifestRequest {
-	return &protocol.V0ExecutorManifestRequest{Manifest: manifest, Capabilities: protocol.MinerCapabilities}
+// the field); none when the miner plays upstream's.
+func manifestFor(manifest map[string]int, upstreamOnly bool) *protocol.V0ExecutorManifestRequest {
+	m := &protocol.V0ExecutorManifestRequest{Manifest: manifest}
+	if !upstreamOnly {
+		m.Capabilities = protocol.MinerCapabilities
+	}
+	return m
 }
 
 // imagePolicy is the miner's say on the images its executors run.

@@ -66,18 +66,20 @@ func (f *upstreamFetcher) fetch(ctx context.Context, page int64) ([]byte, error)
 }
 
 // A horde validator drives a horde miner with horde's extensions off on
-// both ends: the validator advertises nothing and sends no horde_allow_pull,
-// so the miner serves it as upstream's miner would (upstream's classes,
-// its own pull policy); the organic job completes on an image the miner
-// pulled by its own policy, and its three receipts are fetched by page as
-// upstream's validator fetches them, each line an upstream Receipt with
-// both signatures good.
+// both ends: the miner plays upstream's (--upstream-only: no
+// horde_capabilities in its manifest, no /receipts?after=), so the
+// validator sends upstream's exact messages (no horde_allow_pull: the
+// miner's own pull policy decides); the organic job completes on an image
+// the miner pulled by that policy, and its three receipts are fetched by
+// page as upstream's validator fetches them, each line an upstream Receipt
+// with both signatures good.
 func TestUpstreamModeEndToEnd(t *testing.T) {
 	const image = "upstream/organic:1"
 	h := hordetest.StartFake(t, devstack.Config{
-		Manifest:       map[string]int{protocol.ClassTest: 1},
-		AllowPull:      false,               // no horde_allow_pull from the validator
-		MinerImagePull: protocol.PullAlways, // the miner's own policy decides
+		Manifest:          map[string]int{protocol.ClassTest: 1},
+		AllowPull:         false,               // no horde_allow_pull from the validator
+		MinerImagePull:    protocol.PullAlways, // the miner's own policy decides
+		MinerUpstreamOnly: true,
 	})
 	h.Fake.RegisterPullable(image, func(ctx context.Context, c *fakert.Container) int {
 		fmt.Fprintln(c.Stdout, "ran as upstream")
@@ -99,6 +101,14 @@ func TestUpstreamModeEndToEnd(t *testing.T) {
 	// until the miner has all three (the test's deadline bounds the wait).
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
+	resp, err := http.Get("http://" + h.Stack.MinerAddrs[0] + "/receipts?after=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("an upstream-only miner serves /receipts?after=: %s", resp.Status)
+	}
 	f := &upstreamFetcher{base: "http://" + h.Stack.MinerAddrs[0], checkpoint: map[int64]int{}}
 	first := start.Unix() / 300
 	got := map[receipt.Type]bool{}

@@ -178,13 +178,16 @@ func TestUpstreamAuthRefusals(t *testing.T) {
 // upstream does not know is refused at start.
 func TestManifestForUpstream(t *testing.T) {
 	man := map[string]int{protocol.ClassTest: 2, protocol.ClassGPU24: 1}
-	b, _ := protocol.Encode(manifestFor(man))
+	b, _ := protocol.Encode(manifestFor(man, false))
 	schematest.Valid(t, "protocol_messages.V0ExecutorManifestRequest", b)
 	if !strings.Contains(string(b), `"horde_capabilities":[`) {
 		t.Errorf("manifest without capabilities: %s", b)
 	}
+	if b, _ := protocol.Encode(manifestFor(man, true)); strings.Contains(string(b), "horde_capabilities") {
+		t.Errorf("upstream-only manifest: %s", b)
+	}
 	man["horde.cpu.2c"] = 3
-	b, _ = protocol.Encode(manifestFor(man))
+	b, _ = protocol.Encode(manifestFor(man, false))
 	schematest.Invalid(t, "protocol_messages.V0ExecutorManifestRequest", b) // why the class is refused
 	cfg := Config{Hotkey: hotkey(t, 1), Manifest: man, Backend: idleBackend{}, Store: openStore(t), TrustedValidator: "v"}
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "horde.cpu.2c") {

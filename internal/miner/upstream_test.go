@@ -343,3 +343,52 @@ func TestUpstreamValidatorMessages(t *testing.T) {
 		t.Errorf("answer to the main hotkey request: %s", b)
 	}
 }
+
+// Every message a horde miner sends a validator, as it sends it (the
+// executor's relayed through fromExecutor), is one upstream's validator
+// parses: each validates against upstream's MinerToValidatorMessage union.
+func TestMinerFramesAreUpstreams(t *testing.T) {
+	k := hotkey(t, 50)
+	exit := 3
+	fromExec := []protocol.Message{
+		&protocol.V0ExecutorReadyRequest{JobUUID: "j", ExecutorToken: "t"},
+		&protocol.V0VolumesReadyRequest{JobUUID: "j", ExecutorToken: "t"},
+		&protocol.V0ExecutionDoneRequest{JobUUID: "j", ExecutorToken: "t"},
+		&protocol.V0StreamingJobReadyRequest{JobUUID: "j", ExecutorToken: "t", PublicKey: "PEM", IP: "1.2.3.4", Port: 8443},
+		&protocol.V0StreamingJobNotReadyRequest{JobUUID: "j", ExecutorToken: "t"},
+		&protocol.V0MachineSpecsRequest{JobUUID: "j", ExecutorToken: "t", Specs: map[string]any{"specs": map[string]any{"gpu": map[string]any{"count": 1}}}}, // upstream nests them (MachineSpecs); horde's executor sends none
+		&protocol.V0JobFinishedRequest{JobUUID: "j", ExecutorToken: "t", DockerProcessStdout: "o", DockerProcessStderr: "e",
+			Artifacts: map[string]string{"/a/x": "eA=="}, UploadResults: map[string]string{"r": "{}"}, Timings: map[string]int64{"execute": 5}},
+		&protocol.V0JobFailedRequest{JobUUID: "j", ExecutorToken: "t", Message: "m", Reason: protocol.FailureNonzeroReturn, Stage: protocol.StageExecution,
+			DockerProcessExitStatus: &exit, DockerProcessStdout: "o", Context: map[string]any{"horde_reason": "nonzero_exit"}},
+		&protocol.V0HordeFailedRequest{JobUUID: "j", ExecutorToken: "t", Message: "m", Reason: protocol.HordeStreamingFailed, Context: map[string]any{"x": 1}},
+		&protocol.V0ExecutorFailedRequest{JobUUID: "j", ExecutorToken: "t"},
+	}
+	var sent []protocol.Message
+	for _, m := range fromExec {
+		out, _, ok := fromExecutor(k, m)
+		if !ok {
+			t.Fatalf("%s not relayed", m.MessageType())
+		}
+		sent = append(sent, out)
+	}
+	sent = append(sent,
+		&protocol.V0AcceptJobRequest{JobUUID: "j"},
+		declineMessage(&protocol.V0InitialJobRequest{JobUUID: "j"}, declined(protocol.RejectInvalidSignature, "bad"), nil),
+		&protocol.V0HordeFailedRequest{JobUUID: "j", ReportedBy: protocol.ByMiner, Reason: protocol.HordeExecutorDisconnected, Message: "m"},
+		&protocol.V0MainHotkeyMessage{MainHotkey: k.SS58()},
+		&protocol.GenericError{Details: "d"},
+		authRefusal(wsconn.ErrStale, false),
+		manifestFor(map[string]int{protocol.ClassGPU24: 1}, false),
+	)
+	for _, m := range sent {
+		b, err := protocol.Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		schematest.Valid(t, "protocol_messages.MinerToValidatorMessage.union", b)
+		if strings.Contains(string(b), "executor_token") {
+			t.Errorf("executor token relayed: %s", b)
+		}
+	}
+}

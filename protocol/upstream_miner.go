@@ -6,7 +6,8 @@ package protocol
 // (V0ExecutorManifestRequest.horde_capabilities, a field upstream's model
 // ignores), and a horde validator uses an extension only with a miner that
 // listed it. With a miner that lists none, the validator sends upstream's
-// exact messages (see UpstreamInitialJobRequest and UpstreamJobRequest).
+// exact messages: V0InitialJobRequest without horde_* fields, and
+// UpstreamJobRequest.
 
 // Extensions of the validator ↔ miner link.
 const (
@@ -64,15 +65,6 @@ func ClassHasGPU(class string) bool {
 // Upstream drops a job whose volume comes both in V0InitialJobRequest and in
 // V0JobRequest ("Received job volume twice"): the volume goes in the initial
 // request only, as upstream's validator sends it.
-
-// UpstreamInitialJobRequest returns m as upstream's validator sends it: the
-// horde fields cleared.
-func UpstreamInitialJobRequest(m V0InitialJobRequest) *V0InitialJobRequest {
-	m.AllowPull = false
-	m.ImageDigest = ""
-	return &m
-}
-
 // UpstreamJobRequest returns m as upstream's validator sends it: no volume
 // (it went with the offer), docker_run_cmd a list, the preset by the class.
 func UpstreamJobRequest(m V0JobRequest) *V0JobRequest {

@@ -2,12 +2,14 @@ package validator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/validator/windows"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
@@ -26,9 +28,9 @@ type conn interface {
 // dialFacilitator negotiates with the facilitator (wsconn.DialFacilitator):
 // horde's replay-proof auth when it offers it, else upstream's, unless
 // requireHorde.
-func dialFacilitator(k *sig.Hotkey, requireHorde bool, log *slog.Logger) func(ctx context.Context, url string) (conn, error) {
+func dialFacilitator(k *sig.Hotkey, caps []string, requireHorde bool, log *slog.Logger) func(ctx context.Context, url string) (conn, error) {
 	return func(ctx context.Context, url string) (conn, error) {
-		s, err := wsconn.DialFacilitator(ctx, url, k, protocol.FacilitatorCapabilities, requireHorde, log)
+		s, err := wsconn.DialFacilitator(ctx, url, k, caps, requireHorde, log)
 		if err != nil {
 			return nil, err
 		}
@@ -110,10 +112,15 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 	v.log.Info("connected to facilitator", "upstream", !c.Has(protocol.CapAuthV1))
 	v.facilitatorUp.Store(true)
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	responses := make(chan *protocol.Response, 1)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// The sender ends with the session: cancelled first, then waited for,
+	// so a message awaiting its answer does not hold the session (and the
+	// reconnect) for the answer's timeout.
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 	wg.Go(func() { // owned: the sender drains the outbox while the session lives
 		defer cancel()
 		if err := v.sendLoop(sctx, c, responses); err != nil && sctx.Err() == nil {
@@ -135,8 +142,18 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 				v.out.Push(&protocol.V0JobVolumeResult{UUID: m.UUID, MessageID: m.MessageID, Error: "the job is not running on this validator"})
 			}
 		case *protocol.V0StreamPairReport:
-			if err := v.windows.TakePair(ctx, m); err != nil {
+			err := v.windows.TakePair(ctx, m)
+			if err != nil {
 				v.log.Warn("reported pair not kept", "job", m.UUID, "err", err)
+			}
+			if m.ID != 0 && (err == nil || !errors.Is(err, windows.ErrNotKept)) {
+				// Kept (or refused for good): the facilitator may forget it.
+				// Unacknowledged, it comes again on the next session.
+				ack := &protocol.V0StreamPairAck{ID: m.ID}
+				if err != nil {
+					ack.Error = err.Error()
+				}
+				v.out.Push(ack)
 			}
 		case *protocol.V0StopJobByFacilitator:
 			if !v.StopJob(m.UUID) {
@@ -198,6 +215,7 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 			} else if err == nil {
 				var r *protocol.Response
 				if r, err = roundTrip(m); err != nil {
+					v.unsent(m) // it goes again on the next session
 					return err
 				}
 				if r.Status != "success" {
@@ -225,6 +243,10 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 	}
 }
 
+// maxSentStatuses bounds the (job, status) pairs remembered for an
+// upstream facilitator.
+const maxSentStatuses = 100_000
+
 // forFacilitator returns m as facilitator c takes it, or nil when c has no
 // use for it: a horde facilitator takes everything; an upstream one no
 // message of an extension, a status in upstream's shape, and each status of
@@ -245,9 +267,19 @@ func (v *Validator) forFacilitator(c conn, m protocol.Message) protocol.Message 
 	if v.sentStatus[key] {
 		return nil
 	}
-	if v.sentStatus == nil {
-		v.sentStatus = map[string]bool{}
+	if v.sentStatus == nil || len(v.sentStatus) >= maxSentStatuses {
+		v.sentStatus = map[string]bool{} // bounded: a repeat long after is refused upstream, and dropped
 	}
 	v.sentStatus[key] = true
 	return u
+}
+
+// unsent forgets that status update m went to an upstream facilitator: its
+// session ended before the facilitator answered.
+func (v *Validator) unsent(m protocol.Message) {
+	if u, ok := m.(*protocol.V0JobStatusUpdate); ok {
+		v.mu.Lock()
+		delete(v.sentStatus, u.UUID+"\x00"+string(u.Status))
+		v.mu.Unlock()
+	}
 }

@@ -153,3 +153,46 @@ func TestForUpstreamFacilitator(t *testing.T) {
 		t.Error("horde facilitator got a changed update")
 	}
 }
+
+// A validator in upstream mode speaks upstream's protocol to a horde miner
+// too: the miner advertises its extensions, the validator uses none, and
+// every frame it sends is one upstream's models take.
+func TestUpstreamModeWithHordeMiner(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := minertest.New(t, map[string]int{protocol.ClassTest: 1}) // horde: advertises every extension
+		h := newHarness(t, Config{Upstream: true, AllowPull: true, StreamingWhitelist: map[string]string{"img": "sha256:d"}}, m)
+		defer h.stop()
+		s := spec()
+		s.Volume = &protocol.Volume{VolumeType: protocol.VolumeZipURL, Contents: "http://h/a.zip"}
+		h.fac.send(h.job(t, "j1", s))
+		synctest.Wait()
+		if st := last(t, h.fac.statuses("j1")); st.Status != protocol.StatusCompleted {
+			t.Fatalf("status %s", st.Status)
+		}
+		if len(m.Got()) == 0 {
+			t.Fatal("no frames")
+		}
+		for _, f := range m.Got() {
+			b, _ := protocol.Encode(f)
+			if strings.Contains(string(b), "horde_") {
+				t.Errorf("horde field in upstream mode: %s", b)
+			}
+			schematest.Valid(t, "protocol_messages.ValidatorToMinerMessage.union", b)
+		}
+	})
+}
+
+// A status whose sending failed goes again on the next session.
+func TestUpstreamStatusResentAfterAFailedSend(t *testing.T) {
+	v := &Validator{log: slog.New(slog.DiscardHandler)}
+	up := &fconn{f: &facilitator{upstream: true}}
+	s := &protocol.V0JobStatusUpdate{UUID: "j", Status: protocol.StatusAccepted}
+	m := v.forFacilitator(up, s)
+	if m == nil {
+		t.Fatal("not sent")
+	}
+	v.unsent(m)
+	if v.forFacilitator(up, s) == nil {
+		t.Error("a status whose send failed is never sent again")
+	}
+}

@@ -89,6 +89,7 @@ func (q *queue) next(ctx context.Context) (protocol.Message, error) {
 // upstream's models (violations) and refuses a job's status twice.
 type facilitator struct {
 	mu         sync.Mutex
+	silent     bool // answers nothing but authentication
 	fail       int
 	refuse     int
 	upstream   bool
@@ -188,7 +189,9 @@ func (c *fconn) Send(ctx context.Context, m protocol.Message) error {
 		return nil
 	}
 	f.got = append(f.got, m)
-	c.toV.put(&protocol.Response{Status: "success"})
+	if !f.silent {
+		c.toV.put(&protocol.Response{Status: "success"})
+	}
 	return nil
 }
 
@@ -453,7 +456,14 @@ func TestStreamingJobControl(t *testing.T) {
 		h.fac.send(&protocol.V0StopJobByFacilitator{UUID: "nope"})
 		h.fac.send(&protocol.V0CancelJobByFacilitator{UUID: "nope"})
 		h.fac.send(&protocol.V0StreamPairReport{UUID: "nope"})
+		h.fac.send(&protocol.V0StreamPairReport{UUID: "nope", ID: 7})
 		synctest.Wait()
+		// A pair with an id is acknowledged through the outbox, here as
+		// refused for good; one without (an older facilitator) is not.
+		acks := h.fac.messages("V0StreamPairAck")
+		if len(acks) != 1 || acks[0].(*protocol.V0StreamPairAck).ID != 7 || !strings.Contains(acks[0].(*protocol.V0StreamPairAck).Error, "does not know") {
+			t.Errorf("pair acks %+v, want one refusing pair 7", acks)
+		}
 		results := map[string]*protocol.V0JobVolumeResult{}
 		for _, r := range h.fac.messages("V0JobVolumeResult") {
 			results[r.(*protocol.V0JobVolumeResult).MessageID] = r.(*protocol.V0JobVolumeResult)
@@ -573,6 +583,46 @@ func TestFacilitatorReconnects(t *testing.T) {
 		synctest.Wait()
 		if len(fac.messages("V0Heartbeat")) == 0 {
 			t.Error("no heartbeat")
+		}
+		cancel()
+		<-done
+	})
+}
+
+// A session the facilitator drops while an update awaits its answer ends at
+// once: the validator redials after its first backoff, not after the
+// answer's timeout, and sends the unanswered update again.
+func TestFacilitatorDropsSessionAwaitingAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fac := &facilitator{silent: true}
+		st, _ := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "v.db"))
+		defer st.Close()
+		v, err := newValidator(Config{Hotkey: minertest.Hotkey(t), Metagraph: metagraph{&chain.Metagraph{}}, Store: st, FacilitatorURL: "ws://f/"},
+			transport{miners: &minertest.Net{}, facilitator: fac.dial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.out.Push(&protocol.V0JobStatusUpdate{UUID: "queued", Status: protocol.StatusReceived})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- v.Run(ctx) }()
+		synctest.Wait() // connected; the update awaits its answer
+		fac.mu.Lock()
+		fac.silent = false
+		c := fac.current
+		fac.mu.Unlock()
+		dropped := time.Now()
+		c.toV.close() // the facilitator restarts
+		time.Sleep(time.Second)
+		synctest.Wait()
+		fac.mu.Lock()
+		dials := append([]time.Time(nil), fac.dials...)
+		fac.mu.Unlock()
+		if len(dials) != 2 || dials[1].Sub(dropped) != backoffFirst {
+			t.Errorf("redialled at %v after the drop (%d dials), want after %v", dials[len(dials)-1].Sub(dropped), len(dials), backoffFirst)
+		}
+		if n := len(fac.statuses("queued")); n != 2 {
+			t.Errorf("the unanswered update was sent %d times, want twice (again on the new session)", n)
 		}
 		cancel()
 		<-done

@@ -75,6 +75,9 @@ type Params struct {
 	Digests  map[string]string
 	Receipts Receipts
 	Log      *slog.Logger
+	// Upstream speaks upstream's protocol to every miner, horde's included:
+	// what the miners advertise is ignored.
+	Upstream bool
 }
 
 // Job is what is run.

@@ -58,7 +58,7 @@ func New(p Params, job Job, miner string, link Link, inbox Inbox, notes Notes) *
 	}
 	r := &Run{p: p, job: job, miner: miner, link: link, inbox: inbox, notes: notes, timings: map[string]int64{},
 		log: log.With("job", job.UUID, "miner", miner)}
-	if c, ok := link.(Capable); ok {
+	if c, ok := link.(Capable); ok && !p.Upstream {
 		r.caps = c.Capabilities()
 	}
 	return r

@@ -54,6 +54,8 @@ type Miner struct {
 	// receivedAt is when each of receipts came (its page, for Upstream miners).
 	receivedAt []time.Time
 	pageJunk   []pageLine
+	// signedLines are receipts' page lines, countersigned once.
+	signedLines [][]byte
 }
 
 // New returns a miner with a fresh hotkey and manifest.

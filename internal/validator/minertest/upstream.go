@@ -105,16 +105,25 @@ func (m *Miner) AddPageLine(page int64, line []byte) {
 // added with AddPageLine.
 func (m *Miner) Page(page int64) []byte {
 	var b bytes.Buffer
-	rs := m.Countersigned(nil)
 	m.mu.Lock()
+	// Each receipt is countersigned once (signatures are randomised): a
+	// page read again has the same bytes.
+	for i := len(m.signedLines); i < len(m.receipts); i++ {
+		r := m.receipts[i]
+		var l []byte
+		if p, err := r.Decode(); err == nil {
+			r.MinerSignature, _ = receipt.Sign(m.Hotkey, p)
+			l, _ = receipt.MarshalLine(r)
+		}
+		m.signedLines = append(m.signedLines, l)
+	}
+	lines := append([][]byte(nil), m.signedLines...)
 	at := append([]time.Time(nil), m.receivedAt...)
 	junk := append([]pageLine(nil), m.pageJunk...)
 	m.mu.Unlock()
-	for i, r := range rs {
+	for i, l := range lines {
 		if i < len(at) && receipt.PageAt(at[i]) == page {
-			if l, err := receipt.MarshalLine(r); err == nil {
-				b.Write(l)
-			}
+			b.Write(l)
 		}
 	}
 	for _, j := range junk {

@@ -57,7 +57,7 @@ func (u *upstreamMiner) requests() []string {
 	return out
 }
 
-func lines(t *testing.T, rs ...receipt.Receipt) []byte {
+func lines(t testing.TB, rs ...receipt.Receipt) []byte {
 	var b []byte
 	for _, r := range rs {
 		l, err := receipt.MarshalLine(r)
@@ -172,6 +172,24 @@ func TestCollectUpstreamPagesStoreFailure(t *testing.T) {
 	st.fail = false
 	if refused := c.Collect(t.Context(), f.n); len(refused) != 0 {
 		t.Fatalf("refused %v", refused)
+	}
+	if n := minerSigned(t, f.st, "j"); n != 2 {
+		t.Errorf("%d countersigned", n)
+	}
+}
+
+// PagesOnly (upstream mode) never asks for horde's /receipts?after=.
+func TestCollectPagesOnly(t *testing.T) {
+	f := newFixture(t)
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	u := &upstreamMiner{}
+	f.c.Now, f.c.HTTP, f.c.PagesOnly = func() time.Time { return now }, &http.Client{Transport: transport(u.serve)}, true
+	u.add(receipt.PageAt(now), lines(t, countersign(t, f.m, f.signed(t, f.v, "j", f.m.SS58(), true))...))
+	if refused := f.c.Collect(t.Context(), f.n); len(refused) != 0 {
+		t.Fatalf("refused %v", refused)
+	}
+	if reqs := u.requests(); len(reqs) == 0 || reqs[0] == "/receipts" {
+		t.Errorf("requests %v", reqs)
 	}
 	if n := minerSigned(t, f.st, "j"); n != 2 {
 		t.Errorf("%d countersigned", n)

@@ -56,6 +56,9 @@ type Collector struct {
 	Log  *slog.Logger
 	// Now is the clock that says which pages exist (default time.Now).
 	Now func() time.Time
+	// PagesOnly reads every miner's pages, as upstream's validator does,
+	// never horde's /receipts?after=.
+	PagesOnly bool
 }
 
 // Collect fetches what miner n countersigned since the last call and
@@ -80,6 +83,9 @@ func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
 	}
 	if pc, err := receipt.ParseCursor(cur); err == nil && strings.Contains(cur, ":") {
 		return c.collectPages(ctx, hc, log, n, base, pc)
+	}
+	if c.PagesOnly {
+		return c.collectPages(ctx, hc, log, n, base, receipt.Cursor{Page: receipt.PageAt(c.now().Add(-PagesLookback))})
 	}
 	after, _ := strconv.ParseInt(cur, 10, 64)
 	for first := true; ; first = false {

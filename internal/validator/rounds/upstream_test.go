@@ -2,6 +2,7 @@ package rounds_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -44,6 +45,11 @@ func TestRoundUpstreamMiners(t *testing.T) {
 		}
 		f := newFixtureWith(t, false, validators(other), nil, honest, busy)
 		defer f.close()
+		// Two rounds in the same page: the second reads what was added to the
+		// page since the first (a Range request).
+		if _, err := f.r.Round(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 		rep, err := f.r.Round(t.Context())
 		if err != nil {
 			t.Fatal(err)
@@ -79,6 +85,9 @@ func TestRoundUpstreamMiners(t *testing.T) {
 		}
 		if n != 6 { // started, accepted, finished of two jobs
 			t.Errorf("%d receipts countersigned from the pages, want 6", n)
+		}
+		if cur, _ := f.st.ReceiptCursor(t.Context(), honest.Hotkey.SS58()); !strings.HasPrefix(cur, fmt.Sprint(receipt.PageAt(time.Now()))+":") {
+			t.Errorf("cursor %q: not in the page of now", cur)
 		}
 	})
 }

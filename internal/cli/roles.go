@@ -22,6 +22,7 @@ import (
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/internal/validator/excuse"
+	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
 )
 
@@ -221,6 +222,10 @@ func (e *env) miner(args []string) error {
 	pinned := fs.String("validator", "", "with --trusted: the one validator (SS58 hotkey) this miner serves")
 	manifest := fs.String("manifest", "always_on.test=1", "executors per class: CLASS=COUNT,…")
 	db := fs.String("db", "miner.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
+	imagePull := fs.String("image-pull", string(protocol.PullIfValidatorAllows),
+		"when executors may pull a job's missing image: validator (when a horde validator allows it), always (as upstream; needed for upstream validators' jobs), never")
+	streamingImages := fs.String("streaming-images", "", "images streaming jobs may run when the validator pins no digest (upstream validators): names or sha256: digests, comma-separated")
+	upstreamOnly := fs.Bool("upstream-only", false, "look exactly like upstream's miner: advertise no horde extension, serve receipts only as upstream's pages")
 	var x executorFlags
 	x.register(fs, "miner-jobs")
 	level := fs.String("log-level", "info", "log level")
@@ -230,6 +235,15 @@ func (e *env) miner(args []string) error {
 	man, err := parseManifest(*manifest)
 	if err != nil {
 		return err
+	}
+	if !protocol.ImagePullPolicy(*imagePull).Valid() {
+		return usageErr("--image-pull %q: want validator, always or never", *imagePull)
+	}
+	var streaming []string
+	for _, e := range strings.Split(*streamingImages, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			streaming = append(streaming, e)
+		}
 	}
 	if *trusted != (*pinned != "") {
 		return usageErr("--trusted and --validator go together: a trusted miner serves exactly one validator")
@@ -261,7 +275,7 @@ func (e *env) miner(args []string) error {
 	}
 	defer st.Close()
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
-		TrustedValidator: *pinned, Store: st, Log: log,
+		TrustedValidator: *pinned, Store: st, Log: log, ImagePull: protocol.ImagePullPolicy(*imagePull), StreamingImages: streaming, UpstreamOnly: *upstreamOnly,
 		Backend: &miner.Local{Runtime: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
 			Net: guard, BoundDisks: x.boundDisks,
 			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()},

@@ -292,7 +292,7 @@ func (j *job) run(ctx context.Context) error {
 		return j.fail(ctx, protocol.StageExecutorStartup, protocol.FailureUnknown, "image_pull_failed", err.Error(), nil)
 	}
 	if initial.StreamingDetails != nil {
-		if err := j.checkDigest(ctx, initial.DockerImage, initial.ImageDigest); err != nil {
+		if err := j.checkStreamingImage(ctx, initial); err != nil {
 			return j.fail(ctx, protocol.StageExecutorStartup, protocol.FailureUnknown, "image_not_whitelisted", err.Error(), nil)
 		}
 	}

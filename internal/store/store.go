@@ -25,6 +25,10 @@ type Receipts interface {
 	// those with an id above after, at most limit.
 	ReceiptsAfter(ctx context.Context, after int64, limit int) ([]StoredReceipt, error)
 	ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error)
+	// ReceiptsStoredIn returns the receipts stored at a time in [from, to),
+	// in the order they were stored: a miner's receipt page (only ever
+	// grows at its end, as a receipt is never stored twice).
+	ReceiptsStoredIn(ctx context.Context, from, to time.Time) ([]StoredReceipt, error)
 }
 
 // StoredReceipt is a receipt with its position in the store.

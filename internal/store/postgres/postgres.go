@@ -357,12 +357,26 @@ func (d *DB) PutReceipt(ctx context.Context, r receipt.Receipt) error {
 		MinerHotkey string `json:"miner_hotkey"`
 	}
 	json.Unmarshal(r.Payload, &base)
-	_, err := d.db.ExecContext(ctx, `INSERT INTO receipts (job_uuid, miner_hotkey, receipt_type, payload, validator_signature, miner_signature, stored_at)
+	// Receipts are written one at a time, so that they commit in the order
+	// of their ids: a reader of ReceiptsStoredIn (a miner's receipt page)
+	// never sees a receipt appear before one it has already read.
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("put receipt: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `LOCK TABLE receipts IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+		return fmt.Errorf("put receipt: %w", err)
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO receipts (job_uuid, miner_hotkey, receipt_type, payload, validator_signature, miner_signature, stored_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)
 		ON CONFLICT(job_uuid, miner_hotkey, receipt_type) DO UPDATE SET miner_signature = excluded.miner_signature
 		WHERE receipts.miner_signature = '' AND receipts.payload = excluded.payload`,
 		base.JobUUID, base.MinerHotkey, r.Type, string(r.Payload), r.ValidatorSignature, r.MinerSignature, time.Now().UnixMicro())
 	if err != nil {
+		return fmt.Errorf("put receipt: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("put receipt: %w", err)
 	}
 	return nil
@@ -389,7 +403,17 @@ func (d *DB) queryReceipts(ctx context.Context, q string, args ...any) ([]receip
 
 // ReceiptsAfter implements store.Receipts.
 func (d *DB) ReceiptsAfter(ctx context.Context, after int64, limit int) ([]store.StoredReceipt, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
+	return d.storedReceipts(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
+}
+
+// ReceiptsStoredIn implements store.Receipts.
+func (d *DB) ReceiptsStoredIn(ctx context.Context, from, to time.Time) ([]store.StoredReceipt, error) {
+	return d.storedReceipts(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE stored_at >= $1 AND stored_at < $2 ORDER BY id`,
+		from.UnixMicro(), to.UnixMicro())
+}
+
+func (d *DB) storedReceipts(ctx context.Context, q string, args ...any) ([]store.StoredReceipt, error) {
+	rows, err := d.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}

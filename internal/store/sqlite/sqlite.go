@@ -332,7 +332,17 @@ func (d *DB) queryReceipts(ctx context.Context, q string, args ...any) ([]receip
 
 // ReceiptsAfter implements store.Receipts.
 func (d *DB) ReceiptsAfter(ctx context.Context, after int64, limit int) ([]store.StoredReceipt, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	return d.storedReceipts(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+}
+
+// ReceiptsStoredIn implements store.Receipts.
+func (d *DB) ReceiptsStoredIn(ctx context.Context, from, to time.Time) ([]store.StoredReceipt, error) {
+	return d.storedReceipts(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE stored_at >= ? AND stored_at < ? ORDER BY id`,
+		from.UnixMicro(), to.UnixMicro())
+}
+
+func (d *DB) storedReceipts(ctx context.Context, q string, args ...any) ([]store.StoredReceipt, error) {
+	rows, err := d.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}

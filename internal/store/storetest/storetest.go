@@ -182,6 +182,14 @@ func testReceipts(t *testing.T, s Store) {
 	if rest, _ := s.ReceiptsAfter(ctx, page[0].ID, 10); len(rest) != 1 {
 		t.Errorf("after last = %d", len(rest))
 	}
+	// By the time they were stored, in the order they were.
+	in, err := s.ReceiptsStoredIn(ctx, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	if err != nil || len(in) != 2 || in[0].ID >= in[1].ID || in[0].Receipt.MinerSignature != "0xbb" {
+		t.Errorf("stored in the last hour = %+v, %v", in, err)
+	}
+	if later, err := s.ReceiptsStoredIn(ctx, time.Now().Add(time.Hour), time.Now().Add(2*time.Hour)); err != nil || len(later) != 0 {
+		t.Errorf("stored in the next hour = %+v, %v", later, err)
+	}
 }
 
 func testOutbox(t *testing.T, s Store) {

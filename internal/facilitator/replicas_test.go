@@ -36,8 +36,8 @@ func replicas(t *testing.T, n int, cfg Config) []*harness {
 	return hs
 }
 
-// A client submits at one replica and watches, reports pairs and cancels
-// at another, while the job's validator is connected to the first. Nothing
+// A client submits at one replica and watches, reports pairs, stops and
+// cancels at another, while the job's validator is connected to the first. Nothing
 // but the replicas' notices wakes them (no periodic dispatch).
 func TestReplicasServeAsOne(t *testing.T) {
 	hs := replicas(t, 2, Config{DispatchEvery: time.Hour})
@@ -81,6 +81,18 @@ func TestReplicasServeAsOne(t *testing.T) {
 	}
 	if m, ok := v.next().(*protocol.V0StreamPairReport); !ok || m.UUID != j.UUID {
 		t.Fatalf("validator at b got %+v, want the pair reported at a", m)
+	}
+
+	stopped := make(chan error, 1)
+	go func() { // owned: the test waits for stopped
+		_, err := a.client.Stop(a.ctx(), j.UUID)
+		stopped <- err
+	}()
+	if m, ok := v.next().(*protocol.V0StopJobByFacilitator); !ok || m.UUID != j.UUID {
+		t.Fatalf("validator at b got %+v, want the stop asked at a", m)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("stop at a: %v", err)
 	}
 
 	cancelled := make(chan error, 1)

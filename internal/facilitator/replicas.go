@@ -35,11 +35,11 @@ type Bus interface {
 
 // What replicas tell each other: "<replica> <kind> <job>".
 const (
-	noticeDispatch  = "dispatch"  // jobs, pairs or cheat reports wait: dispatch
-	noticeJob       = "job"       // the job's history grew: tell its watchers
-	noticeCancel = "cancel" // the replica with the job's validator: cancel it
-	noticeStop   = "stop"   // the replica with the job's validator: stop it
-	noticeDone   = "done"   // "done <kind>:<job>": a cancel or stop was passed on
+	noticeDispatch = "dispatch" // jobs, pairs or cheat reports wait: dispatch
+	noticeJob      = "job"      // the job's history grew: tell its watchers
+	noticeCancel   = "cancel"   // the replica with the job's validator: cancel it
+	noticeStop     = "stop"     // the replica with the job's validator: stop it
+	noticeDone     = "done"     // "done <kind>:<job>": a cancel or stop was passed on
 )
 
 func newReplicaID() string {

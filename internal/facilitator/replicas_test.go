@@ -18,7 +18,7 @@ import (
 // replicas starts n facilitators over one fresh PostgreSQL schema, each
 // with connections and an HTTP server of its own, as n processes would be;
 // their clients share one key.
-func replicas(t *testing.T, n int, cfg Config) []*harness {
+func replicas(t testing.TB, n int, cfg Config) []*harness {
 	t.Helper()
 	url := pgtest.Schema(t)
 	key := hotkey(t)
@@ -121,12 +121,14 @@ func TestReplicasServeAsOne(t *testing.T) {
 type worker struct {
 	key *sig.Hotkey
 	ran chan string // each job, the first time
+	// answers, if not nil, hears of every answer to a status it reported.
+	answers chan struct{}
 
 	mu  sync.Mutex
 	got map[string]int // times each job was given
 }
 
-func newWorker(t *testing.T, hs ...*harness) *worker {
+func newWorker(t testing.TB, hs ...*harness) *worker {
 	w := &worker{key: hotkey(t), ran: make(chan string, 1024), got: map[string]int{}}
 	for _, h := range hs {
 		h.allow(w.key)
@@ -169,6 +171,9 @@ func (w *worker) serve(ctx context.Context, h *harness, connected chan<- struct{
 		m, err := conn.Recv(ctx)
 		if err != nil {
 			return nil // the facilitator went away, or the test ended
+		}
+		if _, ok := m.(*protocol.Response); ok && w.answers != nil {
+			w.answers <- struct{}{}
 		}
 		j, ok := m.(*protocol.V2JobRequest)
 		if !ok {

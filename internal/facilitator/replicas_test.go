@@ -200,10 +200,11 @@ func errorf(format string, args ...any) error {
 	return testError(fmt.Sprintf(format, args...))
 }
 
-// One replica dies while dispatching: jobs it claimed and never sent, and
-// jobs it sent whose statuses it never stored, are given again by the
-// other, to the same validator, which has reconnected there. Every job
-// runs, on exactly one validator, once.
+// One replica dies while dispatching, as clients submit to it: jobs it
+// claimed and never sent (one made so for certain: "orphan"), and jobs it
+// sent whose statuses it never stored, are given again by the other, to
+// the same validator, which has reconnected there. Every job runs, on
+// exactly one validator, once.
 func TestReplicaDiesMidDispatch(t *testing.T) {
 	hs := replicas(t, 2, Config{Redispatch: 200 * time.Millisecond, DispatchEvery: 20 * time.Millisecond})
 	a, b := hs[0], hs[1]
@@ -264,13 +265,13 @@ func TestReplicaDiesMidDispatch(t *testing.T) {
 	for countOf(ran, "w1") < 5 {
 		take()
 	}
-	// A job a claimed for w1 and never sent, as if a died in between.
+	a.kill()
+	// A job a claimed for w1 and never sent: a died in between.
 	orphan := store.JobRecord{UUID: "orphan", Spec: *spec(), Signature: protocol.Signature{Signatory: a.key.SS58(), Signature: "orphan"},
 		Status: protocol.StatusSent, ValidatorHotkey: w1.key.SS58(), CreatedAt: time.Now().UTC()}
-	if err := a.db.CreateJob(ctx, orphan); err != nil {
+	if err := b.db.CreateJob(ctx, orphan); err != nil {
 		t.Fatal(err)
 	}
-	a.kill()
 	<-submitted
 	for range 10 {
 		if _, err := b.client.CreateJob(ctx, spec()); err != nil {

@@ -36,6 +36,9 @@ func (m *ValidatorAuthForMiner) AuthMessage() []byte {
 // V0ExecutorManifestRequest: miner → validator, executor counts per class.
 type V0ExecutorManifestRequest struct {
 	Manifest map[string]int `json:"manifest"`
+	// Capabilities (horde) are the extensions a horde miner speaks
+	// (MinerCapabilities); upstream's model ignores the field.
+	Capabilities Capabilities `json:"horde_capabilities,omitempty"`
 }
 
 func (*V0ExecutorManifestRequest) MessageType() string { return "V0ExecutorManifestRequest" }

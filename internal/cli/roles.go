@@ -105,6 +105,8 @@ func (e *env) validator(args []string) error {
 	var w walletFlags
 	w.register(fs, "validator")
 	fac := fs.String("facilitator", "ws://127.0.0.1:9000/ws/v0/", "facilitator WebSocket URL (empty: none)")
+	upstream := fs.Bool("upstream-protocol", false, "speak upstream ComputeHorde's protocol only, to horde peers too (no horde field, message or capability; receipts from pages)")
+	requireHordeFac := fs.Bool("require-horde-facilitator", false, "refuse a facilitator without horde's replay-proof auth (an upstream facilitator) instead of sending it upstream's replayable one")
 	metagraph := fs.String("metagraph", "metagraph.json", "metagraph file (Pylon neurons shape)")
 	db := fs.String("db", "validator.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
 	allowPull := fs.Bool("allow-pull", false, "let executors pull images that are not present")
@@ -179,7 +181,7 @@ func (e *env) validator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, Metagraph: meta,
+	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, RequireHordeFacilitator: *requireHordeFac, Upstream: *upstream, Metagraph: meta,
 		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log,
 		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights, MinExcuseStake: *excuseStake},
 		StreamingWhitelist: wl, Validation: val})
@@ -262,12 +264,16 @@ func (e *env) miner(args []string) error {
 		TrustedValidator: *pinned, Store: st, Log: log,
 		Backend: &miner.Local{Runtime: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
 			Net: guard, BoundDisks: x.boundDisks,
-			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew},
+			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()},
 		Reaper: &miner.Reaper{Runtime: dock, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
-	return miner.Run(e.ctx, cfg)
+	m, err := miner.New(cfg)
+	if err != nil {
+		return err
+	}
+	return m.Run(e.ctx)
 }
 
 func (e *env) executor(args []string) error {
@@ -302,7 +308,7 @@ func (e *env) executor(args []string) error {
 	}
 	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Runtime: dock, Class: spec,
 		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: x.hf, Log: log, Net: guard, BoundDisks: x.boundDisks,
-		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew})
+		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()})
 }
 
 // executorFlags are the flags of whatever runs executors (miner, executor).
@@ -311,6 +317,17 @@ type executorFlags struct {
 	skew                                              time.Duration
 	allowPrivate                                      string
 	boundDisks                                        bool
+	selfContainer                                     string
+}
+
+// self is the container this process runs in ("auto": its host name, which
+// the engine sets to the container's short id unless told otherwise).
+func (x *executorFlags) self() string {
+	if x.selfContainer == "auto" {
+		h, _ := os.Hostname()
+		return h
+	}
+	return x.selfContainer
 }
 
 func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
@@ -321,6 +338,7 @@ func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
 	fs.StringVar(&x.streamHost, "streaming-host", "127.0.0.1", "the address clients reach streaming jobs at")
 	fs.DurationVar(&x.skew, "streaming-skew", 5*time.Second, "clock skew streaming requests may have")
 	fs.StringVar(&x.allowPrivate, "allow-private", "", "non-public destinations job volumes and uploads may reach: CIDR, address or host:port,… (default: public addresses only; --huggingface-endpoint is added)")
+	fs.StringVar(&x.selfContainer, "self-container", "", "when this process runs in a container on the same Docker Engine: its id or name (auto: the host name), so streaming jobs' proxies can join the jobs' networks")
 	fs.BoolVar(&x.boundDisks, "bound-disks", true, "make each job's /volume, /output and artifacts directory a loop-mounted file system of bounded size (needs root and mkfs.ext4)")
 }
 

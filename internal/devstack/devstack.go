@@ -260,13 +260,16 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 				classes[name] = c
 			}
 		}
-		run(fmt.Sprintf("miner %d", i), func() error {
-			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
-				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
-					Net: guard, BoundDisks: cfg.BoundDisks},
-				Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
-		})
+		m, err := miner.New(miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
+			Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
+			Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
+				Net: guard, BoundDisks: cfg.BoundDisks},
+			Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
+		if err != nil {
+			s.fail()
+			return nil, err
+		}
+		run(fmt.Sprintf("miner %d", i), func() error { return m.Run(ctx) })
 	}
 	if cfg.TrustedMiner {
 		k, err := LoadOrCreate(wallets, "trusted")
@@ -288,12 +291,16 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		tlog := cfg.Log.With("miner", "trusted")
 		a := ln.Addr().(*net.TCPAddr)
 		cfg.Validation.TrustedMiner = &chain.Neuron{Hotkey: k.SS58(), AxonInfo: chain.AxonInfo{IP: "127.0.0.1", Port: a.Port}}
-		run("trusted miner", func() error {
-			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
-				TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog, Net: guard, BoundDisks: cfg.BoundDisks},
-				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
-		})
+		tm, err := miner.New(miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
+			TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
+			Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog, Net: guard, BoundDisks: cfg.BoundDisks},
+			Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
+		if err != nil {
+			ln.Close()
+			s.fail()
+			return nil, err
+		}
+		run("trusted miner", func() error { return tm.Run(ctx) })
 	}
 	v, err := validator.New(validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
 		Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,

@@ -203,7 +203,9 @@ type Pairs interface {
 	PairsForImage(ctx context.Context, image string, after int64, limit int) ([]PairRecord, []int64, error)
 	// UnforwardedPairs returns the pairs for validator not yet passed on to it.
 	UnforwardedPairs(ctx context.Context, validator string, limit int) ([]PairRecord, []int64, error)
-	MarkForwarded(ctx context.Context, id int64) error
+	// MarkForwarded marks pair id delivered to validator (nothing if the
+	// pair is another validator's).
+	MarkForwarded(ctx context.Context, validator string, id int64) error
 }
 
 // CheatRecord is a client's report that a job's miner cheated, as the

@@ -553,8 +553,8 @@ func (d *DB) UnforwardedPairs(ctx context.Context, validator string, limit int) 
 }
 
 // MarkForwarded implements store.Pairs.
-func (d *DB) MarkForwarded(ctx context.Context, id int64) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE stream_pairs SET forwarded = true WHERE id = $1`, id)
+func (d *DB) MarkForwarded(ctx context.Context, validator string, id int64) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE stream_pairs SET forwarded = true WHERE id = $1 AND validator_hotkey = $2`, id, validator)
 	return err
 }
 

@@ -518,8 +518,8 @@ func (d *DB) UnforwardedPairs(ctx context.Context, validator string, limit int) 
 }
 
 // MarkForwarded implements store.Pairs.
-func (d *DB) MarkForwarded(ctx context.Context, id int64) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE stream_pairs SET forwarded = 1 WHERE id = ?`, id)
+func (d *DB) MarkForwarded(ctx context.Context, validator string, id int64) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE stream_pairs SET forwarded = 1 WHERE id = ? AND validator_hotkey = ?`, id, validator)
 	return err
 }
 

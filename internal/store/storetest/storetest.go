@@ -259,7 +259,13 @@ func testPairs(t *testing.T, s Store) {
 	if err != nil || len(pending) != 3 {
 		t.Fatalf("unforwarded = %d, %v", len(pending), err)
 	}
-	s.MarkForwarded(ctx, pids[0])
+	if err := s.MarkForwarded(ctx, "another validator", pids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if pending, _, _ = s.UnforwardedPairs(ctx, "v", 10); len(pending) != 3 {
+		t.Errorf("another validator's ack delivered a pair: %d left", len(pending))
+	}
+	s.MarkForwarded(ctx, "v", pids[0])
 	if pending, _, _ = s.UnforwardedPairs(ctx, "v", 10); len(pending) != 2 {
 		t.Errorf("after forwarding one: %d", len(pending))
 	}

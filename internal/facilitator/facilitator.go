@@ -191,7 +191,7 @@ type Facilitator struct {
 	validators map[string]*session
 	watchers   map[string]map[chan struct{}]struct{}
 	pending    map[string]chan *protocol.V0JobVolumeResult // volume messages awaiting their ack
-	cancels    map[string]chan struct{}                    // cancels another replica takes care of
+	asked      map[string]chan struct{}                    // cancels and stops another replica passes on
 	dispatch   chan struct{}
 
 	// bus links the replicas over one database (nil: alone); replica
@@ -212,7 +212,7 @@ func New(cfg Config) (*Facilitator, error) {
 		requests: newReplayGuard(maxRemembered), logins: newLogins(cfg.TokenKey, cfg.NonceLifetime, cfg.TokenLifetime),
 		base: base, stopBase: stop,
 		validators: map[string]*session{}, watchers: map[string]map[chan struct{}]struct{}{},
-		pending: map[string]chan *protocol.V0JobVolumeResult{}, cancels: map[string]chan struct{}{},
+		pending: map[string]chan *protocol.V0JobVolumeResult{}, asked: map[string]chan struct{}{},
 		dispatch: make(chan struct{}, 1), replica: newReplicaID()}
 	f.bus, _ = cfg.Store.(Bus)
 	return f, nil

@@ -39,7 +39,7 @@ func hotkey(t testing.TB) *sig.Hotkey {
 // harness is a facilitator served by httptest over a SQLite file, with a
 // client, and validators that may connect.
 type harness struct {
-	t   *testing.T
+	t   testing.TB
 	f   *Facilitator
 	db  Store
 	url string
@@ -53,7 +53,7 @@ type harness struct {
 	allowed map[string]bool
 }
 
-func newHarness(t *testing.T, cfg Config) *harness {
+func newHarness(t testing.TB, cfg Config) *harness {
 	t.Helper()
 	db, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "facilitator.db"))
 	if err != nil {
@@ -64,7 +64,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 }
 
 // newHarnessOn is newHarness over the store db.
-func newHarnessOn(t *testing.T, cfg Config, db Store) *harness {
+func newHarnessOn(t testing.TB, cfg Config, db Store) *harness {
 	t.Helper()
 	var err error
 	h := &harness{t: t, db: db, key: hotkey(t), allowed: map[string]bool{}}
@@ -136,7 +136,7 @@ func spec(args ...string) *protocol.JobSpec {
 // fakeValidator dials the facilitator's real WebSocket route with real
 // sr25519 authentication and records what it is sent.
 type fakeValidator struct {
-	t    *testing.T
+	t    testing.TB
 	h    *harness
 	key  *sig.Hotkey
 	conn *wsconn.Conn

@@ -134,7 +134,7 @@ func (f *Facilitator) cancel(ctx context.Context, id, signatory string, sdk bool
 	}
 	vs := f.validator(rec.ValidatorHotkey)
 	// A validator connected to another replica is cancelled there.
-	if vs != nil || rec.ValidatorHotkey == "" || !f.cancelElsewhere(ctx, id) {
+	if vs != nil || rec.ValidatorHotkey == "" || !f.elsewhere(ctx, noticeCancel, id) {
 		if err := f.cancelAt(ctx, vs, id); err != nil {
 			if vs != nil && vs.has(protocol.CapCancel) {
 				return nil, fmt.Errorf("%w: forward cancel to validator: %w", ErrUnavailable, err)
@@ -146,8 +146,12 @@ func (f *Facilitator) cancel(ctx context.Context, id, signatory string, sdk bool
 	return f.job(ctx, id, signatory, sdk)
 }
 
+// errAway is why a job's validator cannot be reached from here.
+var errAway = fmt.Errorf("%w: its validator is not connected", ErrUnavailable)
+
 // serving returns a client's serving streaming job and its validator's
-// session, which must speak the extension capability.
+// session, which must speak the extension capability. When the validator
+// is not connected here the job comes back with an error wrapping errAway.
 func (f *Facilitator) serving(ctx context.Context, id, signatory, capability string) (*protocol.Job, *session, error) {
 	job, err := f.job(ctx, id, signatory, false)
 	if err != nil {
@@ -158,7 +162,7 @@ func (f *Facilitator) serving(ctx context.Context, id, signatory, capability str
 	}
 	vs := f.validator(job.ValidatorHotkey)
 	if vs == nil {
-		return nil, nil, fmt.Errorf("%w: job %s: its validator is not connected", ErrUnavailable, id)
+		return job, nil, fmt.Errorf("job %s: %w", id, errAway)
 	}
 	if !vs.has(capability) {
 		return nil, nil, fmt.Errorf("%w: job %s: its validator does not speak horde's %q extension", ErrBadRequest, id, capability)
@@ -166,9 +170,13 @@ func (f *Facilitator) serving(ctx context.Context, id, signatory, capability str
 	return job, vs, nil
 }
 
-// stop ends a serving streaming job normally (it uploads its outputs and completes).
+// stop ends a serving streaming job normally (it uploads its outputs and
+// completes). A validator connected to another replica is told there.
 func (f *Facilitator) stop(ctx context.Context, id, signatory string) (*protocol.Job, error) {
 	job, vs, err := f.serving(ctx, id, signatory, protocol.CapStop)
+	if errors.Is(err, errAway) && f.elsewhere(ctx, noticeStop, id) {
+		return job, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -35,10 +35,11 @@ type Bus interface {
 
 // What replicas tell each other: "<replica> <kind> <job>".
 const (
-	noticeDispatch  = "dispatch"  // jobs, pairs or cheat reports wait: dispatch
-	noticeJob       = "job"       // the job's history grew: tell its watchers
-	noticeCancel    = "cancel"    // the replica with the job's validator: cancel it
-	noticeCancelled = "cancelled" // the cancel was taken care of
+	noticeDispatch = "dispatch" // jobs, pairs or cheat reports wait: dispatch
+	noticeJob      = "job"      // the job's history grew: tell its watchers
+	noticeCancel   = "cancel"   // the replica with the job's validator: cancel it
+	noticeStop     = "stop"     // the replica with the job's validator: stop it
+	noticeDone     = "done"     // "done <kind>:<job>": a cancel or stop was passed on
 )
 
 func newReplicaID() string {
@@ -108,11 +109,11 @@ func (f *Facilitator) notice(ctx context.Context, wg *sync.WaitGroup, payload st
 		f.kick()
 	case noticeJob:
 		f.publish(job)
-	case noticeCancel:
-		wg.Go(func() { f.cancelForReplica(ctx, job) })
-	case noticeCancelled:
+	case noticeCancel, noticeStop:
+		wg.Go(func() { f.forReplica(ctx, kind, job) })
+	case noticeDone:
 		f.mu.Lock()
-		ch := f.cancels[job]
+		ch := f.asked[job]
 		f.mu.Unlock()
 		if ch != nil {
 			select {
@@ -136,9 +137,9 @@ func (f *Facilitator) publishAll() {
 	}
 }
 
-// cancelForReplica cancels a job another replica was asked to cancel, if
-// its validator is connected here, and says so.
-func (f *Facilitator) cancelForReplica(ctx context.Context, id string) {
+// forReplica cancels or stops a job another replica was asked to, if its
+// validator is connected here, and says it did.
+func (f *Facilitator) forReplica(ctx context.Context, kind, id string) {
 	rec, err := f.cfg.Store.Job(ctx, id)
 	if err != nil || rec.Status.Terminal() {
 		return
@@ -147,32 +148,43 @@ func (f *Facilitator) cancelForReplica(ctx context.Context, id string) {
 	if vs == nil {
 		return // not here
 	}
-	if err := f.cancelAt(ctx, vs, id); err != nil {
-		f.log.Warn("cancel for another replica", "job", id, "err", err)
+	switch kind {
+	case noticeCancel:
+		err = f.cancelAt(ctx, vs, id)
+	case noticeStop:
+		if rec.Status != protocol.StatusStreaming || !vs.has(protocol.CapStop) {
+			return // the asking replica answers when no one says done
+		}
+		err = vs.send(ctx, &protocol.V0StopJobByFacilitator{UUID: id})
+	}
+	if err != nil {
+		f.log.Warn("pass on for another replica", "kind", kind, "job", id, "err", err)
 		return
 	}
-	f.announce(ctx, noticeCancelled, id)
+	f.announce(ctx, noticeDone, kind+":"+id)
 }
 
-// cancelElsewhere asks the replica that has the job's validator to cancel
-// it and waits until one says it did, or the job ended, or PingTimeout
-// passed (false: no replica has its validator).
-func (f *Facilitator) cancelElsewhere(ctx context.Context, id string) bool {
+// elsewhere asks the replica that has the job's validator to cancel or
+// stop it (kind) and waits until one says it did (true), or, for a cancel,
+// the job ended (true), or PingTimeout passed (false: no replica has its
+// validator). Alone, it is false at once.
+func (f *Facilitator) elsewhere(ctx context.Context, kind, id string) bool {
 	if f.bus == nil {
 		return false
 	}
+	key := kind + ":" + id
 	ack := make(chan struct{}, 1)
 	f.mu.Lock()
-	f.cancels[id] = ack
+	f.asked[key] = ack
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
-		delete(f.cancels, id)
+		delete(f.asked, key)
 		f.mu.Unlock()
 	}()
 	watch := f.subscribe(id)
 	defer f.unsubscribe(id, watch)
-	f.announce(ctx, noticeCancel, id)
+	f.announce(ctx, kind, id)
 	t := time.NewTimer(f.cfg.PingTimeout)
 	defer t.Stop()
 	for {
@@ -180,7 +192,7 @@ func (f *Facilitator) cancelElsewhere(ctx context.Context, id string) bool {
 		case <-ack:
 			return true
 		case <-watch:
-			if rec, err := f.cfg.Store.Job(ctx, id); err == nil && rec.Status.Terminal() {
+			if rec, err := f.cfg.Store.Job(ctx, id); err == nil && rec.Status.Terminal() && kind == noticeCancel {
 				return true
 			}
 		case <-t.C:

@@ -18,7 +18,7 @@ import (
 // replicas starts n facilitators over one fresh PostgreSQL schema, each
 // with connections and an HTTP server of its own, as n processes would be;
 // their clients share one key.
-func replicas(t *testing.T, n int, cfg Config) []*harness {
+func replicas(t testing.TB, n int, cfg Config) []*harness {
 	t.Helper()
 	url := pgtest.Schema(t)
 	key := hotkey(t)
@@ -36,8 +36,8 @@ func replicas(t *testing.T, n int, cfg Config) []*harness {
 	return hs
 }
 
-// A client submits at one replica and watches, reports pairs and cancels
-// at another, while the job's validator is connected to the first. Nothing
+// A client submits at one replica and watches, reports pairs, stops and
+// cancels at another, while the job's validator is connected to the first. Nothing
 // but the replicas' notices wakes them (no periodic dispatch).
 func TestReplicasServeAsOne(t *testing.T) {
 	hs := replicas(t, 2, Config{DispatchEvery: time.Hour})
@@ -83,6 +83,18 @@ func TestReplicasServeAsOne(t *testing.T) {
 		t.Fatalf("validator at b got %+v, want the pair reported at a", m)
 	}
 
+	stopped := make(chan error, 1)
+	go func() { // owned: the test waits for stopped
+		_, err := a.client.Stop(a.ctx(), j.UUID)
+		stopped <- err
+	}()
+	if m, ok := v.next().(*protocol.V0StopJobByFacilitator); !ok || m.UUID != j.UUID {
+		t.Fatalf("validator at b got %+v, want the stop asked at a", m)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("stop at a: %v", err)
+	}
+
 	cancelled := make(chan error, 1)
 	go func() { // owned: the test waits for cancelled
 		_, err := a.client.Cancel(a.ctx(), j.UUID)
@@ -109,12 +121,14 @@ func TestReplicasServeAsOne(t *testing.T) {
 type worker struct {
 	key *sig.Hotkey
 	ran chan string // each job, the first time
+	// answers, if not nil, hears of every answer to a status it reported.
+	answers chan struct{}
 
 	mu  sync.Mutex
 	got map[string]int // times each job was given
 }
 
-func newWorker(t *testing.T, hs ...*harness) *worker {
+func newWorker(t testing.TB, hs ...*harness) *worker {
 	w := &worker{key: hotkey(t), ran: make(chan string, 1024), got: map[string]int{}}
 	for _, h := range hs {
 		h.allow(w.key)
@@ -158,6 +172,9 @@ func (w *worker) serve(ctx context.Context, h *harness, connected chan<- struct{
 		if err != nil {
 			return nil // the facilitator went away, or the test ended
 		}
+		if _, ok := m.(*protocol.Response); ok && w.answers != nil {
+			w.answers <- struct{}{}
+		}
 		j, ok := m.(*protocol.V2JobRequest)
 		if !ok {
 			continue
@@ -183,10 +200,11 @@ func errorf(format string, args ...any) error {
 	return testError(fmt.Sprintf(format, args...))
 }
 
-// One replica dies while dispatching: jobs it claimed and never sent, and
-// jobs it sent whose statuses it never stored, are given again by the
-// other, to the same validator, which has reconnected there. Every job
-// runs, on exactly one validator, once.
+// One replica dies while dispatching, as clients submit to it: jobs it
+// claimed and never sent (one made so for certain: "orphan"), and jobs it
+// sent whose statuses it never stored, are given again by the other, to
+// the same validator, which has reconnected there. Every job runs, on
+// exactly one validator, once.
 func TestReplicaDiesMidDispatch(t *testing.T) {
 	hs := replicas(t, 2, Config{Redispatch: 200 * time.Millisecond, DispatchEvery: 20 * time.Millisecond})
 	a, b := hs[0], hs[1]
@@ -247,13 +265,13 @@ func TestReplicaDiesMidDispatch(t *testing.T) {
 	for countOf(ran, "w1") < 5 {
 		take()
 	}
-	// A job a claimed for w1 and never sent, as if a died in between.
+	a.kill()
+	// A job a claimed for w1 and never sent: a died in between.
 	orphan := store.JobRecord{UUID: "orphan", Spec: *spec(), Signature: protocol.Signature{Signatory: a.key.SS58(), Signature: "orphan"},
 		Status: protocol.StatusSent, ValidatorHotkey: w1.key.SS58(), CreatedAt: time.Now().UTC()}
-	if err := a.db.CreateJob(ctx, orphan); err != nil {
+	if err := b.db.CreateJob(ctx, orphan); err != nil {
 		t.Fatal(err)
 	}
-	a.kill()
 	<-submitted
 	for range 10 {
 		if _, err := b.client.CreateJob(ctx, spec()); err != nil {

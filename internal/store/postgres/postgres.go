@@ -163,23 +163,19 @@ func (d *DB) CreateJob(ctx context.Context, j store.JobRecord) error {
 		sigKey = base64.StdEncoding.EncodeToString(b) // low bits dropped
 	}
 	now := j.CreatedAt.UnixMicro()
-	tx, err := d.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	_, err = tx.ExecContext(ctx, `INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, validator_hotkey, miner_hotkey, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, j.UUID, spec, sigb, sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
+	// One statement, one round trip: the job and its first status.
+	_, err = d.db.ExecContext(ctx, `WITH j AS (
+			INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, validator_hotkey, miner_hotkey, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING uuid)
+		INSERT INTO job_status (job_uuid, status, created_at) SELECT uuid, $6, $9 FROM j`,
+		j.UUID, string(spec), string(sigb), sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now)
 	if isUnique(err) {
 		return fmt.Errorf("job %s: %w (same uuid or same client signature)", j.UUID, store.ErrDuplicate)
 	}
 	if err != nil {
 		return fmt.Errorf("create job: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO job_status (job_uuid, status, created_at) VALUES ($1, $2, $3)`, j.UUID, j.Status, now); err != nil {
-		return fmt.Errorf("create job: %w", err)
-	}
-	return tx.Commit()
+	return nil
 }
 
 const jobCols = `uuid, spec, signature, status, validator_hotkey, miner_hotkey, created_at, updated_at`
@@ -206,34 +202,28 @@ func (d *DB) Job(ctx context.Context, uuid string) (store.JobRecord, error) {
 	return j, err
 }
 
-// AddStatus implements store.Jobs.
+// terminal lists the statuses a job keeps (protocol.JobStatus.Terminal).
+const terminal = `('completed', 'rejected', 'failed', 'horde_failed', 'cancelled')`
+
+// AddStatus implements store.Jobs, in one statement: the job's row is
+// locked, the entry appended, and the status set unless it is terminal.
 func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry) error {
 	var meta []byte
 	if e.Metadata != nil {
 		meta, _ = json.Marshal(e.Metadata)
 	}
-	at := e.CreatedAt.UnixMicro()
-	tx, err := d.db.BeginTx(ctx, nil)
+	var n int
+	err := d.db.QueryRowContext(ctx, `WITH cur AS (SELECT uuid, status FROM jobs WHERE uuid = $1 FOR UPDATE),
+		ins AS (INSERT INTO job_status (job_uuid, status, metadata, created_at) SELECT uuid, $2, $3, $4 FROM cur RETURNING job_uuid),
+		upd AS (UPDATE jobs SET status = $2, updated_at = $4 WHERE uuid IN (SELECT uuid FROM cur WHERE status NOT IN `+terminal+`) RETURNING uuid)
+		SELECT count(*) FROM ins`, uuid, e.Status, nullable(meta), e.CreatedAt.UnixMicro()).Scan(&n)
 	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	var cur string
-	if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE uuid = $1`, uuid).Scan(&cur); err != nil {
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
-		}
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO job_status (job_uuid, status, metadata, created_at) VALUES ($1, $2, $3, $4)`, uuid, e.Status, nullable(meta), at); err != nil {
 		return fmt.Errorf("add status: %w", err)
 	}
-	if !protocol.JobStatus(cur).Terminal() {
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = $1, updated_at = $2 WHERE uuid = $3`, e.Status, at, uuid); err != nil {
-			return fmt.Errorf("add status: %w", err)
-		}
+	if n == 0 {
+		return fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
 	}
-	return tx.Commit()
+	return nil
 }
 
 func nullable(b []byte) any {
@@ -295,7 +285,7 @@ func (d *DB) ListJobs(ctx context.Context, signatory string, offset, limit int) 
 
 // Unfinished implements store.Jobs.
 func (d *DB) Unfinished(ctx context.Context) ([]store.JobRecord, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN ('completed','rejected','failed','horde_failed','cancelled') ORDER BY created_at`)
+	rows, err := d.db.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN `+terminal+` ORDER BY created_at`)
 	if err != nil {
 		return nil, err
 	}
@@ -318,32 +308,18 @@ func (d *DB) SetAssignment(ctx context.Context, uuid, validator, miner string) e
 	return err
 }
 
-// ClaimJob implements store.Jobs. The job's row is locked (SKIP LOCKED:
-// a replica claiming it at the same moment wins, this one moves on) and
-// changed only if it is as seen.
+// ClaimJob implements store.Jobs, in one statement. The job's row is
+// locked (SKIP LOCKED: a replica claiming it at the same moment wins, this
+// one moves on) and changed only if it is as seen.
 func (d *DB) ClaimJob(ctx context.Context, seen store.JobRecord, validator string) (bool, error) {
-	tx, err := d.db.BeginTx(ctx, nil)
+	res, err := d.db.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = $1, updated_at = $2
+		WHERE uuid = (SELECT uuid FROM jobs WHERE uuid = $3 AND status = $4 AND validator_hotkey = $5 AND updated_at = $6 FOR UPDATE SKIP LOCKED)`,
+		validator, max(time.Now().UnixMicro(), seen.UpdatedAt.UnixMicro()+1), seen.UUID, protocol.StatusSent, seen.ValidatorHotkey, seen.UpdatedAt.UnixMicro())
 	if err != nil {
 		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
 	}
-	defer tx.Rollback()
-	var uuid string
-	err = tx.QueryRowContext(ctx, `SELECT uuid FROM jobs WHERE uuid = $1 AND status = $2 AND validator_hotkey = $3 AND updated_at = $4
-		FOR UPDATE SKIP LOCKED`, seen.UUID, protocol.StatusSent, seen.ValidatorHotkey, seen.UpdatedAt.UnixMicro()).Scan(&uuid)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = $1, updated_at = $2 WHERE uuid = $3`,
-		validator, max(time.Now().UnixMicro(), seen.UpdatedAt.UnixMicro()+1), seen.UUID); err != nil {
-		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
-	}
-	return true, nil
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // PutReceipt implements store.Receipts; a receipt of the same job, miner and

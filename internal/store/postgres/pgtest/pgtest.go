@@ -4,7 +4,9 @@
 // HORDE_TEST_POSTGRES, or a server that does not answer, fails it with a
 // clear message: a machine without PostgreSQL never passes those tests
 // silently. `eval "$(bash .ci/postgres)"` starts a throwaway server and sets
-// HORDE_TEST_POSTGRES.
+// HORDE_TEST_POSTGRES; with the variable unset, the server that script
+// keeps in its directory ($HORDE_PG_DIR, default /tmp/horde-postgres-$UID)
+// is used if it has one, so later steps of the same CI run find it too.
 package pgtest
 
 import (
@@ -12,8 +14,12 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,9 +39,9 @@ var (
 	err  error
 )
 
-// URL returns $HORDE_TEST_POSTGRES, or skips the test if
-// HORDE_POSTGRES_TESTS=off, or fails it if the variable is unset or the
-// server does not answer.
+// URL returns $HORDE_TEST_POSTGRES (or the server .ci/postgres keeps), or
+// skips the test if HORDE_POSTGRES_TESTS=off, or fails it if there is none
+// or the server does not answer.
 func URL(t testing.TB) string {
 	t.Helper()
 	switch v := os.Getenv(Env); v {
@@ -46,6 +52,9 @@ func URL(t testing.TB) string {
 		t.Fatalf("%s=%q: want off (skip the tests that need PostgreSQL), on or unset", Env, v)
 	}
 	u := os.Getenv(URLEnv)
+	if u == "" {
+		u = scriptServer()
+	}
 	if u == "" {
 		t.Fatalf("this test needs PostgreSQL and %s is unset: run `eval \"$(bash .ci/postgres)\"` first\n(set %s=off to skip the tests that need PostgreSQL)", URLEnv, Env)
 	}
@@ -58,9 +67,26 @@ func URL(t testing.TB) string {
 		err = db.PingContext(ctx)
 	})
 	if err != nil {
-		t.Fatalf("this test needs PostgreSQL, and %s=%s does not answer: %v\n(set %s=off to skip the tests that need PostgreSQL)", URLEnv, u, err, Env)
+		t.Fatalf("this test needs PostgreSQL, and %s does not answer: %v\n(run `eval \"$(bash .ci/postgres)\"`, or set %s=off to skip the tests that need PostgreSQL)", u, err, Env)
 	}
 	return u
+}
+
+// scriptServer is the URL of the server .ci/postgres keeps, or "".
+func scriptServer() string {
+	dir := os.Getenv("HORDE_PG_DIR")
+	if dir == "" {
+		dir = fmt.Sprintf("/tmp/horde-postgres-%d", os.Getuid())
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "port"))
+	if err != nil {
+		return ""
+	}
+	port, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/horde?sslmode=disable", port)
 }
 
 // Schema creates an empty schema of the test's own, dropped when the test

@@ -49,6 +49,10 @@ type Config struct {
 	// MinerUpstreamOnly makes the miners look like upstream's
 	// (miner.Config.UpstreamOnly).
 	MinerUpstreamOnly bool
+	// ValidatorUpstream makes the validator speak upstream's protocol only
+	// (validator.Config.Upstream); the facilitator then takes upstream's
+	// authentication from it.
+	ValidatorUpstream bool
 	Limits            blob.Limits
 	// AllowPrivate lists the non-public destinations executors may fetch
 	// volumes from and upload to (see blob.NewDialGuard): only the local
@@ -236,7 +240,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	validatorKey := s.Validator.SS58()
-	fac, err := facilitator.New(facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log,
+	fac, err := facilitator.New(facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log, AllowUpstreamAuth: cfg.ValidatorUpstream,
 		AllowValidator: func(hk string) bool { return hk == validatorKey }})
 	if err != nil {
 		fln.Close()
@@ -311,7 +315,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	v, err := validator.New(validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
 		Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
-		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation})
+		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation, Upstream: cfg.ValidatorUpstream})
 	if err != nil {
 		s.fail()
 		return nil, err

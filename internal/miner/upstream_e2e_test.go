@@ -66,7 +66,8 @@ func (f *upstreamFetcher) fetch(ctx context.Context, page int64) ([]byte, error)
 }
 
 // A horde validator drives a horde miner with horde's extensions off on
-// both ends: the miner plays upstream's (--upstream-only: no
+// both ends: the validator speaks upstream's protocol only (to the miner and
+// to the facilitator, which takes upstream's authentication), the miner plays upstream's (--upstream-only: no
 // horde_capabilities in its manifest, no /receipts?after=), so the
 // validator sends upstream's exact messages (no horde_allow_pull: the
 // miner's own pull policy decides); the organic job completes on an image
@@ -80,6 +81,7 @@ func TestUpstreamModeEndToEnd(t *testing.T) {
 		AllowPull:         false,               // no horde_allow_pull from the validator
 		MinerImagePull:    protocol.PullAlways, // the miner's own policy decides
 		MinerUpstreamOnly: true,
+		ValidatorUpstream: true, // upstream's protocol on the validator's links too
 	})
 	h.Fake.RegisterPullable(image, func(ctx context.Context, c *fakert.Container) int {
 		fmt.Fprintln(c.Stdout, "ran as upstream")

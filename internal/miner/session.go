@@ -144,7 +144,11 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer close(j.relayed)
-	ctx := r.Context()
+	// The relay ends with the job: a cancelled job's executor has nothing
+	// left to say.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(j.ctx, cancel)()
 	if err := m.send(ctx, conn, j.initial); err != nil {
 		return
 	}

@@ -568,3 +568,35 @@ func TestConfig(t *testing.T) {
 		t.Errorf("Run again: %v", err)
 	}
 }
+
+// The handler served by the caller, as any http.Handler: Run without a
+// listener runs the jobs; once Run has returned the handler refuses.
+func TestHandlerServedElsewhere(t *testing.T) {
+	var m *Miner
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { m.Handler().ServeHTTP(w, r) }))
+	defer srv.Close()
+	h := start(t, func(c *Config) {
+		c.Listener.Close()
+		c.Listener, c.ExecutorBaseURL = nil, "ws"+strings.TrimPrefix(srv.URL, "http")
+	})
+	m = h.m
+	h.addr = strings.TrimPrefix(srv.URL, "http://")
+	v := h.session()
+	v.accepted("j", echoImage)
+	v.send(&protocol.V0JobRequest{JobUUID: "j", ExecutorClass: protocol.ClassTest, DockerImage: echoImage, DockerRunCmd: []string{"elsewhere"}})
+	if f, _ := until[*protocol.V0JobFinishedRequest](v); !strings.Contains(f.DockerProcessStdout, "elsewhere") {
+		t.Errorf("finished %+v", f)
+	}
+	h.ended("j")
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(srv.URL + "/receipts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("after Run: %s", resp.Status)
+	}
+}

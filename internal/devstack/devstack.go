@@ -42,7 +42,14 @@ type Config struct {
 	// FacilitatorAddr is where the facilitator listens (default 127.0.0.1:0).
 	FacilitatorAddr string
 	AllowPull       bool
-	Limits          blob.Limits
+	// MinerImagePull and MinerStreamingImages are the miners' own image
+	// policy (miner.Config.ImagePull, StreamingImages).
+	MinerImagePull       protocol.ImagePullPolicy
+	MinerStreamingImages []string
+	// MinerUpstreamOnly makes the miners look like upstream's
+	// (miner.Config.UpstreamOnly).
+	MinerUpstreamOnly bool
+	Limits            blob.Limits
 	// AllowPrivate lists the non-public destinations executors may fetch
 	// volumes from and upload to (see blob.NewDialGuard): only the local
 	// servers the stack's user starts (its object server). Everything else
@@ -261,7 +268,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 			}
 		}
 		m, err := miner.New(miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
-			Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
+			Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery, ImagePull: cfg.MinerImagePull, StreamingImages: cfg.MinerStreamingImages, UpstreamOnly: cfg.MinerUpstreamOnly,
 			Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
 				Net: guard, BoundDisks: cfg.BoundDisks},
 			Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})

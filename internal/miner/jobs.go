@@ -51,7 +51,7 @@ func (m *Miner) admit(validator string, conn *wsconn.Conn, req *protocol.V0Initi
 					started = append(started, j.started)
 				}
 			}
-			ex = decide.Excuses(started, time.Now())
+			ex = decide.Excuses(started, req)
 		}
 		return nil, d, ex
 	}
@@ -60,7 +60,7 @@ func (m *Miner) admit(validator string, conn *wsconn.Conn, req *protocol.V0Initi
 		return nil, decide.Declined(protocol.RejectUnknown, "miner could not countersign the receipt: %v", err), nil
 	}
 	ctx, cancel := context.WithCancel(m.base)
-	j := &job{uuid: req.JobUUID, class: req.ExecutorClass, validator: validator, vconn: conn, initial: req,
+	j := &job{uuid: req.JobUUID, class: req.ExecutorClass, validator: validator, vconn: conn, initial: m.images().forExecutor(req),
 		started: started, ctx: ctx, cancel: cancel, connected: make(chan struct{}), relayed: make(chan struct{})}
 	j.token = m.tokens.Issue(j.uuid)
 	m.reserved[j.class]++

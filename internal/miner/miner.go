@@ -21,6 +21,7 @@ import (
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/receipt"
 	"github.com/horde-compute/horde/sig"
 )
 
@@ -47,6 +48,16 @@ type Config struct {
 	Reaper *Reaper
 	// ReapEvery is how often leftovers are looked for (default 30s).
 	ReapEvery time.Duration
+	// ImagePull says when executors may pull a job's image (default
+	// protocol.PullIfValidatorAllows: only when a horde validator allows it).
+	ImagePull protocol.ImagePullPolicy
+	// StreamingImages lists the images streaming jobs may run when the
+	// validator pins no digest (upstream validators), by name or digest.
+	StreamingImages []string
+	// UpstreamOnly makes the miner look exactly like upstream's to every
+	// validator: it advertises no horde extension (so horde validators send
+	// upstream's messages) and serves receipts only as upstream's pages.
+	UpstreamOnly bool
 	// SpinUpTimeout bounds the wait for a started executor to connect.
 	SpinUpTimeout time.Duration
 	// SendTimeout bounds each message sent to a validator or an executor
@@ -75,6 +86,10 @@ func (c *Config) Validate() error {
 	for class, n := range c.Manifest {
 		if n < 0 {
 			return fmt.Errorf("miner config: Manifest[%s] is negative", class)
+		}
+		if !protocol.IsUpstreamExecutorClass(class) {
+			// Upstream validators refuse a whole manifest with another class.
+			return fmt.Errorf("miner config: Manifest[%s]: not an executor class upstream validators know", class)
 		}
 	}
 	return nil
@@ -163,7 +178,10 @@ func (m *Miner) newHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+protocol.ValidatorAuthPath+"{hotkey}", m.serveValidator)
 	mux.HandleFunc("GET "+protocol.ExecutorPath+"{token}", m.serveExecutor)
-	mux.HandleFunc("GET /receipts", m.serveReceipts)
+	if !m.cfg.UpstreamOnly {
+		mux.HandleFunc("GET /receipts", m.serveReceipts)
+	}
+	mux.Handle("GET "+receipt.PagePrefix+"{page}", receiptPages{store: m.cfg.Store, log: m.log, cache: newPageCache()})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m.mu.Lock()
 		if m.closed {

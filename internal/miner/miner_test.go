@@ -320,8 +320,10 @@ func TestOffers(t *testing.T) {
 	if d.Reason != protocol.RejectBusy || len(d.Receipts) != 1 {
 		t.Fatalf("busy: %s %q, %d excuses", d.Reason, d.Message, len(d.Receipts))
 	}
-	var excuse receipt.Receipt
-	json.Unmarshal(d.Receipts[0], &excuse)
+	excuse, err := receipt.ParseLine(d.Receipts[0])
+	if err != nil {
+		t.Fatal(err)
+	}
 	if p, err := excuse.Decode(); err != nil || p.(*receipt.StartedPayload).JobUUID != "long" {
 		t.Errorf("excuse %v %v", p, err)
 	}

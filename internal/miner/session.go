@@ -35,20 +35,20 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	auth, ok := first.(*protocol.ValidatorAuthForMiner)
 	if !ok {
-		m.send(ctx, conn, &protocol.UnauthorizedError{Code: "auth_required", Details: "first message must be ValidatorAuthForMiner, got " + first.MessageType()})
+		m.send(ctx, conn, &protocol.UnauthorizedError{Code: protocol.UnauthorizedUnknownValidator, Details: "first message must be ValidatorAuthForMiner, got " + first.MessageType()})
 		conn.CloseWith("auth required")
 		return
 	}
 	if err := wsconn.CheckValidatorAuth(auth, r.PathValue("hotkey"), m.cfg.Hotkey.SS58(), m.allowed, m.guard, time.Now()); err != nil {
 		m.log.Warn("validator refused", "validator", auth.ValidatorHotkey, "err", err)
-		m.send(ctx, conn, &protocol.UnauthorizedError{Code: "unauthorized", Details: err.Error()})
+		m.send(ctx, conn, authRefusal(err, m.registered(auth.ValidatorHotkey)))
 		conn.CloseWith("unauthorized")
 		return
 	}
 	validator := auth.ValidatorHotkey
 	log := m.log.With("validator", validator)
 	log.Info("validator connected")
-	if err := m.send(ctx, conn, &protocol.V0ExecutorManifestRequest{Manifest: m.cfg.Manifest}); err != nil {
+	if err := m.send(ctx, conn, manifestFor(m.cfg.Manifest, m.cfg.UpstreamOnly)); err != nil {
 		return
 	}
 	m.send(ctx, conn, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()})
@@ -83,6 +83,8 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 			m.countersign(ctx, conn, validator, receipt.JobAccepted, msg.Payload, msg.Signature)
 		case *protocol.V0JobFinishedReceiptRequest:
 			m.countersign(ctx, conn, validator, receipt.JobFinished, msg.Payload, msg.Signature)
+		case *protocol.V0MainHotkeyMessage:
+			m.send(ctx, conn, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()}) // upstream's validator asks
 		case *protocol.GenericError:
 			log.Warn("validator reported an error", "details", msg.Details)
 		default:
@@ -95,6 +97,11 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 // receipt, accept and start the executor. It returns the accepted job.
 func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, req *protocol.V0InitialJobRequest) *job {
 	log := m.log.With("job", req.JobUUID, "validator", validator)
+	if msg := m.images().streamingRefusal(req); msg != "" {
+		log.Info("declining job", "reason", protocol.RejectUnknown, "msg", msg)
+		m.send(ctx, conn, decide.DeclineMessage(req, decide.Declined(protocol.RejectUnknown, "%s", msg), nil))
+		return nil
+	}
 	j, d, excuses := m.admit(validator, conn, req)
 	if j != nil {
 		if err := m.cfg.Store.PutReceipt(ctx, j.started); err != nil {

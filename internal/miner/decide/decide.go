@@ -6,6 +6,7 @@
 package decide
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -110,10 +111,17 @@ func Countersign(k *sig.Hotkey, validator string, t receipt.Type, payload json.R
 	return r, nil
 }
 
-// Excuses picks, among the started receipts of running jobs of class, those
-// of organic jobs still within their ttl at now: proof that the executors
-// are really taken.
-func Excuses(running []receipt.Receipt, now time.Time) []json.RawMessage {
+// Excuses picks, among the started receipts of running jobs of req's
+// class, those upstream's miner sends with a busy decline: of other organic
+// jobs, valid ([timestamp, timestamp+ttl]) at the timestamp of req's own
+// started receipt, each an upstream Receipt (the type inside the payload).
+// They prove that the executors are really taken.
+func Excuses(running []receipt.Receipt, req *protocol.V0InitialJobRequest) []json.RawMessage {
+	var np receipt.StartedPayload
+	if json.Unmarshal(req.JobStartedReceiptPayload, &np) != nil {
+		return nil
+	}
+	now := np.Timestamp.Time
 	var out []json.RawMessage
 	for _, r := range running {
 		p, err := r.Decode()
@@ -121,11 +129,11 @@ func Excuses(running []receipt.Receipt, now time.Time) []json.RawMessage {
 			continue
 		}
 		sp, ok := p.(*receipt.StartedPayload)
-		if !ok || !sp.IsOrganic || now.Sub(sp.Timestamp.Time) > time.Duration(sp.TTL)*time.Second {
+		if !ok || !sp.IsOrganic || sp.JobUUID == req.JobUUID || sp.Timestamp.After(now) || now.Sub(sp.Timestamp.Time) > time.Duration(sp.TTL)*time.Second {
 			continue
 		}
-		if b, err := json.Marshal(r); err == nil {
-			out = append(out, b)
+		if line, err := receipt.MarshalLine(r); err == nil {
+			out = append(out, bytes.TrimSuffix(line, []byte("\n")))
 		}
 	}
 	return out

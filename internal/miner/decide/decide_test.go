@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/horde-compute/horde/internal/schematest"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/receipt"
 	"github.com/horde-compute/horde/sig"
@@ -157,17 +158,21 @@ func TestExcuses(t *testing.T) {
 		}
 		return r
 	}
+	declined := startedOffer(t, v, m.SS58(), "declined", protocol.ClassTest, true, now)
 	got := Excuses([]receipt.Receipt{started("organic", true, now), started("synthetic", false, now),
-		started("expired", true, now.Add(-2*time.Minute)), {Type: receipt.JobStarted, Payload: json.RawMessage(`{`)}}, now)
+		started("expired", true, now.Add(-2*time.Minute)), started("later", true, now.Add(time.Second)),
+		started("declined", true, now), {Type: receipt.JobStarted, Payload: json.RawMessage(`{`)}}, declined)
 	if len(got) != 1 {
 		t.Fatalf("%d excuses, want 1: %s", len(got), got)
 	}
-	var r receipt.Receipt
-	if err := json.Unmarshal(got[0], &r); err != nil {
+	// In upstream's Receipt shape: the type inside the payload.
+	schematest.Valid(t, "receipts.Receipt", got[0])
+	r, err := receipt.ParseLine(got[0])
+	if err != nil {
 		t.Fatal(err)
 	}
 	p, err := r.Decode()
-	if err != nil || p.(*receipt.StartedPayload).JobUUID != "organic" {
+	if err != nil || p.(*receipt.StartedPayload).JobUUID != "organic" || strings.Contains(string(got[0]), `{"receipt_type"`) {
 		t.Errorf("excuse %v %v", p, err)
 	}
 	if err := receipt.VerifyBy(m.SS58(), p, r.MinerSignature); err != nil {

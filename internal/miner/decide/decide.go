@@ -35,6 +35,7 @@ type Decision struct {
 	Started *receipt.StartedPayload
 }
 
+// Declined is a decision to decline, with a reason and a message.
 func Declined(reason protocol.JobRejectionReason, format string, args ...any) Decision {
 	return Decision{Reason: reason, Message: fmt.Sprintf(format, args...)}
 }

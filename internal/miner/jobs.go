@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/horde-compute/horde/internal/miner/decide"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/receipt"
@@ -35,28 +36,28 @@ type job struct {
 // admit decides an offer against the miner's state and, when it is
 // accepted, reserves an executor and registers the job, all under one lock.
 // A declined busy offer carries its excuses.
-func (m *Miner) admit(validator string, conn *wsconn.Conn, req *protocol.V0InitialJobRequest) (*job, decision, []json.RawMessage) {
+func (m *Miner) admit(validator string, conn *wsconn.Conn, req *protocol.V0InitialJobRequest) (*job, decide.Decision, []json.RawMessage) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	_, running := m.jobs[req.JobUUID]
-	d := decide(offer{miner: m.cfg.Hotkey.SS58(), validator: validator, req: req, manifest: m.cfg.Manifest,
-		reserved: m.reserved[req.ExecutorClass], running: running})
-	if !d.accept {
+	d := decide.Decide(decide.Offer{Miner: m.cfg.Hotkey.SS58(), Validator: validator, Request: req, Manifest: m.cfg.Manifest,
+		Reserved: m.reserved[req.ExecutorClass], Running: running})
+	if !d.Accept {
 		var ex []json.RawMessage
-		if d.reason == protocol.RejectBusy {
+		if d.Reason == protocol.RejectBusy {
 			var started []receipt.Receipt
 			for _, j := range m.jobs {
 				if j.class == req.ExecutorClass {
 					started = append(started, j.started)
 				}
 			}
-			ex = excuses(started, req)
+			ex = decide.Excuses(started, req)
 		}
 		return nil, d, ex
 	}
-	started, err := countersignStarted(m.cfg.Hotkey, d.started, req.JobStartedReceiptSignature)
+	started, err := decide.CountersignStarted(m.cfg.Hotkey, d.Started, req.JobStartedReceiptSignature)
 	if err != nil {
-		return nil, declined(protocol.RejectUnknown, "miner could not countersign the receipt: %v", err), nil
+		return nil, decide.Declined(protocol.RejectUnknown, "miner could not countersign the receipt: %v", err), nil
 	}
 	ctx, cancel := context.WithCancel(m.base)
 	j := &job{uuid: req.JobUUID, class: req.ExecutorClass, validator: validator, vconn: conn, initial: m.images().forExecutor(req),

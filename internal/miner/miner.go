@@ -108,6 +108,7 @@ type Miner struct {
 	stopBase context.CancelFunc
 	running  atomic.Bool
 	baseURL  atomic.Pointer[string] // how executors reach this miner
+	handler  http.Handler
 
 	watchers sync.WaitGroup // one per accepted job
 	sessions sync.WaitGroup // one per validator or executor connection
@@ -128,6 +129,7 @@ func New(cfg Config) (*Miner, error) {
 	base, stop := context.WithCancel(context.Background())
 	m := &Miner{cfg: cfg, log: cfg.Log.With("role", "miner"), tokens: wsconn.NewTokens(), guard: wsconn.NewReplayGuard(),
 		base: base, stopBase: stop, jobs: map[string]*job{}, reserved: map[string]int{}}
+	m.handler = m.newHandler()
 	switch {
 	case cfg.ExecutorBaseURL != "":
 		m.setBaseURL(cfg.ExecutorBaseURL)
@@ -170,7 +172,9 @@ func (m *Miner) executorURL(token string) string {
 // Handler serves validators (GET /v0.1/validator_interface/{hotkey}),
 // executors (GET /v0.1/executor_interface/{token}) and the receipts
 // (GET /receipts). Connections it serves end when Run returns.
-func (m *Miner) Handler() http.Handler {
+func (m *Miner) Handler() http.Handler { return m.handler }
+
+func (m *Miner) newHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+protocol.ValidatorAuthPath+"{hotkey}", m.serveValidator)
 	mux.HandleFunc("GET "+protocol.ExecutorPath+"{token}", m.serveExecutor)

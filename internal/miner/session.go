@@ -7,13 +7,15 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/horde-compute/horde/internal/miner/decide"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/receipt"
 )
 
 // The transport: sessions with validators and executors receive frames,
-// hand them to the logic and send what it answers. Every send is bounded
+// hand them to the logic (package decide, and the job lifecycle in jobs.go)
+// and send what it answers. Every send is bounded
 // by Config.SendTimeout.
 
 // send sends msg on conn, waiting at most Config.SendTimeout (and no
@@ -97,19 +99,19 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 	log := m.log.With("job", req.JobUUID, "validator", validator)
 	if msg := m.images().streamingRefusal(req); msg != "" {
 		log.Info("declining job", "reason", protocol.RejectUnknown, "msg", msg)
-		m.send(ctx, conn, declineMessage(req, declined(protocol.RejectUnknown, "%s", msg), nil))
+		m.send(ctx, conn, decide.DeclineMessage(req, decide.Declined(protocol.RejectUnknown, "%s", msg), nil))
 		return nil
 	}
 	j, d, excuses := m.admit(validator, conn, req)
 	if j != nil {
 		if err := m.cfg.Store.PutReceipt(ctx, j.started); err != nil {
 			m.release(j)
-			j, d = nil, declined(protocol.RejectUnknown, "miner could not store the receipt: %v", err)
+			j, d = nil, decide.Declined(protocol.RejectUnknown, "miner could not store the receipt: %v", err)
 		}
 	}
 	if j == nil {
-		log.Info("declining job", "reason", d.reason, "msg", d.message)
-		m.send(ctx, conn, declineMessage(req, d, excuses))
+		log.Info("declining job", "reason", d.Reason, "msg", d.Message)
+		m.send(ctx, conn, decide.DeclineMessage(req, d, excuses))
 		return nil
 	}
 	if err := m.send(ctx, conn, &protocol.V0AcceptJobRequest{JobUUID: j.uuid}); err != nil {
@@ -122,7 +124,7 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 
 // countersign verifies a validator-signed receipt, adds the miner's signature and stores it.
 func (m *Miner) countersign(ctx context.Context, conn *wsconn.Conn, validator string, t receipt.Type, payload json.RawMessage, signature string) {
-	r, err := countersign(m.cfg.Hotkey, validator, t, payload, signature)
+	r, err := decide.Countersign(m.cfg.Hotkey, validator, t, payload, signature)
 	if err == nil {
 		err = m.cfg.Store.PutReceipt(ctx, r)
 	}
@@ -151,7 +153,11 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer close(j.relayed)
-	ctx := r.Context()
+	// The relay ends with the job: a cancelled job's executor has nothing
+	// left to say.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(j.ctx, cancel)()
 	if err := m.send(ctx, conn, j.initial); err != nil {
 		return
 	}
@@ -169,7 +175,7 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return // watch reports the loss once the executor has ended
 		}
-		out, terminal, ok := fromExecutor(m.cfg.Hotkey, msg)
+		out, terminal, ok := decide.FromExecutor(m.cfg.Hotkey, msg)
 		if !ok {
 			m.send(ctx, conn, &protocol.GenericError{Details: "unexpected message from executor: " + msg.MessageType()})
 			continue

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/miner/decide"
 	"github.com/horde-compute/horde/internal/schematest"
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/wsconn"
@@ -366,7 +367,7 @@ func TestMinerFramesAreUpstreams(t *testing.T) {
 	}
 	var sent []protocol.Message
 	for _, m := range fromExec {
-		out, _, ok := fromExecutor(k, m)
+		out, _, ok := decide.FromExecutor(k, m)
 		if !ok {
 			t.Fatalf("%s not relayed", m.MessageType())
 		}
@@ -374,7 +375,7 @@ func TestMinerFramesAreUpstreams(t *testing.T) {
 	}
 	sent = append(sent,
 		&protocol.V0AcceptJobRequest{JobUUID: "j"},
-		declineMessage(&protocol.V0InitialJobRequest{JobUUID: "j"}, declined(protocol.RejectInvalidSignature, "bad"), nil),
+		decide.DeclineMessage(&protocol.V0InitialJobRequest{JobUUID: "j"}, decide.Declined(protocol.RejectInvalidSignature, "bad"), nil),
 		&protocol.V0HordeFailedRequest{JobUUID: "j", ReportedBy: protocol.ByMiner, Reason: protocol.HordeExecutorDisconnected, Message: "m"},
 		&protocol.V0MainHotkeyMessage{MainHotkey: k.SS58()},
 		&protocol.GenericError{Details: "d"},

@@ -1,4 +1,9 @@
-package miner
+// Package decide holds a miner's decisions as pure functions of what it
+// knows: whether to accept a job offer, the receipts it countersigns, the
+// excuses of a busy miner and what of an executor's messages reaches the
+// validator. No socket, lock or clock of their own: the miner's transport
+// gathers their inputs and sends what they return.
+package decide
 
 import (
 	"bytes"
@@ -11,71 +16,68 @@ import (
 	"github.com/horde-compute/horde/sig"
 )
 
-// The miner's decisions, as pure functions of what it knows: no socket, no
-// lock, no clock of their own. The transport (session.go) gathers their
-// inputs and sends what they return.
-
-// offer is a job offer and the state the miner decides it against.
-type offer struct {
-	miner     string // this miner's hotkey
-	validator string // the authenticated validator making the offer
-	req       *protocol.V0InitialJobRequest
-	manifest  map[string]int // executors offered per class
-	reserved  int            // executors of the offer's class taken
-	running   bool           // a job of the offer's uuid runs here
+// Offer is a job offer and the state the miner decides it against.
+type Offer struct {
+	Miner     string // this miner's hotkey
+	Validator string // the authenticated validator making the offer
+	Request   *protocol.V0InitialJobRequest
+	Manifest  map[string]int // executors offered per class
+	Reserved  int            // executors of the offer's class taken
+	Running   bool           // a job of the offer's uuid runs here
 }
 
-// decision answers an offer: accept (with the validator's started receipt,
+// Decision answers an offer: accept (with the validator's started receipt,
 // decoded and verified) or decline with a reason and a message.
-type decision struct {
-	accept  bool
-	reason  protocol.JobRejectionReason
-	message string
-	started *receipt.StartedPayload
+type Decision struct {
+	Accept  bool
+	Reason  protocol.JobRejectionReason
+	Message string
+	Started *receipt.StartedPayload
 }
 
-func declined(reason protocol.JobRejectionReason, format string, args ...any) decision {
-	return decision{reason: reason, message: fmt.Sprintf(format, args...)}
+// Declined is a decision to decline, with a reason and a message.
+func Declined(reason protocol.JobRejectionReason, format string, args ...any) Decision {
+	return Decision{Reason: reason, Message: fmt.Sprintf(format, args...)}
 }
 
-// decide accepts an offer whose started receipt is the validator's, names
+// Decide accepts an offer whose started receipt is the validator's, names
 // this miner and the job, and whose class has a free executor.
-func decide(o offer) decision {
-	req := o.req
+func Decide(o Offer) Decision {
+	req := o.Request
 	var p receipt.StartedPayload
 	if err := json.Unmarshal(req.JobStartedReceiptPayload, &p); err != nil {
-		return declined(protocol.RejectInvalidSignature, "job started receipt payload does not decode: %v", err)
+		return Declined(protocol.RejectInvalidSignature, "job started receipt payload does not decode: %v", err)
 	}
 	switch {
-	case p.JobUUID != req.JobUUID, p.MinerHotkey != o.miner, p.ValidatorHotkey != o.validator, p.ExecutorClass != req.ExecutorClass:
-		return declined(protocol.RejectInvalidSignature, "job started receipt does not match the job (uuid, hotkeys or class)")
+	case p.JobUUID != req.JobUUID, p.MinerHotkey != o.Miner, p.ValidatorHotkey != o.Validator, p.ExecutorClass != req.ExecutorClass:
+		return Declined(protocol.RejectInvalidSignature, "job started receipt does not match the job (uuid, hotkeys or class)")
 	}
-	if err := receipt.VerifyBy(o.validator, &p, req.JobStartedReceiptSignature); err != nil {
-		return declined(protocol.RejectInvalidSignature, "%s", err.Error())
+	if err := receipt.VerifyBy(o.Validator, &p, req.JobStartedReceiptSignature); err != nil {
+		return Declined(protocol.RejectInvalidSignature, "%s", err.Error())
 	}
-	capacity, ok := o.manifest[req.ExecutorClass]
+	capacity, ok := o.Manifest[req.ExecutorClass]
 	switch {
 	case !ok:
-		return declined(protocol.RejectUnknown, "executor class %q is not offered by this miner", req.ExecutorClass)
-	case o.running:
-		return declined(protocol.RejectUnknown, "job uuid is already running here")
-	case o.reserved >= capacity:
-		return declined(protocol.RejectBusy, "all executors of class %s are busy", req.ExecutorClass)
+		return Declined(protocol.RejectUnknown, "executor class %q is not offered by this miner", req.ExecutorClass)
+	case o.Running:
+		return Declined(protocol.RejectUnknown, "job uuid is already running here")
+	case o.Reserved >= capacity:
+		return Declined(protocol.RejectBusy, "all executors of class %s are busy", req.ExecutorClass)
 	}
-	return decision{accept: true, started: &p}
+	return Decision{Accept: true, Started: &p}
 }
 
-// declineMessage is what the validator is told when d declines req.
-func declineMessage(req *protocol.V0InitialJobRequest, d decision, excuses []json.RawMessage) *protocol.V0DeclineJobRequest {
+// DeclineMessage is what the validator is told when d declines req.
+func DeclineMessage(req *protocol.V0InitialJobRequest, d Decision, excuses []json.RawMessage) *protocol.V0DeclineJobRequest {
 	if excuses == nil {
 		excuses = []json.RawMessage{}
 	}
-	return &protocol.V0DeclineJobRequest{JobUUID: req.JobUUID, Reason: d.reason, Message: d.message, Receipts: excuses}
+	return &protocol.V0DeclineJobRequest{JobUUID: req.JobUUID, Reason: d.Reason, Message: d.Message, Receipts: excuses}
 }
 
-// countersignStarted makes the started receipt of an accepted job: the
+// CountersignStarted makes the started receipt of an accepted job: the
 // validator's payload and signature, and the miner's signature.
-func countersignStarted(k *sig.Hotkey, p *receipt.StartedPayload, validatorSignature string) (receipt.Receipt, error) {
+func CountersignStarted(k *sig.Hotkey, p *receipt.StartedPayload, validatorSignature string) (receipt.Receipt, error) {
 	r, err := receipt.New(p, validatorSignature)
 	if err != nil {
 		return receipt.Receipt{}, err
@@ -86,9 +88,9 @@ func countersignStarted(k *sig.Hotkey, p *receipt.StartedPayload, validatorSigna
 	return r, nil
 }
 
-// countersign verifies a receipt the validator signed, checks that it names
+// Countersign verifies a receipt the validator signed, checks that it names
 // this miner and that validator, and adds the miner's signature.
-func countersign(k *sig.Hotkey, validator string, t receipt.Type, payload json.RawMessage, signature string) (receipt.Receipt, error) {
+func Countersign(k *sig.Hotkey, validator string, t receipt.Type, payload json.RawMessage, signature string) (receipt.Receipt, error) {
 	r := receipt.Receipt{Type: t, Payload: payload, ValidatorSignature: signature}
 	p, err := r.Decode()
 	if err != nil {
@@ -110,12 +112,12 @@ func countersign(k *sig.Hotkey, validator string, t receipt.Type, payload json.R
 	return r, nil
 }
 
-// excuses picks, among the started receipts of running jobs of req's
+// Excuses picks, among the started receipts of running jobs of req's
 // class, those upstream's miner sends with a busy decline: of other organic
 // jobs, valid ([timestamp, timestamp+ttl]) at the timestamp of req's own
 // started receipt, each an upstream Receipt (the type inside the payload).
 // They prove that the executors are really taken.
-func excuses(running []receipt.Receipt, req *protocol.V0InitialJobRequest) []json.RawMessage {
+func Excuses(running []receipt.Receipt, req *protocol.V0InitialJobRequest) []json.RawMessage {
 	var np receipt.StartedPayload
 	if json.Unmarshal(req.JobStartedReceiptPayload, &np) != nil {
 		return nil
@@ -138,12 +140,12 @@ func excuses(running []receipt.Receipt, req *protocol.V0InitialJobRequest) []jso
 	return out
 }
 
-// fromExecutor maps a message of an executor to what the miner passes on
+// FromExecutor maps a message of an executor to what the miner passes on
 // to the validator: the executor's token removed, the streaming key vouched
 // for with the miner's hotkey, the reporter of a horde failure named.
 // terminal says the message ends the job; ok is false for a message an
 // executor may not send.
-func fromExecutor(k *sig.Hotkey, msg protocol.Message) (out protocol.Message, terminal, ok bool) {
+func FromExecutor(k *sig.Hotkey, msg protocol.Message) (out protocol.Message, terminal, ok bool) {
 	switch msg := msg.(type) {
 	case *protocol.V0ExecutorReadyRequest:
 		msg.ExecutorToken = ""

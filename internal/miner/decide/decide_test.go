@@ -1,4 +1,4 @@
-package miner
+package decide
 
 import (
 	"encoding/json"
@@ -49,46 +49,46 @@ func TestDecide(t *testing.T) {
 	}
 	manifest := map[string]int{protocol.ClassTest: 2}
 	for name, tc := range map[string]struct {
-		edit       func(o *offer)
+		edit       func(o *Offer)
 		wantReason protocol.JobRejectionReason // "" to accept
 		wantMsg    string
 	}{
 		"accepted":           {},
-		"last free executor": {edit: func(o *offer) { o.reserved = 1 }},
-		"busy":               {edit: func(o *offer) { o.reserved = 2 }, wantReason: protocol.RejectBusy, wantMsg: "busy"},
-		"unknown class": {edit: func(o *offer) {
-			*o = offer{miner: o.miner, validator: o.validator, manifest: o.manifest, req: startedOffer(t, v, m.SS58(), "j1", protocol.ClassGPU24, false, now)}
+		"last free executor": {edit: func(o *Offer) { o.Reserved = 1 }},
+		"busy":               {edit: func(o *Offer) { o.Reserved = 2 }, wantReason: protocol.RejectBusy, wantMsg: "busy"},
+		"unknown class": {edit: func(o *Offer) {
+			*o = Offer{Miner: o.Miner, Validator: o.Validator, Manifest: o.Manifest, Request: startedOffer(t, v, m.SS58(), "j1", protocol.ClassGPU24, false, now)}
 		}, wantReason: protocol.RejectUnknown, wantMsg: "not offered"},
-		"already running":  {edit: func(o *offer) { o.running = true }, wantReason: protocol.RejectUnknown, wantMsg: "already running"},
-		"payload not json": {edit: func(o *offer) { o.req.JobStartedReceiptPayload = json.RawMessage(`[`) }, wantReason: protocol.RejectInvalidSignature, wantMsg: "does not decode"},
-		"signed by another": {edit: func(o *offer) {
-			o.req = startedOffer(t, other, m.SS58(), "j1", protocol.ClassTest, true, now)
-			o.validator = v.SS58()
+		"already running":  {edit: func(o *Offer) { o.Running = true }, wantReason: protocol.RejectUnknown, wantMsg: "already running"},
+		"payload not json": {edit: func(o *Offer) { o.Request.JobStartedReceiptPayload = json.RawMessage(`[`) }, wantReason: protocol.RejectInvalidSignature, wantMsg: "does not decode"},
+		"signed by another": {edit: func(o *Offer) {
+			o.Request = startedOffer(t, other, m.SS58(), "j1", protocol.ClassTest, true, now)
+			o.Validator = v.SS58()
 		}, wantReason: protocol.RejectInvalidSignature, wantMsg: "match"},
-		"bad signature":       {edit: func(o *offer) { o.req.JobStartedReceiptSignature = other.SignHex([]byte("x")) }, wantReason: protocol.RejectInvalidSignature, wantMsg: "signature"},
-		"other miner's job":   {edit: func(o *offer) { o.miner = other.SS58() }, wantReason: protocol.RejectInvalidSignature, wantMsg: "match"},
-		"uuid differs":        {edit: func(o *offer) { o.req.JobUUID = "j2" }, wantReason: protocol.RejectInvalidSignature, wantMsg: "match"},
-		"class differs":       {edit: func(o *offer) { o.req.ExecutorClass = protocol.ClassCPU8c16gb }, wantReason: protocol.RejectInvalidSignature, wantMsg: "match"},
-		"busy but bad sig":    {edit: func(o *offer) { o.reserved = 2; o.req.JobStartedReceiptSignature = "0x00" }, wantReason: protocol.RejectInvalidSignature},
-		"unknown before busy": {edit: func(o *offer) { o.manifest = map[string]int{protocol.ClassGPU24: 0} }, wantReason: protocol.RejectUnknown},
+		"bad signature":       {edit: func(o *Offer) { o.Request.JobStartedReceiptSignature = other.SignHex([]byte("x")) }, wantReason: protocol.RejectInvalidSignature, wantMsg: "signature"},
+		"other miner's job":   {edit: func(o *Offer) { o.Miner = other.SS58() }, wantReason: protocol.RejectInvalidSignature, wantMsg: "match"},
+		"uuid differs":        {edit: func(o *Offer) { o.Request.JobUUID = "j2" }, wantReason: protocol.RejectInvalidSignature, wantMsg: "match"},
+		"class differs":       {edit: func(o *Offer) { o.Request.ExecutorClass = protocol.ClassCPU8c16gb }, wantReason: protocol.RejectInvalidSignature, wantMsg: "match"},
+		"busy but bad sig":    {edit: func(o *Offer) { o.Reserved = 2; o.Request.JobStartedReceiptSignature = "0x00" }, wantReason: protocol.RejectInvalidSignature},
+		"unknown before busy": {edit: func(o *Offer) { o.Manifest = map[string]int{protocol.ClassGPU24: 0} }, wantReason: protocol.RejectUnknown},
 	} {
 		t.Run(name, func(t *testing.T) {
-			o := offer{miner: m.SS58(), validator: v.SS58(), req: good(), manifest: manifest}
+			o := Offer{Miner: m.SS58(), Validator: v.SS58(), Request: good(), Manifest: manifest}
 			if tc.edit != nil {
 				tc.edit(&o)
 			}
-			d := decide(o)
+			d := Decide(o)
 			if tc.wantReason == "" {
-				if !d.accept || d.started == nil || d.started.JobUUID != "j1" || !d.started.IsOrganic {
+				if !d.Accept || d.Started == nil || d.Started.JobUUID != "j1" || !d.Started.IsOrganic {
 					t.Fatalf("declined: %+v", d)
 				}
 				return
 			}
-			if d.accept || d.reason != tc.wantReason || !strings.Contains(d.message, tc.wantMsg) {
-				t.Errorf("got accept=%v %s %q, want %s %q", d.accept, d.reason, d.message, tc.wantReason, tc.wantMsg)
+			if d.Accept || d.Reason != tc.wantReason || !strings.Contains(d.Message, tc.wantMsg) {
+				t.Errorf("got accept=%v %s %q, want %s %q", d.Accept, d.Reason, d.Message, tc.wantReason, tc.wantMsg)
 			}
-			dm := declineMessage(o.req, d, nil)
-			if dm.JobUUID != o.req.JobUUID || dm.Reason != d.reason || dm.Receipts == nil {
+			dm := DeclineMessage(o.Request, d, nil)
+			if dm.JobUUID != o.Request.JobUUID || dm.Reason != d.Reason || dm.Receipts == nil {
 				t.Errorf("decline message %+v", dm)
 			}
 		})
@@ -106,7 +106,7 @@ func TestCountersign(t *testing.T) {
 		return b, s
 	}
 	b, s := finished(m.SS58(), v.SS58(), v)
-	r, err := countersign(m, v.SS58(), receipt.JobFinished, b, s)
+	r, err := Countersign(m, v.SS58(), receipt.JobFinished, b, s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestCountersign(t *testing.T) {
 		"payload does not decode": {payload: json.RawMessage(`{`), sig: s},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := countersign(m, v.SS58(), receipt.JobFinished, tc.payload, tc.sig); err == nil {
+			if _, err := Countersign(m, v.SS58(), receipt.JobFinished, tc.payload, tc.sig); err == nil {
 				t.Error("countersigned")
 			} else if name != "payload does not decode" && !errors.Is(err, receipt.ErrInvalid) {
 				t.Errorf("error %v is not ErrInvalid", err)
@@ -151,15 +151,15 @@ func TestExcuses(t *testing.T) {
 	now := time.Now()
 	started := func(uuid string, organic bool, at time.Time) receipt.Receipt {
 		req := startedOffer(t, v, m.SS58(), uuid, protocol.ClassTest, organic, at)
-		d := decide(offer{miner: m.SS58(), validator: v.SS58(), req: req, manifest: map[string]int{protocol.ClassTest: 1}})
-		r, err := countersignStarted(m, d.started, req.JobStartedReceiptSignature)
+		d := Decide(Offer{Miner: m.SS58(), Validator: v.SS58(), Request: req, Manifest: map[string]int{protocol.ClassTest: 1}})
+		r, err := CountersignStarted(m, d.Started, req.JobStartedReceiptSignature)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return r
 	}
 	declined := startedOffer(t, v, m.SS58(), "declined", protocol.ClassTest, true, now)
-	got := excuses([]receipt.Receipt{started("organic", true, now), started("synthetic", false, now),
+	got := Excuses([]receipt.Receipt{started("organic", true, now), started("synthetic", false, now),
 		started("expired", true, now.Add(-2*time.Minute)), started("later", true, now.Add(time.Second)),
 		started("declined", true, now), {Type: receipt.JobStarted, Payload: json.RawMessage(`{`)}}, declined)
 	if len(got) != 1 {
@@ -202,7 +202,7 @@ func TestFromExecutor(t *testing.T) {
 		{&protocol.V0ExecutorFailedRequest{JobUUID: "j", ExecutorToken: "secret"}, true},
 	} {
 		t.Run(tc.in.MessageType(), func(t *testing.T) {
-			out, terminal, ok := fromExecutor(m, tc.in)
+			out, terminal, ok := FromExecutor(m, tc.in)
 			if !ok || terminal != tc.terminal {
 				t.Fatalf("ok %v terminal %v, want true %v", ok, terminal, tc.terminal)
 			}
@@ -222,7 +222,7 @@ func TestFromExecutor(t *testing.T) {
 			}
 		})
 	}
-	if _, _, ok := fromExecutor(m, &protocol.V0JobRequest{JobUUID: "j"}); ok {
+	if _, _, ok := FromExecutor(m, &protocol.V0JobRequest{JobUUID: "j"}); ok {
 		t.Error("a job request from an executor passed on")
 	}
 }

@@ -393,17 +393,22 @@ func streamingMinerKilled(t *testing.T, d *deployment) row {
 	}
 	role := d.roleOf(st.MinerHotkey)
 	killed := d.do(t, role, "kill")
-	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	res, callErr := st.Call(cctx, hc, "POST", "/v1/completions", req, &bytes.Buffer{})
+	failed := time.Since(killed)
+	timedOut := cctx.Err() != nil
 	cancel()
 	switch {
+	case timedOut:
+		t.Errorf("the call to a killed miner hung until the caller gave up (%s): %v", failed, callErr)
+		r.observed = "call hung"
 	case callErr == nil:
 		t.Errorf("a call to a killed miner succeeded: %+v", res)
 		r.observed = "call succeeded!"
 	case res != nil && res.Receipt != nil:
 		t.Errorf("a receipt for a failed call: %+v", res.Receipt)
 	default:
-		r.observed = "call failed: " + firstLine(callErr.Error())
+		r.observed = fmt.Sprintf("call failed in %.1fs: %s", failed.Seconds(), firstLine(callErr.Error()))
 	}
 	j, at, err := w.end(ctx)
 	if err != nil {

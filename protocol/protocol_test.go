@@ -25,7 +25,7 @@ func samples() []Message {
 	up := &OutputUpload{OutputUploadType: UploadZipPut, URL: "http://127.0.0.1/out.zip"}
 	return []Message{
 		&GenericError{Details: "bad"},
-		&UnauthorizedError{Code: "stale", Details: "too old"},
+		&UnauthorizedError{Code: UnauthorizedTokenTooOld, Details: "too old"},
 		&ValidatorAuthForMiner{ValidatorHotkey: "v", MinerHotkey: "m", Timestamp: 1700000000, Signature: "0x00"},
 		&V0ExecutorManifestRequest{Manifest: map[string]int{ClassTest: 2}},
 		&V0MainHotkeyMessage{MainHotkey: "m"},

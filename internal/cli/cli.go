@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 
@@ -197,6 +198,9 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 		case secretFlags[f.Name]:
 			notes = append(notes, fmt.Sprintf("$%s is set (value hidden): used unless --%s is given", name, f.Name))
 		default:
+			if u, err := url.Parse(v); err == nil && u.User != nil {
+				v = u.Redacted() // a database URL's password
+			}
 			notes = append(notes, fmt.Sprintf("$%s=%q: used unless --%s is given", name, v, f.Name))
 		}
 		fmt.Fprintf(w, "        %s\n", strings.Join(notes, "; "))

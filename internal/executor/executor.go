@@ -253,7 +253,7 @@ func (j *job) hostPaths(msg string) string {
 func (j *job) fail(ctx context.Context, stage protocol.JobStage, reason protocol.JobFailureReason, code, msg string, extra func(*protocol.V0JobFailedRequest)) error {
 	msg = j.hostPaths(msg)
 	m := &protocol.V0JobFailedRequest{JobUUID: j.uuid, ExecutorToken: j.token, Stage: stage, Reason: reason,
-		Message: code + ": " + msg, Context: map[string]any{"horde_reason": code}}
+		Message: code + ": " + msg, Context: protocol.WithReason(code)}
 	if extra != nil {
 		extra(m)
 	}
@@ -292,7 +292,7 @@ func (j *job) run(ctx context.Context) error {
 		return j.fail(ctx, protocol.StageExecutorStartup, protocol.FailureUnknown, "image_pull_failed", err.Error(), nil)
 	}
 	if initial.StreamingDetails != nil {
-		if err := j.checkDigest(ctx, initial.DockerImage, initial.ImageDigest); err != nil {
+		if err := j.checkStreamingImage(ctx, initial); err != nil {
 			return j.fail(ctx, protocol.StageExecutorStartup, protocol.FailureUnknown, "image_not_whitelisted", err.Error(), nil)
 		}
 	}

@@ -93,14 +93,21 @@ func (f *Facilitator) pick(hotkey string) *session {
 	return all[rand.IntN(len(all))]
 }
 
-// send gives a job to its validator, recording the assignment first.
+// send gives a job to its validator, claiming it first: a job another
+// replica (or an earlier pass) gave meanwhile is left alone.
 func (f *Facilitator) send(ctx context.Context, j store.JobRecord) {
 	vs := f.pick(target(j))
 	if vs == nil {
 		return
 	}
-	if err := f.cfg.Store.SetAssignment(ctx, j.UUID, vs.hotkey, ""); err != nil {
-		f.log.Error("dispatch: assign", "job", j.UUID, "err", err)
+	won, err := f.cfg.Store.ClaimJob(ctx, j, vs.hotkey)
+	if err != nil {
+		if ctx.Err() == nil {
+			f.log.Error("dispatch: claim", "job", j.UUID, "err", err)
+		}
+		return
+	}
+	if !won {
 		return
 	}
 	sg := j.Signature

@@ -32,7 +32,7 @@ func (f *Facilitator) create(ctx context.Context, spec *protocol.JobSpec, s prot
 		return nil, err
 	}
 	f.log.Info("job accepted", "job", rec.UUID, "client", s.Signatory, "image", spec.DockerImage, "class", spec.ExecutorClass)
-	f.kick()
+	f.wake(ctx)
 	return f.job(ctx, rec.UUID, s.Signatory, sdk)
 }
 
@@ -118,7 +118,7 @@ func (f *Facilitator) end(ctx context.Context, id string, e protocol.StatusEntry
 	if err := f.cfg.Store.AddStatus(ctx, id, e); err != nil {
 		return err
 	}
-	f.publish(id)
+	f.changed(ctx, id)
 	return nil
 }
 
@@ -132,16 +132,13 @@ func (f *Facilitator) cancel(ctx context.Context, id, signatory string, sdk bool
 	if rec.Status.Terminal() {
 		return nil, fmt.Errorf("%w: job %s already ended (%s)", ErrBadRequest, id, rec.Status)
 	}
-	if vs := f.validator(rec.ValidatorHotkey); vs != nil && vs.has(protocol.CapCancel) {
-		if err := vs.send(ctx, &protocol.V0CancelJobByFacilitator{UUID: id}); err != nil {
-			return nil, fmt.Errorf("%w: forward cancel to validator: %w", ErrUnavailable, err)
-		}
-	} else {
-		// No validator that can cancel has the job (none yet, it is away,
-		// or it speaks upstream's protocol, which has no cancel): the job
-		// ends here, and what its validator reports later changes nothing.
-		e := protocol.StatusEntry{Status: protocol.StatusCancelled, CreatedAt: time.Now().UTC(), Metadata: &protocol.StatusMetadata{Comment: "cancelled by the client"}}
-		if err := f.end(ctx, id, e); err != nil {
+	vs := f.validator(rec.ValidatorHotkey)
+	// A validator connected to another replica is cancelled there.
+	if vs != nil || rec.ValidatorHotkey == "" || !f.cancelElsewhere(ctx, id) {
+		if err := f.cancelAt(ctx, vs, id); err != nil {
+			if vs != nil && vs.has(protocol.CapCancel) {
+				return nil, fmt.Errorf("%w: forward cancel to validator: %w", ErrUnavailable, err)
+			}
 			return nil, err
 		}
 	}
@@ -264,7 +261,7 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 		return "", err
 	}
 	f.log.Info("streaming pair accepted", "job", id, "request", rc.RequestID)
-	f.kick() // pass it on to the job's validator
+	f.wake(ctx) // pass it on to the job's validator
 	return rc.RequestID, nil
 }
 
@@ -291,7 +288,7 @@ func (f *Facilitator) reportCheat(ctx context.Context, client string, r protocol
 		return err
 	}
 	f.log.Info("job reported as cheated", "job", r.JobUUID, "client", client, "validator", job.ValidatorHotkey)
-	f.kick()
+	f.wake(ctx)
 	return nil
 }
 
@@ -352,7 +349,7 @@ func (f *Facilitator) statusUpdate(ctx context.Context, validator string, horde 
 			f.log.Warn("record the job's miner", "job", m.UUID, "err", err)
 		}
 	}
-	f.publish(m.UUID)
+	f.changed(ctx, m.UUID)
 	return nil
 }
 

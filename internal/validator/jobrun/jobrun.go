@@ -75,6 +75,9 @@ type Params struct {
 	Digests  map[string]string
 	Receipts Receipts
 	Log      *slog.Logger
+	// Upstream speaks upstream's protocol to every miner, horde's included:
+	// what the miners advertise is ignored.
+	Upstream bool
 }
 
 // Job is what is run.
@@ -135,7 +138,7 @@ func HordeFail(reason protocol.HordeFailureReason, msg string, retry bool) Outco
 func terminal(m protocol.Message) *Outcome {
 	switch m := m.(type) {
 	case *protocol.V0JobFailedRequest:
-		code, _ := m.Context["horde_reason"].(string)
+		code := protocol.ReasonCode(m.Context)
 		if code == "" {
 			code = string(m.Reason)
 		}

@@ -218,7 +218,9 @@ func (e *env) devDemo(args []string) error {
 		defer func() {
 			if err := os.RemoveAll(dir); err != nil {
 				fmt.Fprintf(e.stderr, "warning: remove the demo's data: %v\n", err)
+				return
 			}
+			fmt.Fprintf(e.stderr, "(the demo's stores, logs and outputs were in %s, now removed; --data-dir DIR keeps them)\n", dir)
 		}()
 		d.dataDir = dir
 	}

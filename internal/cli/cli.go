@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 
@@ -24,6 +25,10 @@ type ExitError struct {
 
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
+
+// ErrQuiet marks an exit whose command has said all it had to (an image's
+// program exiting non-zero): main prints nothing more.
+var ErrQuiet = errors.New("exited")
 
 // ErrUsage marks a command-line mistake (exit code 2).
 var ErrUsage = errors.New("usage")
@@ -60,7 +65,14 @@ Clients:
 
 Local:
   dev           run a whole horde on this machine (SQLite, local Docker)
-  dev demo      run one, build the demo image, run a demo job, print its result
+  dev demo      run one, make the images, run a demo job, print its result
+
+Deploying:
+  deploy init   wallets, metagraph and images for deploy/compose.yaml
+
+Images (horde makes its images from this binary; these are their programs):
+  program job   the demo and test job (image horde/job:dev)
+  program llm   the demo language model service (image horde/llm:dev)
 
 Run 'horde <command> -h' for a command's flags. Flags may come before or after
 the other arguments; each can also be set by an environment variable
@@ -106,6 +118,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.stream(rest)
 	case "keys":
 		return sub(map[string]func([]string) error{"new": e.keysNew, "show": e.keysShow})
+	case "deploy":
+		return e.deploy(rest)
+	case "program":
+		return e.program(rest)
 	case "dev":
 		if len(rest) > 0 && rest[0] == "demo" {
 			return e.devDemo(rest[1:])
@@ -182,6 +198,9 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 		case secretFlags[f.Name]:
 			notes = append(notes, fmt.Sprintf("$%s is set (value hidden): used unless --%s is given", name, f.Name))
 		default:
+			if u, err := url.Parse(v); err == nil && u.User != nil {
+				v = u.Redacted() // a database URL's password
+			}
 			notes = append(notes, fmt.Sprintf("$%s=%q: used unless --%s is given", name, v, f.Name))
 		}
 		fmt.Fprintf(w, "        %s\n", strings.Join(notes, "; "))

@@ -44,7 +44,18 @@ type Config struct {
 	// FacilitatorAddr is where the facilitator listens (default 127.0.0.1:0).
 	FacilitatorAddr string
 	AllowPull       bool
-	Limits          blob.Limits
+	// MinerImagePull and MinerStreamingImages are the miners' own image
+	// policy (miner.Config.ImagePull, StreamingImages).
+	MinerImagePull       protocol.ImagePullPolicy
+	MinerStreamingImages []string
+	// MinerUpstreamOnly makes the miners look like upstream's
+	// (miner.Config.UpstreamOnly).
+	MinerUpstreamOnly bool
+	// ValidatorUpstream makes the validator speak upstream's protocol only
+	// (validator.Config.Upstream); the facilitator then takes upstream's
+	// authentication from it.
+	ValidatorUpstream bool
+	Limits            blob.Limits
 	// AllowPrivate lists the non-public destinations executors may fetch
 	// volumes from and upload to (see blob.NewDialGuard): only the local
 	// servers the stack's user starts (its object server). Everything else
@@ -234,7 +245,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	// Each role has its own registry, as it would in its own process; the
 	// facilitator and miners serve theirs at /metrics on their listeners,
 	// the validator's is served by ValidatorHandler.
-	fac, err := facilitator.New(facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log,
+	fac, err := facilitator.New(facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log, AllowUpstreamAuth: cfg.ValidatorUpstream,
 		AllowValidator: func(hk string) bool { return hk == validatorKey }, Metrics: metrics.NewRegistry()})
 	if err != nil {
 		fln.Close()
@@ -266,13 +277,17 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 			}
 		}
 		reg := metrics.NewRegistry()
-		run(fmt.Sprintf("miner %d", i), func() error {
-			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
-				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery, Metrics: reg,
-				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
-					Net: guard, BoundDisks: cfg.BoundDisks, StreamingMetrics: metrics.NewStreaming(reg)},
-				Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
-		})
+		m, err := miner.New(miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
+			Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery, ImagePull: cfg.MinerImagePull, StreamingImages: cfg.MinerStreamingImages, UpstreamOnly: cfg.MinerUpstreamOnly,
+			Metrics: reg,
+			Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
+				Net: guard, BoundDisks: cfg.BoundDisks, StreamingMetrics: metrics.NewStreaming(reg)},
+			Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
+		if err != nil {
+			s.fail()
+			return nil, err
+		}
+		run(fmt.Sprintf("miner %d", i), func() error { return m.Run(ctx) })
 	}
 	if cfg.TrustedMiner {
 		k, err := LoadOrCreate(wallets, "trusted")
@@ -294,16 +309,21 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		tlog := cfg.Log.With("miner", "trusted")
 		a := ln.Addr().(*net.TCPAddr)
 		cfg.Validation.TrustedMiner = &chain.Neuron{Hotkey: k.SS58(), AxonInfo: chain.AxonInfo{IP: "127.0.0.1", Port: a.Port}}
-		run("trusted miner", func() error {
-			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
-				TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog, Net: guard, BoundDisks: cfg.BoundDisks},
-				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
-		})
+		tm, err := miner.New(miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
+			TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
+			Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog, Net: guard, BoundDisks: cfg.BoundDisks},
+			Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
+		if err != nil {
+			ln.Close()
+			s.fail()
+			return nil, err
+		}
+		run("trusted miner", func() error { return tm.Run(ctx) })
 	}
 	v, err := validator.New(validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
 		Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
-		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation, Metrics: metrics.NewRegistry()})
+		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation, Upstream: cfg.ValidatorUpstream,
+		Metrics: metrics.NewRegistry()})
 	if err != nil {
 		s.fail()
 		return nil, err

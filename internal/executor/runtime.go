@@ -47,3 +47,12 @@ type Runtime interface {
 }
 
 var _ Runtime = (*docker.Client)(nil)
+
+// NetworkJoiner is a Runtime whose networks the process's own container can
+// join (see Config.SelfContainer).
+type NetworkJoiner interface {
+	NetworkConnect(ctx context.Context, network, container string) error
+	NetworkDisconnect(ctx context.Context, network, container string) error
+}
+
+var _ NetworkJoiner = (*docker.Client)(nil)

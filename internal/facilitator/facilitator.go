@@ -39,7 +39,9 @@ import (
 	"github.com/horde-compute/horde/protocol"
 )
 
-// Store is what the facilitator keeps.
+// Store is what the facilitator keeps. A Store that is also a Bus (the
+// PostgreSQL one) makes the facilitator one of the replicas over its
+// database (see replicas.go).
 type Store interface {
 	store.Jobs
 	store.Reports
@@ -202,7 +204,13 @@ type Facilitator struct {
 	validators map[string]*session
 	watchers   map[string]map[chan struct{}]struct{}
 	pending    map[string]chan *protocol.V0JobVolumeResult // volume messages awaiting their ack
+	asked      map[string]chan struct{}                    // cancels and stops another replica passes on
 	dispatch   chan struct{}
+
+	// bus links the replicas over one database (nil: alone); replica
+	// names this one on it.
+	bus     Bus
+	replica string
 }
 
 // New checks cfg, fills in its defaults and returns a facilitator that is
@@ -213,12 +221,15 @@ func New(cfg Config) (*Facilitator, error) {
 	}
 	cfg.setDefaults()
 	base, stop := context.WithCancel(context.Background())
-	return &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
+	f := &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
 		requests: newReplayGuard(maxRemembered), logins: newLogins(cfg.TokenKey, cfg.NonceLifetime, cfg.TokenLifetime),
 		metrics: metrics.NewFacilitator(cfg.Metrics),
 		base:    base, stopBase: stop,
 		validators: map[string]*session{}, watchers: map[string]map[chan struct{}]struct{}{},
-		pending: map[string]chan *protocol.V0JobVolumeResult{}, dispatch: make(chan struct{}, 1)}, nil
+		pending: map[string]chan *protocol.V0JobVolumeResult{}, asked: map[string]chan struct{}{},
+		dispatch: make(chan struct{}, 1), replica: newReplicaID()}
+	f.bus, _ = cfg.Store.(Bus)
+	return f, nil
 }
 
 // Handler returns the client API and the validator link. Requests it serves
@@ -300,6 +311,9 @@ func (f *Facilitator) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { f.dispatchLoop(ctx) })
+	if f.bus != nil {
+		wg.Go(func() { f.listenLoop(ctx) })
+	}
 	if ln == nil {
 		<-ctx.Done()
 		return nil

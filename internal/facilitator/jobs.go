@@ -32,11 +32,11 @@ func (f *Facilitator) create(ctx context.Context, spec *protocol.JobSpec, s prot
 	if err := f.cfg.Store.CreateJob(ctx, rec); err != nil {
 		return nil, err
 	}
-	f.publish(rec.UUID) // the dashboard lists it
+	f.changed(ctx, rec.UUID) // the dashboards list it, here and at the other replicas
 	f.metrics.JobCreated(spec.StreamingDetails != nil)
 	f.metrics.Status(string(protocol.StatusSent), "")
 	f.log.Info("job accepted", "job", rec.UUID, "client", s.Signatory, "image", spec.DockerImage, "class", spec.ExecutorClass)
-	f.kick()
+	f.wake(ctx)
 	return f.job(ctx, rec.UUID, s.Signatory, sdk)
 }
 
@@ -123,7 +123,7 @@ func (f *Facilitator) end(ctx context.Context, id string, e protocol.StatusEntry
 		return err
 	}
 	f.metrics.Status(string(e.Status), metrics.Reason(e.Metadata))
-	f.publish(id)
+	f.changed(ctx, id)
 	return nil
 }
 
@@ -137,16 +137,13 @@ func (f *Facilitator) cancel(ctx context.Context, id, signatory string, sdk bool
 	if rec.Status.Terminal() {
 		return nil, fmt.Errorf("%w: job %s already ended (%s)", ErrBadRequest, id, rec.Status)
 	}
-	if vs := f.validator(rec.ValidatorHotkey); vs != nil && vs.has(protocol.CapCancel) {
-		if err := vs.send(ctx, &protocol.V0CancelJobByFacilitator{UUID: id}); err != nil {
-			return nil, fmt.Errorf("%w: forward cancel to validator: %w", ErrUnavailable, err)
-		}
-	} else {
-		// No validator that can cancel has the job (none yet, it is away,
-		// or it speaks upstream's protocol, which has no cancel): the job
-		// ends here, and what its validator reports later changes nothing.
-		e := protocol.StatusEntry{Status: protocol.StatusCancelled, CreatedAt: time.Now().UTC(), Metadata: &protocol.StatusMetadata{Comment: "cancelled by the client"}}
-		if err := f.end(ctx, id, e); err != nil {
+	vs := f.validator(rec.ValidatorHotkey)
+	// A validator connected to another replica is cancelled there.
+	if vs != nil || rec.ValidatorHotkey == "" || !f.elsewhere(ctx, noticeCancel, id) {
+		if err := f.cancelAt(ctx, vs, id); err != nil {
+			if vs != nil && vs.has(protocol.CapCancel) {
+				return nil, fmt.Errorf("%w: forward cancel to validator: %w", ErrUnavailable, err)
+			}
 			return nil, err
 		}
 	}
@@ -154,8 +151,12 @@ func (f *Facilitator) cancel(ctx context.Context, id, signatory string, sdk bool
 	return f.job(ctx, id, signatory, sdk)
 }
 
+// errAway is why a job's validator cannot be reached from here.
+var errAway = fmt.Errorf("%w: its validator is not connected", ErrUnavailable)
+
 // serving returns a client's serving streaming job and its validator's
-// session, which must speak the extension capability.
+// session, which must speak the extension capability. When the validator
+// is not connected here the job comes back with an error wrapping errAway.
 func (f *Facilitator) serving(ctx context.Context, id, signatory, capability string) (*protocol.Job, *session, error) {
 	job, err := f.job(ctx, id, signatory, false)
 	if err != nil {
@@ -166,7 +167,7 @@ func (f *Facilitator) serving(ctx context.Context, id, signatory, capability str
 	}
 	vs := f.validator(job.ValidatorHotkey)
 	if vs == nil {
-		return nil, nil, fmt.Errorf("%w: job %s: its validator is not connected", ErrUnavailable, id)
+		return job, nil, fmt.Errorf("job %s: %w", id, errAway)
 	}
 	if !vs.has(capability) {
 		return nil, nil, fmt.Errorf("%w: job %s: its validator does not speak horde's %q extension", ErrBadRequest, id, capability)
@@ -174,9 +175,13 @@ func (f *Facilitator) serving(ctx context.Context, id, signatory, capability str
 	return job, vs, nil
 }
 
-// stop ends a serving streaming job normally (it uploads its outputs and completes).
+// stop ends a serving streaming job normally (it uploads its outputs and
+// completes). A validator connected to another replica is told there.
 func (f *Facilitator) stop(ctx context.Context, id, signatory string) (*protocol.Job, error) {
 	job, vs, err := f.serving(ctx, id, signatory, protocol.CapStop)
+	if errors.Is(err, errAway) && f.elsewhere(ctx, noticeStop, id) {
+		return job, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -272,7 +277,7 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 	}
 	f.metrics.Pair(true)
 	f.log.Info("streaming pair accepted", "job", id, "request", rc.RequestID)
-	f.kick() // pass it on to the job's validator
+	f.wake(ctx) // pass it on to the job's validator
 	return rc.RequestID, nil
 }
 
@@ -299,7 +304,7 @@ func (f *Facilitator) reportCheat(ctx context.Context, client string, r protocol
 		return err
 	}
 	f.log.Info("job reported as cheated", "job", r.JobUUID, "client", client, "validator", job.ValidatorHotkey)
-	f.kick()
+	f.wake(ctx)
 	return nil
 }
 
@@ -332,7 +337,7 @@ func (f *Facilitator) storeReport(ctx context.Context, validator string, m *prot
 		return err
 	}
 	f.metrics.Report()
-	f.publish(anyJob)
+	f.changed(ctx, anyJob) // the dashboards show it, here and at the other replicas
 	return nil
 }
 
@@ -366,7 +371,7 @@ func (f *Facilitator) statusUpdate(ctx context.Context, validator string, horde 
 			f.log.Warn("record the job's miner", "job", m.UUID, "err", err)
 		}
 	}
-	f.publish(m.UUID)
+	f.changed(ctx, m.UUID)
 	return nil
 }
 

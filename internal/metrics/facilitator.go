@@ -31,7 +31,7 @@ func NewFacilitator(r prometheus.Registerer) *Facilitator {
 			"Time jobs spent in each stage: queue (accepted to given to a validator), total (accepted to a terminal status), "+
 				"and the validator's stages as reported with the final status.", StageBuckets, "stage"),
 		dispatches: f.counter(sub, "dispatch_attempts_total",
-			"Attempts to give a job to a validator, by result (sent, send_failed, assign_failed).", "result"),
+			"Attempts to give a job to a validator, by result (sent, send_failed, claim_failed, claimed_elsewhere).", "result"),
 		retries:       f.counter(sub, "dispatch_retries_total", "Jobs given again to their validator, which had not acknowledged them in time."),
 		validators:    f.gauge(sub, "validators_connected", "Validators with a session up."),
 		pairs:         f.counter(sub, "stream_pairs_total", "Streaming pairs clients reported, by result (accepted, refused).", "result"),

@@ -52,6 +52,8 @@ type Local struct {
 	StreamingSkew                  time.Duration
 	// StreamingMetrics counts what the executors' signing proxies do (nil: not counted).
 	StreamingMetrics *metrics.Streaming
+	// SelfContainer is passed to executors (see executor.Config).
+	SelfContainer string
 	// Rewrite is passed to executors (see executor.Config); nil for real miners.
 	Rewrite func(*protocol.V0JobRequest)
 	Log     *slog.Logger
@@ -71,7 +73,7 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 		err := executor.Run(ctx, executor.Config{
 			MinerURL: spec.MinerURL, DataDir: l.DataDir, Runtime: l.Runtime, Class: spec.Limits,
 			Limits: l.Limits, Net: l.Net, BoundDisks: l.BoundDisks, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
-			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew, Rewrite: l.Rewrite,
+			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew, SelfContainer: l.SelfContainer, Rewrite: l.Rewrite,
 			StreamingMetrics: l.StreamingMetrics,
 			Log:              l.Log.With("role", "executor"),
 		})

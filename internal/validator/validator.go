@@ -90,7 +90,11 @@ type Config struct {
 	Hotkey *sig.Hotkey
 	// FacilitatorURL is the facilitator's WebSocket ("ws://host:port/ws/v0/"); empty runs without one.
 	FacilitatorURL string
-	Metagraph      chain.Source
+	// RequireHordeFacilitator refuses a facilitator that does not offer
+	// horde's replay-proof auth (protocol.CapAuthV1) instead of sending it
+	// upstream's, which anyone who sees it can replay.
+	RequireHordeFacilitator bool
+	Metagraph               chain.Source
 	// Refresh is how often the metagraph is reloaded (default 1m).
 	Refresh time.Duration
 	Store   Store
@@ -102,6 +106,12 @@ type Config struct {
 	Timing       Timing
 	// AllowPull lets executors pull images that are not present.
 	AllowPull bool
+	// Upstream makes the validator speak upstream ComputeHorde's protocol
+	// only, whatever its peers advertise: no horde field or message to
+	// miners, receipts read from pages, no capability offered to the
+	// facilitator (which then gets upstream's auth: not with
+	// RequireHordeFacilitator).
+	Upstream bool
 	// MaxJobAge refuses client signatures older than this (replays; default 10m).
 	MaxJobAge time.Duration
 	// Synthetic configures synthetic rounds, scores and weights.
@@ -189,6 +199,8 @@ type Validator struct {
 
 	mu     sync.Mutex
 	cancel map[string]context.CancelCauseFunc // running jobs
+	// sentStatus are the (job, status) pairs sent to an upstream facilitator.
+	sentStatus map[string]bool
 }
 
 // transport is how the validator reaches the world; zero fields are the
@@ -214,7 +226,11 @@ func newValidator(cfg Config, t transport) (*Validator, error) {
 		t.miners = route.WSDialer{Hotkey: cfg.Hotkey, Log: log}
 	}
 	if t.facilitator == nil {
-		t.facilitator = dialFacilitator(log)
+		caps := protocol.FacilitatorCapabilities
+		if cfg.Upstream {
+			caps = nil
+		}
+		t.facilitator = dialFacilitator(cfg.Hotkey, caps, cfg.RequireHordeFacilitator, log)
 	}
 	v := &Validator{cfg: cfg, log: log, dial: t.facilitator, cancel: map[string]context.CancelCauseFunc{}, tests: make(chan struct{}, 1),
 		pool: route.NewPool(t.miners, cfg.Hotkey.SS58(), log), out: newOutbox(cfg.Store, log), metrics: metrics.NewValidator(cfg.Metrics)}
@@ -223,11 +239,12 @@ func newValidator(cfg Config, t transport) (*Validator, error) {
 	if tm := cfg.Validation.TrustedMiner; tm != nil {
 		v.pool.Pin(*tm)
 	}
-	run := jobrun.Params{Hotkey: cfg.Hotkey, Timing: cfg.Timing, AllowPull: cfg.AllowPull, Digests: cfg.StreamingWhitelist, Receipts: cfg.Store, Log: log, Metrics: v.metrics}
+	run := jobrun.Params{Hotkey: cfg.Hotkey, Timing: cfg.Timing, AllowPull: cfg.AllowPull, Digests: cfg.StreamingWhitelist, Receipts: cfg.Store, Log: log,
+		Upstream: cfg.Upstream, Metrics: v.metrics}
 	v.driver = &jobrun.Driver{Params: run, Pool: v.pool, MaxAttempts: cfg.MaxAttempts, QueueTimeout: cfg.QueueTimeout}
 	m := miners{v}
 	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: withWindows{v}, Metagraph: cfg.Metagraph, Log: log,
-		Receipts: &receipts.Collector{Validator: cfg.Hotkey.SS58(), Store: cfg.Store, HTTP: t.receipts, Log: log, Metrics: v.metrics}})
+		Receipts: &receipts.Collector{Validator: cfg.Hotkey.SS58(), Store: cfg.Store, HTTP: t.receipts, Log: log, PagesOnly: cfg.Upstream, Metrics: v.metrics}})
 	v.windows = windows.New(windows.Deps{Config: cfg.Validation, Self: cfg.Hotkey.SS58(), Whitelist: cfg.StreamingWhitelist,
 		Run: run, Miners: m, Store: cfg.Store, Connect: t.streams, Log: log, Metrics: v.metrics})
 	return v, nil
@@ -243,6 +260,7 @@ func (v *Validator) Run(ctx context.Context) error {
 	}
 	defer v.pool.Close()
 	v.recover(ctx)
+	v.restoreBlacklist(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { every(ctx, v.cfg.Refresh, true, func() { v.refresh(ctx) }) })
 	if d := v.cfg.Synthetic.Every; d > 0 {

@@ -277,6 +277,18 @@ func (d *DB) SetAssignment(ctx context.Context, uuid, validator, miner string) e
 	return err
 }
 
+// ClaimJob implements store.Jobs: one UPDATE that compares and sets.
+func (d *DB) ClaimJob(ctx context.Context, seen store.JobRecord, validator string) (bool, error) {
+	res, err := d.db.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = ?, updated_at = ?
+		WHERE uuid = ? AND status = ? AND validator_hotkey = ? AND updated_at = ?`,
+		validator, max(time.Now().UnixMicro(), seen.UpdatedAt.UnixMicro()+1), seen.UUID, protocol.StatusSent, seen.ValidatorHotkey, seen.UpdatedAt.UnixMicro())
+	if err != nil {
+		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
 // PutReceipt implements store.Receipts; a receipt of the same job, miner and
 // type is replaced only to add a miner signature.
 func (d *DB) PutReceipt(ctx context.Context, r receipt.Receipt) error {
@@ -320,7 +332,17 @@ func (d *DB) queryReceipts(ctx context.Context, q string, args ...any) ([]receip
 
 // ReceiptsAfter implements store.Receipts.
 func (d *DB) ReceiptsAfter(ctx context.Context, after int64, limit int) ([]store.StoredReceipt, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	return d.storedReceipts(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+}
+
+// ReceiptsStoredIn implements store.Receipts.
+func (d *DB) ReceiptsStoredIn(ctx context.Context, from, to time.Time) ([]store.StoredReceipt, error) {
+	return d.storedReceipts(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE stored_at >= ? AND stored_at < ? ORDER BY id`,
+		from.UnixMicro(), to.UnixMicro())
+}
+
+func (d *DB) storedReceipts(ctx context.Context, q string, args ...any) ([]store.StoredReceipt, error) {
+	rows, err := d.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -506,8 +528,8 @@ func (d *DB) UnforwardedPairs(ctx context.Context, validator string, limit int) 
 }
 
 // MarkForwarded implements store.Pairs.
-func (d *DB) MarkForwarded(ctx context.Context, id int64) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE stream_pairs SET forwarded = 1 WHERE id = ?`, id)
+func (d *DB) MarkForwarded(ctx context.Context, validator string, id int64) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE stream_pairs SET forwarded = 1 WHERE id = ? AND validator_hotkey = ?`, id, validator)
 	return err
 }
 

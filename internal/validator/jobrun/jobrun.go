@@ -77,6 +77,9 @@ type Params struct {
 	Log      *slog.Logger
 	// Metrics is told of runs and their stages (nil: nobody is).
 	Metrics Observer
+	// Upstream speaks upstream's protocol to every miner, horde's included:
+	// what the miners advertise is ignored.
+	Upstream bool
 }
 
 // Observer is told what runs do, for metrics. It is an interface so that
@@ -160,7 +163,7 @@ func HordeFail(reason protocol.HordeFailureReason, msg string, retry bool) Outco
 func terminal(m protocol.Message) *Outcome {
 	switch m := m.(type) {
 	case *protocol.V0JobFailedRequest:
-		code, _ := m.Context["horde_reason"].(string)
+		code := protocol.ReasonCode(m.Context)
 		if code == "" {
 			code = string(m.Reason)
 		}

@@ -23,12 +23,13 @@ type session struct {
 
 	conn     Conn
 	manifest map[string]int
-	inflight map[string]int    // leased executors, by class
-	leases   int               // all classes
-	jobs     map[string]*Inbox // by job uuid
-	held     map[string]*hold  // by class: declined as busy
-	dialing  chan struct{}     // closed when a dial ends
-	retired  bool              // left the metagraph (or moved): no new jobs
+	caps     protocol.Capabilities // the miner's extensions: none from an upstream miner
+	inflight map[string]int        // leased executors, by class
+	leases   int                   // all classes
+	jobs     map[string]*Inbox     // by job uuid
+	held     map[string]*hold      // by class: declined as busy
+	dialing  chan struct{}         // closed when a dial ends
+	retired  bool                  // left the metagraph (or moved): no new jobs
 }
 
 // hold keeps a miner that declined as busy from being picked until until.
@@ -85,6 +86,26 @@ type Pool struct {
 	recheck   *time.Timer         // fires when the earliest hold ends
 	recheckAt time.Time
 	closed    bool
+	// banned are miners picked for no job until the time given (a client
+	// reported them cheating).
+	banned map[string]time.Time
+}
+
+// Blacklist keeps miner hotkey from being picked for any job until until.
+func (p *Pool) Blacklist(hotkey string, until time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.banned == nil {
+		p.banned = map[string]time.Time{}
+	}
+	if until.After(p.banned[hotkey]) {
+		p.banned[hotkey] = until
+	}
+}
+
+func (p *Pool) bannedLocked(hotkey string, now time.Time) bool {
+	until, ok := p.banned[hotkey]
+	return ok && now.Before(until)
 }
 
 // NewPool returns an empty pool that dials miners with d; self (the
@@ -361,7 +382,7 @@ func (p *Pool) pickLocked(class string, tried map[string]bool, now time.Time) *s
 	var cands []*session
 	best := 0
 	for hk, s := range p.miners {
-		if tried[hk] {
+		if tried[hk] || p.bannedLocked(hk, now) {
 			continue
 		}
 		switch free := s.free(class, now); {
@@ -381,8 +402,9 @@ func (p *Pool) pickLocked(class string, tried map[string]bool, now time.Time) *s
 // offeredLocked reports whether a connected miner not in tried has
 // executors of class at all, busy or not.
 func (p *Pool) offeredLocked(class string, tried map[string]bool) bool {
+	now := time.Now()
 	for hk, s := range p.miners {
-		if !tried[hk] && s.conn != nil && s.manifest[class] > 0 {
+		if !tried[hk] && !p.bannedLocked(hk, now) && s.conn != nil && s.manifest[class] > 0 {
 			return true
 		}
 	}
@@ -535,7 +557,10 @@ func (p *Pool) dial(ctx context.Context, s *session) error {
 		conn.Close("")
 		return fmt.Errorf("%w: %s", ErrNotConnected, s.neuron.Hotkey)
 	}
-	s.conn, s.manifest = conn, manifest
+	s.conn, s.manifest, s.caps = conn, manifest, nil
+	if c, ok := conn.(Capable); ok {
+		s.caps = c.Capabilities()
+	}
 	clear(s.held)
 	p.bg.Go(func() { p.read(s, conn) })
 	p.changedLocked()
@@ -575,6 +600,7 @@ func (p *Pool) deliver(s *session, m protocol.Message) {
 	case *protocol.V0ExecutorManifestRequest:
 		p.mu.Lock()
 		s.manifest = m.Manifest
+		s.caps = m.Capabilities
 		clear(s.held)
 		p.changedLocked()
 		p.mu.Unlock()
@@ -658,6 +684,14 @@ func (l *Lease) Send(ctx context.Context, m protocol.Message) error {
 		return fmt.Errorf("%w: %s", ErrNotConnected, l.s.neuron.Hotkey)
 	}
 	return conn.Send(ctx, m)
+}
+
+// Capabilities returns the extensions the lease's miner advertised (none:
+// it speaks upstream's protocol only).
+func (l *Lease) Capabilities() protocol.Capabilities {
+	l.p.mu.Lock()
+	defer l.p.mu.Unlock()
+	return l.s.caps
 }
 
 // Next returns the job's next message from the miner (see Inbox).

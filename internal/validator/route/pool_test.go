@@ -411,11 +411,16 @@ func TestInboxFlooded(t *testing.T) {
 		for range route.MaxQueued + 5 {
 			conn.Push(&protocol.V0VolumeResult{JobUUID: "j"})
 		}
+		// The job's end, sent after the flood, is not dropped.
+		conn.Push(&protocol.V0JobFinishedRequest{JobUUID: "j"})
 		synctest.Wait()
 		for i := range route.MaxQueued {
 			if _, err := l.Next(t.Context()); err != nil {
 				t.Fatalf("message %d: %v", i, err)
 			}
+		}
+		if m, err := l.Next(t.Context()); err != nil || m.MessageType() != "V0JobFinishedRequest" {
+			t.Fatalf("after the flood: %v, %v; want the job's end", m, err)
 		}
 		if _, err := l.Next(t.Context()); !errors.Is(err, route.ErrFlooded) {
 			t.Fatalf("got %v", err)

@@ -217,12 +217,20 @@ func (w *Windows) PairsWaiting(ctx context.Context, image string) (int, error) {
 	return len(ids), err
 }
 
+// ErrNotKept marks a pair TakePair could not keep for now (its store
+// failed): unacknowledged, it is delivered again.
+var ErrNotKept = errors.New("pair not kept for now")
+
 // TakePair keeps a streaming pair the facilitator reports, after verifying
-// it: the facilitator is not trusted with evidence.
+// it: the facilitator is not trusted with evidence. A pair kept before is
+// kept once. Errors other than ErrNotKept refuse the pair for good.
 func (w *Windows) TakePair(ctx context.Context, m *protocol.V0StreamPairReport) error {
 	job, err := w.d.Store.Job(ctx, m.UUID)
-	if err != nil {
+	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("pair for job %s, which this validator does not know: %w", m.UUID, err)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: read job %s: %w", ErrNotKept, m.UUID, err)
 	}
 	rc, err := validation.VerifyPair(m.UUID, m.MinerHotkey, m.Proof, m.Pair)
 	if err != nil {
@@ -231,7 +239,7 @@ func (w *Windows) TakePair(ctx context.Context, m *protocol.V0StreamPairReport) 
 	rec := store.PairRecord{JobUUID: m.UUID, RequestID: rc.RequestID, Image: job.Spec.DockerImage, MinerHotkey: m.MinerHotkey,
 		ValidatorHotkey: w.d.Self, ReportedBy: "facilitator", Pair: m.Pair, Proof: m.Proof, At: time.Now().UTC()}
 	if err := w.d.Store.PutPair(ctx, rec); err != nil && !errors.Is(err, store.ErrDuplicate) {
-		return fmt.Errorf("store pair: %w", err)
+		return fmt.Errorf("%w: store pair: %w", ErrNotKept, err)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/horde-compute/horde/sig"
 )
@@ -79,8 +80,44 @@ the other arguments; each can also be set by an environment variable
 (--facilitator by HORDE_FACILITATOR, --db by HORDE_DB, …), which -h shows.
 `
 
-// Run runs the horde command with args (without the program name).
+// StopGrace is how long a command may take to stop once ctx has ended
+// (SIGTERM): roles bound their own stop (the miner's StopTimeout, HTTP
+// shutdowns) well within it; past it the command gives up on what is left,
+// so the process exits whatever its jobs are doing.
+var StopGrace = 30 * time.Second
+
+// ErrStopTimeout is returned by Run when a command had not stopped StopGrace
+// after its context ended.
+var ErrStopTimeout = errors.New("did not stop in time after the stop signal; exiting anyway")
+
+// Run runs the horde command with args (without the program name). Once ctx
+// ends, Run returns within StopGrace.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return stopWithin(ctx, StopGrace, func() error { return runCommand(ctx, args, stdout, stderr) })
+}
+
+// stopWithin runs f and returns its error, or ErrStopTimeout when f is still
+// running grace after ctx ended. f's goroutine is then left to the process's
+// exit, which follows.
+func stopWithin(ctx context.Context, grace time.Duration, f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }() // owned: waited for below, or ended by the exit that follows ErrStopTimeout
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return &ExitError{Code: 1, Err: fmt.Errorf("%w (%s)", ErrStopTimeout, grace)}
+	}
+}
+
+func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, usage)
 		return nil

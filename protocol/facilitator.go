@@ -753,11 +753,24 @@ func init() {
 }
 
 // V0ValidatorReport (horde): validator → facilitator, the scores of a cycle,
-// each with what it rests on, for clients and operators to see.
+// each with what it rests on, for clients and operators to see; and the
+// validator's latest validation windows ([]ReportedWindow; absent from
+// validators that predate it), for operators' dashboards.
 type V0ValidatorReport struct {
-	Cycle  int64           `json:"cycle"`
-	At     time.Time       `json:"at"`
-	Scores json.RawMessage `json:"scores"`
+	Cycle   int64           `json:"cycle"`
+	At      time.Time       `json:"at"`
+	Scores  json.RawMessage `json:"scores"`
+	Windows json.RawMessage `json:"windows,omitempty"`
+}
+
+// ReportedWindow is one validation window in a V0ValidatorReport: the
+// window's id and image at the validator, when it closed, and its report
+// (the validator's WindowReport: pairs, replays, verdicts).
+type ReportedWindow struct {
+	ID    int64           `json:"id"`
+	Image string          `json:"image"`
+	At    time.Time       `json:"at"`
+	Body  json.RawMessage `json:"body"`
 }
 
 func (*V0ValidatorReport) MessageType() string { return "V0ValidatorReport" }

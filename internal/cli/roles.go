@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/executor"
@@ -17,6 +20,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor/jobdisk"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/store/backend"
 	"github.com/horde-compute/horde/internal/validation"
@@ -37,6 +41,8 @@ func (e *env) facilitator(args []string) error {
 	clients := fs.String("clients", "", "comma-separated client hotkeys allowed to log in and submit jobs (empty: any hotkey)")
 	tokenKey := fs.String("token-key-file", "", "file of at least 32 secret bytes that signs login tokens "+
 		"(empty: a new key each start, and clients log in again)")
+	metricsAddr := metricsFlag(fs, "they are also served at /metrics on --listen")
+	dashToken := fs.String("dashboard-token", "", "operator token of the dashboard at /dashboard/ on --listen (empty: the dashboard serves loopback only)")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
@@ -93,12 +99,14 @@ func (e *env) facilitator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log,
-		AllowUpstreamAuth: *upstreamAuth, AllowClient: allowClient, TokenKey: key})
-	if err != nil {
-		return err
-	}
-	return f.Run(e.ctx)
+	return e.withMetrics(*metricsAddr, nil, func(ctx context.Context, reg *prometheus.Registry) error {
+		f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log,
+			AllowUpstreamAuth: *upstreamAuth, AllowClient: allowClient, TokenKey: key, Metrics: reg, DashboardToken: *dashToken})
+		if err != nil {
+			return err
+		}
+		return f.Run(ctx)
+	})
 }
 
 func (e *env) validator(args []string) error {
@@ -127,6 +135,7 @@ func (e *env) validator(args []string) error {
 	sample := fs.Float64("validation-sample", 0.1, "fraction of gathered pairs replayed on the trusted miner")
 	threshold := fs.Int("validation-threshold", 100, "pairs of an image that open a validation window")
 	excuseStake := fs.Float64("excuse-min-stake", excuse.DefaultMinStake, "stake a validator needs for its receipts to excuse a busy miner (this validator's own always do)")
+	metricsAddr := metricsFlag(fs, "with /healthz; empty: metrics are not served")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
@@ -182,10 +191,17 @@ func (e *env) validator(args []string) error {
 		return err
 	}
 	defer st.Close()
-	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, RequireHordeFacilitator: *requireHordeFac, Upstream: *upstream, Metagraph: meta,
+	cfg := validator.Config{Hotkey: k, FacilitatorURL: *fac, RequireHordeFacilitator: *requireHordeFac, Upstream: *upstream, Metagraph: meta,
 		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log,
 		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights, MinExcuseStake: *excuseStake},
-		StreamingWhitelist: wl, Validation: val})
+		StreamingWhitelist: wl, Validation: val}
+	reg := metrics.NewRegistry()
+	cfg.Metrics = reg
+	v, err := validator.New(cfg)
+	if err != nil {
+		return err
+	}
+	return e.withMetricsOn(*metricsAddr, reg, v.Handler(), v.Run)
 }
 
 // parseManifest reads "class=count,class=count".
@@ -222,6 +238,7 @@ func (e *env) miner(args []string) error {
 	pinned := fs.String("validator", "", "with --trusted: the one validator (SS58 hotkey) this miner serves")
 	manifest := fs.String("manifest", "always_on.test=1", "executors per class: CLASS=COUNT,…")
 	db := fs.String("db", "miner.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
+	metricsAddr := metricsFlag(fs, "they are also served at /metrics on --listen")
 	imagePull := fs.String("image-pull", string(protocol.PullIfValidatorAllows),
 		"when executors may pull a job's missing image: validator (when a horde validator allows it), always (as upstream; needed for upstream validators' jobs), never")
 	streamingImages := fs.String("streaming-images", "", "images streaming jobs may run when the validator pins no digest (upstream validators): names or sha256: digests, comma-separated")
@@ -283,11 +300,15 @@ func (e *env) miner(args []string) error {
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
-	m, err := miner.New(cfg)
-	if err != nil {
-		return err
-	}
-	return m.Run(e.ctx)
+	return e.withMetrics(*metricsAddr, nil, func(ctx context.Context, reg *prometheus.Registry) error {
+		cfg.Metrics = reg
+		cfg.Backend.(*miner.Local).StreamingMetrics = metrics.NewStreaming(reg)
+		m, err := miner.New(cfg)
+		if err != nil {
+			return err
+		}
+		return m.Run(ctx)
+	})
 }
 
 func (e *env) executor(args []string) error {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/validator"
@@ -240,8 +242,11 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	validatorKey := s.Validator.SS58()
+	// Each role has its own registry, as it would in its own process; the
+	// facilitator and miners serve theirs at /metrics on their listeners,
+	// the validator's is served by ValidatorHandler.
 	fac, err := facilitator.New(facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log, AllowUpstreamAuth: cfg.ValidatorUpstream,
-		AllowValidator: func(hk string) bool { return hk == validatorKey }})
+		AllowValidator: func(hk string) bool { return hk == validatorKey }, Metrics: metrics.NewRegistry()})
 	if err != nil {
 		fln.Close()
 		s.fail()
@@ -271,10 +276,12 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 				classes[name] = c
 			}
 		}
+		reg := metrics.NewRegistry()
 		m, err := miner.New(miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
 			Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery, ImagePull: cfg.MinerImagePull, StreamingImages: cfg.MinerStreamingImages, UpstreamOnly: cfg.MinerUpstreamOnly,
+			Metrics: reg,
 			Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
-				Net: guard, BoundDisks: cfg.BoundDisks},
+				Net: guard, BoundDisks: cfg.BoundDisks, StreamingMetrics: metrics.NewStreaming(reg)},
 			Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
 		if err != nil {
 			s.fail()
@@ -315,7 +322,8 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	v, err := validator.New(validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
 		Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
-		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation, Upstream: cfg.ValidatorUpstream})
+		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation, Upstream: cfg.ValidatorUpstream,
+		Metrics: metrics.NewRegistry()})
 	if err != nil {
 		s.fail()
 		return nil, err
@@ -324,6 +332,9 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	run("validator", func() error { return v.Run(ctx) })
 	return s, nil
 }
+
+// ValidatorHandler is the validator's HTTP handler: /healthz and /metrics.
+func (s *Stack) ValidatorHandler() http.Handler { return s.validator.Handler() }
 
 // PairsWaiting returns how many pairs of image wait for validation on the validator.
 func (s *Stack) PairsWaiting(ctx context.Context, image string) (int, error) {

@@ -28,6 +28,7 @@ import (
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/jobdisk"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -93,6 +94,8 @@ type Config struct {
 	StreamingListen, StreamingHost string
 	// StreamingSkew bounds clock skew of streaming requests (default 5s).
 	StreamingSkew time.Duration
+	// StreamingMetrics counts what streaming jobs' signing proxies do (nil: not counted).
+	StreamingMetrics *metrics.Streaming
 	// SelfContainer is the container this process runs in, if it runs in
 	// one (a miner of deploy/compose.yaml, on the host's engine): it joins
 	// each streaming job's network to reach the service. The Runtime must

@@ -118,7 +118,8 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	}
 	// Receipts are kept on disk in the job's directory (outside the
 	// container's mounts), for as long as the job lives.
-	proxy := &streaming.Proxy{JobUUID: j.uuid, Key: key, Upstream: service, Skew: j.cfg.StreamingSkew, Dir: filepath.Join(j.dir, "receipts")}
+	proxy := &streaming.Proxy{JobUUID: j.uuid, Key: key, Upstream: service, Skew: j.cfg.StreamingSkew, Dir: filepath.Join(j.dir, "receipts"),
+		Metrics: j.cfg.StreamingMetrics}
 	srv := &http.Server{Handler: proxy, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(tls.NewListener(ln, tlsCfg)) }() // owned: Shutdown below, then <-served

@@ -100,23 +100,31 @@ func (f *Facilitator) send(ctx context.Context, j store.JobRecord) {
 	if vs == nil {
 		return
 	}
+	retry := j.ValidatorHotkey != ""
 	won, err := f.cfg.Store.ClaimJob(ctx, j, vs.hotkey)
 	if err != nil {
 		if ctx.Err() == nil {
+			f.metrics.Dispatch("claim_failed", retry)
 			f.log.Error("dispatch: claim", "job", j.UUID, "err", err)
 		}
 		return
 	}
 	if !won {
+		f.metrics.Dispatch("claimed_elsewhere", retry)
 		return
 	}
 	sg := j.Signature
 	if err := vs.send(ctx, &protocol.V2JobRequest{UUID: j.UUID, JobSpec: j.Spec, Signature: &sg}); err != nil {
+		f.metrics.Dispatch("send_failed", retry)
 		f.log.Warn("dispatch: send failed; will retry", "job", j.UUID, "err", err)
 		if j.ValidatorHotkey == "" { // never reached a validator: any may have it
 			f.cfg.Store.SetAssignment(ctx, j.UUID, "", "")
 		}
 		return
+	}
+	f.metrics.Dispatch("sent", retry)
+	if !retry {
+		f.metrics.Stage("queue", time.Since(j.CreatedAt))
 	}
 	f.log.Info("job sent to validator", "job", j.UUID, "validator", vs.hotkey)
 }

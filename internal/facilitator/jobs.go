@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/protocol"
@@ -31,6 +32,9 @@ func (f *Facilitator) create(ctx context.Context, spec *protocol.JobSpec, s prot
 	if err := f.cfg.Store.CreateJob(ctx, rec); err != nil {
 		return nil, err
 	}
+	f.changed(ctx, rec.UUID) // the dashboards list it, here and at the other replicas
+	f.metrics.JobCreated(spec.StreamingDetails != nil)
+	f.metrics.Status(string(protocol.StatusSent), "")
 	f.log.Info("job accepted", "job", rec.UUID, "client", s.Signatory, "image", spec.DockerImage, "class", spec.ExecutorClass)
 	f.wake(ctx)
 	return f.job(ctx, rec.UUID, s.Signatory, sdk)
@@ -118,6 +122,7 @@ func (f *Facilitator) end(ctx context.Context, id string, e protocol.StatusEntry
 	if err := f.cfg.Store.AddStatus(ctx, id, e); err != nil {
 		return err
 	}
+	f.metrics.Status(string(e.Status), metrics.Reason(e.Metadata))
 	f.changed(ctx, id)
 	return nil
 }
@@ -257,9 +262,11 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 	d.MinerSignature = ready.Metadata.StreamingMinerSignature()
 	rc, err := validation.VerifyPair(id, miner, d, p)
 	if err != nil {
+		f.metrics.Pair(false)
 		return "", fmt.Errorf("%w: pair refused: %v", ErrBadRequest, err)
 	}
 	if rc.TimestampFrom.Before(ready.CreatedAt.Add(-time.Minute)) || rc.TimestampTo.After(now.Add(time.Minute)) {
+		f.metrics.Pair(false)
 		return "", fmt.Errorf("%w: pair refused: the receipt's time (%s to %s) is outside the job's life", ErrBadRequest,
 			rc.TimestampFrom.Format(time.RFC3339), rc.TimestampTo.Format(time.RFC3339))
 	}
@@ -268,6 +275,7 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 	if err := f.cfg.Store.PutPair(ctx, rec); err != nil {
 		return "", err
 	}
+	f.metrics.Pair(true)
 	f.log.Info("streaming pair accepted", "job", id, "request", rc.RequestID)
 	f.wake(ctx) // pass it on to the job's validator
 	return rc.RequestID, nil
@@ -325,7 +333,12 @@ func (f *Facilitator) storeReport(ctx context.Context, validator string, m *prot
 	if err != nil {
 		return err
 	}
-	return f.cfg.Store.PutReport(ctx, validator, b)
+	if err := f.cfg.Store.PutReport(ctx, validator, b); err != nil {
+		return err
+	}
+	f.metrics.Report()
+	f.changed(ctx, anyJob) // the dashboards show it, here and at the other replicas
+	return nil
 }
 
 // statusUpdate records a validator's report on a job it was given. A job
@@ -349,6 +362,7 @@ func (f *Facilitator) statusUpdate(ctx context.Context, validator string, horde 
 		return fmt.Errorf("status %q is not one a validator reports", m.Status)
 	}
 	e := protocol.StatusEntry{Status: m.Status, CreatedAt: time.Now().UTC(), Metadata: m.Metadata}
+	f.observe(j, e) // before it is stored: whoever sees the status sees it counted
 	if err := f.cfg.Store.AddStatus(ctx, m.UUID, e); err != nil {
 		return err
 	}
@@ -359,6 +373,25 @@ func (f *Facilitator) statusUpdate(ctx context.Context, validator string, horde 
 	}
 	f.changed(ctx, m.UUID)
 	return nil
+}
+
+// observe counts a status a validator reported and, for a terminal one,
+// observes the job's stages: its whole life here and the validator's
+// stages, as the validator timed them.
+func (f *Facilitator) observe(j store.JobRecord, e protocol.StatusEntry) {
+	f.metrics.Status(string(e.Status), metrics.Reason(e.Metadata))
+	if !e.Status.Terminal() {
+		return
+	}
+	f.metrics.Stage("total", e.CreatedAt.Sub(j.CreatedAt))
+	if e.Metadata == nil {
+		return
+	}
+	for _, stage := range metrics.Stages {
+		if ms, ok := e.Metadata.Timings["validator:"+stage]; ok {
+			f.metrics.Stage(stage, time.Duration(ms)*time.Millisecond)
+		}
+	}
 }
 
 // subscribe returns a channel that is signalled when the job's history grows.
@@ -387,10 +420,16 @@ func (f *Facilitator) unsubscribe(id string, ch chan struct{}) {
 func (f *Facilitator) publish(id string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for ch := range f.watchers[id] {
-		select {
-		case ch <- struct{}{}:
-		default:
+	signal := func(key string) {
+		for ch := range f.watchers[key] {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
 		}
+	}
+	signal(id)
+	if id != anyJob {
+		signal(anyJob) // the dashboard watches every job
 	}
 }

@@ -131,14 +131,20 @@ func (f *Facilitator) connect(ctx context.Context, s *session) (disconnect func(
 		f.log.Warn("validator's old session does not answer; the new one takes its place", "validator", s.hotkey, "err", err)
 		old.end()
 	}
+	if old == nil {
+		f.metrics.Validators(1)
+	}
 	f.log.Info("validator connected", "validator", s.hotkey, "capabilities", s.caps)
+	f.publish(anyJob)
 	f.kick()
 	return func() {
 		f.mu.Lock()
 		if f.validators[s.hotkey] == s {
 			delete(f.validators, s.hotkey)
+			f.metrics.Validators(-1)
 		}
 		f.mu.Unlock()
+		f.publish(anyJob)
 		f.log.Info("validator disconnected", "validator", s.hotkey)
 	}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/miner/decide"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
@@ -90,6 +91,7 @@ func (m *Miner) start(ctx context.Context, j *job) {
 		return
 	}
 	m.log.Info("job accepted, executor starting", "job", j.uuid, "validator", j.validator, "class", j.class)
+	m.metrics.Job("accepted", "")
 	m.watchers.Go(func() { m.watch(j, done) }) // ends when the executor has
 }
 
@@ -134,6 +136,7 @@ func (m *Miner) hordeFailed(ctx context.Context, j *job, reason protocol.HordeFa
 	j.terminal = true
 	j.mu.Unlock()
 	m.log.Warn("job failed (horde)", "job", j.uuid, "reason", reason, "msg", msg)
+	m.metrics.Job("horde_failed", metrics.Word(string(reason)))
 	m.send(ctx, j.vconn, &protocol.V0HordeFailedRequest{JobUUID: j.uuid, ReportedBy: protocol.ByMiner, Reason: reason, Message: msg})
 }
 

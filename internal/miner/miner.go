@@ -15,9 +15,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/httpserve"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
@@ -67,6 +70,9 @@ type Config struct {
 	// context ends (default 10s).
 	StopTimeout time.Duration
 	Log         *slog.Logger
+	// Metrics is where the miner's metrics are registered (nil: nowhere);
+	// when it is a prometheus.Gatherer too, GET /metrics serves it.
+	Metrics prometheus.Registerer
 }
 
 // Validate checks the config, naming the bad field.
@@ -117,6 +123,7 @@ type Miner struct {
 	jobs     map[string]*job // by uuid
 	reserved map[string]int  // by class
 	meta     *chain.Metagraph
+	metrics  *metrics.Miner
 }
 
 // New checks cfg, fills in its defaults and returns a miner that is not yet
@@ -182,6 +189,7 @@ func (m *Miner) newHandler() http.Handler {
 		mux.HandleFunc("GET /receipts", m.serveReceipts)
 	}
 	mux.Handle("GET "+receipt.PagePrefix+"{page}", receiptPages{store: m.cfg.Store, log: m.log, cache: newPageCache()})
+	m.instrument(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m.mu.Lock()
 		if m.closed {

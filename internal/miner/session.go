@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/miner/decide"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
@@ -48,6 +49,8 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 	validator := auth.ValidatorHotkey
 	log := m.log.With("validator", validator)
 	log.Info("validator connected")
+	m.metrics.Validators(1)
+	defer m.metrics.Validators(-1)
 	if err := m.send(ctx, conn, manifestFor(m.cfg.Manifest, m.cfg.UpstreamOnly)); err != nil {
 		return
 	}
@@ -99,6 +102,7 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 	log := m.log.With("job", req.JobUUID, "validator", validator)
 	if msg := m.images().streamingRefusal(req); msg != "" {
 		log.Info("declining job", "reason", protocol.RejectUnknown, "msg", msg)
+		m.metrics.Job("declined", metrics.Word(string(protocol.RejectUnknown)))
 		m.send(ctx, conn, decide.DeclineMessage(req, decide.Declined(protocol.RejectUnknown, "%s", msg), nil))
 		return nil
 	}
@@ -111,6 +115,7 @@ func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, 
 	}
 	if j == nil {
 		log.Info("declining job", "reason", d.Reason, "msg", d.Message)
+		m.metrics.Job("declined", metrics.Word(string(d.Reason)))
 		m.send(ctx, conn, decide.DeclineMessage(req, d, excuses))
 		return nil
 	}

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
@@ -58,6 +59,8 @@ type Proxy struct {
 	Dir string
 	// Now is the proxy's clock (default time.Now).
 	Now func() time.Time
+	// Metrics counts requests and bytes and times signing (nil: not counted).
+	Metrics *metrics.Streaming
 
 	mu     sync.Mutex
 	up     *upstream
@@ -147,15 +150,17 @@ func (b heldBody) getBody() (io.ReadCloser, error) { return b.reader(), nil }
 type streamedBody struct {
 	*io.PipeReader
 	done chan struct{}
+	n    int64 // bytes copied, once done is closed
 }
 
 // streamBody starts copying r's body into the pipe, hashing it on the way;
 // wait waits for the copy to end (after the pipe is closed).
 func (p *Proxy) streamBody(r *http.Request, in hash.Hash) (*streamedBody, func()) {
 	pr, pw := io.Pipe()
-	b := &streamedBody{pr, make(chan struct{})}
+	b := &streamedBody{PipeReader: pr, done: make(chan struct{})}
 	go func() { // owned: ends at the body's end, or when the pipe is closed; wait waits for it
-		_, err := io.Copy(io.MultiWriter(pw, in), r.Body)
+		n, err := io.Copy(io.MultiWriter(pw, in), r.Body)
+		b.n = n
 		pw.CloseWithError(err)
 		close(b.done)
 	}()
@@ -214,9 +219,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var ref *refusal
 	if errors.As(err, &ref) {
+		p.Metrics.Request(ref.status, 0, 0)
 		fail(w, ref.status, ref.msg)
 		return
 	}
+	p.Metrics.Request(http.StatusInternalServerError, 0, 0)
 	fail(w, http.StatusInternalServerError, err.Error())
 }
 
@@ -350,6 +357,14 @@ func copyResponseHeader(dst, src http.Header, ctype string) {
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, id string, stamp sr.Stamp, x sr.Exchange) {
 	in := sha256.New()
 	out := p.outbound(r, x)
+	code, inBytes, outBytes := http.StatusBadGateway, int64(0), int64(0)
+	var streamed *streamedBody
+	defer func() { // after a streamed body's copy has ended (deferred below)
+		if streamed != nil {
+			inBytes = streamed.n
+		}
+		p.Metrics.Request(code, inBytes, outBytes)
+	}()
 	limit := p.MaxBuffered
 	if limit == 0 {
 		limit = DefaultMaxBuffered
@@ -363,13 +378,16 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 		held = make(heldBody, r.ContentLength)
 		if _, err := io.ReadFull(r.Body, held); err != nil {
 			p.unreserve(id)
-			fail(w, http.StatusBadRequest, "reading the request body: "+err.Error())
+			code = http.StatusBadRequest
+			fail(w, code, "reading the request body: "+err.Error())
 			return
 		}
 		in.Write(held)
+		inBytes = r.ContentLength
 		out.Body, out.GetBody, out.ContentLength = held.reader(), held.getBody, r.ContentLength
 	default:
 		body, wait := p.streamBody(r, in)
+		streamed = body
 		out.Body, out.ContentLength = body, r.ContentLength
 		defer wait()
 		defer body.Close()
@@ -414,6 +432,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 	w.Header().Set(sr.HeaderRequestID, id)
 	w.Header().Set("Trailer", sr.TrailerReceipt+", "+sr.TrailerSig)
 	w.WriteHeader(resp.StatusCode)
+	code = resp.StatusCode
 	outHash := sha256.New()
 	// Stream token by token what the service streams (SSE, chunked replies);
 	// a reply of known length goes out in as few writes as it can.
@@ -428,6 +447,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			outHash.Write(buf[:n])
+			outBytes += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return // the client went away: no receipt
 			}
@@ -456,7 +476,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 
 // sign sets the receipt trailers and keeps the receipt for GET ReceiptsPath+id.
 func (p *Proxy) sign(w http.ResponseWriter, id string, rc *sr.Receipt) {
+	start := time.Now()
 	blob, sig, err := sr.SignReceipt(p.Key, rc)
+	p.Metrics.Signed(time.Since(start))
 	if err != nil {
 		// Every value was checked before the request went on; a receipt that
 		// still cannot be encoded ends the response without one.

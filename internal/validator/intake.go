@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/validator/jobrun"
 	"github.com/horde-compute/horde/protocol"
@@ -122,6 +123,9 @@ func (v *Validator) setStatus(ctx context.Context, uuid string, s protocol.JobSt
 	e := protocol.StatusEntry{Status: s, CreatedAt: time.Now().UTC(), Metadata: meta}
 	if err := v.cfg.Store.AddStatus(context.WithoutCancel(ctx), uuid, e); err != nil {
 		v.log.Error("store status", "job", uuid, "status", s, "err", err)
+	}
+	if s.Terminal() { // counted before the facilitator (and so the client) can see it
+		v.metrics.Job(string(s), metrics.Reason(meta))
 	}
 	v.out.Push(&protocol.V0JobStatusUpdate{UUID: uuid, Status: s, Metadata: meta})
 }

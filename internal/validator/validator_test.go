@@ -666,6 +666,13 @@ func TestLoops(t *testing.T) {
 		if rep, err := h.v.Round(t.Context()); err != nil || len(rep.Results) != 1 || !rep.Results[0].Passed {
 			t.Errorf("round %+v %v", rep, err)
 		}
+		// Reports carry the latest validation windows, for operators' dashboards.
+		synctest.Wait()
+		reps := h.fac.messages("V0ValidatorReport")
+		var reported []protocol.ReportedWindow
+		if err := json.Unmarshal(reps[len(reps)-1].(*protocol.V0ValidatorReport).Windows, &reported); err != nil || len(reported) != 2 || reported[0].Image != "llm" {
+			t.Errorf("the last report's windows: %+v %v", reported, err)
+		}
 	})
 }
 

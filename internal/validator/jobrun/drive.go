@@ -133,16 +133,19 @@ func (d *Driver) Drive(ctx context.Context, job Job, notes Notes) {
 			return
 		}
 		if o.Busy() {
+			d.Params.observer().Attempt("busy")
 			continue // the pool holds the miner back for a while; no attempt used
 		}
 		tried[hk] = true
 		if o.Retry && attempt < d.MaxAttempts {
+			d.Params.observer().Attempt("retry")
 			attempt++
 			reasons = append(reasons, o.Reason(hk))
 			log.Info("retrying on another miner", "miner", hk, "why", o.Reason(""))
 			notes.Status(protocol.StatusReceived, &protocol.StatusMetadata{Comment: "retrying: " + o.Reason(hk)})
 			continue
 		}
+		d.Params.observer().Attempt("final")
 		d.finish(ctx, job.UUID, hk, o, notes)
 		return
 	}

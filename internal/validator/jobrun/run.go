@@ -336,6 +336,7 @@ func (r *Run) await(ctx context.Context, stage string, timeout protocol.HordeFai
 func (r *Run) mark(stage string) {
 	now := time.Now()
 	r.timings[stage] = now.Sub(r.stageStart).Milliseconds()
+	r.p.observer().Stage(stage, now.Sub(r.stageStart))
 	r.stageStart = now
 }
 

@@ -74,8 +74,12 @@ func (c *Collector) collectPages(ctx context.Context, hc *http.Client, log *slog
 		var stop error
 		for _, line := range lines {
 			r, err := receipt.ParseLine(line)
-			if err == nil {
-				err = c.Accept(ctx, n.Hotkey, r)
+			if err != nil {
+				c.Metrics.Receipt("undecodable")
+			} else if err = c.Accept(ctx, n.Hotkey, r); err == nil {
+				c.Metrics.Receipt("")
+			} else if !errors.Is(err, ErrStore) {
+				c.Metrics.Receipt(refusal(err))
 			}
 			if errors.Is(err, ErrStore) {
 				stop = err

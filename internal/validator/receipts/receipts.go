@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/receipt"
 )
@@ -54,6 +55,8 @@ type Collector struct {
 	// HTTP fetches the pages (default: a client with a 30 s timeout).
 	HTTP *http.Client
 	Log  *slog.Logger
+	// Metrics counts the receipts verified and refused (nil: not counted).
+	Metrics *metrics.Validator
 	// Now is the clock that says which pages exist (default time.Now).
 	Now func() time.Time
 	// PagesOnly reads every miner's pages, as upstream's validator does,
@@ -115,17 +118,23 @@ func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
 			var sr store.StoredReceipt
 			if err := json.Unmarshal(sc.Bytes(), &sr); err != nil {
 				refused = append(refused, "undecodable receipt line: "+err.Error())
+				c.Metrics.Receipt("undecodable")
 				continue
 			}
 			if sr.ID <= last {
 				continue // the miner went back: what was read before is not read twice
 			}
-			if err := c.Accept(ctx, n.Hotkey, sr.Receipt); err != nil {
+			err := c.Accept(ctx, n.Hotkey, sr.Receipt)
+			if err == nil {
+				c.Metrics.Receipt("")
+			}
+			if err != nil {
 				if errors.Is(err, ErrStore) {
 					stop = err // not the receipt's fault: read it again next time
 					break
 				}
 				refused = append(refused, err.Error())
+				c.Metrics.Receipt(refusal(err))
 				log.Warn("receipt refused", "miner", n.Hotkey, "err", err)
 			}
 			last = sr.ID
@@ -205,4 +214,14 @@ func (c *Collector) Accept(ctx context.Context, miner string, r receipt.Receipt)
 		return nil
 	}
 	return fmt.Errorf("%w: %s receipt of job %s was never signed by this validator", receipt.ErrInvalid, r.Type, b.JobUUID)
+}
+
+// refusal is why a receipt was refused, as a metric label.
+func refusal(err error) string {
+	switch {
+	case errors.Is(err, receipt.ErrInvalid):
+		return "invalid"
+	default:
+		return "mismatch"
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/validator/jobrun"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -200,6 +201,27 @@ func (p *Pool) Connected() int {
 		}
 	}
 	return n
+}
+
+// Executors returns the executors of the metagraph's connected miners by
+// class: those leased (busy) and those the pool believes free.
+func (p *Pool) Executors() map[string]metrics.Load {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	out := map[string]metrics.Load{}
+	for _, s := range p.miners {
+		if s.conn == nil {
+			continue
+		}
+		for class := range s.manifest {
+			l := out[class]
+			l.Busy += s.inflight[class]
+			l.Free += max(0, s.free(class, now))
+			out[class] = l
+		}
+	}
+	return out
 }
 
 // LeaseOn leases an executor of class on a connected miner of the

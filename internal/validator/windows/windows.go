@@ -33,6 +33,7 @@ import (
 
 	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator/jobrun"
@@ -161,6 +162,8 @@ type Deps struct {
 	// client's key, pinned to the job's certificate).
 	Connect func(st *client.Stream) (Caller, error)
 	Log     *slog.Logger
+	// Metrics counts windows, verdicts and the trusted miner's time (nil: not counted).
+	Metrics *metrics.Validator
 }
 
 // Windows runs validation windows and canaries.
@@ -281,6 +284,7 @@ func (w *Windows) Open(ctx context.Context, image string) (*WindowReport, error)
 		rep.TrustedJob = uuid.NewString()
 		lease, err := w.d.Miners.LeasePinned(ctx, vc.TrustedMiner.Hotkey, rep.TrustedJob, vc.Class)
 		if err != nil {
+			w.d.Metrics.Window(false, 0, 0, 0)
 			return nil, fmt.Errorf("validation: trusted miner: %w", err)
 		}
 		st, stop, err := w.start(ctx, lease, rep.TrustedJob, image, false)
@@ -312,6 +316,7 @@ func (w *Windows) Open(ctx context.Context, image string) (*WindowReport, error)
 		}
 		rep.TrustedSeconds = stop().Seconds()
 		if rep.Checked == 0 {
+			w.d.Metrics.Window(false, 0, 0, time.Duration(rep.TrustedSeconds*float64(time.Second)))
 			return nil, fmt.Errorf("validation: no pair could be replayed (first error: %s)", firstErr)
 		}
 	}
@@ -320,6 +325,7 @@ func (w *Windows) Open(ctx context.Context, image string) (*WindowReport, error)
 	if err != nil {
 		return nil, err
 	}
+	w.d.Metrics.Window(true, rep.Checked-rep.Failed, rep.Failed, time.Duration(rep.TrustedSeconds*float64(time.Second)))
 	w.log.Info("validation window done", "image", image, "pairs", rep.Pairs, "v1_pairs", rep.V1Pairs, "checked", rep.Checked, "failed", rep.Failed)
 	return rep, nil
 }

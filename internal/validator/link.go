@@ -44,9 +44,9 @@ const (
 	responseTimeout = 30 * time.Second
 	// outboxPage is how many queued messages go to the facilitator at once,
 	// before their answers are awaited.
-	outboxPage = 100
-	backoffFirst    = 200 * time.Millisecond
-	backoffMax      = 10 * time.Second
+	outboxPage   = 100
+	backoffFirst = 200 * time.Millisecond
+	backoffMax   = 10 * time.Second
 )
 
 // outbox holds messages for the facilitator until it has acknowledged

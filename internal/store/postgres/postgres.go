@@ -213,27 +213,27 @@ func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry)
 		meta, _ = json.Marshal(e.Metadata)
 	}
 	at := e.CreatedAt.UnixMicro()
-	tx, err := d.db.BeginTx(ctx, nil)
+	// One statement, one round trip (not five): the entry is added if the
+	// job exists, and the job's status set unless it is terminal already.
+	var added int
+	err := d.db.QueryRowContext(ctx, `WITH ins AS (
+		INSERT INTO job_status (job_uuid, status, metadata, created_at)
+		SELECT uuid, $2::text, $3::text, $4::bigint FROM jobs WHERE uuid = $1
+		RETURNING job_uuid
+	), upd AS (
+		UPDATE jobs SET status = $2::text, updated_at = $4::bigint
+		WHERE uuid IN (SELECT job_uuid FROM ins)
+		AND status NOT IN ('completed', 'rejected', 'failed', 'horde_failed', 'cancelled')
+		RETURNING 1
+	)
+	SELECT count(*) FROM ins`, uuid, e.Status, nullable(meta), at).Scan(&added)
 	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	var cur string
-	if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE uuid = $1`, uuid).Scan(&cur); err != nil {
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
-		}
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO job_status (job_uuid, status, metadata, created_at) VALUES ($1, $2, $3, $4)`, uuid, e.Status, nullable(meta), at); err != nil {
 		return fmt.Errorf("add status: %w", err)
 	}
-	if !protocol.JobStatus(cur).Terminal() {
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = $1, updated_at = $2 WHERE uuid = $3`, e.Status, at, uuid); err != nil {
-			return fmt.Errorf("add status: %w", err)
-		}
+	if added == 0 {
+		return fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
 	}
-	return tx.Commit()
+	return nil
 }
 
 func nullable(b []byte) any {

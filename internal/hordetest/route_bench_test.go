@@ -77,8 +77,11 @@ func runClients(b *testing.B, h *Horde, clients, n int) ([]submitted, time.Durat
 
 // overtaken counts the jobs that reached their executor after a job
 // submitted more than margin later than they were: first come, first
-// served allows none (margin absorbs the race between two clients'
-// submissions reaching the validator).
+// served allows none. The margin absorbs what is not the queue's order:
+// two clients' submissions racing to the validator, and the jitter of the
+// stages between the lease and the "accepted" status (the miner's answer,
+// the status's way to the facilitator), tens of milliseconds on a loaded
+// machine.
 func overtaken(js []submitted, margin time.Duration) int {
 	js = slices.Clone(js)
 	slices.SortFunc(js, func(a, b submitted) int { return a.at.Compare(b.at) })
@@ -109,7 +112,8 @@ func cpuTime() time.Duration {
 // BenchmarkQueue8Clients2Executors runs short jobs from 8 concurrent
 // clients on one miner with 2 executors (the in-process fake runtime), so
 // 6 jobs at a time wait for an executor, and reports the p50 and p99 of
-// submit→completed and how many jobs were overtaken by a later one.
+// submit→completed, CPU per job, and how many jobs were overtaken by one
+// submitted more than 5 ms (or 50 ms) later.
 // Waiting jobs are served first come, first served, woken when an
 // executor frees: the p99 should stay within 2× the p50.
 func BenchmarkQueue8Clients2Executors(b *testing.B) {
@@ -131,7 +135,8 @@ func BenchmarkQueue8Clients2Executors(b *testing.B) {
 	b.ReportMetric(ms(pct(lat, 0.5)), "p50-ms")
 	b.ReportMetric(ms(pct(lat, 0.99)), "p99-ms")
 	b.ReportMetric(ms(pct(lat, 0.99))/ms(pct(lat, 0.5)), "p99/p50")
-	b.ReportMetric(float64(overtaken(js, 5*time.Millisecond)), "overtaken")
+	b.ReportMetric(float64(overtaken(js, 5*time.Millisecond)), "overtaken-5ms")
+	b.ReportMetric(float64(overtaken(js, 50*time.Millisecond)), "overtaken-50ms")
 	b.ReportMetric(float64(len(js))/wall.Seconds(), "jobs/s")
 	b.ReportMetric(ms(cpu)/float64(len(js)), "cpu-ms/job")
 }

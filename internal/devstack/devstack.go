@@ -26,6 +26,7 @@ import (
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/miner"
+	"github.com/horde-compute/horde/internal/store/backend"
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/protocol"
@@ -84,7 +85,11 @@ type Config struct {
 	// (what `horde dev` uses); tests may pass an in-process fake (package
 	// fakert, with images.RegisterFake) and need no Docker at all.
 	Runtime executor.Runtime
-	Log     *slog.Logger
+	// OpenStore opens the store of the role called name ("facilitator",
+	// "validator", "miner0", …). Nil: a SQLite file <DataDir>/<name>.db.
+	// The stack closes what it opens.
+	OpenStore func(ctx context.Context, name string) (backend.Store, error)
+	Log       *slog.Logger
 }
 
 // Stack is a running dev horde.
@@ -216,8 +221,14 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
-	open := func(name string) (*sqlite.DB, error) {
-		db, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, name+".db"))
+	openStore := cfg.OpenStore
+	if openStore == nil {
+		openStore = func(ctx context.Context, name string) (backend.Store, error) {
+			return sqlite.Open(ctx, filepath.Join(cfg.DataDir, name+".db"))
+		}
+	}
+	open := func(name string) (backend.Store, error) {
+		db, err := openStore(ctx, name)
 		if err == nil {
 			s.closers = append(s.closers, db.Close)
 		}

@@ -25,6 +25,7 @@ type job struct {
 	token     string
 	ctx       context.Context // the job's life, a child of the miner's
 	cancel    context.CancelFunc
+	freed     bool // its executor is counted free (guarded by Miner.mu)
 
 	mu        sync.Mutex
 	pending   []protocol.Message // validator → executor, before the executor connects
@@ -48,7 +49,7 @@ func (m *Miner) admit(validator string, conn *wsconn.Conn, req *protocol.V0Initi
 		if d.Reason == protocol.RejectBusy {
 			var started []receipt.Receipt
 			for _, j := range m.jobs {
-				if j.class == req.ExecutorClass {
+				if j.class == req.ExecutorClass && !j.freed {
 					started = append(started, j.started)
 				}
 			}
@@ -69,12 +70,27 @@ func (m *Miner) admit(validator string, conn *wsconn.Conn, req *protocol.V0Initi
 	return j, d, nil
 }
 
+// free counts the job's executor free once the job has reported its end:
+// the executor is only tidying up, and the validator, told of the end,
+// offers the next job at once, which must not be declined as busy.
+func (m *Miner) free(j *job) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.jobs[j.uuid]; ok && !j.freed {
+		j.freed = true
+		m.reserved[j.class]--
+	}
+}
+
 // release frees the job's executor and forgets the job.
 func (m *Miner) release(j *job) {
 	m.mu.Lock()
 	if _, ok := m.jobs[j.uuid]; ok {
 		delete(m.jobs, j.uuid)
-		m.reserved[j.class]--
+		if !j.freed {
+			j.freed = true
+			m.reserved[j.class]--
+		}
 	}
 	m.mu.Unlock()
 	m.tokens.Revoke(j.token)

@@ -194,6 +194,9 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 		if skip {
 			continue
 		}
+		if terminal {
+			m.free(j) // before the validator hears of the end
+		}
 		if err := m.send(ctx, j.vconn, out); err != nil {
 			m.log.Warn("validator gone; dropping executor message", "job", uuid, "type", out.MessageType())
 		}

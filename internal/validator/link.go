@@ -42,8 +42,11 @@ func dialFacilitator(k *sig.Hotkey, caps []string, requireHorde bool, log *slog.
 const (
 	heartbeatEvery  = 60 * time.Second
 	responseTimeout = 30 * time.Second
-	backoffFirst    = 200 * time.Millisecond
-	backoffMax      = 10 * time.Second
+	// outboxPage is how many queued messages go to the facilitator at once,
+	// before their answers are awaited.
+	outboxPage   = 100
+	backoffFirst = 200 * time.Millisecond
+	backoffMax   = 10 * time.Second
 )
 
 // outbox holds messages for the facilitator until it has acknowledged
@@ -112,7 +115,7 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 	v.log.Info("connected to facilitator", "upstream", !c.Has(protocol.CapAuthV1))
 	v.facilitatorUp.Store(true)
 	sctx, cancel := context.WithCancel(ctx)
-	responses := make(chan *protocol.Response, 1)
+	responses := make(chan *protocol.Response, outboxPage) // a page of messages is answered at once
 	var wg sync.WaitGroup
 	// The sender ends with the session: cancelled first, then waited for,
 	// so a message awaiting its answer does not hold the session (and the
@@ -182,13 +185,7 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 	heartbeat := time.NewTicker(heartbeatEvery)
 	defer heartbeat.Stop()
 	answered := c.Has(protocol.CapResponses)
-	roundTrip := func(m protocol.Message) (*protocol.Response, error) {
-		if err := c.Send(ctx, m); err != nil {
-			return nil, err
-		}
-		if _, ok := m.(*protocol.V0Heartbeat); ok && !answered {
-			return &protocol.Response{Status: "success"}, nil
-		}
+	wait := func() (*protocol.Response, error) {
 		t := time.NewTimer(responseTimeout)
 		defer t.Stop()
 		select {
@@ -197,38 +194,76 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-t.C:
-			return nil, fmt.Errorf("no response from the facilitator to %s", m.MessageType())
+			return nil, errors.New("no response from the facilitator")
 		}
 	}
+	roundTrip := func(m protocol.Message) (*protocol.Response, error) {
+		if err := c.Send(ctx, m); err != nil {
+			return nil, err
+		}
+		if _, ok := m.(*protocol.V0Heartbeat); ok && !answered {
+			return &protocol.Response{Status: "success"}, nil
+		}
+		r, err := wait()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.MessageType(), err)
+		}
+		return r, nil
+	}
+	// A page of the outbox goes out at once, pipelined: the facilitator
+	// answers each message, in order, on the one session, so the answers
+	// are matched to the messages by their order and one round trip (not
+	// one per message) is spent on a page.
+	type sent struct {
+		id int64
+		m  protocol.Message // nil: acknowledged without an answer
+	}
 	for {
-		items, err := v.out.st.PeekOutbox(ctx, 100)
+		items, err := v.out.st.PeekOutbox(ctx, outboxPage)
 		if err != nil {
 			return err
 		}
+		var inflight []sent
+		var sendErr error
 		for _, it := range items {
 			m, err := protocol.Decode(it.Message)
 			if err == nil {
 				m = v.forFacilitator(c, m)
+			} else {
+				v.log.Error("outbox: undecodable message dropped", "err", err)
+				m = nil
 			}
-			if m == nil {
-				// Nothing this facilitator knows: acknowledged here.
-			} else if err == nil {
-				var r *protocol.Response
-				if r, err = roundTrip(m); err != nil {
-					v.unsent(m) // it goes again on the next session
-					return err
+			if m != nil {
+				if sendErr = c.Send(ctx, m); sendErr != nil {
+					v.unsent(m)
+					break
+				}
+			}
+			inflight = append(inflight, sent{id: it.ID, m: m})
+		}
+		for i, s := range inflight {
+			if s.m != nil {
+				r, err := wait()
+				if err != nil {
+					for _, u := range inflight[i:] {
+						if u.m != nil {
+							v.unsent(u.m) // it goes again on the next session
+						}
+					}
+					return fmt.Errorf("%s: %w", s.m.MessageType(), err)
 				}
 				if r.Status != "success" {
 					v.log.Warn("facilitator refused an update; dropping it", "errors", r.Errors)
 				}
-			} else {
-				v.log.Error("outbox: undecodable message dropped", "err", err)
 			}
-			if err := v.out.st.AckOutbox(ctx, it.ID); err != nil {
+			if err := v.out.st.AckOutbox(ctx, s.id); err != nil {
 				return err
 			}
 		}
-		if len(items) == 100 {
+		if sendErr != nil {
+			return sendErr
+		}
+		if len(items) == outboxPage {
 			continue
 		}
 		select {

@@ -28,7 +28,7 @@ import (
 var migrations embed.FS
 
 // DB is a SQLite store.
-type DB struct{ db *sql.DB }
+type DB struct{ db *stmtDB }
 
 var (
 	_ store.Jobs         = (*DB)(nil)
@@ -58,8 +58,27 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	return &DB{db: db}, nil
+	d := &DB{db: &stmtDB{DB: db, stmts: map[string]*sql.Stmt{}}}
+	// The statements of the busy transactions (which cannot prepare on the
+	// one connection they hold), prepared up front.
+	for _, q := range []string{qInsertJob, qInsertFirstStatus, qJobStatus, qInsertStatus, qSetStatus} {
+		if _, err := d.db.stmt(ctx, q); err != nil {
+			d.db.Close()
+			return nil, fmt.Errorf("open store %s: prepare: %w", path, err)
+		}
+	}
+	return d, nil
 }
+
+// Queries of the busy transactions, prepared when the store opens.
+const (
+	qInsertJob = `INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, validator_hotkey, miner_hotkey, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qInsertFirstStatus = `INSERT INTO job_status (job_uuid, status, created_at) VALUES (?, ?, ?)`
+	qJobStatus         = `SELECT status FROM jobs WHERE uuid = ?`
+	qInsertStatus      = `INSERT INTO job_status (job_uuid, status, metadata, created_at) VALUES (?, ?, ?, ?)`
+	qSetStatus         = `UPDATE jobs SET status = ?, updated_at = ? WHERE uuid = ?`
+)
 
 // Close closes the database.
 func (d *DB) Close() error { return d.db.Close() }
@@ -126,15 +145,14 @@ func (d *DB) CreateJob(ctx context.Context, j store.JobRecord) error {
 		return err
 	}
 	defer tx.Rollback()
-	_, err = tx.ExecContext(ctx, `INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, validator_hotkey, miner_hotkey, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, j.UUID, spec, sigb, sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
+	_, err = tx.ExecContext(ctx, qInsertJob, j.UUID, spec, sigb, sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
 	if isUnique(err) {
 		return fmt.Errorf("job %s: %w (same uuid or same client signature)", j.UUID, store.ErrDuplicate)
 	}
 	if err != nil {
 		return fmt.Errorf("create job: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO job_status (job_uuid, status, created_at) VALUES (?, ?, ?)`, j.UUID, j.Status, now); err != nil {
+	if _, err := tx.ExecContext(ctx, qInsertFirstStatus, j.UUID, j.Status, now); err != nil {
 		return fmt.Errorf("create job: %w", err)
 	}
 	return tx.Commit()
@@ -177,17 +195,17 @@ func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry)
 	}
 	defer tx.Rollback()
 	var cur string
-	if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE uuid = ?`, uuid).Scan(&cur); err != nil {
+	if err := tx.QueryRowContext(ctx, qJobStatus, uuid).Scan(&cur); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
 		}
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO job_status (job_uuid, status, metadata, created_at) VALUES (?, ?, ?, ?)`, uuid, e.Status, nullable(meta), at); err != nil {
+	if _, err := tx.ExecContext(ctx, qInsertStatus, uuid, e.Status, nullable(meta), at); err != nil {
 		return fmt.Errorf("add status: %w", err)
 	}
 	if !protocol.JobStatus(cur).Terminal() {
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?, updated_at = ? WHERE uuid = ?`, e.Status, at, uuid); err != nil {
+		if _, err := tx.ExecContext(ctx, qSetStatus, e.Status, at, uuid); err != nil {
 			return fmt.Errorf("add status: %w", err)
 		}
 	}

@@ -265,10 +265,13 @@ func (p *Pool) leaseOnLocked(s *session, hotkey, job, class string) (jobrun.Leas
 // Acquire leases an executor of w.Class on the miner with the most free
 // ones (ties at random), never one in w.Tried. When every such executor is
 // taken, the job waits in line until one frees up, a manifest grows or a
-// miner connects; jobs are served in the order they came. It fails with
+// miner connects; jobs are served in the order they came (w.Since). It fails with
 // ErrNoMiner as soon as no connected miner outside w.Tried has the class,
 // with ErrQueueTimeout when w.Until passes, and with ctx's error.
 func (p *Pool) Acquire(ctx context.Context, w jobrun.Want) (jobrun.Lease, error) {
+	if w.Since.IsZero() {
+		w.Since = time.Now()
+	}
 	wt := &waiter{want: w, wake: make(chan struct{}, 1)}
 	defer p.leave(wt)
 	var deadline <-chan time.Time
@@ -288,7 +291,7 @@ func (p *Pool) Acquire(ctx context.Context, w jobrun.Want) (jobrun.Lease, error)
 		}
 		if !queued {
 			queued = true
-			p.waiters = append(p.waiters, wt)
+			p.enqueueLocked(wt)
 		}
 		p.dispatchLocked()
 		if l := wt.lease; l != nil {
@@ -321,6 +324,17 @@ func (p *Pool) Acquire(ctx context.Context, w jobrun.Want) (jobrun.Lease, error)
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// enqueueLocked puts wt in line behind every waiter that asked no later
+// than it did (w.Since): in arrival order, except that a job asking again
+// keeps its first place.
+func (p *Pool) enqueueLocked(wt *waiter) {
+	i := len(p.waiters)
+	for i > 0 && p.waiters[i-1].want.Since.After(wt.want.Since) {
+		i--
+	}
+	p.waiters = slices.Insert(p.waiters, i, wt)
 }
 
 // leave takes a waiter out of line, giving back a lease it was served but

@@ -291,7 +291,10 @@ func scoreOf(rep *rounds.Report, hk string) float64 {
 func TestRoundOffersAgainWhileOwnJobTearsDown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := minertest.New(t, map[string]int{class: 1})
-		m.Reply = tearingDown(m, 2*time.Second)
+		// Freed 1.75 s after the client job: between two offers, never at
+		// the instant of one (which of two goroutines woken at one instant
+		// runs first is not fixed).
+		m.Reply = tearingDown(m, 1750*time.Millisecond)
 		f := newFixture(t, false, nil, m)
 		defer f.close()
 		if _, err := f.r.Round(t.Context()); err != nil { // connects the miner

@@ -93,7 +93,6 @@ func podRequests(p *corev1.Pod) corev1.ResourceList {
 	return sum
 }
 
-
 // Fit caps the wanted executors per class to what fits on the nodes all at
 // once: it places them one by one, largest classes first, each on the node
 // with the most room left (GPUs, then memory, then CPU), and counts what

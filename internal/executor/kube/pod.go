@@ -3,9 +3,9 @@ package kube
 import (
 	"cmp"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
-	"fmt"
 	"strconv"
 	"strings"
 

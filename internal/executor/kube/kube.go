@@ -53,7 +53,12 @@ type Config struct {
 	// StartTimeout bounds the wait for a job's Pod to be scheduled and its
 	// container to start (default 5 minutes).
 	StartTimeout time.Duration
-	Log          *slog.Logger
+	// Trace, if set, is told when a job's Pod passes each step of its
+	// start as this process sees it: "create" (asked), "created",
+	// "scheduled", "initialized" (the isolate init container done) and
+	// "running" (the job container runs or has ended). Benchmarks use it.
+	Trace func(pod, step string)
+	Log   *slog.Logger
 }
 
 // Validate names the first bad field.
@@ -194,15 +199,29 @@ func (r *Runtime) ContainerStart(ctx context.Context, id string) error {
 	if pod == nil {
 		return fmt.Errorf("start container %s: %w: not created", id, docker.ErrNotFound)
 	}
+	trace := r.cfg.Trace
+	if trace == nil {
+		trace = func(string, string) {}
+	}
+	trace(id, "create")
 	created, err := r.pods().Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("start container: create pod %s: %w", id, err)
 	}
+	trace(id, "created")
 	sctx, cancel := context.WithTimeout(ctx, r.cfg.StartTimeout)
 	defer cancel()
 	var why string
+	seen := map[corev1.PodConditionType]bool{}
 	_, err = r.watch(sctx, created, func(p *corev1.Pod) (bool, error) {
+		for _, c := range p.Status.Conditions {
+			if c.Status == corev1.ConditionTrue && !seen[c.Type] && (c.Type == corev1.PodScheduled || c.Type == corev1.PodInitialized) {
+				seen[c.Type] = true
+				trace(id, strings.ToLower(strings.TrimPrefix(string(c.Type), "Pod")))
+			}
+		}
 		if st := jobStatus(p); st != nil && (st.State.Running != nil || st.State.Terminated != nil) {
+			trace(id, "running")
 			return true, nil
 		}
 		if gone := lost(p); gone != nil {

@@ -23,8 +23,8 @@ type Free struct {
 // Capacity is what each schedulable, ready node (or only nodeName) can give
 // job Pods: its allocatable resources less the requests of the Pods bound
 // to it that are not horde's (horde's own are the jobs a manifest counts).
-func Capacity(ctx context.Context, cfg Config) ([]Free, error) {
-	r := &Runtime{cfg: cfg}
+func (r *Runtime) Capacity(ctx context.Context) ([]Free, error) {
+	cfg := r.cfg
 	nodes, err := r.nodes(ctx)
 	if err != nil {
 		return nil, err

@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,6 +34,8 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
@@ -603,4 +606,48 @@ func NormalizeRef(ref string) string {
 		return "docker.io/" + ref
 	}
 	return ref
+}
+
+// DefaultIsolateImage is the isolate image's usual tag (built from ./isolate).
+const DefaultIsolateImage = "horde/isolate:dev"
+
+// LoadConfig reads a kubeconfig file: path, or $KUBECONFIG, or
+// ~/.kube/config; with none of them, the in-cluster configuration.
+func LoadConfig(path string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if path != "" {
+		rules.ExplicitPath = path
+	}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return cfg, nil
+}
+
+// Check says whether the runtime can do its work: the namespace exists,
+// its Pods can be listed and created (asked of the API server), and the
+// isolate image is on a node.
+func (r *Runtime) Check(ctx context.Context) error {
+	if _, err := r.cfg.Client.CoreV1().Namespaces().Get(ctx, r.cfg.Namespace, metav1.GetOptions{}); err != nil {
+		return fmt.Errorf("kubernetes namespace %s: %w", r.cfg.Namespace, err)
+	}
+	if _, err := r.pods().List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+		return fmt.Errorf("kubernetes: list pods in %s: %w", r.cfg.Namespace, err)
+	}
+	for _, verb := range []string{"create", "delete", "patch", "watch"} {
+		review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: r.cfg.Namespace, Verb: verb, Resource: "pods"}}}
+		got, err := r.cfg.Client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("kubernetes: may I %s pods in %s: %w", verb, r.cfg.Namespace, err)
+		}
+		if !got.Status.Allowed {
+			return fmt.Errorf("kubernetes: this identity may not %s pods in %s", verb, r.cfg.Namespace)
+		}
+	}
+	if _, err := r.ImageInspect(ctx, r.cfg.IsolateImage); err != nil {
+		return fmt.Errorf("kubernetes: the isolate image (jobs without network need it): %w", err)
+	}
+	return nil
 }

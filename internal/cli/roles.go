@@ -4,8 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -328,9 +328,9 @@ type executorFlags struct {
 	// The Kubernetes back-end's (--backend kubernetes).
 	backend, kubeconfig, namespace, kubeNode, isolateImage string
 	allGPUs                                                int
-	skew                                              time.Duration
-	allowPrivate                                      string
-	boundDisks                                        bool
+	skew                                                   time.Duration
+	allowPrivate                                           string
+	boundDisks                                             bool
 }
 
 func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {

@@ -54,7 +54,7 @@ type Harness struct {
 }
 
 // NewHarness serves the miner's executor route and an object server.
-func NewHarness(t *testing.T, tg Target) *Harness {
+func NewHarness(t testing.TB, tg Target) *Harness {
 	t.Helper()
 	h := &Harness{T: tg, conns: make(chan *wsconn.Conn, 1)}
 	objects, err := devstack.ServeObjects(t.TempDir())
@@ -82,7 +82,7 @@ func NewHarness(t *testing.T, tg Target) *Harness {
 
 // Job is one executor run as the miner sees it.
 type Job struct {
-	t    *testing.T
+	t    testing.TB
 	conn *wsconn.Conn
 	errc chan error
 	// Patience bounds the wait for each message (default two minutes).
@@ -92,7 +92,7 @@ type Job struct {
 }
 
 // Start runs an executor against the harness; it returns once it connected.
-func (h *Harness) Start(t *testing.T) *Job {
+func (h *Harness) Start(t testing.TB) *Job {
 	t.Helper()
 	u, _ := url.Parse(h.Objects.URL)
 	guard, err := blob.NewDialGuard(u.Host)

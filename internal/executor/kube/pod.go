@@ -63,6 +63,11 @@ const UnreachableToleration = 30
 //     namespace but lo before the job container starts; the job container
 //     shares that namespace, so it has loopback only. A NetworkPolicy
 //     would need a policy engine in the cluster; this needs nothing.
+//     A job on a named network (a streaming job's service, which the
+//     executor's signing proxy must reach) keeps its Pod address; the init
+//     container deletes its default routes instead, so it reaches nothing
+//     beyond the Pod subnet (what else on that subnet reaches it is the
+//     cluster's business, as without a policy engine it always is).
 //   - read-only root, allowPrivilegeEscalation false, every capability
 //     dropped, the runtime's default seccomp profile, no service account
 //     token, no service links, not privileged, no host namespaces;
@@ -173,17 +178,23 @@ func PodFor(name string, cfg *docker.ContainerConfig, o PodOptions) (*corev1.Pod
 	if _, ok := res.Limits[GPUResource]; ok {
 		pod.Spec.Tolerations = append(pod.Spec.Tolerations, corev1.Toleration{Key: string(GPUResource), Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule})
 	}
-	switch {
-	case cfg.NetworkDisabled || hc.NetworkMode == "none":
-		if o.IsolateImage == "" {
-			return nil, errors.New("a job without network needs the isolate image (PodOptions.IsolateImage)")
-		}
+	if o.IsolateImage == "" {
+		return nil, errors.New("a job's Pod needs the isolate image (PodOptions.IsolateImage)")
+	}
+	mode := "unnet"
+	if !cfg.NetworkDisabled && hc.NetworkMode != "none" {
+		// A named network (a streaming job's internal one): the Pod keeps
+		// its address, which the executor's proxy reaches, and loses its
+		// default routes: nothing beyond the Pod subnet is reachable.
+		mode = "noroute"
+	}
+	{
 		small := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")}
 		root := int64(0)
 		pod.Spec.InitContainers = []corev1.Container{{
 			Name:            IsolateContainer,
 			Image:           o.IsolateImage,
-			Args:            []string{"unnet"},
+			Args:            []string{mode},
 			ImagePullPolicy: corev1.PullIfNotPresent,
 			Resources:       corev1.ResourceRequirements{Requests: small, Limits: small},
 			SecurityContext: &corev1.SecurityContext{
@@ -195,10 +206,6 @@ func PodFor(name string, cfg *docker.ContainerConfig, o PodOptions) (*corev1.Pod
 				SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 			},
 		}}
-	case hc.NetworkMode == "" || hc.NetworkMode == "default" || hc.NetworkMode == "bridge":
-	default:
-		// A named network (a streaming job's internal one): the Pod network.
-		// What reaches the service there is the cluster's business.
 	}
 	return pod, nil
 }

@@ -223,3 +223,22 @@ func TestNormalizeRef(t *testing.T) {
 		}
 	}
 }
+
+// A streaming job's service keeps its address for the proxy and loses its routes out.
+func TestPodStreamingService(t *testing.T) {
+	spec := miner.DefaultClasses()[protocol.ClassTest]
+	cfg := executor.ContainerConfig(request("s1"), spec, executor.Paths{Volume: "/v", Output: "/o"}, "o")
+	cfg.NetworkDisabled = false
+	cfg.HostConfig.NetworkMode = "horde-job-s1"
+	pod, err := kube.PodFor("horde-job-s1", cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ic := pod.Spec.InitContainers; len(ic) != 1 || !cmp.Equal(ic[0].Args, []string{"noroute"}) {
+		t.Errorf("init containers %+v", ic)
+	}
+	sc := pod.Spec.Containers[0].SecurityContext
+	if *sc.AllowPrivilegeEscalation || !*sc.ReadOnlyRootFilesystem || !cmp.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("security context %+v", sc)
+	}
+}

@@ -470,18 +470,40 @@ func (r *Runtime) ContainerKill(ctx context.Context, id string) error {
 	return nil
 }
 
-// ContainerRemove deletes the Pod at once and waits until it is gone.
+// ContainerRemove deletes the Pod and waits until it is gone. The
+// deletion is graceful (one second), so that the kubelet has stopped the
+// Pod's containers, which write into the job's directories, before the
+// executor removes those; a Pod its kubelet never confirms (a lost node)
+// is deleted by force after removeGrace.
 func (r *Runtime) ContainerRemove(ctx context.Context, id string) error {
 	r.mu.Lock()
 	delete(r.created, id)
 	r.mu.Unlock()
-	zero := int64(0)
-	err := r.pods().Delete(ctx, id, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	one, zero := int64(1), int64(0)
+	if err := r.deleteAndWait(ctx, id, &one, removeGrace); err == nil || ctx.Err() != nil {
+		return err
+	}
+	r.cfg.Log.Warn("the pod's node did not confirm its deletion: deleting it by force", "pod", id)
+	return r.deleteAndWait(ctx, id, &zero, 0)
+}
+
+// removeGrace bounds the wait for a kubelet to confirm a Pod's deletion.
+const removeGrace = 20 * time.Second
+
+// deleteAndWait deletes Pod id with grace and waits (at most limit when
+// it is not zero) until it is gone.
+func (r *Runtime) deleteAndWait(ctx context.Context, id string, grace *int64, limit time.Duration) error {
+	err := r.pods().Delete(ctx, id, metav1.DeleteOptions{GracePeriodSeconds: grace})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("remove container %s: %w", id, err)
+	}
+	if limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, limit)
+		defer cancel()
 	}
 	sel := fields.OneTermEqualSelector("metadata.name", id).String()
 	for {

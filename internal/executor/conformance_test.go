@@ -3,6 +3,7 @@ package executor_test
 import (
 	"testing"
 
+	"github.com/horde-compute/horde/internal/executor/docker/dockertest"
 	"github.com/horde-compute/horde/internal/executor/executortest"
 	"github.com/horde-compute/horde/internal/executor/fakert"
 	"github.com/horde-compute/horde/internal/images"
@@ -19,10 +20,17 @@ func TestConformanceFake(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	executortest.Run(t, executortest.Target{Runtime: rt, Image: images.JobImage, Owner: "conformance-fake", DataDir: t.TempDir(), HostIP: "127.0.0.1"})
+	llm, err := rt.ImageInspect(t.Context(), images.LLMImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	executortest.Run(t, executortest.Target{Runtime: rt, Image: images.JobImage, Owner: "conformance-fake", DataDir: t.TempDir(), HostIP: "127.0.0.1",
+		LLMImage: images.LLMImage, LLMDigest: llm.ID})
 }
 
 func TestConformanceDocker(t *testing.T) {
 	h, image := dockerHarness(t)
-	executortest.Run(t, executortest.Target{Runtime: h.runtime, Image: image, Owner: h.owner, DataDir: t.TempDir(), HostIP: executortest.HostIP(t)})
+	llm, digest := llmImage(t, dockertest.Engine(t))
+	executortest.Run(t, executortest.Target{Runtime: h.runtime, Image: image, Owner: h.owner, DataDir: t.TempDir(), HostIP: executortest.HostIP(t),
+		LLMImage: llm, LLMDigest: digest})
 }

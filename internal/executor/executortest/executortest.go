@@ -8,23 +8,28 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
+	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
 // Target is a back-end under test.
@@ -43,6 +48,10 @@ type Target struct {
 	MergedLogs bool
 	// Edit changes each executor's config (nil: none).
 	Edit func(*executor.Config)
+	// LLMImage is the demo streaming service (images.LLMImage's program)
+	// on the back-end, and LLMDigest the digest a whitelist pins it by;
+	// without them the streaming job is skipped.
+	LLMImage, LLMDigest string
 }
 
 // Harness plays the miner for executors on a Target.
@@ -250,6 +259,72 @@ func Run(t *testing.T, tg Target) {
 	t.Run("Timeout", func(t *testing.T) { h.timeout(t) })
 	t.Run("Cancel", func(t *testing.T) { h.cancel(t) })
 	t.Run("NoNetwork", func(t *testing.T) { h.noNetwork(t) })
+	t.Run("Streaming", func(t *testing.T) { h.streaming(t) })
+}
+
+// streaming: the demo LLM serves behind the signing proxy; a client's call
+// through the proxy comes back with a receipt that verifies (client.Stream.Do
+// checks its signature, both hashes and the timestamps); stopping the job
+// finishes it.
+func (h *Harness) streaming(t *testing.T) {
+	if h.T.LLMImage == "" {
+		t.Skip("the target has no streaming image")
+	}
+	ck, cc, err := sr.NewKeyPair("client", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := uuid("stream")
+	timing := Timing
+	timing.StreamingStartTimeLimit = 120
+	in := h.Initial(id, timing)
+	in.DockerImage = h.T.LLMImage
+	in.StreamingDetails = &protocol.StreamingDetails{PublicKey: string(cc)}
+	in.ImageDigest = h.T.LLMDigest
+	j := h.Start(t)
+	j.Send(in)
+	if m := j.Recv(); m.MessageType() != "V0ExecutorReadyRequest" {
+		t.Fatalf("after the initial request: %#v", m)
+	}
+	req := h.Request(id)
+	req.DockerImage, req.DockerRunCmd = h.T.LLMImage, nil
+	j.Send(req)
+	var ready *protocol.V0StreamingJobReadyRequest
+	for ready == nil {
+		switch m := j.Recv().(type) {
+		case *protocol.V0VolumesReadyRequest:
+		case *protocol.V0StreamingJobReadyRequest:
+			ready = m
+		default:
+			t.Fatalf("while starting the stream: %#v", m)
+		}
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(ck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &client.Stream{JobUUID: id, URL: "https://" + net.JoinHostPort(ready.IP, strconv.Itoa(ready.Port)), JobCert: ready.PublicKey,
+		ClientCert: string(cc), ClientKey: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))}
+	hc, err := st.HTTPClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	res, err := st.Call(t.Context(), hc, http.MethodPost, "/v1/completions", []byte(`{"prompt": "the horde", "max_tokens": 8}`), &out)
+	if err != nil {
+		t.Fatalf("call through the proxy: %v\n%s", err, out.String())
+	}
+	if res.Status != http.StatusOK || res.Receipt == nil || out.Len() == 0 {
+		t.Errorf("call: status %d receipt %+v body %q", res.Status, res.Receipt, out.String())
+	}
+	j.Send(&protocol.V0StopJobRequest{JobUUID: id})
+	if _, ok := j.Until().(*protocol.V0JobFinishedRequest); !ok {
+		t.Errorf("after stop: %v", j.Messages)
+	}
+	if err := j.End(); err != nil {
+		t.Fatal(err)
+	}
+	h.AssertClean(t)
 }
 
 // success: a volume in, the demo job, an output and the system output uploaded.

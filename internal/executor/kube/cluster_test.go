@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,6 +35,7 @@ var shared struct {
 	c       *kubecluster.Cluster
 	err     error
 	jobTag  string
+	llmTag  string
 	cleanup []func()
 }
 
@@ -94,15 +96,17 @@ func testCluster(tb testing.TB) (*kubecluster.Cluster, string) {
 	b := make([]byte, 6)
 	rand.Read(b)
 	shared.jobTag = "horde/job:kube-test-" + hex.EncodeToString(b)
+	shared.llmTag = "horde/llm:kube-test-" + hex.EncodeToString(b)
 	for ref, pkg := range map[string]string{
 		shared.jobTag: "github.com/horde-compute/horde/internal/images/jobimage",
+		shared.llmTag: "github.com/horde-compute/horde/internal/images/llmimage",
 		isolateImage:  "github.com/horde-compute/horde/internal/executor/kube/isolate",
 	} {
 		if err := images.Build(ctx, cli, pkg, ref); err != nil {
 			shared.err = err
 			tb.Fatal(err)
 		}
-		if ref == shared.jobTag {
+		if ref != isolateImage {
 			shared.cleanup = append(shared.cleanup, func() { cli.ImageRemove(context.Background(), ref) })
 		}
 		if err := c.ImportImage(ctx, ref); err != nil {
@@ -112,7 +116,7 @@ func testCluster(tb testing.TB) (*kubecluster.Cluster, string) {
 	}
 	// The node lists its images some seconds after an import: wait for it.
 	if err := waitNode(ctx, c.Client(), func(n *corev1.Node) bool {
-		return hasImage(n, shared.jobTag) && hasImage(n, isolateImage)
+		return hasImage(n, shared.jobTag) && hasImage(n, shared.llmTag) && hasImage(n, isolateImage)
 	}); err != nil {
 		shared.err = fmt.Errorf("the node never listed the imported images: %w", err)
 		tb.Fatal(shared.err)
@@ -184,4 +188,22 @@ func owner(tb testing.TB, c *kubecluster.Cluster) string {
 			metav1.ListOptions{LabelSelector: "horde.owner=" + o})
 	})
 	return o
+}
+
+// llmImage is the demo streaming service's tag in the cluster and the
+// digest the node reports for it (a repo digest: what a whitelist pins on
+// Kubernetes, where nodes do not report image ids).
+func llmImage(tb testing.TB, rt *kube.Runtime) (string, string) {
+	tb.Helper()
+	img, err := rt.ImageInspect(tb.Context(), shared.llmTag)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, rd := range img.RepoDigests {
+		if _, d, ok := strings.Cut(rd, "@"); ok {
+			return shared.llmTag, d
+		}
+	}
+	tb.Fatalf("the node reports no digest of %s: %+v", shared.llmTag, img)
+	return "", ""
 }

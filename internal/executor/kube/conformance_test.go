@@ -9,6 +9,8 @@ import (
 // The executor back-ends' conformance suite on Kubernetes.
 func TestConformanceKubernetes(t *testing.T) {
 	c, image := testCluster(t)
-	executortest.Run(t, executortest.Target{Runtime: runtime(t, c, nil), Image: image, Owner: owner(t, c),
-		DataDir: t.TempDir(), HostIP: c.NodeIP().String(), MergedLogs: true})
+	rt := runtime(t, c, nil)
+	llm, digest := llmImage(t, rt)
+	executortest.Run(t, executortest.Target{Runtime: rt, Image: image, Owner: owner(t, c),
+		DataDir: t.TempDir(), HostIP: c.NodeIP().String(), MergedLogs: true, LLMImage: llm, LLMDigest: digest})
 }

@@ -85,6 +85,9 @@ type Runtime struct {
 	created map[string]*corev1.Pod
 	// pullable are images the executor may pull: the kubelet pulls them.
 	pullable map[string]bool
+	// started are Pods this runtime created and has not removed, by name:
+	// one of them gone is a Pod taken away.
+	started map[string]*corev1.Pod
 }
 
 var _ executor.Runtime = (*Runtime)(nil)
@@ -100,7 +103,7 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Runtime{cfg: cfg, created: map[string]*corev1.Pod{}, pullable: map[string]bool{}}, nil
+	return &Runtime{cfg: cfg, created: map[string]*corev1.Pod{}, pullable: map[string]bool{}, started: map[string]*corev1.Pod{}}, nil
 }
 
 func (r *Runtime) pods() corev1client.PodInterface {
@@ -212,6 +215,9 @@ func (r *Runtime) ContainerStart(ctx context.Context, id string) error {
 		return fmt.Errorf("start container: create pod %s: %w", id, err)
 	}
 	trace(id, "created")
+	r.mu.Lock()
+	r.started[id] = created
+	r.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, r.cfg.StartTimeout)
 	defer cancel()
 	var why string
@@ -356,6 +362,14 @@ func (r *Runtime) watch(ctx context.Context, pod *corev1.Pod, cond func(*corev1.
 			pod, rv = p, p.ResourceVersion
 			continue
 		}
+		// What changed between the version we have and the watch's start
+		// (a real API server replays it from rv; not every fake does).
+		if p, gerr := r.pods().Get(ctx, pod.Name, metav1.GetOptions{}); gerr == nil && p.ResourceVersion != rv {
+			if ok, err := cond(p); ok || err != nil {
+				w.Stop()
+				return p, err
+			}
+		}
 		next, deleted, err := r.nextEvent(ctx, w, cond)
 		w.Stop()
 		if err != nil {
@@ -427,6 +441,12 @@ func (r *Runtime) ContainerWait(ctx context.Context, id string) (int, error) {
 	p, err := r.pods().Get(ctx, id, metav1.GetOptions{})
 	if err != nil {
 		if apierrors.IsNotFound(err) {
+			r.mu.Lock()
+			mine := r.started[id]
+			r.mu.Unlock()
+			if mine != nil {
+				return -1, r.gone(mine, err)
+			}
 			return -1, fmt.Errorf("wait container %s: %w", id, docker.ErrNotFound)
 		}
 		return -1, fmt.Errorf("wait container %s: %w", id, err)
@@ -478,6 +498,7 @@ func (r *Runtime) ContainerKill(ctx context.Context, id string) error {
 func (r *Runtime) ContainerRemove(ctx context.Context, id string) error {
 	r.mu.Lock()
 	delete(r.created, id)
+	delete(r.started, id)
 	r.mu.Unlock()
 	one, zero := int64(1), int64(0)
 	if err := r.deleteAndWait(ctx, id, &one, removeGrace); err == nil || ctx.Err() != nil {

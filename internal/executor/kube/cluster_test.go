@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/docker/dockertest"
 	"github.com/horde-compute/horde/internal/executor/kube"
 	"github.com/horde-compute/horde/internal/images"
@@ -169,7 +169,7 @@ func waitNode(ctx context.Context, cs kubernetes.Interface, cond func(*corev1.No
 func runtime(tb testing.TB, c *kubecluster.Cluster, trace func(pod, step string)) *kube.Runtime {
 	tb.Helper()
 	rt, err := kube.New(kube.Config{Client: c.Client(), Namespace: "default", IsolateImage: isolateImage,
-		StartTimeout: 2 * time.Minute, Trace: trace})
+		StartTimeout: 2 * time.Minute, Trace: trace, ImageID: dockerImageID})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -199,11 +199,22 @@ func llmImage(tb testing.TB, rt *kube.Runtime) (string, string) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for _, rd := range img.RepoDigests {
-		if _, d, ok := strings.Cut(rd, "@"); ok {
-			return shared.llmTag, d
-		}
+	if img.ID == "" {
+		tb.Fatalf("no id of %s (the runtime needs Config.ImageID): %+v", shared.llmTag, img)
 	}
-	tb.Fatalf("the node reports no digest of %s: %+v", shared.llmTag, img)
-	return "", ""
+	return shared.llmTag, img.ID
+}
+
+// dockerImageID is the id of an image the tests built in Docker and
+// imported into the cluster: the same config digest containerd holds.
+func dockerImageID(ctx context.Context, ref string) (string, error) {
+	cli, err := docker.New("")
+	if err != nil {
+		return "", err
+	}
+	img, err := cli.ImageInspect(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	return img.ID, nil
 }

@@ -56,6 +56,11 @@ type Config struct {
 	// StartTimeout bounds the wait for a job's Pod to be scheduled and its
 	// container to start (default 5 minutes).
 	StartTimeout time.Duration
+	// ImageID, if set, tells an image's id (its config digest), which
+	// nodes do not report: a streaming job's image pinned by id (as horde
+	// dev and Docker miners pin) is checked against it. Without it, only
+	// repo digests the nodes report can match a pin.
+	ImageID func(ctx context.Context, ref string) (string, error)
 	// Trace, if set, is told when a job's Pod passes each step of its
 	// start as this process sees it: "create" (asked), "created",
 	// "scheduled", "initialized" (the isolate init container done) and
@@ -125,6 +130,13 @@ func (r *Runtime) ImageInspect(ctx context.Context, ref string) (*docker.Image, 
 					continue
 				}
 				out := &docker.Image{}
+				if r.cfg.ImageID != nil {
+					id, err := r.cfg.ImageID(ctx, ref)
+					if err != nil {
+						return nil, fmt.Errorf("image id of %s: %w", ref, err)
+					}
+					out.ID = id
+				}
 				for _, name := range img.Names {
 					if strings.Contains(name, "@") {
 						out.RepoDigests = append(out.RepoDigests, name)

@@ -142,7 +142,13 @@ func (s *Stream) HTTPClient() (*http.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, DisableCompression: true}}, nil
+	// A job whose host is killed or cut off sends nothing more: a bounded
+	// dial and health-check pings on a silent connection (answered at once
+	// by a live server, even mid-generation) end a call to it within about
+	// ten seconds, with an error, instead of leaving it hanging.
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, DisableCompression: true,
+		DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+		HTTP2:       &http.HTTP2Config{SendPingTimeout: 5 * time.Second, PingTimeout: 5 * time.Second}}}, nil
 }
 
 // VerifyReceipt checks a receipt (the base64 trailers) against the job's
@@ -225,6 +231,9 @@ func (s *Stream) Do(ctx context.Context, hc *http.Client, q Request, out io.Writ
 	req.Header.Set(sr.HeaderRequestID, id)
 	resp, err := hc.Do(req)
 	if err != nil {
+		if ctx.Err() == nil {
+			err = fmt.Errorf("no answer from the job's server (has the job ended? 'horde job status %s'): %w", s.JobUUID, err)
+		}
 		return nil, fmt.Errorf("stream %s: %w", s.JobUUID, err)
 	}
 	defer resp.Body.Close()

@@ -163,3 +163,18 @@ const (
 	ClassTest            = "always_on.test"
 	ClassCPU8c16gb       = "always_on.cpu.8c.16gb"
 )
+
+// ReasonKey is the key, in a failure's or rejection's context, of horde's
+// specific reason code ("image_not_whitelisted", "nonzero_exit", …): the wire
+// enums are upstream's and say "unknown" for most causes, so the code rides
+// in the context, which upstream keeps as it is.
+const ReasonKey = "horde_reason"
+
+// ReasonCode returns the specific reason code a context carries, or "".
+func ReasonCode(context map[string]any) string {
+	code, _ := context[ReasonKey].(string)
+	return code
+}
+
+// WithReason returns a context carrying code as its specific reason.
+func WithReason(code string) map[string]any { return map[string]any{ReasonKey: code} }

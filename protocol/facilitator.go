@@ -45,6 +45,11 @@ const (
 	CapVolumeMessages = "volume_messages"
 	// CapStreamPairs: V0StreamPairReport.
 	CapStreamPairs = "stream_pairs"
+	// CapStreamPairAcks: each V0StreamPairReport carries an id and the
+	// validator answers V0StreamPairAck once it has kept (or refused) the
+	// pair; the facilitator redelivers unacknowledged pairs on the next
+	// session, so none is lost while the validator is away or restarting.
+	CapStreamPairAcks = "stream_pair_acks"
 	// CapReports: V0ValidatorReport.
 	CapReports = "reports"
 	// CapJobCheated: V0JobCheated (upstream validators always take it).
@@ -53,7 +58,7 @@ const (
 
 // FacilitatorCapabilities are the extensions horde speaks on this link.
 var FacilitatorCapabilities = []string{CapAuthV1, CapResponses, CapCancel, CapStop, CapVolumeMessages,
-	CapStreamPairs, CapReports, CapJobCheated}
+	CapStreamPairs, CapStreamPairAcks, CapReports, CapJobCheated}
 
 // ParseCapabilities reads a HeaderCapabilities value: comma-separated
 // tokens, spaces ignored, lower-cased, duplicates and empty ones dropped,
@@ -708,9 +713,24 @@ type V0StreamPairReport struct {
 	MinerHotkey string                 `json:"miner_hotkey"`
 	Proof       StreamingServerDetails `json:"proof"`
 	Pair        StreamPair             `json:"pair"`
+	// ID is the facilitator's id of the report, which V0StreamPairAck
+	// names (with CapStreamPairAcks; 0 otherwise).
+	ID int64 `json:"id,omitempty"`
 }
 
 func (*V0StreamPairReport) MessageType() string { return "V0StreamPairReport" }
+
+// V0StreamPairAck (horde, CapStreamPairAcks): validator → facilitator, the
+// pair reported as ID is kept (or refused for good, Error saying why): the
+// facilitator need not deliver it again. It goes through the validator's
+// durable outbox, so an acknowledgement survives a restart; a pair delivered
+// twice is kept once.
+type V0StreamPairAck struct {
+	ID    int64  `json:"id"`
+	Error string `json:"error,omitempty"`
+}
+
+func (*V0StreamPairAck) MessageType() string { return "V0StreamPairAck" }
 
 // V0StopJobByFacilitator (horde): facilitator → validator, the client ends a streaming job.
 type V0StopJobByFacilitator struct {
@@ -729,15 +749,28 @@ func (*V0CancelJobByFacilitator) MessageType() string { return "V0CancelJobByFac
 func init() {
 	register(&V0AuthenticationRequest{}, &V0HordeAuthenticationRequest{}, &Response{}, &V0Heartbeat{}, &V0MachineSpecsUpdate{}, &V0JobCheated{},
 		&V0JobStatusUpdate{}, &V2JobRequest{}, &V0CancelJobByFacilitator{}, &V0StopJobByFacilitator{},
-		&V0JobVolumeRequest{}, &V0JobVolumeResult{}, &V0StreamPairReport{})
+		&V0JobVolumeRequest{}, &V0JobVolumeResult{}, &V0StreamPairReport{}, &V0StreamPairAck{})
 }
 
 // V0ValidatorReport (horde): validator → facilitator, the scores of a cycle,
-// each with what it rests on, for clients and operators to see.
+// each with what it rests on, for clients and operators to see; and the
+// validator's latest validation windows ([]ReportedWindow; absent from
+// validators that predate it), for operators' dashboards.
 type V0ValidatorReport struct {
-	Cycle  int64           `json:"cycle"`
-	At     time.Time       `json:"at"`
-	Scores json.RawMessage `json:"scores"`
+	Cycle   int64           `json:"cycle"`
+	At      time.Time       `json:"at"`
+	Scores  json.RawMessage `json:"scores"`
+	Windows json.RawMessage `json:"windows,omitempty"`
+}
+
+// ReportedWindow is one validation window in a V0ValidatorReport: the
+// window's id and image at the validator, when it closed, and its report
+// (the validator's WindowReport: pairs, replays, verdicts).
+type ReportedWindow struct {
+	ID    int64           `json:"id"`
+	Image string          `json:"image"`
+	At    time.Time       `json:"at"`
+	Body  json.RawMessage `json:"body"`
 }
 
 func (*V0ValidatorReport) MessageType() string { return "V0ValidatorReport" }

@@ -36,6 +36,9 @@ func (m *ValidatorAuthForMiner) AuthMessage() []byte {
 // V0ExecutorManifestRequest: miner → validator, executor counts per class.
 type V0ExecutorManifestRequest struct {
 	Manifest map[string]int `json:"manifest"`
+	// Capabilities (horde) are the extensions a horde miner speaks
+	// (MinerCapabilities); upstream's model ignores the field.
+	Capabilities Capabilities `json:"horde_capabilities,omitempty"`
 }
 
 func (*V0ExecutorManifestRequest) MessageType() string { return "V0ExecutorManifestRequest" }
@@ -79,6 +82,11 @@ type V0InitialJobRequest struct {
 	// ImageDigest (horde) pins the image of a streaming job: the executor
 	// refuses an image whose id or repo digest differs.
 	ImageDigest string `json:"horde_image_digest,omitempty"`
+	// ImageAllowList (horde, miner → executor only; the miner drops what a
+	// validator sends): for a streaming job without ImageDigest, the miner's
+	// allow-list: image names ("repo:tag") and digests ("sha256:…"); the
+	// executor runs the image if its name or its id or a repo digest is listed.
+	ImageAllowList []string `json:"horde_image_allow_list,omitempty"`
 }
 
 func (*V0InitialJobRequest) MessageType() string { return "V0InitialJobRequest" }

@@ -25,7 +25,7 @@ func samples() []Message {
 	up := &OutputUpload{OutputUploadType: UploadZipPut, URL: "http://127.0.0.1/out.zip"}
 	return []Message{
 		&GenericError{Details: "bad"},
-		&UnauthorizedError{Code: "stale", Details: "too old"},
+		&UnauthorizedError{Code: UnauthorizedTokenTooOld, Details: "too old"},
 		&ValidatorAuthForMiner{ValidatorHotkey: "v", MinerHotkey: "m", Timestamp: 1700000000, Signature: "0x00"},
 		&V0ExecutorManifestRequest{Manifest: map[string]int{ClassTest: 2}},
 		&V0MainHotkeyMessage{MainHotkey: "m"},
@@ -70,7 +70,8 @@ func samples() []Message {
 		&V0JobVolumeRequest{UUID: "j", MessageID: "m1", OutputUpload: up},
 		&V0JobVolumeResult{UUID: "j", MessageID: "m1", Success: false, Error: "HTTP 403"},
 		&V0StreamPairReport{UUID: "j", Image: "img", MinerHotkey: "m", Proof: StreamingServerDetails{StreamingServerCert: "pem", StreamingServerAddress: "127.0.0.1", StreamingServerPort: 1, MinerSignature: "0x1"},
-			Pair: StreamPair{Method: "POST", Path: "/v1/completions", RequestB64: "cQ==", ResponseB64: "YQ==", ReceiptB64: "cg==", SignatureB64: "cw=="}},
+			Pair: StreamPair{Method: "POST", Path: "/v1/completions", RequestB64: "cQ==", ResponseB64: "YQ==", ReceiptB64: "cg==", SignatureB64: "cw=="}, ID: 7},
+		&V0StreamPairAck{ID: 7},
 		&V0ValidatorReport{Cycle: 3, At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Scores: json.RawMessage(`[{"miner":"m","score":1}]`)},
 	}
 }

@@ -24,7 +24,7 @@ type Volume struct {
 	RepoID       string   `json:"repo_id,omitempty"`
 	RepoType     string   `json:"repo_type,omitempty"`
 	Revision     string   `json:"revision,omitempty"`
-	AllowPattern []string `json:"allow_patterns,omitempty"`
+	AllowPattern Patterns `json:"allow_patterns,omitempty"`
 	Token        string   `json:"token,omitempty"`
 	Volumes      []Volume `json:"volumes,omitempty"`
 }

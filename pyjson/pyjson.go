@@ -255,6 +255,12 @@ func FloatRepr(f float64) string {
 	return out
 }
 
+// WriteString writes s as a JSON string exactly as Canonical writes it
+// (Python's json.dumps with ensure_ascii; each byte of invalid UTF-8 as
+// \ufffd, as encoding/json reads it), for encoders that write canonical
+// bytes directly.
+func WriteString(buf *bytes.Buffer, s string) { writeString(buf, s) }
+
 func writeString(buf *bytes.Buffer, s string) {
 	buf.WriteByte('"')
 	for _, r := range s {

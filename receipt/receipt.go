@@ -6,6 +6,7 @@
 package receipt
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,7 +44,9 @@ func (t Time) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON reads an RFC 3339 time.
 func (t *Time) UnmarshalJSON(b []byte) error {
 	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
+	if n := len(b); n >= 2 && b[0] == '"' && b[n-1] == '"' && bytes.IndexByte(b[1:n-1], '\\') < 0 && bytes.IndexByte(b[1:n-1], '"') < 0 {
+		s = string(b[1 : n-1]) // no escapes: the text is the string
+	} else if err := json.Unmarshal(b, &s); err != nil {
 		return err
 	}
 	v, err := pyjson.ParseTime(s)
@@ -105,7 +108,7 @@ func (p *FinishedPayload) base() *Base {
 // Bytes returns the canonical bytes both parties sign.
 func Bytes(p Payload) ([]byte, error) {
 	p.base()
-	b, err := pyjson.Marshal(p)
+	b, err := canonical(p)
 	if err != nil {
 		return nil, fmt.Errorf("receipt bytes: %w", err)
 	}
@@ -127,8 +130,13 @@ func VerifyBy(hotkey string, p Payload, signature string) error {
 	if err != nil {
 		return err
 	}
-	if err := sig.VerifyHex(hotkey, b, signature); err != nil {
-		return fmt.Errorf("%w: %s signature of %s: %w", ErrInvalid, hotkey, p.base().JobUUID, err)
+	return verifyBytes(hotkey, p.base().JobUUID, b, signature)
+}
+
+// verifyBytes checks signature over the payload's canonical bytes msg.
+func verifyBytes(hotkey, jobUUID string, msg []byte, signature string) error {
+	if err := sig.VerifyHex(hotkey, msg, signature); err != nil {
+		return fmt.Errorf("%w: %s signature of %s: %w", ErrInvalid, hotkey, jobUUID, err)
 	}
 	return nil
 }
@@ -175,17 +183,22 @@ func (r Receipt) Decode() (Payload, error) {
 }
 
 // Verify checks the validator's signature and, when present, the miner's.
+// The payload is decoded and its canonical bytes made once, for both.
 func (r Receipt) Verify() error {
 	p, err := r.Decode()
 	if err != nil {
 		return err
 	}
+	msg, err := Bytes(p)
+	if err != nil {
+		return err
+	}
 	b := p.base()
-	if err := VerifyBy(b.ValidatorHotkey, p, r.ValidatorSignature); err != nil {
+	if err := verifyBytes(b.ValidatorHotkey, b.JobUUID, msg, r.ValidatorSignature); err != nil {
 		return err
 	}
 	if r.MinerSignature != "" {
-		return VerifyBy(b.MinerHotkey, p, r.MinerSignature)
+		return verifyBytes(b.MinerHotkey, b.JobUUID, msg, r.MinerSignature)
 	}
 	return nil
 }

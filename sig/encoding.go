@@ -78,6 +78,16 @@ func ParseBareHex(s string) (Signature, error) {
 }
 
 func parseHexDigits(s string) (Signature, error) {
+	sg, err := hexDigitsOnly(s)
+	if err != nil {
+		return sg, err
+	}
+	return sg, canonical(sg)
+}
+
+// hexDigitsOnly decodes the digits without checking that they are a
+// canonical signature.
+func hexDigitsOnly(s string) (Signature, error) {
 	var sg Signature
 	if len(s) != hexDigits {
 		return sg, fmt.Errorf("%d digits", len(s))
@@ -94,7 +104,7 @@ func parseHexDigits(s string) (Signature, error) {
 	if _, err := hex.Decode(sg[:], []byte(s)); err != nil {
 		return sg, err // unreachable: checked above
 	}
-	return sg, canonical(sg)
+	return sg, nil
 }
 
 // base64Len is the length of a signature in padded base64.

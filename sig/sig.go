@@ -220,22 +220,27 @@ func Verify(pub PublicKey, msg, signature []byte) error {
 	if len(signature) != SignatureSize {
 		return fmt.Errorf("%w: want %d bytes, got %d", ErrBadSignature, SignatureSize, len(signature))
 	}
-	pk, err := schnorrkel.NewPublicKey(pub)
-	if err != nil {
-		return fmt.Errorf("%w: public key: %v", ErrBadSignature, err)
-	}
 	var raw [64]byte
 	copy(raw[:], signature)
 	var s schnorrkel.Signature
 	if err := s.Decode(raw); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
-	if ok, _ := pk.Verify(&s, schnorrkel.NewSigningContext([]byte(SigningContext), msg)); ok {
+	return verifyDecoded(pub, msg, &s)
+}
+
+// verifyDecoded is Verify of a decoded signature.
+func verifyDecoded(pub PublicKey, msg []byte, s *schnorrkel.Signature) error {
+	pk, err := schnorrkel.NewPublicKey(pub)
+	if err != nil {
+		return fmt.Errorf("%w: public key: %v", ErrBadSignature, err)
+	}
+	if ok, _ := pk.Verify(s, schnorrkel.NewSigningContext([]byte(SigningContext), msg)); ok {
 		return nil
 	}
 	wrapped := make([]byte, 0, len(msg)+15)
 	wrapped = append(append(append(wrapped, "<Bytes>"...), msg...), "</Bytes>"...)
-	if ok, _ := pk.Verify(&s, schnorrkel.NewSigningContext([]byte(SigningContext), wrapped)); ok {
+	if ok, _ := pk.Verify(s, schnorrkel.NewSigningContext([]byte(SigningContext), wrapped)); ok {
 		return nil
 	}
 	return ErrBadSignature
@@ -249,9 +254,15 @@ func VerifyHex(address string, msg []byte, sigHex string) error {
 	if err != nil {
 		return err
 	}
-	s, err := ParseHex(sigHex)
-	if err != nil {
+	// The signature's point is decoded once, here, not also by ParseHex.
+	var sg Signature
+	if len(sigHex) >= 2 && sigHex[:2] == "0x" {
+		sg, err = hexDigitsOnly(sigHex[2:])
+	}
+	var s schnorrkel.Signature
+	if err != nil || len(sigHex) < 2 || sigHex[:2] != "0x" || s.Decode(sg) != nil {
+		_, err := ParseHex(sigHex) // says why, as ParseHex does
 		return err
 	}
-	return s.Verify(pub, msg)
+	return verifyDecoded(pub, msg, &s)
 }

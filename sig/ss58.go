@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/big"
+	"sync"
 
 	"golang.org/x/crypto/blake2b"
 )
@@ -26,8 +27,37 @@ func (p PublicKey) SS58() string {
 	return base58Encode(payload)
 }
 
+// parsed remembers recently parsed addresses: receipts are checked by the
+// thousand against a few hotkeys, and decoding one is a big-number
+// conversion and a blake2b-512. It is emptied when it holds parsedMax.
+var parsed struct {
+	sync.Mutex
+	m map[string]PublicKey
+}
+
+const parsedMax = 4096
+
 // ParseSS58 decodes an SS58 address with prefix 42, checking length and checksum.
 func ParseSS58(s string) (PublicKey, error) {
+	parsed.Lock()
+	pk, ok := parsed.m[s]
+	parsed.Unlock()
+	if ok {
+		return pk, nil
+	}
+	pk, err := parseSS58(s)
+	if err == nil {
+		parsed.Lock()
+		if parsed.m == nil || len(parsed.m) >= parsedMax {
+			parsed.m = make(map[string]PublicKey)
+		}
+		parsed.m[s] = pk
+		parsed.Unlock()
+	}
+	return pk, err
+}
+
+func parseSS58(s string) (PublicKey, error) {
 	var pk PublicKey
 	// 35 bytes are at most 48 base58 characters; refuse long input before
 	// the (quadratic) big-number decoding.

@@ -83,12 +83,17 @@ func (r *Receipt) blobV1() []byte {
 }
 
 func (r *Receipt) blobV2() []byte {
-	var b bytes.Buffer
-	b.WriteString(VersionV2 + "\n")
-	for i, v := range r.v2Values() {
-		b.WriteString(v2Keys[i] + "=" + v + "\n")
+	vals := r.v2Values()
+	n := len(VersionV2) + 1
+	for i, v := range vals {
+		n += len(v2Keys[i]) + len(v) + 2
 	}
-	return b.Bytes()
+	b := make([]byte, 0, n)
+	b = append(b, VersionV2+"\n"...)
+	for i, v := range vals {
+		b = append(append(append(append(b, v2Keys[i]...), '='), v...), '\n')
+	}
+	return b
 }
 
 // v2Values are the receipt's values as a v2 blob writes them, in v2Keys order.

@@ -25,7 +25,7 @@ func main() {
 	if errors.As(err, &ee) {
 		code = ee.Code
 	}
-	if !errors.Is(err, flag.ErrHelp) {
+	if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, cli.ErrQuiet) {
 		fmt.Fprintln(os.Stderr, "horde:", err)
 	}
 	os.Exit(code)

@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/horde-compute/horde/sig"
 )
@@ -24,6 +26,10 @@ type ExitError struct {
 
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
+
+// ErrQuiet marks an exit whose command has said all it had to (an image's
+// program exiting non-zero): main prints nothing more.
+var ErrQuiet = errors.New("exited")
 
 // ErrUsage marks a command-line mistake (exit code 2).
 var ErrUsage = errors.New("usage")
@@ -60,15 +66,58 @@ Clients:
 
 Local:
   dev           run a whole horde on this machine (SQLite, local Docker)
-  dev demo      run one, build the demo image, run a demo job, print its result
+  dev demo      run one, make the images, run a demo job, print its result
+
+Deploying:
+  deploy init   wallets, metagraph and images for deploy/compose.yaml
+
+Images (horde makes its images from this binary; these are their programs):
+  program job   the demo and test job (image horde/job:dev)
+  program llm   the demo language model service (image horde/llm:dev)
 
 Run 'horde <command> -h' for a command's flags. Flags may come before or after
 the other arguments; each can also be set by an environment variable
 (--facilitator by HORDE_FACILITATOR, --db by HORDE_DB, …), which -h shows.
 `
 
-// Run runs the horde command with args (without the program name).
+// StopGrace is how long a command may take to stop once ctx has ended
+// (SIGTERM): roles bound their own stop (the miner's StopTimeout, HTTP
+// shutdowns) well within it; past it the command gives up on what is left,
+// so the process exits whatever its jobs are doing.
+var StopGrace = 30 * time.Second
+
+// ErrStopTimeout is returned by Run when a command had not stopped StopGrace
+// after its context ended.
+var ErrStopTimeout = errors.New("did not stop in time after the stop signal; exiting anyway")
+
+// Run runs the horde command with args (without the program name). Once ctx
+// ends, Run returns within StopGrace.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return stopWithin(ctx, StopGrace, func() error { return runCommand(ctx, args, stdout, stderr) })
+}
+
+// stopWithin runs f and returns its error, or ErrStopTimeout when f is still
+// running grace after ctx ended. f's goroutine is then left to the process's
+// exit, which follows.
+func stopWithin(ctx context.Context, grace time.Duration, f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }() // owned: waited for below, or ended by the exit that follows ErrStopTimeout
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return &ExitError{Code: 1, Err: fmt.Errorf("%w (%s)", ErrStopTimeout, grace)}
+	}
+}
+
+func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -106,6 +155,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return e.stream(rest)
 	case "keys":
 		return sub(map[string]func([]string) error{"new": e.keysNew, "show": e.keysShow})
+	case "deploy":
+		return e.deploy(rest)
+	case "program":
+		return e.program(rest)
 	case "dev":
 		if len(rest) > 0 && rest[0] == "demo" {
 			return e.devDemo(rest[1:])
@@ -182,6 +235,9 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 		case secretFlags[f.Name]:
 			notes = append(notes, fmt.Sprintf("$%s is set (value hidden): used unless --%s is given", name, f.Name))
 		default:
+			if u, err := url.Parse(v); err == nil && u.User != nil {
+				v = u.Redacted() // a database URL's password
+			}
 			notes = append(notes, fmt.Sprintf("$%s=%q: used unless --%s is given", name, v, f.Name))
 		}
 		fmt.Fprintf(w, "        %s\n", strings.Join(notes, "; "))

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -76,19 +77,23 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 		return nil, nil, nil, fmt.Errorf("the Docker Engine does not answer (is it running, and may you use it?): %w", err)
 	}
 	t := time.Now()
-	fmt.Fprintf(e.stderr, "building the images %s and %s from source… ", images.JobImage, images.LLMImage)
-	if err := images.EnsureJobImage(e.ctx, dock); err != nil {
-		fmt.Fprintln(e.stderr)
-		return nil, nil, nil, err
-	}
-	digest, err := images.EnsureLLMImage(e.ctx, dock)
+	fmt.Fprintf(e.stderr, "making the images %s, %s and %s from this binary… ", images.HordeImage, images.JobImage, images.LLMImage)
+	made, err := images.FromSelf(e.ctx, dock)
 	if err != nil {
 		fmt.Fprintln(e.stderr)
 		return nil, nil, nil, err
 	}
-	fmt.Fprintf(e.stderr, "done in %.1fs; %s is whitelisted for streaming as %.19s\n", time.Since(t).Seconds(), images.LLMImage, digest)
+	digest := made.LLMDigest
+	what := "up to date"
+	if len(made.Built) > 0 {
+		what = "built " + strings.Join(made.Built, ", ")
+	}
+	fmt.Fprintf(e.stderr, "%s in %.1fs; %s is whitelisted for streaming as %.19s\n", what, time.Since(t).Seconds(), images.LLMImage, digest)
 	params, err := devstack.Calibrate(e.ctx, dock, d.jobTime)
-	if err != nil {
+	if errors.Is(err, devstack.ErrNoSeparation) {
+		// Usable parameters: the synthetic check just cannot tell cheaters here.
+		fmt.Fprintf(e.stderr, "warning: %v; synthetic rounds may not catch miners sharing one core on this machine\n", err)
+	} else if err != nil {
 		return nil, nil, nil, fmt.Errorf("calibrate synthetic jobs: %w", err)
 	}
 	cfg := devstack.Config{DataDir: d.dataDir, Miners: d.miners, Manifest: man, FacilitatorAddr: d.listen,
@@ -200,9 +205,24 @@ func progName() string {
 
 func (e *env) devDemo(args []string) error {
 	var d devFlags
-	p := d.register(e, "dev demo", filepath.Join(".horde", "demo"), "127.0.0.1:0", 2, 1, 0)
+	p := d.register(e, "dev demo", "", "127.0.0.1:0", 2, 1, 0)
+	p.Lookup("data-dir").Usage = "directory for wallets, SQLite stores, job files and logs (default: a temporary one, removed at the end)"
 	if err := e.parseFlags(p, args); err != nil {
 		return err
+	}
+	if d.dataDir == "" { // leave nothing behind in the working directory
+		dir, err := os.MkdirTemp("", "horde-demo-")
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := os.RemoveAll(dir); err != nil {
+				fmt.Fprintf(e.stderr, "warning: remove the demo's data: %v\n", err)
+				return
+			}
+			fmt.Fprintf(e.stderr, "(the demo's stores, logs and outputs were in %s, now removed; --data-dir DIR keeps them)\n", dir)
+		}()
+		d.dataDir = dir
 	}
 	s, objects, stop, err := e.startDev(&d)
 	if err != nil {

@@ -334,16 +334,24 @@ func reason(e protocol.StatusEntry) string {
 	if m == nil {
 		return string(e.Status)
 	}
+	// specific prefers horde's reason code to upstream's enum, which says
+	// "unknown" for most causes.
+	specific := func(enum string, ctx map[string]any) string {
+		if code := protocol.ReasonCode(ctx); code != "" {
+			return code
+		}
+		return enum
+	}
 	switch {
 	case m.JobFailureDetails != nil:
 		d := m.JobFailureDetails
 		return fmt.Sprintf("failed at stage %s: %s", d.Stage, d.Message)
 	case m.HordeFailureDetails != nil:
 		d := m.HordeFailureDetails
-		return fmt.Sprintf("horde failure (%s, reported by %s): %s", d.Reason, d.ReportedBy, d.Message)
+		return fmt.Sprintf("horde failure (%s, reported by %s): %s", specific(string(d.Reason), d.Context), d.ReportedBy, d.Message)
 	case m.JobRejectionDetails != nil:
 		d := m.JobRejectionDetails
-		return fmt.Sprintf("rejected by %s (%s): %s", d.RejectedBy, d.Reason, d.Message)
+		return fmt.Sprintf("rejected by %s (%s): %s", d.RejectedBy, specific(string(d.Reason), d.Context), d.Message)
 	case m.Comment != "":
 		return m.Comment
 	}

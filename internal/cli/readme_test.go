@@ -23,7 +23,7 @@ func TestREADME(t *testing.T) {
 		}
 		lines[strings.TrimSpace(l)] = true
 	}
-	if len(code) < 2 || code[0] != "go run ./cmd/horde dev demo" || code[1] != "go test -race ./..." {
+	if len(code) < 2 || code[0] != "go run ./cmd/horde dev demo" || code[1] != "bash .ci/test" {
 		t.Errorf("README's first commands are %q, want the two set-up commands", code[:min(2, len(code))])
 	}
 	printed := devHelp("go run ./cmd/horde", "http://127.0.0.1:9000", "$PWD/.horde/dev/wallets", "http://127.0.0.1:PORT", ".horde/dev/objects")
@@ -32,8 +32,10 @@ func TestREADME(t *testing.T) {
 			t.Errorf("README does not show this line 'horde dev' prints:\n%s", l)
 		}
 	}
-	for _, outside := range []string{"../shared", "/work/", "PROTOCOL.md"} {
-		if strings.Contains(readme, outside) {
+	// The design notes live outside; the repository's own docs/ are fine.
+	inside := strings.NewReplacer("docs/PROTOCOL.md", "", "docs/ARCHITECTURE.md", "").Replace(readme)
+	for _, outside := range []string{"../shared", "/work/", "PROTOCOL.md", "ARCHITECTURE.md"} {
+		if strings.Contains(inside, outside) {
 			t.Errorf("README points outside the repository: %q", outside)
 		}
 	}

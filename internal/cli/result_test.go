@@ -140,3 +140,24 @@ func TestUploadTargets(t *testing.T) {
 		t.Errorf("unparsable URL shown: %s", got)
 	}
 }
+
+// A refusal names horde's specific reason, not upstream's "unknown".
+func TestReasonNamesTheSpecificCode(t *testing.T) {
+	for _, tt := range []struct {
+		meta *protocol.StatusMetadata
+		want string
+	}{
+		{&protocol.StatusMetadata{JobRejectionDetails: &protocol.RejectionDetails{RejectedBy: protocol.ByValidator, Reason: protocol.RejectUnknown,
+			Message: "image x is not whitelisted for streaming jobs", Context: protocol.WithReason("image_not_whitelisted")}},
+			"rejected by validator (image_not_whitelisted): image x is not whitelisted for streaming jobs"},
+		{&protocol.StatusMetadata{JobRejectionDetails: &protocol.RejectionDetails{RejectedBy: protocol.ByMiner, Reason: protocol.RejectBusy, Message: "all taken"}},
+			"rejected by miner (busy): all taken"},
+		{&protocol.StatusMetadata{HordeFailureDetails: &protocol.HordeFailureDetails{ReportedBy: protocol.ByValidator, Reason: protocol.HordeUnknown,
+			Message: "gone", Context: protocol.WithReason("cancelled")}},
+			"horde failure (cancelled, reported by validator): gone"},
+	} {
+		if got := reason(protocol.StatusEntry{Status: protocol.StatusRejected, Metadata: tt.meta}); got != tt.want {
+			t.Errorf("reason = %q, want %q", got, tt.want)
+		}
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/executor"
@@ -21,11 +23,13 @@ import (
 	"github.com/horde-compute/horde/internal/executor/kube"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/miner"
-	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/store/backend"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/internal/validator/excuse"
+	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
 	"k8s.io/client-go/kubernetes"
 )
@@ -33,7 +37,7 @@ import (
 func (e *env) facilitator(args []string) error {
 	fs := e.flags("facilitator")
 	listen := fs.String("listen", "127.0.0.1:9000", "address to serve the client API and validator link on")
-	db := fs.String("db", "facilitator.db", "SQLite database file")
+	db := fs.String("db", "facilitator.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
 	validators := fs.String("validators", "", "comma-separated validator hotkeys allowed to connect")
 	metagraph := fs.String("metagraph", "", "metagraph file: validators with a permit may connect")
 	upstreamAuth := fs.Bool("allow-upstream-auth", false, "let unmodified upstream validators authenticate with upstream's auth, "+
@@ -41,6 +45,8 @@ func (e *env) facilitator(args []string) error {
 	clients := fs.String("clients", "", "comma-separated client hotkeys allowed to log in and submit jobs (empty: any hotkey)")
 	tokenKey := fs.String("token-key-file", "", "file of at least 32 secret bytes that signs login tokens "+
 		"(empty: a new key each start, and clients log in again)")
+	metricsAddr := metricsFlag(fs, "they are also served at /metrics on --listen")
+	dashToken := fs.String("dashboard-token", "", "operator token of the dashboard at /dashboard/ on --listen (empty: the dashboard serves loopback only)")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
@@ -92,17 +98,19 @@ func (e *env) facilitator(args []string) error {
 		mg, err := chain.File{Path: *metagraph}.Metagraph(e.ctx)
 		return err == nil && mg.IsValidator(hk)
 	}
-	st, err := sqlite.Open(e.ctx, *db)
+	st, err := backend.Open(e.ctx, *db)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log,
-		AllowUpstreamAuth: *upstreamAuth, AllowClient: allowClient, TokenKey: key})
-	if err != nil {
-		return err
-	}
-	return f.Run(e.ctx)
+	return e.withMetrics(*metricsAddr, nil, func(ctx context.Context, reg *prometheus.Registry) error {
+		f, err := facilitator.New(facilitator.Config{Listen: *listen, Store: st, AllowValidator: allow, Log: log,
+			AllowUpstreamAuth: *upstreamAuth, AllowClient: allowClient, TokenKey: key, Metrics: reg, DashboardToken: *dashToken})
+		if err != nil {
+			return err
+		}
+		return f.Run(ctx)
+	})
 }
 
 func (e *env) validator(args []string) error {
@@ -110,8 +118,10 @@ func (e *env) validator(args []string) error {
 	var w walletFlags
 	w.register(fs, "validator")
 	fac := fs.String("facilitator", "ws://127.0.0.1:9000/ws/v0/", "facilitator WebSocket URL (empty: none)")
+	upstream := fs.Bool("upstream-protocol", false, "speak upstream ComputeHorde's protocol only, to horde peers too (no horde field, message or capability; receipts from pages)")
+	requireHordeFac := fs.Bool("require-horde-facilitator", false, "refuse a facilitator without horde's replay-proof auth (an upstream facilitator) instead of sending it upstream's replayable one")
 	metagraph := fs.String("metagraph", "metagraph.json", "metagraph file (Pylon neurons shape)")
-	db := fs.String("db", "validator.db", "SQLite database file")
+	db := fs.String("db", "validator.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
 	allowPull := fs.Bool("allow-pull", false, "let executors pull images that are not present")
 	attempts := fs.Int("max-attempts", 3, "miners one job is offered to at most")
 	refresh := fs.Duration("refresh", time.Minute, "metagraph refresh interval")
@@ -129,6 +139,7 @@ func (e *env) validator(args []string) error {
 	sample := fs.Float64("validation-sample", 0.1, "fraction of gathered pairs replayed on the trusted miner")
 	threshold := fs.Int("validation-threshold", 100, "pairs of an image that open a validation window")
 	excuseStake := fs.Float64("excuse-min-stake", excuse.DefaultMinStake, "stake a validator needs for its receipts to excuse a busy miner (this validator's own always do)")
+	metricsAddr := metricsFlag(fs, "with /healthz; empty: metrics are not served")
 	level := fs.String("log-level", "info", "log level")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
@@ -179,15 +190,22 @@ func (e *env) validator(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := sqlite.Open(e.ctx, *db)
+	st, err := backend.Open(e.ctx, *db)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	return validator.Run(e.ctx, validator.Config{Hotkey: k, FacilitatorURL: *fac, Metagraph: meta,
+	cfg := validator.Config{Hotkey: k, FacilitatorURL: *fac, RequireHordeFacilitator: *requireHordeFac, Upstream: *upstream, Metagraph: meta,
 		Refresh: *refresh, Store: st, MaxAttempts: *attempts, AllowPull: *allowPull, Log: log,
 		Synthetic:          validator.SyntheticConfig{Every: *cycle, Image: *image, Weights: weights, MinExcuseStake: *excuseStake},
-		StreamingWhitelist: wl, Validation: val})
+		StreamingWhitelist: wl, Validation: val}
+	reg := metrics.NewRegistry()
+	cfg.Metrics = reg
+	v, err := validator.New(cfg)
+	if err != nil {
+		return err
+	}
+	return e.withMetricsOn(*metricsAddr, reg, v.Handler(), v.Run)
 }
 
 // parseManifest reads "class=count,class=count".
@@ -223,7 +241,12 @@ func (e *env) miner(args []string) error {
 	trusted := fs.Bool("trusted", false, "run as a trusted miner: outside the metagraph, serving only --validator")
 	pinned := fs.String("validator", "", "with --trusted: the one validator (SS58 hotkey) this miner serves")
 	manifest := fs.String("manifest", "always_on.test=1", "executors per class: CLASS=COUNT,…")
-	db := fs.String("db", "miner.db", "SQLite database file")
+	db := fs.String("db", "miner.db", "SQLite database file, or PostgreSQL URL (postgres://…)")
+	metricsAddr := metricsFlag(fs, "they are also served at /metrics on --listen")
+	imagePull := fs.String("image-pull", string(protocol.PullIfValidatorAllows),
+		"when executors may pull a job's missing image: validator (when a horde validator allows it), always (as upstream; needed for upstream validators' jobs), never")
+	streamingImages := fs.String("streaming-images", "", "images streaming jobs may run when the validator pins no digest (upstream validators): names or sha256: digests, comma-separated")
+	upstreamOnly := fs.Bool("upstream-only", false, "look exactly like upstream's miner: advertise no horde extension, serve receipts only as upstream's pages")
 	var x executorFlags
 	x.register(fs, "miner-jobs")
 	level := fs.String("log-level", "info", "log level")
@@ -236,6 +259,15 @@ func (e *env) miner(args []string) error {
 	}
 	if err := x.check(); err != nil {
 		return err
+	}
+	if !protocol.ImagePullPolicy(*imagePull).Valid() {
+		return usageErr("--image-pull %q: want validator, always or never", *imagePull)
+	}
+	var streaming []string
+	for _, e := range strings.Split(*streamingImages, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			streaming = append(streaming, e)
+		}
 	}
 	if *trusted != (*pinned != "") {
 		return usageErr("--trusted and --validator go together: a trusted miner serves exactly one validator")
@@ -267,21 +299,29 @@ func (e *env) miner(args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := sqlite.Open(e.ctx, *db)
+	st, err := backend.Open(e.ctx, *db)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
-		TrustedValidator: *pinned, Store: st, Log: log,
+		TrustedValidator: *pinned, Store: st, Log: log, ImagePull: protocol.ImagePullPolicy(*imagePull), StreamingImages: streaming, UpstreamOnly: *upstreamOnly,
 		Backend: &miner.Local{Runtime: rt, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
 			Net: guard, BoundDisks: x.boundDisks,
-			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew},
+			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()},
 		Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
-	return miner.Run(e.ctx, cfg)
+	return e.withMetrics(*metricsAddr, nil, func(ctx context.Context, reg *prometheus.Registry) error {
+		cfg.Metrics = reg
+		cfg.Backend.(*miner.Local).StreamingMetrics = metrics.NewStreaming(reg)
+		m, err := miner.New(cfg)
+		if err != nil {
+			return err
+		}
+		return m.Run(ctx)
+	})
 }
 
 func (e *env) executor(args []string) error {
@@ -319,7 +359,7 @@ func (e *env) executor(args []string) error {
 	}
 	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Runtime: rt, Class: spec,
 		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: x.hf, Log: log, Net: guard, BoundDisks: x.boundDisks,
-		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew})
+		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()})
 }
 
 // executorFlags are the flags of whatever runs executors (miner, executor).
@@ -331,6 +371,17 @@ type executorFlags struct {
 	skew                                                   time.Duration
 	allowPrivate                                           string
 	boundDisks                                             bool
+	selfContainer                                          string
+}
+
+// self is the container this process runs in ("auto": its host name, which
+// the engine sets to the container's short id unless told otherwise).
+func (x *executorFlags) self() string {
+	if x.selfContainer == "auto" {
+		h, _ := os.Hostname()
+		return h
+	}
+	return x.selfContainer
 }
 
 func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
@@ -347,6 +398,7 @@ func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
 	fs.StringVar(&x.streamHost, "streaming-host", "127.0.0.1", "the address clients reach streaming jobs at")
 	fs.DurationVar(&x.skew, "streaming-skew", 5*time.Second, "clock skew streaming requests may have")
 	fs.StringVar(&x.allowPrivate, "allow-private", "", "non-public destinations job volumes and uploads may reach: CIDR, address or host:port,… (default: public addresses only; --huggingface-endpoint is added)")
+	fs.StringVar(&x.selfContainer, "self-container", "", "when this process runs in a container on the same Docker Engine: its id or name (auto: the host name), so streaming jobs' proxies can join the jobs' networks")
 	fs.BoolVar(&x.boundDisks, "bound-disks", true, "make each job's /volume, /output and artifacts directory a loop-mounted file system of bounded size (needs root and mkfs.ext4)")
 }
 

@@ -10,19 +10,19 @@ import (
 	"strings"
 
 	"github.com/horde-compute/horde/internal/store"
-	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/store/backend"
 	"github.com/horde-compute/horde/internal/validator"
 )
 
 func (e *env) validatorScores(args []string) error {
 	fs := e.flags("validator scores")
-	db := fs.String("db", "validator.db", "the validator's SQLite database file")
+	db := fs.String("db", "validator.db", "the validator's SQLite database file, or PostgreSQL URL")
 	rounds := fs.Int("rounds", 3, "how many of the last rounds")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
-	st, err := sqlite.Open(e.ctx, *db)
+	st, err := backend.Open(e.ctx, *db)
 	if err != nil {
 		return err
 	}

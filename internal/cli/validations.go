@@ -6,21 +6,21 @@ import (
 	"time"
 
 	"github.com/horde-compute/horde/internal/store"
-	"github.com/horde-compute/horde/internal/store/sqlite"
+	"github.com/horde-compute/horde/internal/store/backend"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator"
 )
 
 func (e *env) validatorValidations(args []string) error {
 	fs := e.flags("validator validations")
-	db := fs.String("db", "validator.db", "the validator's SQLite database file")
+	db := fs.String("db", "validator.db", "the validator's SQLite database file, or PostgreSQL URL")
 	limit := fs.Int("windows", 10, "how many of the last windows")
 	evidence := fs.Bool("evidence", false, "print the evidence of proven cheats (JSON lines) instead")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := e.parseFlags(fs, args); err != nil {
 		return err
 	}
-	st, err := sqlite.Open(e.ctx, *db)
+	st, err := backend.Open(e.ctx, *db)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,7 +24,9 @@ import (
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/miner"
+	"github.com/horde-compute/horde/internal/store/backend"
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/validator"
 	"github.com/horde-compute/horde/protocol"
@@ -42,7 +45,18 @@ type Config struct {
 	// FacilitatorAddr is where the facilitator listens (default 127.0.0.1:0).
 	FacilitatorAddr string
 	AllowPull       bool
-	Limits          blob.Limits
+	// MinerImagePull and MinerStreamingImages are the miners' own image
+	// policy (miner.Config.ImagePull, StreamingImages).
+	MinerImagePull       protocol.ImagePullPolicy
+	MinerStreamingImages []string
+	// MinerUpstreamOnly makes the miners look like upstream's
+	// (miner.Config.UpstreamOnly).
+	MinerUpstreamOnly bool
+	// ValidatorUpstream makes the validator speak upstream's protocol only
+	// (validator.Config.Upstream); the facilitator then takes upstream's
+	// authentication from it.
+	ValidatorUpstream bool
+	Limits            blob.Limits
 	// AllowPrivate lists the non-public destinations executors may fetch
 	// volumes from and upload to (see blob.NewDialGuard): only the local
 	// servers the stack's user starts (its object server). Everything else
@@ -71,7 +85,11 @@ type Config struct {
 	// (what `horde dev` uses); tests may pass an in-process fake (package
 	// fakert, with images.RegisterFake) and need no Docker at all.
 	Runtime executor.Runtime
-	Log     *slog.Logger
+	// OpenStore opens the store of the role called name ("facilitator",
+	// "validator", "miner0", …). Nil: a SQLite file <DataDir>/<name>.db.
+	// The stack closes what it opens.
+	OpenStore func(ctx context.Context, name string) (backend.Store, error)
+	Log       *slog.Logger
 }
 
 // Stack is a running dev horde.
@@ -203,8 +221,14 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
-	open := func(name string) (*sqlite.DB, error) {
-		db, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, name+".db"))
+	openStore := cfg.OpenStore
+	if openStore == nil {
+		openStore = func(ctx context.Context, name string) (backend.Store, error) {
+			return sqlite.Open(ctx, filepath.Join(cfg.DataDir, name+".db"))
+		}
+	}
+	open := func(name string) (backend.Store, error) {
+		db, err := openStore(ctx, name)
 		if err == nil {
 			s.closers = append(s.closers, db.Close)
 		}
@@ -229,8 +253,11 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	validatorKey := s.Validator.SS58()
-	fac, err := facilitator.New(facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log,
-		AllowValidator: func(hk string) bool { return hk == validatorKey }})
+	// Each role has its own registry, as it would in its own process; the
+	// facilitator and miners serve theirs at /metrics on their listeners,
+	// the validator's is served by ValidatorHandler.
+	fac, err := facilitator.New(facilitator.Config{Listener: fln, Store: fdb, Log: cfg.Log, AllowUpstreamAuth: cfg.ValidatorUpstream,
+		AllowValidator: func(hk string) bool { return hk == validatorKey }, Metrics: metrics.NewRegistry()})
 	if err != nil {
 		fln.Close()
 		s.fail()
@@ -260,13 +287,18 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 				classes[name] = c
 			}
 		}
-		run(fmt.Sprintf("miner %d", i), func() error {
-			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
-				Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
-					Net: guard, BoundDisks: cfg.BoundDisks},
-				Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
-		})
+		reg := metrics.NewRegistry()
+		m, err := miner.New(miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
+			Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery, ImagePull: cfg.MinerImagePull, StreamingImages: cfg.MinerStreamingImages, UpstreamOnly: cfg.MinerUpstreamOnly,
+			Metrics: reg,
+			Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
+				Net: guard, BoundDisks: cfg.BoundDisks, StreamingMetrics: metrics.NewStreaming(reg)},
+			Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
+		if err != nil {
+			s.fail()
+			return nil, err
+		}
+		run(fmt.Sprintf("miner %d", i), func() error { return m.Run(ctx) })
 	}
 	if cfg.TrustedMiner {
 		k, err := LoadOrCreate(wallets, "trusted")
@@ -288,16 +320,21 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		tlog := cfg.Log.With("miner", "trusted")
 		a := ln.Addr().(*net.TCPAddr)
 		cfg.Validation.TrustedMiner = &chain.Neuron{Hotkey: k.SS58(), AxonInfo: chain.AxonInfo{IP: "127.0.0.1", Port: a.Port}}
-		run("trusted miner", func() error {
-			return miner.Run(ctx, miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
-				TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
-				Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog, Net: guard, BoundDisks: cfg.BoundDisks},
-				Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
-		})
+		tm, err := miner.New(miner.Config{Hotkey: k, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1}, Classes: miner.DefaultClasses(),
+			TrustedValidator: s.Validator.SS58(), Store: tdb, Log: tlog, ReapEvery: cfg.ReapEvery,
+			Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: tlog, Net: guard, BoundDisks: cfg.BoundDisks},
+			Reaper:  &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: tlog}})
+		if err != nil {
+			ln.Close()
+			s.fail()
+			return nil, err
+		}
+		run("trusted miner", func() error { return tm.Run(ctx) })
 	}
 	v, err := validator.New(validator.Config{Hotkey: s.Validator, FacilitatorURL: "ws://" + fln.Addr().String() + protocol.FacilitatorPath,
 		Metagraph: meta, Store: vdb, AllowPull: cfg.AllowPull, Refresh: cfg.Refresh, Log: cfg.Log,
-		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation})
+		Synthetic: cfg.Synthetic, StreamingWhitelist: cfg.StreamingWhitelist, Validation: cfg.Validation, Upstream: cfg.ValidatorUpstream,
+		Metrics: metrics.NewRegistry()})
 	if err != nil {
 		s.fail()
 		return nil, err
@@ -306,6 +343,9 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	run("validator", func() error { return v.Run(ctx) })
 	return s, nil
 }
+
+// ValidatorHandler is the validator's HTTP handler: /healthz and /metrics.
+func (s *Stack) ValidatorHandler() http.Handler { return s.validator.Handler() }
 
 // PairsWaiting returns how many pairs of image wait for validation on the validator.
 func (s *Stack) PairsWaiting(ctx context.Context, image string) (int, error) {

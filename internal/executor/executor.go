@@ -28,6 +28,7 @@ import (
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/jobdisk"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -93,6 +94,13 @@ type Config struct {
 	StreamingListen, StreamingHost string
 	// StreamingSkew bounds clock skew of streaming requests (default 5s).
 	StreamingSkew time.Duration
+	// StreamingMetrics counts what streaming jobs' signing proxies do (nil: not counted).
+	StreamingMetrics *metrics.Streaming
+	// SelfContainer is the container this process runs in, if it runs in
+	// one (a miner of deploy/compose.yaml, on the host's engine): it joins
+	// each streaming job's network to reach the service. The Runtime must
+	// then implement NetworkJoiner.
+	SelfContainer string
 	// Rewrite, if set, changes each job before it runs. Dev stacks and tests
 	// use it to make a miner that cheats; real executors leave it nil.
 	Rewrite func(*protocol.V0JobRequest)
@@ -248,7 +256,7 @@ func (j *job) hostPaths(msg string) string {
 func (j *job) fail(ctx context.Context, stage protocol.JobStage, reason protocol.JobFailureReason, code, msg string, extra func(*protocol.V0JobFailedRequest)) error {
 	msg = j.hostPaths(msg)
 	m := &protocol.V0JobFailedRequest{JobUUID: j.uuid, ExecutorToken: j.token, Stage: stage, Reason: reason,
-		Message: code + ": " + msg, Context: map[string]any{"horde_reason": code}}
+		Message: code + ": " + msg, Context: protocol.WithReason(code)}
 	if extra != nil {
 		extra(m)
 	}
@@ -287,7 +295,7 @@ func (j *job) run(ctx context.Context) error {
 		return j.fail(ctx, protocol.StageExecutorStartup, protocol.FailureUnknown, "image_pull_failed", err.Error(), nil)
 	}
 	if initial.StreamingDetails != nil {
-		if err := j.checkDigest(ctx, initial.DockerImage, initial.ImageDigest); err != nil {
+		if err := j.checkStreamingImage(ctx, initial); err != nil {
 			return j.fail(ctx, protocol.StageExecutorStartup, protocol.FailureUnknown, "image_not_whitelisted", err.Error(), nil)
 		}
 	}
@@ -528,6 +536,11 @@ func (j *job) cleanup() {
 		}
 	}
 	if j.network != "" {
+		if nj, ok := j.cfg.Runtime.(NetworkJoiner); ok && j.cfg.SelfContainer != "" {
+			if err := nj.NetworkDisconnect(ctx, j.network, j.cfg.SelfContainer); err != nil {
+				j.cfg.Log.Warn("leave the job's network", "job", j.uuid, "err", err)
+			}
+		}
 		if err := j.cfg.Runtime.NetworkRemove(ctx, j.network); err != nil {
 			j.cfg.Log.Warn("remove network", "job", j.uuid, "err", err)
 		}

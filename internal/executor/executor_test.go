@@ -389,6 +389,12 @@ func TestJobFailures(t *testing.T) {
 			i.ImageDigest = "sha256:other"
 			return i
 		}, stage: protocol.StageExecutorStartup, code: "image_not_whitelisted"},
+		{name: "streaming image not on the miner's allow-list", initial: func(*harness) *protocol.V0InitialJobRequest {
+			i := initial("j", images.JobImage)
+			i.StreamingDetails = &protocol.StreamingDetails{}
+			i.ImageAllowList = []string{"other/image:1", "sha256:" + strings.Repeat("0", 64)}
+			return i
+		}, stage: protocol.StageExecutorStartup, code: "image_not_whitelisted"},
 		{name: "volume 404", req: func(h *harness) *protocol.V0JobRequest {
 			r := request("j", images.JobImage, "demo")
 			r.Volume = &protocol.Volume{VolumeType: protocol.VolumeZipURL, Contents: h.objects.URL + "/missing.zip"}

@@ -57,3 +57,12 @@ type LostContainer interface {
 	error
 	Reason() (reason string, systemFault bool)
 }
+
+// NetworkJoiner is a Runtime whose networks the process's own container can
+// join (see Config.SelfContainer).
+type NetworkJoiner interface {
+	NetworkConnect(ctx context.Context, network, container string) error
+	NetworkDisconnect(ctx context.Context, network, container string) error
+}
+
+var _ NetworkJoiner = (*docker.Client)(nil)

@@ -47,12 +47,23 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	d := j.cfg.Runtime
 	netName := "horde-job-" + j.uuid
 	j.network = netName // removed by name in cleanup, even if creating it failed midway
+	netStart := time.Now()
 	nctx, cancel := uncancelled(ctx)
 	_, err := d.NetworkCreate(nctx, netName, true, map[string]string{LabelJob: j.uuid, LabelOwner: j.cfg.Owner})
 	cancel()
 	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
+	if j.cfg.SelfContainer != "" { // the proxy's container joins the service's network
+		nj, ok := d.(NetworkJoiner)
+		if !ok {
+			return j.hordeFail(ctx, protocol.HordeStreamingFailed, "this runtime cannot join its own container to the job's network")
+		}
+		if err := nj.NetworkConnect(ctx, netName, j.cfg.SelfContainer); err != nil {
+			return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
+		}
+	}
+	j.stage("streaming_network", netStart)
 	p := Paths{Volume: filepath.Join(j.dir, "volume"), Output: filepath.Join(j.dir, "output"), Artifacts: filepath.Join(j.dir, "artifacts")}
 	cfg := ContainerConfig(req, j.cfg.Class, p, j.cfg.Owner)
 	cfg.NetworkDisabled = false
@@ -65,6 +76,7 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	if err := d.ContainerStart(ctx, id); err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, "container: "+err.Error())
 	}
+	j.stage("streaming_container", start)
 	exited := make(chan int, 1)
 	go func() { // owned: ContainerWait returns when the container is removed in cleanup
 		code, _ := d.ContainerWait(context.WithoutCancel(ctx), id)
@@ -75,6 +87,7 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
 	service := &url.URL{Scheme: "http", Host: addr}
+	healthStart := time.Now()
 	limit := seconds(timing.StreamingStartTimeLimit)
 	if timing.StreamingStartTimeLimit == 0 {
 		limit = time.Minute
@@ -85,7 +98,9 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		}
 		return j.fail(ctx, protocol.StageStreaming, protocol.FailureTimeout, "streaming_not_ready", err.Error(), j.logs)
 	}
+	j.stage("streaming_health", healthStart)
 	j.stage("streaming_start", start)
+	proxyStart := time.Now()
 
 	// The certificate names the advertised host, so clients that check the
 	// host they dial against it (upstream's Python clients) accept it.
@@ -101,7 +116,10 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
-	proxy := &streaming.Proxy{JobUUID: j.uuid, Key: key, Upstream: service, Skew: j.cfg.StreamingSkew}
+	// Receipts are kept on disk in the job's directory (outside the
+	// container's mounts), for as long as the job lives.
+	proxy := &streaming.Proxy{JobUUID: j.uuid, Key: key, Upstream: service, Skew: j.cfg.StreamingSkew, Dir: filepath.Join(j.dir, "receipts"),
+		Metrics: j.cfg.StreamingMetrics}
 	srv := &http.Server{Handler: proxy, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(tls.NewListener(ln, tlsCfg)) }() // owned: Shutdown below, then <-served
@@ -116,6 +134,7 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	if err := j.send(ctx, &protocol.V0StreamingJobReadyRequest{JobUUID: j.uuid, PublicKey: string(certPEM), IP: j.cfg.StreamingHost, Port: port}); err != nil {
 		return err
 	}
+	j.stage("streaming_proxy", proxyStart)
 	j.cfg.Log.Info("streaming job serving", "job", j.uuid, "addr", net.JoinHostPort(j.cfg.StreamingHost, fmt.Sprint(port)))
 
 	// Serve until stopped, out of time, or the service exits.
@@ -173,10 +192,13 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	return j.finish(ctx, req, res, timing)
 }
 
-// waitHealthy polls GET /health until it answers 200, the limit passes or the container exits.
+// waitHealthy polls GET /health until it answers 200, the limit passes or
+// the container exits: every 5 ms at first (a service that is up at once
+// is served at once), backing off to every 200 ms.
 func waitHealthy(ctx context.Context, service *url.URL, limit time.Duration, exited <-chan int) error {
 	c := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(limit)
+	wait := 5 * time.Millisecond
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, service.String()+"/health", nil)
 		if resp, err := c.Do(req); err == nil {
@@ -190,8 +212,9 @@ func waitHealthy(ctx context.Context, service *url.URL, limit time.Duration, exi
 			return fmt.Errorf("the service exited (code %d) before answering GET /health", code)
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, 200*time.Millisecond)
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the service did not answer GET /health on port %d within %s", ServicePort, limit)
 		}

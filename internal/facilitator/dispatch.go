@@ -2,6 +2,7 @@ package facilitator
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"time"
 
@@ -92,23 +93,38 @@ func (f *Facilitator) pick(hotkey string) *session {
 	return all[rand.IntN(len(all))]
 }
 
-// send gives a job to its validator, recording the assignment first.
+// send gives a job to its validator, claiming it first: a job another
+// replica (or an earlier pass) gave meanwhile is left alone.
 func (f *Facilitator) send(ctx context.Context, j store.JobRecord) {
 	vs := f.pick(target(j))
 	if vs == nil {
 		return
 	}
-	if err := f.cfg.Store.SetAssignment(ctx, j.UUID, vs.hotkey, ""); err != nil {
-		f.log.Error("dispatch: assign", "job", j.UUID, "err", err)
+	retry := j.ValidatorHotkey != ""
+	won, err := f.cfg.Store.ClaimJob(ctx, j, vs.hotkey)
+	if err != nil {
+		if ctx.Err() == nil {
+			f.metrics.Dispatch("claim_failed", retry)
+			f.log.Error("dispatch: claim", "job", j.UUID, "err", err)
+		}
+		return
+	}
+	if !won {
+		f.metrics.Dispatch("claimed_elsewhere", retry)
 		return
 	}
 	sg := j.Signature
 	if err := vs.send(ctx, &protocol.V2JobRequest{UUID: j.UUID, JobSpec: j.Spec, Signature: &sg}); err != nil {
+		f.metrics.Dispatch("send_failed", retry)
 		f.log.Warn("dispatch: send failed; will retry", "job", j.UUID, "err", err)
 		if j.ValidatorHotkey == "" { // never reached a validator: any may have it
 			f.cfg.Store.SetAssignment(ctx, j.UUID, "", "")
 		}
 		return
+	}
+	f.metrics.Dispatch("sent", retry)
+	if !retry {
+		f.metrics.Stage("queue", time.Since(j.CreatedAt))
 	}
 	f.log.Info("job sent to validator", "job", j.UUID, "validator", vs.hotkey)
 }
@@ -159,9 +175,14 @@ func (f *Facilitator) forwardCheats(ctx context.Context) {
 }
 
 // forwardPairs passes reported streaming pairs on to the validators of their
-// jobs that speak it; pairs wait here while a validator is away.
+// jobs that speak it; pairs wait here while a validator is away. A session
+// with CapStreamPairAcks gets each pair once, with its id, and the pair is
+// delivered only when the validator acknowledges it (V0StreamPairAck): a
+// pair sent to a validator that went away is sent again on its next
+// session. Without acks, a pair counts as delivered once sent.
 func (f *Facilitator) forwardPairs(ctx context.Context) {
 	for _, vs := range f.sessions(protocol.CapStreamPairs) {
+		acks := vs.has(protocol.CapStreamPairAcks)
 		pairs, ids, err := f.cfg.Store.UnforwardedPairs(ctx, vs.hotkey, 100)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -171,10 +192,19 @@ func (f *Facilitator) forwardPairs(ctx context.Context) {
 		}
 		for i, p := range pairs {
 			m := &protocol.V0StreamPairReport{UUID: p.JobUUID, Image: p.Image, MinerHotkey: p.MinerHotkey, Proof: p.Proof, Pair: p.Pair}
+			if acks {
+				if !vs.pairSent(ids[i]) {
+					continue // sent on this session; its ack is on the way
+				}
+				m.ID = ids[i]
+			}
 			if err := vs.send(ctx, m); err != nil {
 				break
 			}
-			if err := f.cfg.Store.MarkForwarded(ctx, ids[i]); err != nil {
+			if acks {
+				continue
+			}
+			if err := f.cfg.Store.MarkForwarded(ctx, vs.hotkey, ids[i]); err != nil {
 				if ctx.Err() == nil {
 					f.log.Error("forward pairs: mark forwarded", "err", err)
 				}
@@ -182,4 +212,16 @@ func (f *Facilitator) forwardPairs(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// pairAcked records a validator's acknowledgement of a pair: it is delivered.
+func (f *Facilitator) pairAcked(ctx context.Context, s *session, m *protocol.V0StreamPairAck) error {
+	if m.Error != "" {
+		f.log.Warn("validator refused a reported pair", "validator", s.hotkey, "pair", m.ID, "err", m.Error)
+	}
+	if err := f.cfg.Store.MarkForwarded(ctx, s.hotkey, m.ID); err != nil {
+		return fmt.Errorf("mark pair %d delivered: %w", m.ID, err)
+	}
+	s.pairDone(m.ID)
+	return nil
 }

@@ -29,13 +29,19 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/horde-compute/horde/internal/dashboard"
 	"github.com/horde-compute/horde/internal/httpserve"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 )
 
-// Store is what the facilitator keeps.
+// Store is what the facilitator keeps. A Store that is also a Bus (the
+// PostgreSQL one) makes the facilitator one of the replicas over its
+// database (see replicas.go).
 type Store interface {
 	store.Jobs
 	store.Reports
@@ -96,6 +102,14 @@ type Config struct {
 	MaxBody      int64
 	MaxSmallBody int64
 	Log          *slog.Logger
+	// Metrics is where the facilitator's metrics are registered (nil:
+	// nowhere). When it is also a prometheus.Gatherer (a
+	// *prometheus.Registry), Handler serves it at GET /metrics.
+	Metrics prometheus.Registerer
+	// DashboardToken is the operator token of the dashboard Handler
+	// serves at /dashboard/ (package dashboard); empty, the dashboard
+	// serves loopback requests only.
+	DashboardToken string
 }
 
 // Validate checks the config and names the first bad field.
@@ -176,6 +190,7 @@ type Facilitator struct {
 	guard    *wsconn.ReplayGuard // validator auths
 	requests *replayGuard        // client request signatures
 	logins   *logins
+	metrics  *metrics.Facilitator
 
 	// base ends the requests being served (validator sessions, event
 	// streams) when Run returns.
@@ -189,7 +204,13 @@ type Facilitator struct {
 	validators map[string]*session
 	watchers   map[string]map[chan struct{}]struct{}
 	pending    map[string]chan *protocol.V0JobVolumeResult // volume messages awaiting their ack
+	asked      map[string]chan struct{}                    // cancels and stops another replica passes on
 	dispatch   chan struct{}
+
+	// bus links the replicas over one database (nil: alone); replica
+	// names this one on it.
+	bus     Bus
+	replica string
 }
 
 // New checks cfg, fills in its defaults and returns a facilitator that is
@@ -200,11 +221,15 @@ func New(cfg Config) (*Facilitator, error) {
 	}
 	cfg.setDefaults()
 	base, stop := context.WithCancel(context.Background())
-	return &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
+	f := &Facilitator{cfg: cfg, log: cfg.Log.With("role", "facilitator"), guard: wsconn.NewReplayGuard(),
 		requests: newReplayGuard(maxRemembered), logins: newLogins(cfg.TokenKey, cfg.NonceLifetime, cfg.TokenLifetime),
-		base: base, stopBase: stop,
+		metrics: metrics.NewFacilitator(cfg.Metrics),
+		base:    base, stopBase: stop,
 		validators: map[string]*session{}, watchers: map[string]map[chan struct{}]struct{}{},
-		pending: map[string]chan *protocol.V0JobVolumeResult{}, dispatch: make(chan struct{}, 1)}, nil
+		pending: map[string]chan *protocol.V0JobVolumeResult{}, asked: map[string]chan struct{}{},
+		dispatch: make(chan struct{}, 1), replica: newReplicaID()}
+	f.bus, _ = cfg.Store.(Bus)
+	return f, nil
 }
 
 // Handler returns the client API and the validator link. Requests it serves
@@ -230,6 +255,13 @@ func (f *Facilitator) Handler() http.Handler {
 	mux.HandleFunc("POST "+protocol.RouteJobs+"{uuid}/pairs/", f.authed(route{maxBody: small}, f.handlePair))
 	mux.HandleFunc("GET "+protocol.RouteJobs+"{uuid}/events", f.authed(route{maxBody: small}, f.handleEvents))
 	mux.HandleFunc("GET "+protocol.RouteScores, f.authed(route{maxBody: small}, f.handleScores))
+	if g, ok := f.cfg.Metrics.(prometheus.Gatherer); ok {
+		mux.Handle("GET /metrics", metrics.Handler(g))
+	}
+	if d, err := dashboard.New(dashboard.Config{Source: f, Token: f.cfg.DashboardToken, Log: f.log,
+		Streams: f.metrics.DashboardStreams}); err == nil {
+		mux.Handle(dashboard.Path, d)
+	}
 	return f.track(mux)
 }
 
@@ -279,6 +311,9 @@ func (f *Facilitator) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { f.dispatchLoop(ctx) })
+	if f.bus != nil {
+		wg.Go(func() { f.listenLoop(ctx) })
+	}
 	if ln == nil {
 		<-ctx.Done()
 		return nil

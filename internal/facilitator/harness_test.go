@@ -39,10 +39,13 @@ func hotkey(t testing.TB) *sig.Hotkey {
 // harness is a facilitator served by httptest over a SQLite file, with a
 // client, and validators that may connect.
 type harness struct {
-	t      *testing.T
-	f      *Facilitator
-	db     *sqlite.DB
-	url    string
+	t   testing.TB
+	f   *Facilitator
+	db  Store
+	url string
+	// kill ends the facilitator at once, as if its process died: its
+	// Run returns and its server closes every connection.
+	kill   func()
 	key    *sig.Hotkey
 	client *client.Client
 
@@ -50,13 +53,20 @@ type harness struct {
 	allowed map[string]bool
 }
 
-func newHarness(t *testing.T, cfg Config) *harness {
+func newHarness(t testing.TB, cfg Config) *harness {
 	t.Helper()
 	db, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "facilitator.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	return newHarnessOn(t, cfg, db)
+}
+
+// newHarnessOn is newHarness over the store db.
+func newHarnessOn(t testing.TB, cfg Config, db Store) *harness {
+	t.Helper()
+	var err error
 	h := &harness{t: t, db: db, key: hotkey(t), allowed: map[string]bool{}}
 	cfg.Store = db
 	cfg.AllowValidator = func(hk string) bool {
@@ -76,13 +86,19 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	h.client = client.New(srv.URL, h.key)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- h.f.Run(ctx) }() // owned: the cleanup below waits for it
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	go func() { done <- h.f.Run(ctx) }() // owned: kill waits for it
+	var once sync.Once
+	h.kill = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			srv.CloseClientConnections()
+			srv.Close()
+		})
+	}
+	t.Cleanup(h.kill)
 	return h
 }
 
@@ -120,7 +136,7 @@ func spec(args ...string) *protocol.JobSpec {
 // fakeValidator dials the facilitator's real WebSocket route with real
 // sr25519 authentication and records what it is sent.
 type fakeValidator struct {
-	t    *testing.T
+	t    testing.TB
 	h    *harness
 	key  *sig.Hotkey
 	conn *wsconn.Conn

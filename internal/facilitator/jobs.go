@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/protocol"
@@ -31,8 +32,11 @@ func (f *Facilitator) create(ctx context.Context, spec *protocol.JobSpec, s prot
 	if err := f.cfg.Store.CreateJob(ctx, rec); err != nil {
 		return nil, err
 	}
+	f.changed(ctx, rec.UUID) // the dashboards list it, here and at the other replicas
+	f.metrics.JobCreated(spec.StreamingDetails != nil)
+	f.metrics.Status(string(protocol.StatusSent), "")
 	f.log.Info("job accepted", "job", rec.UUID, "client", s.Signatory, "image", spec.DockerImage, "class", spec.ExecutorClass)
-	f.kick()
+	f.wake(ctx)
 	return f.job(ctx, rec.UUID, s.Signatory, sdk)
 }
 
@@ -118,7 +122,8 @@ func (f *Facilitator) end(ctx context.Context, id string, e protocol.StatusEntry
 	if err := f.cfg.Store.AddStatus(ctx, id, e); err != nil {
 		return err
 	}
-	f.publish(id)
+	f.metrics.Status(string(e.Status), metrics.Reason(e.Metadata))
+	f.changed(ctx, id)
 	return nil
 }
 
@@ -132,16 +137,13 @@ func (f *Facilitator) cancel(ctx context.Context, id, signatory string, sdk bool
 	if rec.Status.Terminal() {
 		return nil, fmt.Errorf("%w: job %s already ended (%s)", ErrBadRequest, id, rec.Status)
 	}
-	if vs := f.validator(rec.ValidatorHotkey); vs != nil && vs.has(protocol.CapCancel) {
-		if err := vs.send(ctx, &protocol.V0CancelJobByFacilitator{UUID: id}); err != nil {
-			return nil, fmt.Errorf("%w: forward cancel to validator: %w", ErrUnavailable, err)
-		}
-	} else {
-		// No validator that can cancel has the job (none yet, it is away,
-		// or it speaks upstream's protocol, which has no cancel): the job
-		// ends here, and what its validator reports later changes nothing.
-		e := protocol.StatusEntry{Status: protocol.StatusCancelled, CreatedAt: time.Now().UTC(), Metadata: &protocol.StatusMetadata{Comment: "cancelled by the client"}}
-		if err := f.end(ctx, id, e); err != nil {
+	vs := f.validator(rec.ValidatorHotkey)
+	// A validator connected to another replica is cancelled there.
+	if vs != nil || rec.ValidatorHotkey == "" || !f.elsewhere(ctx, noticeCancel, id) {
+		if err := f.cancelAt(ctx, vs, id); err != nil {
+			if vs != nil && vs.has(protocol.CapCancel) {
+				return nil, fmt.Errorf("%w: forward cancel to validator: %w", ErrUnavailable, err)
+			}
 			return nil, err
 		}
 	}
@@ -149,8 +151,12 @@ func (f *Facilitator) cancel(ctx context.Context, id, signatory string, sdk bool
 	return f.job(ctx, id, signatory, sdk)
 }
 
+// errAway is why a job's validator cannot be reached from here.
+var errAway = fmt.Errorf("%w: its validator is not connected", ErrUnavailable)
+
 // serving returns a client's serving streaming job and its validator's
-// session, which must speak the extension capability.
+// session, which must speak the extension capability. When the validator
+// is not connected here the job comes back with an error wrapping errAway.
 func (f *Facilitator) serving(ctx context.Context, id, signatory, capability string) (*protocol.Job, *session, error) {
 	job, err := f.job(ctx, id, signatory, false)
 	if err != nil {
@@ -161,7 +167,7 @@ func (f *Facilitator) serving(ctx context.Context, id, signatory, capability str
 	}
 	vs := f.validator(job.ValidatorHotkey)
 	if vs == nil {
-		return nil, nil, fmt.Errorf("%w: job %s: its validator is not connected", ErrUnavailable, id)
+		return job, nil, fmt.Errorf("job %s: %w", id, errAway)
 	}
 	if !vs.has(capability) {
 		return nil, nil, fmt.Errorf("%w: job %s: its validator does not speak horde's %q extension", ErrBadRequest, id, capability)
@@ -169,9 +175,13 @@ func (f *Facilitator) serving(ctx context.Context, id, signatory, capability str
 	return job, vs, nil
 }
 
-// stop ends a serving streaming job normally (it uploads its outputs and completes).
+// stop ends a serving streaming job normally (it uploads its outputs and
+// completes). A validator connected to another replica is told there.
 func (f *Facilitator) stop(ctx context.Context, id, signatory string) (*protocol.Job, error) {
 	job, vs, err := f.serving(ctx, id, signatory, protocol.CapStop)
+	if errors.Is(err, errAway) && f.elsewhere(ctx, noticeStop, id) {
+		return job, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -252,9 +262,11 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 	d.MinerSignature = ready.Metadata.StreamingMinerSignature()
 	rc, err := validation.VerifyPair(id, miner, d, p)
 	if err != nil {
+		f.metrics.Pair(false)
 		return "", fmt.Errorf("%w: pair refused: %v", ErrBadRequest, err)
 	}
 	if rc.TimestampFrom.Before(ready.CreatedAt.Add(-time.Minute)) || rc.TimestampTo.After(now.Add(time.Minute)) {
+		f.metrics.Pair(false)
 		return "", fmt.Errorf("%w: pair refused: the receipt's time (%s to %s) is outside the job's life", ErrBadRequest,
 			rc.TimestampFrom.Format(time.RFC3339), rc.TimestampTo.Format(time.RFC3339))
 	}
@@ -263,8 +275,9 @@ func (f *Facilitator) reportPair(ctx context.Context, id, signatory string, p pr
 	if err := f.cfg.Store.PutPair(ctx, rec); err != nil {
 		return "", err
 	}
+	f.metrics.Pair(true)
 	f.log.Info("streaming pair accepted", "job", id, "request", rc.RequestID)
-	f.kick() // pass it on to the job's validator
+	f.wake(ctx) // pass it on to the job's validator
 	return rc.RequestID, nil
 }
 
@@ -291,7 +304,7 @@ func (f *Facilitator) reportCheat(ctx context.Context, client string, r protocol
 		return err
 	}
 	f.log.Info("job reported as cheated", "job", r.JobUUID, "client", client, "validator", job.ValidatorHotkey)
-	f.kick()
+	f.wake(ctx)
 	return nil
 }
 
@@ -320,7 +333,12 @@ func (f *Facilitator) storeReport(ctx context.Context, validator string, m *prot
 	if err != nil {
 		return err
 	}
-	return f.cfg.Store.PutReport(ctx, validator, b)
+	if err := f.cfg.Store.PutReport(ctx, validator, b); err != nil {
+		return err
+	}
+	f.metrics.Report()
+	f.changed(ctx, anyJob) // the dashboards show it, here and at the other replicas
+	return nil
 }
 
 // statusUpdate records a validator's report on a job it was given. A job
@@ -344,6 +362,7 @@ func (f *Facilitator) statusUpdate(ctx context.Context, validator string, horde 
 		return fmt.Errorf("status %q is not one a validator reports", m.Status)
 	}
 	e := protocol.StatusEntry{Status: m.Status, CreatedAt: time.Now().UTC(), Metadata: m.Metadata}
+	f.observe(j, e) // before it is stored: whoever sees the status sees it counted
 	if err := f.cfg.Store.AddStatus(ctx, m.UUID, e); err != nil {
 		return err
 	}
@@ -352,8 +371,27 @@ func (f *Facilitator) statusUpdate(ctx context.Context, validator string, horde 
 			f.log.Warn("record the job's miner", "job", m.UUID, "err", err)
 		}
 	}
-	f.publish(m.UUID)
+	f.changed(ctx, m.UUID)
 	return nil
+}
+
+// observe counts a status a validator reported and, for a terminal one,
+// observes the job's stages: its whole life here and the validator's
+// stages, as the validator timed them.
+func (f *Facilitator) observe(j store.JobRecord, e protocol.StatusEntry) {
+	f.metrics.Status(string(e.Status), metrics.Reason(e.Metadata))
+	if !e.Status.Terminal() {
+		return
+	}
+	f.metrics.Stage("total", e.CreatedAt.Sub(j.CreatedAt))
+	if e.Metadata == nil {
+		return
+	}
+	for _, stage := range metrics.Stages {
+		if ms, ok := e.Metadata.Timings["validator:"+stage]; ok {
+			f.metrics.Stage(stage, time.Duration(ms)*time.Millisecond)
+		}
+	}
 }
 
 // subscribe returns a channel that is signalled when the job's history grows.
@@ -382,10 +420,16 @@ func (f *Facilitator) unsubscribe(id string, ch chan struct{}) {
 func (f *Facilitator) publish(id string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for ch := range f.watchers[id] {
-		select {
-		case ch <- struct{}{}:
-		default:
+	signal := func(key string) {
+		for ch := range f.watchers[key] {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
 		}
+	}
+	signal(id)
+	if id != anyJob {
+		signal(anyJob) // the dashboard watches every job
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/horde-compute/horde/internal/wsconn"
@@ -44,6 +45,31 @@ type session struct {
 	// ping checks that the validator still answers; end ends the session.
 	ping func(ctx context.Context) error
 	end  func()
+
+	mu sync.Mutex
+	// sentPairs are the pairs sent on this session awaiting their acks.
+	sentPairs map[int64]bool
+}
+
+// pairSent reports whether pair id is yet to be sent on this session, and
+// notes it sent.
+func (s *session) pairSent(id int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sentPairs[id] {
+		return false
+	}
+	if s.sentPairs == nil {
+		s.sentPairs = map[int64]bool{}
+	}
+	s.sentPairs[id] = true
+	return true
+}
+
+func (s *session) pairDone(id int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sentPairs, id)
 }
 
 func (s *session) send(ctx context.Context, m protocol.Message) error { return s.link.Send(ctx, m) }
@@ -105,14 +131,20 @@ func (f *Facilitator) connect(ctx context.Context, s *session) (disconnect func(
 		f.log.Warn("validator's old session does not answer; the new one takes its place", "validator", s.hotkey, "err", err)
 		old.end()
 	}
+	if old == nil {
+		f.metrics.Validators(1)
+	}
 	f.log.Info("validator connected", "validator", s.hotkey, "capabilities", s.caps)
+	f.publish(anyJob)
 	f.kick()
 	return func() {
 		f.mu.Lock()
 		if f.validators[s.hotkey] == s {
 			delete(f.validators, s.hotkey)
+			f.metrics.Validators(-1)
 		}
 		f.mu.Unlock()
+		f.publish(anyJob)
 		f.log.Info("validator disconnected", "validator", s.hotkey)
 	}, nil
 }
@@ -267,6 +299,14 @@ func (f *Facilitator) fromValidator(ctx context.Context, s *session, m protocol.
 	case *protocol.V0JobVolumeResult:
 		if s.has(protocol.CapVolumeMessages) {
 			f.volumeResult(m)
+			return s.respond("", nil)
+		}
+	case *protocol.V0StreamPairAck:
+		if s.has(protocol.CapStreamPairAcks) {
+			if err := f.pairAcked(ctx, s, m); err != nil {
+				f.log.Error("pair ack not recorded", "validator", s.hotkey, "err", err)
+				return s.respond("pair", errors.New("ack not recorded"))
+			}
 			return s.respond("", nil)
 		}
 	case *protocol.V0ValidatorReport:

@@ -118,3 +118,55 @@ func mustRequest(t *testing.T, method, path string) *http.Request {
 	t.Helper()
 	return httptest.NewRequestWithContext(t.Context(), method, path, nil)
 }
+
+// nextPair returns the next pair report the validator was sent, skipping
+// other messages (jobs sent again on a new session).
+func (v *fakeValidator) nextPair() *protocol.V0StreamPairReport {
+	v.t.Helper()
+	for {
+		if m, ok := v.next().(*protocol.V0StreamPairReport); ok {
+			return m
+		}
+	}
+}
+
+// A reported pair is delivered until the validator acknowledges it: sent
+// to a validator that goes away unacknowledged, it comes again on its next
+// session; acknowledged, it is delivered for good.
+func TestPairsRedeliveredUntilAcknowledged(t *testing.T) {
+	h := newHarness(t, Config{})
+	key := hotkey(t)
+	h.allow(key)
+	v := h.connectAs(key)
+	j := h.create(spec())
+	v.nextJob()
+	k, _ := streamingReady(t, v, j.UUID)
+	if err := h.client.ReportPair(h.ctx(), j.UUID, k.pair(j.UUID, "r1", []byte("q"), []byte("a"), time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	first := v.nextPair()
+	if first.ID == 0 || first.UUID != j.UUID {
+		t.Fatalf("pair report %+v, want one with an id", first)
+	}
+	v.conn.Close("validator restarts before keeping the pair")
+
+	v = h.connectAs(key)
+	again := v.nextPair()
+	if again.ID != first.ID || again.Pair != first.Pair {
+		t.Fatalf("after reconnecting: %+v, want the unacknowledged pair %d again", again, first.ID)
+	}
+	// Another validator's ack does not deliver it.
+	other := h.connect()
+	if r := other.request(&protocol.V0StreamPairAck{ID: first.ID}); r.Status != "success" {
+		t.Fatalf("ack refused: %+v", r)
+	}
+	if pending, _, err := h.db.UnforwardedPairs(h.ctx(), key.SS58(), 10); err != nil || len(pending) != 1 {
+		t.Fatalf("after another validator's ack: %d pending, %v; want 1", len(pending), err)
+	}
+	if r := v.request(&protocol.V0StreamPairAck{ID: first.ID}); r.Status != "success" {
+		t.Fatalf("ack refused: %+v", r)
+	}
+	if pending, _, err := h.db.UnforwardedPairs(h.ctx(), key.SS58(), 10); err != nil || len(pending) != 0 {
+		t.Fatalf("after the ack: %d pending, %v; want none", len(pending), err)
+	}
+}

@@ -34,7 +34,7 @@ func forSDK(hist []protocol.StatusEntry) []protocol.StatusEntry {
 				msg = meta.Comment
 			}
 			meta.JobFailureDetails = &protocol.FailureDetails{Reason: protocol.FailureUnknown, Stage: protocol.StageUnknown,
-				Message: msg, Context: map[string]any{"horde_reason": "cancelled"}}
+				Message: msg, Context: protocol.WithReason("cancelled")}
 			e.Status, e.Metadata = protocol.StatusFailed, &meta
 		}
 		if sdkStatuses[e.Status] {

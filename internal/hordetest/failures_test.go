@@ -466,12 +466,14 @@ func TestTrustedMinerServesOnlyItsValidator(t *testing.T) {
 	}
 	defer db.Close()
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	m, err := miner.New(miner.Config{Hotkey: mine, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1},
+		TrustedValidator: pinned.SS58(), Store: db, Backend: &miner.Local{Runtime: rt, DataDir: t.TempDir(), Owner: mine.SS58(), Log: slog.New(slog.DiscardHandler)}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() {
-		done <- miner.Run(ctx, miner.Config{Hotkey: mine, Listener: ln, Manifest: map[string]int{protocol.ClassTest: 1},
-			TrustedValidator: pinned.SS58(), Store: db, Backend: &miner.Local{Runtime: rt, DataDir: t.TempDir(), Owner: mine.SS58(), Log: slog.New(slog.DiscardHandler)}})
-	}()
+	go func() { done <- m.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	for _, tc := range []struct {
 		k    *sig.Hotkey

@@ -87,7 +87,7 @@ func (f *FakeMiner) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	conn.Send(ctx, &protocol.V0ExecutorManifestRequest{Manifest: f.Manifest})
+	conn.Send(ctx, &protocol.V0ExecutorManifestRequest{Manifest: f.Manifest, Capabilities: protocol.MinerCapabilities})
 	for {
 		m, err := conn.Recv(ctx)
 		if err != nil {

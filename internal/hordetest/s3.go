@@ -54,9 +54,28 @@ func versitygw(t testing.TB) string {
 }
 
 // StartS3 runs an S3 server for the test and makes a bucket.
+//
+// The gateway takes a port number, not a listener, so the port is found free
+// and handed over; if something else takes it in between, the gateway exits
+// and is started again on another port.
 func StartS3(t testing.TB, bucket string) *S3 {
 	t.Helper()
 	bin := versitygw(t)
+	for attempt := 1; ; attempt++ {
+		s, exited := startS3(t, bin, bucket)
+		if s != nil {
+			return s
+		}
+		if attempt == 5 {
+			t.Fatalf("S3 server did not come up after %d ports: %s", attempt, exited)
+		}
+	}
+}
+
+// startS3 starts the gateway on a free port and makes the bucket; it returns
+// nil and the gateway's output when the gateway exited first.
+func startS3(t testing.TB, bin, bucket string) (*S3, string) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -64,15 +83,17 @@ func StartS3(t testing.TB, bucket string) *S3 {
 	addr := ln.Addr().String()
 	ln.Close()
 	const access, secret = "hordetestaccess", "hordetestsecretkey0123456789"
-	var logs bytes.Buffer
+	logs := &syncBuffer{}
 	cmd := exec.Command(bin, "--port", addr, "--access", access, "--secret", secret, "posix", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }() // owned: ends when the gateway does; waited for in cleanup
 	t.Cleanup(func() {
 		cmd.Process.Kill()
-		cmd.Wait()
+		<-exited
 		if t.Failed() {
 			t.Logf("versitygw output:\n%s", logs.String())
 		}
@@ -81,18 +102,46 @@ func StartS3(t testing.TB, bucket string) *S3 {
 	s.Client = s3.New(s3.Options{Region: "us-east-1", BaseEndpoint: aws.String(s.Endpoint), UsePathStyle: true,
 		Credentials: credentials.NewStaticCredentialsProvider(access, secret, "")})
 	s.Presign = s3.NewPresignClient(s.Client, s3.WithPresignExpires(10*time.Minute))
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(time.Minute)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		_, err := s.Client.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(bucket)})
+		select {
+		case <-exited:
+			return nil, logs.String()
+		default:
+		}
 		if err == nil {
-			break
+			return s, ""
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("S3 server did not come up: %v", err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-exited:
+			return nil, logs.String()
+		case <-tick.C:
+		}
 	}
-	return s
+}
+
+// syncBuffer is a bytes.Buffer the gateway's output goroutines may share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // PresignGet returns a presigned GET URL of bucket/key.

@@ -2,6 +2,7 @@ package hordetest
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,12 @@ func details(t *testing.T, raw json.RawMessage) validator.ScoreDetails {
 // honest miner takes all the weight, its organic job counted too.
 func TestSyntheticRoundCatchesSharedHardware(t *testing.T) {
 	params, err := devstack.Calibrate(t.Context(), Docker(t), time.Second)
+	if errors.Is(err, devstack.ErrNoSeparation) {
+		// Other work holds both cores: two jobs on one core are no slower
+		// than on two, so no allowance can tell a cheater now. Measured,
+		// not assumed: the ratio is in the error.
+		t.Skipf("this machine cannot tell one core from two right now: %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

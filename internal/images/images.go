@@ -1,8 +1,10 @@
-// Package images builds the container images horde ships (the demo/test job
-// and the demo LLM service) from Go source in this module, as FROM-scratch
-// images with one static binary, so nothing is ever pulled from a registry;
-// and gives the fake runtime the same programs under the same names
-// (RegisterFake).
+// Package images makes the container images horde ships (the role image,
+// the demo/test job and the demo LLM service) as FROM-scratch images holding
+// one static binary, so nothing is ever pulled from a registry. At run time
+// they are made from the running horde binary itself (FromBinary), whose
+// 'horde program' subcommands are the images' programs; tests may also build
+// single programs from this module's source (Build). RegisterFake gives the
+// fake runtime the same programs under the same names.
 package images
 
 import (
@@ -25,7 +27,9 @@ const JobImage = "horde/job:dev"
 const LLMImage = "horde/llm:dev"
 
 // Build compiles the Go command pkg (an import path in this module) as a
-// static binary and builds it into a FROM-scratch image tagged tag.
+// static binary and builds it into a FROM-scratch image tagged tag. It needs
+// the Go toolchain and this module's source: tests use it; horde itself makes
+// its images with FromBinary.
 func Build(ctx context.Context, cli *docker.Client, pkg, tag string) error {
 	dir, err := os.MkdirTemp("", "horde-image-")
 	if err != nil {
@@ -36,7 +40,7 @@ func Build(ctx context.Context, cli *docker.Client, pkg, tag string) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build image %s: go build %s: %v\n%s\n(images are built from horde's source: run this from a checkout of the horde repository, with the Go toolchain)", tag, pkg, err, out)
+		return fmt.Errorf("build image %s: go build %s: %v\n%s\n(Build compiles from source: it needs a checkout of horde and the Go toolchain)", tag, pkg, err, out)
 	}
 	app, err := os.ReadFile(bin)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/jobdisk"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/protocol"
 )
 
@@ -49,6 +50,10 @@ type Local struct {
 	// jobs' proxies (see executor.Config).
 	StreamingListen, StreamingHost string
 	StreamingSkew                  time.Duration
+	// StreamingMetrics counts what the executors' signing proxies do (nil: not counted).
+	StreamingMetrics *metrics.Streaming
+	// SelfContainer is passed to executors (see executor.Config).
+	SelfContainer string
 	// Rewrite is passed to executors (see executor.Config); nil for real miners.
 	Rewrite func(*protocol.V0JobRequest)
 	Log     *slog.Logger
@@ -68,8 +73,9 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 		err := executor.Run(ctx, executor.Config{
 			MinerURL: spec.MinerURL, DataDir: l.DataDir, Runtime: l.Runtime, Class: spec.Limits,
 			Limits: l.Limits, Net: l.Net, BoundDisks: l.BoundDisks, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
-			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew, Rewrite: l.Rewrite,
-			Log: l.Log.With("role", "executor"),
+			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew, SelfContainer: l.SelfContainer, Rewrite: l.Rewrite,
+			StreamingMetrics: l.StreamingMetrics,
+			Log:              l.Log.With("role", "executor"),
 		})
 		if err != nil && ctx.Err() == nil {
 			l.Log.Warn("executor ended with error", "job", spec.JobUUID, "err", err)

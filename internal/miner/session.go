@@ -3,34 +3,28 @@ package miner
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
+	"github.com/horde-compute/horde/internal/miner/decide"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/receipt"
 )
 
-// job is one job the miner accepted.
-type job struct {
-	uuid      string
-	class     string
-	validator string
-	vconn     *wsconn.Conn
-	initial   *protocol.V0InitialJobRequest
-	started   receipt.Receipt
-	token     string
-	cancel    context.CancelFunc
+// The transport: sessions with validators and executors receive frames,
+// hand them to the logic (package decide, and the job lifecycle in jobs.go)
+// and send what it answers. Every send is bounded
+// by Config.SendTimeout.
 
-	mu        sync.Mutex
-	pending   []protocol.Message // validator → executor, before the executor connects
-	exec      *wsconn.Conn
-	connected chan struct{}
-	relayed   chan struct{} // closed when the executor's messages are all relayed
-	terminal  bool
+// send sends msg on conn, waiting at most Config.SendTimeout (and no
+// longer than ctx lives).
+func (m *Miner) send(ctx context.Context, conn *wsconn.Conn, msg protocol.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.SendTimeout)
+	defer cancel()
+	return conn.Send(ctx, msg)
 }
 
 // serveValidator handles one validator session.
@@ -42,23 +36,25 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	auth, ok := first.(*protocol.ValidatorAuthForMiner)
 	if !ok {
-		conn.Send(ctx, &protocol.UnauthorizedError{Code: "auth_required", Details: "first message must be ValidatorAuthForMiner, got " + first.MessageType()})
+		m.send(ctx, conn, &protocol.UnauthorizedError{Code: protocol.UnauthorizedUnknownValidator, Details: "first message must be ValidatorAuthForMiner, got " + first.MessageType()})
 		conn.CloseWith("auth required")
 		return
 	}
 	if err := wsconn.CheckValidatorAuth(auth, r.PathValue("hotkey"), m.cfg.Hotkey.SS58(), m.allowed, m.guard, time.Now()); err != nil {
 		m.log.Warn("validator refused", "validator", auth.ValidatorHotkey, "err", err)
-		conn.Send(ctx, &protocol.UnauthorizedError{Code: "unauthorized", Details: err.Error()})
+		m.send(ctx, conn, authRefusal(err, m.registered(auth.ValidatorHotkey)))
 		conn.CloseWith("unauthorized")
 		return
 	}
 	validator := auth.ValidatorHotkey
 	log := m.log.With("validator", validator)
 	log.Info("validator connected")
-	if err := conn.Send(ctx, &protocol.V0ExecutorManifestRequest{Manifest: m.cfg.Manifest}); err != nil {
+	m.metrics.Validators(1)
+	defer m.metrics.Validators(-1)
+	if err := m.send(ctx, conn, manifestFor(m.cfg.Manifest, m.cfg.UpstreamOnly)); err != nil {
 		return
 	}
-	conn.Send(ctx, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()})
+	m.send(ctx, conn, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()})
 
 	var mine []*job
 	defer func() {
@@ -90,222 +86,56 @@ func (m *Miner) serveValidator(w http.ResponseWriter, r *http.Request) {
 			m.countersign(ctx, conn, validator, receipt.JobAccepted, msg.Payload, msg.Signature)
 		case *protocol.V0JobFinishedReceiptRequest:
 			m.countersign(ctx, conn, validator, receipt.JobFinished, msg.Payload, msg.Signature)
+		case *protocol.V0MainHotkeyMessage:
+			m.send(ctx, conn, &protocol.V0MainHotkeyMessage{MainHotkey: m.cfg.Hotkey.SS58()}) // upstream's validator asks
 		case *protocol.GenericError:
 			log.Warn("validator reported an error", "details", msg.Details)
 		default:
-			conn.Send(ctx, &protocol.GenericError{Details: "unexpected message " + msg.MessageType()})
+			m.send(ctx, conn, &protocol.GenericError{Details: "unexpected message " + msg.MessageType()})
 		}
 	}
 }
 
-// offer decides on a job offer: verify the started receipt, check the class,
-// reserve an executor, accept and start the executor; or decline with a reason.
+// offer answers a job offer: decline with a reason, or keep the started
+// receipt, accept and start the executor. It returns the accepted job.
 func (m *Miner) offer(ctx context.Context, conn *wsconn.Conn, validator string, req *protocol.V0InitialJobRequest) *job {
 	log := m.log.With("job", req.JobUUID, "validator", validator)
-	decline := func(reason protocol.JobRejectionReason, msg string, excuses []json.RawMessage) *job {
-		log.Info("declining job", "reason", reason, "msg", msg)
-		if excuses == nil {
-			excuses = []json.RawMessage{}
-		}
-		conn.Send(ctx, &protocol.V0DeclineJobRequest{JobUUID: req.JobUUID, Reason: reason, Message: msg, Receipts: excuses})
+	if msg := m.images().streamingRefusal(req); msg != "" {
+		log.Info("declining job", "reason", protocol.RejectUnknown, "msg", msg)
+		m.metrics.Job("declined", metrics.Word(string(protocol.RejectUnknown)))
+		m.send(ctx, conn, decide.DeclineMessage(req, decide.Declined(protocol.RejectUnknown, "%s", msg), nil))
 		return nil
 	}
-	var p receipt.StartedPayload
-	if err := json.Unmarshal(req.JobStartedReceiptPayload, &p); err != nil {
-		return decline(protocol.RejectInvalidSignature, "job started receipt payload does not decode: "+err.Error(), nil)
-	}
-	switch {
-	case p.JobUUID != req.JobUUID, p.MinerHotkey != m.cfg.Hotkey.SS58(), p.ValidatorHotkey != validator, p.ExecutorClass != req.ExecutorClass:
-		return decline(protocol.RejectInvalidSignature, "job started receipt does not match the job (uuid, hotkeys or class)", nil)
-	}
-	if err := receipt.VerifyBy(validator, &p, req.JobStartedReceiptSignature); err != nil {
-		return decline(protocol.RejectInvalidSignature, err.Error(), nil)
-	}
-	if _, ok := m.cfg.Manifest[req.ExecutorClass]; !ok {
-		return decline(protocol.RejectUnknown, fmt.Sprintf("executor class %q is not offered by this miner", req.ExecutorClass), nil)
-	}
-	m.mu.Lock()
-	_, dup := m.jobs[req.JobUUID]
-	m.mu.Unlock()
-	if dup {
-		return decline(protocol.RejectUnknown, "job uuid is already running here", nil)
-	}
-	if !m.reserve(req.ExecutorClass) {
-		return decline(protocol.RejectBusy, "all executors of class "+req.ExecutorClass+" are busy", m.excuses(req.ExecutorClass))
-	}
-	started, err := receipt.New(&p, req.JobStartedReceiptSignature)
-	if err == nil {
-		started.MinerSignature, err = receipt.Sign(m.cfg.Hotkey, &p)
-	}
-	jctx, cancel := context.WithCancel(m.ctx)
-	j := &job{uuid: req.JobUUID, class: req.ExecutorClass, validator: validator, vconn: conn, initial: req,
-		started: started, cancel: cancel, connected: make(chan struct{}), relayed: make(chan struct{})}
-	j.token = m.tokens.Issue(j.uuid)
-	m.mu.Lock()
-	m.jobs[j.uuid] = j
-	m.mu.Unlock()
-	if err == nil {
-		err = m.cfg.Store.PutReceipt(ctx, started)
-	}
-	if err != nil {
-		m.release(j)
-		cancel()
-		return decline(protocol.RejectUnknown, "miner could not store the receipt: "+err.Error(), nil)
-	}
-	if err := conn.Send(ctx, &protocol.V0AcceptJobRequest{JobUUID: j.uuid}); err != nil {
-		m.release(j)
-		cancel()
-		return nil
-	}
-	done, err := m.cfg.Backend.Start(jctx, ExecutorSpec{JobUUID: j.uuid, Class: j.class,
-		MinerURL: m.cfg.ExecutorBaseURL + protocol.ExecutorPath + j.token, Limits: m.cfg.Classes[j.class]})
-	if err != nil {
-		m.hordeFailed(ctx, j, protocol.HordeSpinupFailed, "executor back-end could not start an executor: "+err.Error())
-		m.release(j)
-		cancel()
-		return j
-	}
-	log.Info("job accepted, executor starting", "class", j.class)
-	m.watchers.Go(func() { m.watch(jctx, j, done) }) // ends when the executor has
-	return j
-}
-
-// watch enforces the spin-up deadline and frees the executor when it ends.
-func (m *Miner) watch(ctx context.Context, j *job, done <-chan struct{}) {
-	t := time.NewTimer(m.cfg.SpinUpTimeout)
-	defer t.Stop()
-	select {
-	case <-j.connected:
-	case <-t.C:
-		m.tokens.Revoke(j.token)
-		m.hordeFailed(ctx, j, protocol.HordeSpinupFailed, fmt.Sprintf("executor did not connect within %s", m.cfg.SpinUpTimeout))
-		j.cancel()
-	case <-done:
-	}
-	<-done
-	m.tokens.Revoke(j.token)
-	select {
-	case <-j.connected:
-		// Let the relay pass on what the executor said before it ended.
-		select {
-		case <-j.relayed:
-		case <-time.After(5 * time.Second):
-		}
-	default:
-	}
-	if ctx.Err() == nil {
-		// A no-op if the executor reported a result.
-		m.hordeFailed(context.Background(), j, protocol.HordeExecutorDisconnected, "executor ended without reporting a result")
-	}
-	m.release(j)
-	j.cancel()
-}
-
-func (m *Miner) hordeFailed(ctx context.Context, j *job, reason protocol.HordeFailureReason, msg string) {
-	j.mu.Lock()
-	if j.terminal {
-		j.mu.Unlock()
-		return
-	}
-	j.terminal = true
-	j.mu.Unlock()
-	m.log.Warn("job failed (horde)", "job", j.uuid, "reason", reason, "msg", msg)
-	j.vconn.Send(ctx, &protocol.V0HordeFailedRequest{JobUUID: j.uuid, ReportedBy: protocol.ByMiner, Reason: reason, Message: msg})
-}
-
-// excuses are the countersigned started receipts of running organic jobs of
-// class still within their ttl: proof that the executors are really taken.
-func (m *Miner) excuses(class string) []json.RawMessage {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []json.RawMessage
-	for _, j := range m.jobs {
-		if j.class != class {
-			continue
-		}
-		p, err := j.started.Decode()
-		if err != nil {
-			continue
-		}
-		sp := p.(*receipt.StartedPayload)
-		if !sp.IsOrganic || time.Since(sp.Timestamp.Time) > time.Duration(sp.TTL)*time.Second {
-			continue
-		}
-		if b, err := json.Marshal(j.started); err == nil {
-			out = append(out, b)
+	j, d, excuses := m.admit(validator, conn, req)
+	if j != nil {
+		if err := m.cfg.Store.PutReceipt(ctx, j.started); err != nil {
+			m.release(j)
+			j, d = nil, decide.Declined(protocol.RejectUnknown, "miner could not store the receipt: %v", err)
 		}
 	}
-	return out
-}
-
-func (m *Miner) jobOf(validator, uuid string) *job {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	j := m.jobs[uuid]
-	if j == nil || j.validator != validator {
-		return nil
-	}
-	return j
-}
-
-// toExecutor forwards a validator message to the job's executor, queueing it
-// until the executor connects.
-func (m *Miner) toExecutor(ctx context.Context, conn *wsconn.Conn, validator, uuid string, msg protocol.Message) {
-	j := m.jobOf(validator, uuid)
 	if j == nil {
-		conn.Send(ctx, &protocol.GenericError{Details: "no such job here: " + uuid})
-		return
+		log.Info("declining job", "reason", d.Reason, "msg", d.Message)
+		m.metrics.Job("declined", metrics.Word(string(d.Reason)))
+		m.send(ctx, conn, decide.DeclineMessage(req, d, excuses))
+		return nil
 	}
-	j.mu.Lock()
-	exec := j.exec
-	if exec == nil {
-		j.pending = append(j.pending, msg)
+	if err := m.send(ctx, conn, &protocol.V0AcceptJobRequest{JobUUID: j.uuid}); err != nil {
+		m.release(j)
+		return nil
 	}
-	j.mu.Unlock()
-	if exec != nil {
-		exec.Send(ctx, msg)
-	}
-}
-
-func (m *Miner) cancelJob(ctx context.Context, validator, uuid string) {
-	j := m.jobOf(validator, uuid)
-	if j == nil {
-		return
-	}
-	j.mu.Lock()
-	j.terminal = true // the validator knows; nothing more to report
-	exec := j.exec
-	j.mu.Unlock()
-	if exec != nil {
-		exec.Send(ctx, &protocol.V0CancelJobRequest{JobUUID: uuid})
-	}
-	m.log.Info("job cancelled by validator", "job", uuid)
-	j.cancel()
+	m.start(ctx, j)
+	return j
 }
 
 // countersign verifies a validator-signed receipt, adds the miner's signature and stores it.
 func (m *Miner) countersign(ctx context.Context, conn *wsconn.Conn, validator string, t receipt.Type, payload json.RawMessage, signature string) {
-	r := receipt.Receipt{Type: t, Payload: payload, ValidatorSignature: signature}
-	p, err := r.Decode()
-	if err == nil {
-		err = r.Verify()
-	}
-	if err == nil {
-		var b receipt.Base
-		json.Unmarshal(payload, &b)
-		if b.MinerHotkey != m.cfg.Hotkey.SS58() || b.ValidatorHotkey != validator {
-			err = fmt.Errorf("%w: receipt names miner %s and validator %s", receipt.ErrInvalid, b.MinerHotkey, b.ValidatorHotkey)
-		}
-	}
-	if err == nil {
-		r.MinerSignature, err = receipt.Sign(m.cfg.Hotkey, p)
-	}
+	r, err := decide.Countersign(m.cfg.Hotkey, validator, t, payload, signature)
 	if err == nil {
 		err = m.cfg.Store.PutReceipt(ctx, r)
 	}
 	if err != nil {
 		m.log.Warn("receipt refused", "type", t, "err", err)
-		conn.Send(ctx, &protocol.GenericError{Details: "receipt refused: " + err.Error()})
+		m.send(ctx, conn, &protocol.GenericError{Details: "receipt refused: " + err.Error()})
 	}
 }
 
@@ -328,8 +158,12 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer close(j.relayed)
-	ctx := r.Context()
-	if err := conn.Send(ctx, j.initial); err != nil {
+	// The relay ends with the job: a cancelled job's executor has nothing
+	// left to say.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(j.ctx, cancel)()
+	if err := m.send(ctx, conn, j.initial); err != nil {
 		return
 	}
 	j.mu.Lock()
@@ -339,42 +173,16 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 	j.mu.Unlock()
 	close(j.connected)
 	for _, msg := range pending {
-		conn.Send(ctx, msg)
+		m.send(ctx, conn, msg)
 	}
 	for {
 		msg, err := conn.Recv(ctx)
 		if err != nil {
 			return // watch reports the loss once the executor has ended
 		}
-		terminal := false
-		switch msg := msg.(type) {
-		case *protocol.V0ExecutorReadyRequest:
-			msg.ExecutorToken = ""
-		case *protocol.V0VolumesReadyRequest:
-			msg.ExecutorToken = ""
-		case *protocol.V0ExecutionDoneRequest:
-			msg.ExecutorToken = ""
-		case *protocol.V0StreamingJobReadyRequest:
-			// The miner vouches for the job's key with its hotkey.
-			msg.ExecutorToken = ""
-			msg.MinerSignature = m.cfg.Hotkey.SignHex(protocol.StreamingReadyMessage(msg.JobUUID, msg.IP, msg.Port, msg.PublicKey))
-		case *protocol.V0MachineSpecsRequest:
-			msg.ExecutorToken = ""
-		case *protocol.V0JobFinishedRequest:
-			msg.ExecutorToken, terminal = "", true
-		case *protocol.V0JobFailedRequest:
-			msg.ExecutorToken, terminal = "", true
-		case *protocol.V0HordeFailedRequest:
-			msg.ExecutorToken, terminal = "", true
-			msg.ReportedBy = protocol.ByExecutor
-		case *protocol.V0ExecutorFailedRequest:
-			msg.ExecutorToken, terminal = "", true
-		case *protocol.V0StreamingJobNotReadyRequest:
-			msg.ExecutorToken = ""
-		case *protocol.V0VolumeResult:
-			msg.ExecutorToken = ""
-		default:
-			conn.Send(ctx, &protocol.GenericError{Details: "unexpected message from executor: " + msg.MessageType()})
+		out, terminal, ok := decide.FromExecutor(m.cfg.Hotkey, msg)
+		if !ok {
+			m.send(ctx, conn, &protocol.GenericError{Details: "unexpected message from executor: " + msg.MessageType()})
 			continue
 		}
 		j.mu.Lock()
@@ -386,8 +194,11 @@ func (m *Miner) serveExecutor(w http.ResponseWriter, r *http.Request) {
 		if skip {
 			continue
 		}
-		if err := j.vconn.Send(ctx, msg); err != nil {
-			m.log.Warn("validator gone; dropping executor message", "job", uuid, "type", msg.MessageType())
+		if terminal {
+			m.free(j) // before the validator hears of the end
+		}
+		if err := m.send(ctx, j.vconn, out); err != nil {
+			m.log.Warn("validator gone; dropping executor message", "job", uuid, "type", out.MessageType())
 		}
 	}
 }

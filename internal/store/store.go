@@ -25,6 +25,10 @@ type Receipts interface {
 	// those with an id above after, at most limit.
 	ReceiptsAfter(ctx context.Context, after int64, limit int) ([]StoredReceipt, error)
 	ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Receipt, error)
+	// ReceiptsStoredIn returns the receipts stored at a time in [from, to),
+	// in the order they were stored: a miner's receipt page (only ever
+	// grows at its end, as a receipt is never stored twice).
+	ReceiptsStoredIn(ctx context.Context, from, to time.Time) ([]StoredReceipt, error)
 }
 
 // StoredReceipt is a receipt with its position in the store.
@@ -62,6 +66,12 @@ type Jobs interface {
 	// Unfinished returns jobs not in a terminal status (for recovery at start).
 	Unfinished(ctx context.Context) ([]JobRecord, error)
 	SetAssignment(ctx context.Context, uuid, validator, miner string) error
+	// ClaimJob gives a job still in status sent to validator, if its
+	// assignment and update time are still those of seen (as read before):
+	// of the callers that read the same record, one wins and the others get
+	// false. Facilitator replicas over one database claim a job before they
+	// send it, so each sends it only when the job is theirs to send.
+	ClaimJob(ctx context.Context, seen JobRecord, validator string) (bool, error)
 }
 
 // OutboxItem is a queued message.
@@ -197,7 +207,9 @@ type Pairs interface {
 	PairsForImage(ctx context.Context, image string, after int64, limit int) ([]PairRecord, []int64, error)
 	// UnforwardedPairs returns the pairs for validator not yet passed on to it.
 	UnforwardedPairs(ctx context.Context, validator string, limit int) ([]PairRecord, []int64, error)
-	MarkForwarded(ctx context.Context, id int64) error
+	// MarkForwarded marks pair id delivered to validator (nothing if the
+	// pair is another validator's).
+	MarkForwarded(ctx context.Context, validator string, id int64) error
 }
 
 // CheatRecord is a client's report that a job's miner cheated, as the

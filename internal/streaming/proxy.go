@@ -3,6 +3,7 @@
 package streaming
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -10,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -17,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
@@ -30,25 +33,57 @@ const DefaultSkew = 5 * time.Second
 // the request and the response through without buffering either, hashes
 // both on the fly, and sends the signed v2 receipt as trailers once the
 // response is complete. The response carries the request id in a header;
-// receipts stay retrievable by it for the job's life.
+// receipts stay retrievable by it for the job's life, kept on disk (memory
+// stays flat however many requests the job serves).
+//
+// A request body of known length up to MaxBuffered is read whole first and
+// sent to the service with its length (no goroutine, pipe or timer); a
+// longer or chunked one streams through. A reply of known length goes out
+// with one flush at its end; a streamed one (SSE, chunked) is flushed as the
+// service flushes.
 type Proxy struct {
 	JobUUID  string
 	Key      ed25519.PrivateKey
 	Upstream *url.URL
 	Skew     time.Duration
-	// Transport reaches the service (default: a new http.Transport).
+	// Transport reaches the service (default: an http.Transport keeping
+	// PoolSize connections).
 	Transport http.RoundTripper
+	// PoolSize is how many idle connections to the service are kept
+	// (default DefaultPoolSize).
+	PoolSize int
+	// MaxBuffered is the largest request body read whole before it goes on
+	// (default DefaultMaxBuffered).
+	MaxBuffered int64
+	// Dir keeps the receipts (default: a temporary directory that Close removes).
+	Dir string
 	// Now is the proxy's clock (default time.Now).
 	Now func() time.Time
+	// Metrics counts requests and bytes and times signing (nil: not counted).
+	Metrics *metrics.Streaming
 
-	mu       sync.Mutex
-	receipts map[string]*signed
+	mu     sync.Mutex
+	up     *upstream
+	rt     http.RoundTripper
+	store  store
+	stored sync.Once
 }
 
-type signed struct {
+// Defaults of the proxy's sizes.
+const (
+	DefaultPoolSize          = 64
+	DefaultMaxBuffered int64 = 1 << 20
+)
+
+// kept is a receipt as GET ReceiptsPath+id serves it.
+type kept struct {
 	Receipt   string `json:"receipt"`
 	Signature string `json:"signature"`
-	done      bool
+}
+
+func (p *Proxy) receipts() *store {
+	p.stored.Do(func() { p.store.dir = p.Dir })
+	return &p.store
 }
 
 func (p *Proxy) now() time.Time {
@@ -58,30 +93,93 @@ func (p *Proxy) now() time.Time {
 	return time.Now()
 }
 
-// transport is the proxy's own connection pool to its one service: kept
-// connections make small requests cheap (the default transport keeps two),
-// and a pool per job never hands a request to another job's service that
-// had the same address.
-func (p *Proxy) transport() http.RoundTripper {
+// clients returns the proxy's own connection pool to its one service, for
+// requests whose body is in memory (nil if a Transport was given or the
+// service is not plain HTTP), and the transport for the others: kept
+// connections make small requests cheap, and a pool per job never hands a
+// request to another job's service that had the same address.
+func (p *Proxy) clients() (*upstream, http.RoundTripper) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.Transport == nil {
-		p.Transport = &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second,
-			DisableCompression: true}
+	if p.rt == nil {
+		n := p.PoolSize
+		if n <= 0 {
+			n = DefaultPoolSize
+		}
+		p.rt = p.Transport
+		if p.rt == nil {
+			p.rt = &http.Transport{MaxIdleConns: n, MaxIdleConnsPerHost: n, IdleConnTimeout: 90 * time.Second,
+				DisableCompression: true, ReadBufferSize: 32 << 10, WriteBufferSize: 32 << 10}
+			if p.Upstream.Scheme == "http" {
+				p.up = &upstream{host: p.Upstream.Host, maxIdle: n}
+			}
+		}
 	}
-	return p.Transport
+	return p.up, p.rt
 }
 
-// Close drops the proxy's kept connections to the service.
-func (p *Proxy) Close() {
+// Close drops the proxy's kept connections to the service and its receipts.
+func (p *Proxy) Close() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if t, ok := p.Transport.(*http.Transport); ok {
+	up, rt := p.up, p.rt
+	p.mu.Unlock()
+	if up != nil {
+		up.close()
+	}
+	if t, ok := rt.(*http.Transport); ok {
 		t.CloseIdleConnections()
 	}
+	return p.receipts().close()
 }
 
 var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// heldBody is a request body read whole. The service's transport gets it
+// as a bytes.Reader, which it knows to be in memory: it writes the request's
+// head and body in one go instead of flushing the head first, and it can
+// send it again on a kept connection the service had closed.
+type heldBody []byte
+
+func (b heldBody) reader() io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
+
+func (b heldBody) getBody() (io.ReadCloser, error) { return b.reader(), nil }
+
+// streamedBody is a request body too long to hold, streamed to the service
+// through a pipe as it arrives; done is closed once it has been read to its
+// end (or the pipe was closed).
+type streamedBody struct {
+	*io.PipeReader
+	done chan struct{}
+	n    int64 // bytes copied, once done is closed
+}
+
+// streamBody starts copying r's body into the pipe, hashing it on the way;
+// wait waits for the copy to end (after the pipe is closed).
+func (p *Proxy) streamBody(r *http.Request, in hash.Hash) (*streamedBody, func()) {
+	pr, pw := io.Pipe()
+	b := &streamedBody{PipeReader: pr, done: make(chan struct{})}
+	go func() { // owned: ends at the body's end, or when the pipe is closed; wait waits for it
+		n, err := io.Copy(io.MultiWriter(pw, in), r.Body)
+		b.n = n
+		pw.CloseWithError(err)
+		close(b.done)
+	}()
+	return b, func() { <-b.done }
+}
+
+// waitBody waits until a streamed request body has been read to its end,
+// for at most a grace period; false if the client went away.
+func waitBody(r *http.Request, b *streamedBody) bool {
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-b.done:
+	case <-t.C:
+	case <-r.Context().Done():
+		return false
+	}
+	return true
+}
 
 func fail(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -121,9 +219,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var ref *refusal
 	if errors.As(err, &ref) {
+		p.Metrics.Request(ref.status, 0, 0)
 		fail(w, ref.status, ref.msg)
 		return
 	}
+	p.Metrics.Request(http.StatusInternalServerError, 0, 0)
 	fail(w, http.StatusInternalServerError, err.Error())
 }
 
@@ -190,23 +290,25 @@ func boundRequest(r *http.Request) (sr.Exchange, error) {
 // reserve claims request id for one exchange (making one for a
 // proxy-stamped request); a client's id is refused if this job saw it.
 func (p *Proxy) reserve(id string, stamp sr.Stamp) (string, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.receipts == nil {
-		p.receipts = map[string]*signed{}
-	}
-	if stamp == sr.StampProxy {
-		for id == "" || p.receipts[id] != nil {
+	st := p.receipts()
+	for {
+		if stamp == sr.StampProxy {
 			var b [16]byte
 			rand.Read(b[:])
 			id = hex.EncodeToString(b[:])
 		}
+		err := st.reserve(id)
+		switch {
+		case err == nil:
+			return id, nil
+		case errors.Is(err, errSeen) && stamp == sr.StampProxy:
+			continue
+		case errors.Is(err, errSeen):
+			return "", &refusal{http.StatusConflict, sr.HeaderRequestID + " " + id + " was used before in this job"}
+		default:
+			return "", fmt.Errorf("receipts: %w", err)
+		}
 	}
-	if _, dup := p.receipts[id]; dup {
-		return "", &refusal{http.StatusConflict, sr.HeaderRequestID + " " + id + " was used before in this job"}
-	}
-	p.receipts[id] = &signed{}
-	return id, nil
 }
 
 // outbound is the request the service gets: what the receipt binds and
@@ -214,15 +316,13 @@ func (p *Proxy) reserve(id string, stamp sr.Stamp) (string, error) {
 // so that replaying the signed request replays what the service answered.
 // Framing (length, chunking) is the transport's.
 func (p *Proxy) outbound(r *http.Request, x sr.Exchange) *http.Request {
-	out := r.WithContext(r.Context())
-	u := *r.URL
-	u.Scheme, u.Host = p.Upstream.Scheme, p.Upstream.Host
-	out.URL, out.Host, out.RequestURI, out.Close = &u, p.Upstream.Host, "", false
-	out.Header, out.Trailer = http.Header{}, nil
+	u := &url.URL{Scheme: p.Upstream.Scheme, Host: p.Upstream.Host, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}
+	h := make(http.Header, 1)
 	if x.RequestContentType != "" {
-		out.Header["Content-Type"] = []string{x.RequestContentType}
+		h["Content-Type"] = []string{x.RequestContentType}
 	}
-	return out
+	out := &http.Request{Method: r.Method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h, Host: p.Upstream.Host}
+	return out.WithContext(r.Context())
 }
 
 // responseContentType is the Content-Type the receipt binds: the service's
@@ -257,48 +357,82 @@ func copyResponseHeader(dst, src http.Header, ctype string) {
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, id string, stamp sr.Stamp, x sr.Exchange) {
 	in := sha256.New()
 	out := p.outbound(r, x)
-	// The request body streams to the service through a pipe, hashed on the
-	// way. HTTP/1 may refuse reads of a request body once the response has
-	// started, so the response waits until the body has been read to its end
-	// (a service that answers without reading all of it gets a grace period).
-	bodyDone := make(chan struct{})
-	if r.Body == nil || r.Body == http.NoBody {
-		out.Body = http.NoBody
-		close(bodyDone)
-	} else {
-		pr, pw := io.Pipe()
-		out.Body = pr
-		go func() { // owned: ends at the body's end, or when the pipe is closed below
-			_, err := io.Copy(io.MultiWriter(pw, in), r.Body)
-			pw.CloseWithError(err)
-			close(bodyDone)
-		}()
-		defer func() {
-			pr.Close()
-			<-bodyDone
-		}()
+	code, inBytes, outBytes := http.StatusBadGateway, int64(0), int64(0)
+	var streamed *streamedBody
+	defer func() { // after a streamed body's copy has ended (deferred below)
+		if streamed != nil {
+			inBytes = streamed.n
+		}
+		p.Metrics.Request(code, inBytes, outBytes)
+	}()
+	limit := p.MaxBuffered
+	if limit == 0 {
+		limit = DefaultMaxBuffered
 	}
-	resp, err := p.transport().RoundTrip(out)
+	var held heldBody
+	switch {
+	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
+		out.Body = http.NoBody
+	case r.ContentLength > 0 && r.ContentLength <= limit:
+		// A plain copy: read the body whole, hash it, send it with its length.
+		held = make(heldBody, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, held); err != nil {
+			p.unreserve(id)
+			code = http.StatusBadRequest
+			fail(w, code, "reading the request body: "+err.Error())
+			return
+		}
+		in.Write(held)
+		inBytes = r.ContentLength
+		out.Body, out.GetBody, out.ContentLength = held.reader(), held.getBody, r.ContentLength
+	default:
+		body, wait := p.streamBody(r, in)
+		streamed = body
+		out.Body, out.ContentLength = body, r.ContentLength
+		defer wait()
+		defer body.Close()
+	}
+	up, rt := p.clients()
+	var resp *http.Response
+	var err error
+	if up != nil && (held != nil || out.Body == http.NoBody) {
+		resp, err = up.roundTrip(out, held)
+	} else {
+		resp, err = rt.RoundTrip(out)
+	}
 	if err != nil {
+		p.unreserve(id)
 		fail(w, http.StatusBadGateway, "service: "+err.Error())
 		return
 	}
 	defer resp.Body.Close()
-	select {
-	case <-bodyDone:
-	case <-time.After(10 * time.Second):
-	case <-r.Context().Done():
-		return
+	if held == nil && out.Body != http.NoBody {
+		// HTTP/1 may refuse reads of a request body once the response has
+		// started, so the response waits until the streamed body has been
+		// read to its end (a service that answers without reading all of it
+		// gets a grace period).
+		if !waitBody(r, out.Body.(*streamedBody)) {
+			p.unreserve(id)
+			return
+		}
 	}
 	ctype, err := responseContentType(resp.Header)
 	if err != nil {
+		p.unreserve(id)
 		fail(w, http.StatusBadGateway, err.Error())
 		return
 	}
+	ok := false
+	defer func() {
+		if !ok {
+			p.unreserve(id)
+		}
+	}()
 	copyResponseHeader(w.Header(), resp.Header, ctype)
 	w.Header().Set(sr.HeaderRequestID, id)
 	w.Header().Set("Trailer", sr.TrailerReceipt+", "+sr.TrailerSig)
 	w.WriteHeader(resp.StatusCode)
+	code = resp.StatusCode
 	outHash := sha256.New()
 	// Stream token by token what the service streams (SSE, chunked replies);
 	// a reply of known length goes out in as few writes as it can.
@@ -313,6 +447,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			outHash.Write(buf[:n])
+			outBytes += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return // the client went away: no receipt
 			}
@@ -324,6 +459,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 			break
 		}
 		if rerr != nil {
+			p.unreserve(id)
+			ok = true
 			// The service broke mid-stream: end the response abnormally, so
 			// the client sees an error and gets no receipt.
 			panic(http.ErrAbortHandler)
@@ -334,49 +471,53 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 		InputSHA256: hex.EncodeToString(in.Sum(nil)), Status: resp.StatusCode, ResponseContentType: ctype,
 		OutputSHA256: hex.EncodeToString(outHash.Sum(nil))}
 	p.sign(w, id, rc)
+	ok = true
 }
 
 // sign sets the receipt trailers and keeps the receipt for GET ReceiptsPath+id.
 func (p *Proxy) sign(w http.ResponseWriter, id string, rc *sr.Receipt) {
+	start := time.Now()
 	blob, sig, err := sr.SignReceipt(p.Key, rc)
+	p.Metrics.Signed(time.Since(start))
 	if err != nil {
 		// Every value was checked before the request went on; a receipt that
 		// still cannot be encoded ends the response without one.
+		p.unreserve(id)
 		panic(http.ErrAbortHandler)
 	}
-	w.Header().Set(sr.TrailerReceipt, blob)
-	w.Header().Set(sr.TrailerSig, sig)
-	p.mu.Lock()
-	e := p.receipts[id]
-	e.Receipt, e.Signature, e.done = blob, sig, true
-	p.mu.Unlock()
+	h := w.Header()
+	h[sr.TrailerReceipt] = []string{blob}
+	h[sr.TrailerSig] = []string{sig}
+	p.receipts().done(id, blob, sig)
 }
 
+// unreserve records that id's exchange ended without a receipt; the id
+// stays used.
+func (p *Proxy) unreserve(id string) { p.receipts().done(id, "", "") }
+
 func (p *Proxy) serveReceipt(w http.ResponseWriter, id string) {
-	p.mu.Lock()
-	e, ok := p.receipts[id]
-	var body []byte
-	if ok && e.done {
-		body, _ = json.Marshal(e)
+	blob, sig, ok, err := p.Receipt(id)
+	if err != nil {
+		fail(w, http.StatusInternalServerError, "receipts: "+err.Error())
+		return
 	}
-	p.mu.Unlock()
-	if body == nil {
+	if !ok {
 		fail(w, http.StatusNotFound, "no receipt for request "+id)
 		return
 	}
+	body, _ := json.Marshal(kept{blob, sig})
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(body)
 }
 
-// Receipts returns how many receipts the proxy has signed.
-func (p *Proxy) Receipts() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, e := range p.receipts {
-		if e.done {
-			n++
-		}
+// Receipt returns the kept receipt of request id (base64 blob and
+// signature, as the trailers carried them); ok is false if there is none.
+func (p *Proxy) Receipt(id string) (blob, sig string, ok bool, err error) {
+	if sr.CheckRequestID(id) != nil {
+		return "", "", false, nil
 	}
-	return n
+	return p.receipts().lookup(id)
 }
+
+// Receipts returns how many receipts the proxy has signed.
+func (p *Proxy) Receipts() int { return int(p.receipts().signed.Load()) }

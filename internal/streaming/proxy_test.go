@@ -44,7 +44,7 @@ func newRig(t testing.TB, service http.Handler) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{JobUUID: "job-1", Key: jobKey, Upstream: up}
+	p := &Proxy{JobUUID: "job-1", Key: jobKey, Upstream: up, Dir: t.TempDir()}
 	tlsCfg, err := sr.ServerTLS(jobKey, jobCert, cc)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +52,10 @@ func newRig(t testing.TB, service http.Handler) *rig {
 	srv := httptest.NewUnstartedServer(p)
 	srv.TLS = tlsCfg
 	srv.StartTLS()
-	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		srv.Close()
+		p.Close()
+	})
 	r := &rig{proxy: p, url: srv.URL, jobCert: jobCert, clientKey: ck, clientPEM: cc}
 	r.client = r.clientWith(ck, cc)
 	return r
@@ -286,4 +289,133 @@ func TestManyRequestsOneConnection(t *testing.T) {
 			t.Fatalf("request %d: %v", i, err)
 		}
 	}
+}
+
+// A client offering HTTP/2 gets it (ALPN), with the receipt in the trailers
+// as an HTTP/1.1 client gets it; both kinds of body (held whole, streamed).
+func TestHTTP2AndHTTP1Trailers(t *testing.T) {
+	r := newRig(t, echo())
+	r.proxy.MaxBuffered = 1 << 10
+	cfg, err := sr.ClientTLS(r.clientKey, r.clientPEM, r.jobCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	h2 := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		proto  int
+	}{{"h1", r.client, 1}, {"h2", h2, 2}} {
+		for _, size := range []int{0, 100, 1 << 10, 5000, 200 << 10} {
+			t.Run(fmt.Sprintf("%s/%d", tc.name, size), func(t *testing.T) {
+				old := r.client
+				r.client = tc.client
+				defer func() { r.client = old }()
+				body := bytes.Repeat([]byte("q"), size)
+				resp, got, rc, err := r.call(t, fmt.Sprintf("%s-%d", tc.name, size), body, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.ProtoMajor != tc.proto || string(got) != "echo:"+string(body) || rc.InputSHA256 != hexsum(body) {
+					t.Errorf("proto %d, %d bytes back, receipt %+v", resp.ProtoMajor, len(got), rc)
+				}
+			})
+		}
+	}
+}
+
+// Receipts are kept on disk: each is retrievable by id while the job lives,
+// ids stay used after their buffers were written out, and a request that
+// ended without a receipt keeps its id used too.
+func TestReceiptsKeptOnDisk(t *testing.T) {
+	r := newRig(t, echo())
+	const n = 300
+	for i := range n {
+		if _, _, _, err := r.call(t, fmt.Sprintf("d%d", i), []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := r.proxy.Receipts(); got != n {
+		t.Errorf("%d receipts, want %d", got, n)
+	}
+	pub, _ := sr.PublicKey(r.jobCert)
+	for _, i := range []int{0, 7, n / 2, n - 1} {
+		id := fmt.Sprintf("d%d", i)
+		blob, sig, ok, err := r.proxy.Receipt(id)
+		if err != nil || !ok {
+			t.Fatalf("%s: %v %v", id, ok, err)
+		}
+		if _, err := sr.VerifyEvidence(pub, "job-1", blob, sig, []byte("x"), []byte("echo:x")); err != nil {
+			t.Errorf("%s: %v", id, err)
+		}
+		resp, _, _, _ := r.call(t, id, []byte("again"), nil)
+		if resp == nil || resp.StatusCode != http.StatusConflict {
+			t.Errorf("%s reused: %v", id, resp)
+		}
+	}
+	if _, _, ok, _ := r.proxy.Receipt("never"); ok {
+		t.Error("a receipt for an id never used")
+	}
+}
+
+// The proxy's own pool to the service: a service that closes every
+// connection after its answer, and kept connections the service closed
+// between requests, are both served; a client that goes away mid-stream
+// makes the proxy drop the service's connection, not drain it.
+func TestUpstreamPool(t *testing.T) {
+	t.Run("connection close", func(t *testing.T) {
+		r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+			io.ReadAll(q.Body)
+			w.Header().Set("Connection", "close")
+			io.WriteString(w, "bye")
+		}))
+		for i := range 5 {
+			if _, got, _, err := r.call(t, fmt.Sprintf("c%d", i), []byte("x"), nil); err != nil || string(got) != "bye" {
+				t.Fatalf("%d: %q %v", i, got, err)
+			}
+		}
+	})
+	t.Run("kept connections closed by the service", func(t *testing.T) {
+		svc := httptest.NewServer(echo())
+		t.Cleanup(svc.Close)
+		r := newRig(t, echo())
+		up, _ := url.Parse(svc.URL)
+		r.proxy.Upstream = up
+		for i := range 4 {
+			if _, got, _, err := r.call(t, fmt.Sprintf("s%d", i), []byte("y"), nil); err != nil || string(got) != "echo:y" {
+				t.Fatalf("%d: %q %v", i, got, err)
+			}
+			svc.CloseClientConnections()
+		}
+	})
+	t.Run("client gone mid-stream", func(t *testing.T) {
+		serviceDone := make(chan struct{})
+		r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+			defer close(serviceDone)
+			w.Header().Set("Content-Type", "text/event-stream")
+			for {
+				if _, err := io.WriteString(w, "data: more\n\n"); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-q.Context().Done():
+					return
+				default:
+				}
+			}
+		}))
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, r.url+"/v1/stream", strings.NewReader("z"))
+		resp, err := r.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || line != "data: more\n" {
+			t.Fatalf("%q %v", line, err)
+		}
+		resp.Body.Close()
+		r.client.CloseIdleConnections()
+		<-serviceDone // the service saw its connection go
+	})
 }

@@ -283,7 +283,8 @@ func TestUpstreamPythonClient(t *testing.T) {
 	}
 	dir := t.TempDir()
 	clientCert := rsaClient(t, dir)
-	p := &Proxy{JobUUID: "job-py", Key: jobKey, Upstream: up}
+	p := &Proxy{JobUUID: "job-py", Key: jobKey, Upstream: up, Dir: t.TempDir()}
+	t.Cleanup(func() { p.Close() })
 	tlsCfg, err := sr.ServerTLS(jobKey, jobCert, clientCert)
 	if err != nil {
 		t.Fatal(err)
@@ -318,13 +319,11 @@ func TestUpstreamPythonClient(t *testing.T) {
 				t.Fatalf("python got %+v (%q)", got, answer)
 			}
 			// The receipt, as a client without trailers fetches it.
-			p.mu.Lock()
-			kept := p.receipts[got.RequestID]
-			p.mu.Unlock()
-			if kept == nil || !kept.done {
-				t.Fatalf("no receipt kept for %s", got.RequestID)
+			keptBlob, keptSig, ok, err := p.Receipt(got.RequestID)
+			if err != nil || !ok {
+				t.Fatalf("no receipt kept for %s (%v)", got.RequestID, err)
 			}
-			rc, err := sr.Verify(pub, kept.Receipt, kept.Signature, sr.Expect{JobUUID: "job-py", RequestID: got.RequestID, Stamp: sr.StampProxy,
+			rc, err := sr.Verify(pub, keptBlob, keptSig, sr.Expect{JobUUID: "job-py", RequestID: got.RequestID, Stamp: sr.StampProxy,
 				Exchange: sr.Exchange{Method: "POST", Target: "/v1/completions?n=1", RequestContentType: "application/json", Status: 200,
 					ResponseContentType: got.ContentType}, InputSHA256: hexsum([]byte(body)), OutputSHA256: hexsum(answer),
 				Sent: sent, Received: time.Now(), Skew: time.Second})

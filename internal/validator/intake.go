@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/validator/jobrun"
 	"github.com/horde-compute/horde/protocol"
@@ -49,22 +50,24 @@ func VerifyJobSignature(spec *protocol.JobSpec, s *protocol.Signature, now time.
 // accept takes a job from the facilitator: signature first, then store,
 // then the job is driven to its end in a goroutine Run waits for.
 func (v *Validator) accept(ctx context.Context, req *protocol.V2JobRequest) {
-	reject := func(reason protocol.JobRejectionReason, msg string) {
-		v.log.Info("job rejected", "job", req.UUID, "reason", reason, "msg", msg)
+	// reject refuses the job with upstream's reason and horde's specific code.
+	reject := func(reason protocol.JobRejectionReason, code, msg string) {
+		v.log.Info("job rejected", "job", req.UUID, "reason", reason, "code", code, "msg", msg)
 		v.out.Push(&protocol.V0JobStatusUpdate{UUID: req.UUID, Status: protocol.StatusRejected, Metadata: &protocol.StatusMetadata{
-			JobRejectionDetails: &protocol.RejectionDetails{RejectedBy: protocol.ByValidator, Reason: reason, Message: msg}}})
+			JobRejectionDetails: &protocol.RejectionDetails{RejectedBy: protocol.ByValidator, Reason: reason, Message: msg,
+				Context: protocol.WithReason(code)}}})
 	}
 	if err := VerifyJobSignature(&req.JobSpec, req.Signature, time.Now(), v.cfg.MaxJobAge); err != nil {
-		reject(protocol.RejectInvalidSignature, err.Error())
+		reject(protocol.RejectInvalidSignature, "invalid_signature", err.Error())
 		return
 	}
 	if err := req.JobSpec.Validate(); err != nil {
-		reject(protocol.RejectUnknown, "invalid job: "+err.Error())
+		reject(protocol.RejectUnknown, "invalid_job", "invalid job: "+err.Error())
 		return
 	}
 	if req.StreamingDetails != nil {
 		if _, ok := v.cfg.StreamingWhitelist[req.DockerImage]; !ok {
-			reject(protocol.RejectUnknown, "image "+req.DockerImage+" is not whitelisted for streaming jobs")
+			reject(protocol.RejectUnknown, "image_not_whitelisted", "image "+req.DockerImage+" is not whitelisted for streaming jobs")
 			return
 		}
 	}
@@ -77,9 +80,9 @@ func (v *Validator) accept(ctx context.Context, req *protocol.V2JobRequest) {
 	}
 	if err := v.cfg.Store.CreateJob(ctx, rec); err != nil {
 		if errors.Is(err, store.ErrDuplicate) {
-			reject(protocol.RejectInvalidSignature, "job was already received (replayed request)")
+			reject(protocol.RejectInvalidSignature, "replayed_job", "job was already received (replayed request)")
 		} else {
-			reject(protocol.RejectUnknown, "validator could not store the job: "+err.Error())
+			reject(protocol.RejectUnknown, "store_failed", "validator could not store the job: "+err.Error())
 		}
 		return
 	}
@@ -120,6 +123,9 @@ func (v *Validator) setStatus(ctx context.Context, uuid string, s protocol.JobSt
 	e := protocol.StatusEntry{Status: s, CreatedAt: time.Now().UTC(), Metadata: meta}
 	if err := v.cfg.Store.AddStatus(context.WithoutCancel(ctx), uuid, e); err != nil {
 		v.log.Error("store status", "job", uuid, "status", s, "err", err)
+	}
+	if s.Terminal() { // counted before the facilitator (and so the client) can see it
+		v.metrics.Job(string(s), metrics.Reason(meta))
 	}
 	v.out.Push(&protocol.V0JobStatusUpdate{UUID: uuid, Status: s, Metadata: meta})
 }

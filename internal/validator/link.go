@@ -2,30 +2,39 @@ package validator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/horde-compute/horde/internal/store"
+	"github.com/horde-compute/horde/internal/validator/windows"
 	"github.com/horde-compute/horde/internal/wsconn"
 	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/sig"
 )
 
-// conn is a session with the facilitator.
+// conn is an authenticated session with the facilitator. Has says whether
+// both ends speak an extension (protocol.FacilitatorCapabilities): an
+// upstream facilitator speaks none.
 type conn interface {
 	Send(ctx context.Context, m protocol.Message) error
 	Recv(ctx context.Context) (protocol.Message, error)
 	Close(reason string) error
+	Has(capability string) bool
 }
 
-func dialFacilitator(log *slog.Logger) func(ctx context.Context, url string) (conn, error) {
+// dialFacilitator negotiates with the facilitator (wsconn.DialFacilitator):
+// horde's replay-proof auth when it offers it, else upstream's, unless
+// requireHorde.
+func dialFacilitator(k *sig.Hotkey, caps []string, requireHorde bool, log *slog.Logger) func(ctx context.Context, url string) (conn, error) {
 	return func(ctx context.Context, url string) (conn, error) {
-		c, err := wsconn.Dial(ctx, url, log)
+		s, err := wsconn.DialFacilitator(ctx, url, k, caps, requireHorde, log)
 		if err != nil {
 			return nil, err
 		}
-		return c, nil
+		return s, nil
 	}
 }
 
@@ -33,8 +42,11 @@ func dialFacilitator(log *slog.Logger) func(ctx context.Context, url string) (co
 const (
 	heartbeatEvery  = 60 * time.Second
 	responseTimeout = 30 * time.Second
-	backoffFirst    = 200 * time.Millisecond
-	backoffMax      = 10 * time.Second
+	// outboxPage is how many queued messages go to the facilitator at once,
+	// before their answers are awaited.
+	outboxPage   = 100
+	backoffFirst = 200 * time.Millisecond
+	backoffMax   = 10 * time.Second
 )
 
 // outbox holds messages for the facilitator until it has acknowledged
@@ -91,31 +103,27 @@ func (v *Validator) facilitatorLoop(ctx context.Context) {
 	}
 }
 
-// facilitatorSession authenticates, then takes the facilitator's messages
-// while a sender drains the outbox; it returns when the session ends.
+// facilitatorSession connects (authenticated), then takes the
+// facilitator's messages while a sender drains the outbox; it returns when
+// the session ends.
 func (v *Validator) facilitatorSession(ctx context.Context) error {
 	c, err := v.dial(ctx, v.cfg.FacilitatorURL)
 	if err != nil {
 		return err
 	}
 	defer c.Close("validator stopping")
-	if err := c.Send(ctx, wsconn.NewFacilitatorAuth(v.cfg.Hotkey, time.Now())); err != nil {
-		return err
-	}
-	first, err := c.Recv(ctx)
-	if err != nil {
-		return err
-	}
-	if r, ok := first.(*protocol.Response); !ok || r.Status != "success" {
-		return fmt.Errorf("facilitator refused authentication: %+v", first)
-	}
-	v.log.Info("connected to facilitator")
+	v.log.Info("connected to facilitator", "upstream", !c.Has(protocol.CapAuthV1))
 	v.facilitatorUp.Store(true)
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	responses := make(chan *protocol.Response, 1)
+	responses := make(chan *protocol.Response, outboxPage) // a page of messages is answered at once
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// The sender ends with the session: cancelled first, then waited for,
+	// so a message awaiting its answer does not hold the session (and the
+	// reconnect) for the answer's timeout.
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 	wg.Go(func() { // owned: the sender drains the outbox while the session lives
 		defer cancel()
 		if err := v.sendLoop(sctx, c, responses); err != nil && sctx.Err() == nil {
@@ -130,13 +138,25 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 		switch m := m.(type) {
 		case *protocol.V2JobRequest:
 			v.accept(ctx, m)
+		case *protocol.V0JobCheated:
+			v.cheated(ctx, m)
 		case *protocol.V0JobVolumeRequest:
 			if !v.driver.Relay(ctx, m.UUID, &protocol.V0VolumeRequest{JobUUID: m.UUID, MessageID: m.MessageID, Volume: m.Volume, OutputUpload: m.OutputUpload}) {
 				v.out.Push(&protocol.V0JobVolumeResult{UUID: m.UUID, MessageID: m.MessageID, Error: "the job is not running on this validator"})
 			}
 		case *protocol.V0StreamPairReport:
-			if err := v.windows.TakePair(ctx, m); err != nil {
+			err := v.windows.TakePair(ctx, m)
+			if err != nil {
 				v.log.Warn("reported pair not kept", "job", m.UUID, "err", err)
+			}
+			if m.ID != 0 && (err == nil || !errors.Is(err, windows.ErrNotKept)) {
+				// Kept (or refused for good): the facilitator may forget it.
+				// Unacknowledged, it comes again on the next session.
+				ack := &protocol.V0StreamPairAck{ID: m.ID}
+				if err != nil {
+					ack.Error = err.Error()
+				}
+				v.out.Push(ack)
 			}
 		case *protocol.V0StopJobByFacilitator:
 			if !v.StopJob(m.UUID) {
@@ -158,13 +178,14 @@ func (v *Validator) facilitatorSession(ctx context.Context) error {
 
 // sendLoop sends queued messages in order, each acknowledged by the
 // facilitator's Response before it leaves the outbox, plus heartbeats.
+// To an upstream facilitator it sends only what upstream knows, in
+// upstream's shape, each status of a job once; it waits for no answer to a
+// heartbeat (upstream sends none).
 func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *protocol.Response) error {
 	heartbeat := time.NewTicker(heartbeatEvery)
 	defer heartbeat.Stop()
-	roundTrip := func(m protocol.Message) (*protocol.Response, error) {
-		if err := c.Send(ctx, m); err != nil {
-			return nil, err
-		}
+	answered := c.Has(protocol.CapResponses)
+	wait := func() (*protocol.Response, error) {
 		t := time.NewTimer(responseTimeout)
 		defer t.Stop()
 		select {
@@ -173,32 +194,76 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-t.C:
-			return nil, fmt.Errorf("no response from the facilitator to %s", m.MessageType())
+			return nil, errors.New("no response from the facilitator")
 		}
 	}
+	roundTrip := func(m protocol.Message) (*protocol.Response, error) {
+		if err := c.Send(ctx, m); err != nil {
+			return nil, err
+		}
+		if _, ok := m.(*protocol.V0Heartbeat); ok && !answered {
+			return &protocol.Response{Status: "success"}, nil
+		}
+		r, err := wait()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.MessageType(), err)
+		}
+		return r, nil
+	}
+	// A page of the outbox goes out at once, pipelined: the facilitator
+	// answers each message, in order, on the one session, so the answers
+	// are matched to the messages by their order and one round trip (not
+	// one per message) is spent on a page.
+	type sent struct {
+		id int64
+		m  protocol.Message // nil: acknowledged without an answer
+	}
 	for {
-		items, err := v.out.st.PeekOutbox(ctx, 100)
+		items, err := v.out.st.PeekOutbox(ctx, outboxPage)
 		if err != nil {
 			return err
 		}
+		var inflight []sent
+		var sendErr error
 		for _, it := range items {
 			m, err := protocol.Decode(it.Message)
 			if err == nil {
-				var r *protocol.Response
-				if r, err = roundTrip(m); err != nil {
-					return err
+				m = v.forFacilitator(c, m)
+			} else {
+				v.log.Error("outbox: undecodable message dropped", "err", err)
+				m = nil
+			}
+			if m != nil {
+				if sendErr = c.Send(ctx, m); sendErr != nil {
+					v.unsent(m)
+					break
+				}
+			}
+			inflight = append(inflight, sent{id: it.ID, m: m})
+		}
+		for i, s := range inflight {
+			if s.m != nil {
+				r, err := wait()
+				if err != nil {
+					for _, u := range inflight[i:] {
+						if u.m != nil {
+							v.unsent(u.m) // it goes again on the next session
+						}
+					}
+					return fmt.Errorf("%s: %w", s.m.MessageType(), err)
 				}
 				if r.Status != "success" {
 					v.log.Warn("facilitator refused an update; dropping it", "errors", r.Errors)
 				}
-			} else {
-				v.log.Error("outbox: undecodable message dropped", "err", err)
 			}
-			if err := v.out.st.AckOutbox(ctx, it.ID); err != nil {
+			if err := v.out.st.AckOutbox(ctx, s.id); err != nil {
 				return err
 			}
 		}
-		if len(items) == 100 {
+		if sendErr != nil {
+			return sendErr
+		}
+		if len(items) == outboxPage {
 			continue
 		}
 		select {
@@ -210,5 +275,46 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 				return err
 			}
 		}
+	}
+}
+
+// maxSentStatuses bounds the (job, status) pairs remembered for an
+// upstream facilitator.
+const maxSentStatuses = 100_000
+
+// forFacilitator returns m as facilitator c takes it, or nil when c has no
+// use for it: a horde facilitator takes everything; an upstream one no
+// message of an extension, a status in upstream's shape, and each status of
+// a job once ((job, status) is unique upstream: a repeat is refused).
+func (v *Validator) forFacilitator(c conn, m protocol.Message) protocol.Message {
+	if cp := protocol.FacilitatorCapabilityOf(m); cp != "" && !c.Has(cp) {
+		v.log.Debug("not for this facilitator", "type", m.MessageType(), "capability", cp)
+		return nil
+	}
+	u, ok := m.(*protocol.V0JobStatusUpdate)
+	if !ok || c.Has(protocol.CapResponses) {
+		return m
+	}
+	u = protocol.UpstreamStatusUpdate(*u)
+	key := u.UUID + "\x00" + string(u.Status)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.sentStatus[key] {
+		return nil
+	}
+	if v.sentStatus == nil || len(v.sentStatus) >= maxSentStatuses {
+		v.sentStatus = map[string]bool{} // bounded: a repeat long after is refused upstream, and dropped
+	}
+	v.sentStatus[key] = true
+	return u
+}
+
+// unsent forgets that status update m went to an upstream facilitator: its
+// session ended before the facilitator answered.
+func (v *Validator) unsent(m protocol.Message) {
+	if u, ok := m.(*protocol.V0JobStatusUpdate); ok {
+		v.mu.Lock()
+		delete(v.sentStatus, u.UUID+"\x00"+string(u.Status))
+		v.mu.Unlock()
 	}
 }

@@ -28,8 +28,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/synthetic"
 	"github.com/horde-compute/horde/internal/validator/jobrun"
@@ -87,7 +90,11 @@ type Config struct {
 	Hotkey *sig.Hotkey
 	// FacilitatorURL is the facilitator's WebSocket ("ws://host:port/ws/v0/"); empty runs without one.
 	FacilitatorURL string
-	Metagraph      chain.Source
+	// RequireHordeFacilitator refuses a facilitator that does not offer
+	// horde's replay-proof auth (protocol.CapAuthV1) instead of sending it
+	// upstream's, which anyone who sees it can replay.
+	RequireHordeFacilitator bool
+	Metagraph               chain.Source
 	// Refresh is how often the metagraph is reloaded (default 1m).
 	Refresh time.Duration
 	Store   Store
@@ -99,6 +106,12 @@ type Config struct {
 	Timing       Timing
 	// AllowPull lets executors pull images that are not present.
 	AllowPull bool
+	// Upstream makes the validator speak upstream ComputeHorde's protocol
+	// only, whatever its peers advertise: no horde field or message to
+	// miners, receipts read from pages, no capability offered to the
+	// facilitator (which then gets upstream's auth: not with
+	// RequireHordeFacilitator).
+	Upstream bool
 	// MaxJobAge refuses client signatures older than this (replays; default 10m).
 	MaxJobAge time.Duration
 	// Synthetic configures synthetic rounds, scores and weights.
@@ -109,6 +122,10 @@ type Config struct {
 	// Validation configures the validation of streaming jobs.
 	Validation ValidationConfig
 	Log        *slog.Logger
+	// Metrics is where the validator's metrics are registered (nil:
+	// nowhere). When it is also a prometheus.Gatherer (a
+	// *prometheus.Registry), Handler serves it at GET /metrics.
+	Metrics prometheus.Registerer
 }
 
 // Validate checks the config, naming the bad field.
@@ -167,6 +184,7 @@ type Validator struct {
 	driver  *jobrun.Driver
 	rounds  *rounds.Rounds
 	windows *windows.Windows
+	metrics *metrics.Validator
 	dial    func(ctx context.Context, url string) (conn, error) // the facilitator
 
 	// tests is held (a token in it) by a synthetic round, and by the
@@ -181,6 +199,8 @@ type Validator struct {
 
 	mu     sync.Mutex
 	cancel map[string]context.CancelCauseFunc // running jobs
+	// sentStatus are the (job, status) pairs sent to an upstream facilitator.
+	sentStatus map[string]bool
 }
 
 // transport is how the validator reaches the world; zero fields are the
@@ -206,20 +226,27 @@ func newValidator(cfg Config, t transport) (*Validator, error) {
 		t.miners = route.WSDialer{Hotkey: cfg.Hotkey, Log: log}
 	}
 	if t.facilitator == nil {
-		t.facilitator = dialFacilitator(log)
+		caps := protocol.FacilitatorCapabilities
+		if cfg.Upstream {
+			caps = nil
+		}
+		t.facilitator = dialFacilitator(cfg.Hotkey, caps, cfg.RequireHordeFacilitator, log)
 	}
 	v := &Validator{cfg: cfg, log: log, dial: t.facilitator, cancel: map[string]context.CancelCauseFunc{}, tests: make(chan struct{}, 1),
-		pool: route.NewPool(t.miners, cfg.Hotkey.SS58(), log), out: newOutbox(cfg.Store, log)}
+		pool: route.NewPool(t.miners, cfg.Hotkey.SS58(), log), out: newOutbox(cfg.Store, log), metrics: metrics.NewValidator(cfg.Metrics)}
+	v.metrics.Watch(metrics.ValidatorGauges{Miners: v.pool.Connected, Executors: v.pool.Executors, Outbox: v.outboxDepth,
+		Facilitator: v.facilitatorUp.Load})
 	if tm := cfg.Validation.TrustedMiner; tm != nil {
 		v.pool.Pin(*tm)
 	}
-	run := jobrun.Params{Hotkey: cfg.Hotkey, Timing: cfg.Timing, AllowPull: cfg.AllowPull, Digests: cfg.StreamingWhitelist, Receipts: cfg.Store, Log: log}
+	run := jobrun.Params{Hotkey: cfg.Hotkey, Timing: cfg.Timing, AllowPull: cfg.AllowPull, Digests: cfg.StreamingWhitelist, Receipts: cfg.Store, Log: log,
+		Upstream: cfg.Upstream, Metrics: v.metrics}
 	v.driver = &jobrun.Driver{Params: run, Pool: v.pool, MaxAttempts: cfg.MaxAttempts, QueueTimeout: cfg.QueueTimeout}
 	m := miners{v}
-	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: v.out, Metagraph: cfg.Metagraph, Log: log,
-		Receipts: &receipts.Collector{Validator: cfg.Hotkey.SS58(), Store: cfg.Store, HTTP: t.receipts, Log: log}})
+	v.rounds = rounds.New(rounds.Deps{Config: cfg.Synthetic, Run: run, Miners: m, Store: cfg.Store, Out: withWindows{v}, Metagraph: cfg.Metagraph, Log: log,
+		Receipts: &receipts.Collector{Validator: cfg.Hotkey.SS58(), Store: cfg.Store, HTTP: t.receipts, Log: log, PagesOnly: cfg.Upstream, Metrics: v.metrics}})
 	v.windows = windows.New(windows.Deps{Config: cfg.Validation, Self: cfg.Hotkey.SS58(), Whitelist: cfg.StreamingWhitelist,
-		Run: run, Miners: m, Store: cfg.Store, Connect: t.streams, Log: log})
+		Run: run, Miners: m, Store: cfg.Store, Connect: t.streams, Log: log, Metrics: v.metrics})
 	return v, nil
 }
 
@@ -233,6 +260,7 @@ func (v *Validator) Run(ctx context.Context) error {
 	}
 	defer v.pool.Close()
 	v.recover(ctx)
+	v.restoreBlacklist(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { every(ctx, v.cfg.Refresh, true, func() { v.refresh(ctx) }) })
 	if d := v.cfg.Synthetic.Every; d > 0 {
@@ -289,6 +317,9 @@ func (v *Validator) Handler() http.Handler {
 		json.NewEncoder(w).Encode(map[string]any{"status": "ok", "hotkey": v.cfg.Hotkey.SS58(), "running": v.running.Load(),
 			"miners_connected": v.pool.Connected(), "facilitator_connected": v.facilitatorUp.Load()})
 	})
+	if g, ok := v.cfg.Metrics.(prometheus.Gatherer); ok {
+		mux.Handle("GET /metrics", metrics.Handler(g))
+	}
 	return mux
 }
 
@@ -299,7 +330,59 @@ func (v *Validator) Round(ctx context.Context) (*Report, error) {
 		return nil, fmt.Errorf("round: %w", err)
 	}
 	defer v.unlockTests()
-	return v.rounds.Round(ctx)
+	start := time.Now()
+	rep, err := v.rounds.Round(ctx)
+	v.metrics.Round(err == nil, time.Since(start))
+	if rep != nil {
+		for _, d := range rep.Details {
+			for class, cr := range d.Classes {
+				for result, n := range map[string]int{"passed": cr.Passed, "failed": cr.Failed, "excused": cr.Excused} {
+					for range n {
+						v.metrics.Synthetic(class, result)
+					}
+				}
+			}
+		}
+	}
+	return rep, err
+}
+
+// withWindows queues messages for the facilitator, adding the latest
+// validation windows to each score report (for operators' dashboards).
+type withWindows struct{ v *Validator }
+
+// reportWindows is how many of the latest windows a report carries.
+const reportWindows = 20
+
+// maxReportWindows bounds the windows' bytes in a report.
+const maxReportWindows = 1 << 20
+
+func (o withWindows) Push(m protocol.Message) {
+	if rep, ok := m.(*protocol.V0ValidatorReport); ok && rep.Windows == nil {
+		if ws, err := o.v.cfg.Store.Windows(context.Background(), reportWindows); err != nil {
+			o.v.log.Warn("report: read validation windows", "err", err)
+		} else if len(ws) > 0 {
+			out := make([]protocol.ReportedWindow, len(ws))
+			for i, w := range ws {
+				out[i] = protocol.ReportedWindow{ID: w.ID, Image: w.Image, At: w.At, Body: w.Body}
+			}
+			rep.Windows, _ = json.Marshal(out)
+			for len(rep.Windows) > maxReportWindows && len(out) > 1 { // keep the report well under a frame's bound
+				out = out[:len(out)/2]
+				rep.Windows, _ = json.Marshal(out)
+			}
+		}
+	}
+	o.v.out.Push(m)
+}
+
+// outboxDepth is how many messages wait for the facilitator (up to 10000).
+func (v *Validator) outboxDepth() int {
+	items, err := v.cfg.Store.PeekOutbox(context.Background(), 10000)
+	if err != nil {
+		return 0
+	}
+	return len(items)
 }
 
 // lockTests waits until no round or canary runs, or ctx ends.

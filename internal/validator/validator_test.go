@@ -5,9 +5,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/schematest"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/store/sqlite"
 	"github.com/horde-compute/horde/internal/synthetic"
@@ -81,14 +84,20 @@ func (q *queue) next(ctx context.Context) (protocol.Message, error) {
 
 // facilitator plays the facilitator in memory: it authenticates the
 // validator (after refusing the first `refuse` tries and failing the first
-// `fail` dials), acknowledges every message, and keeps them.
+// `fail` dials), acknowledges every message, and keeps them. An upstream
+// one negotiates nothing, answers no heartbeat, checks every frame against
+// upstream's models (violations) and refuses a job's status twice.
 type facilitator struct {
-	mu      sync.Mutex
-	fail    int
-	refuse  int
-	dials   []time.Time
-	got     []protocol.Message
-	current *fconn
+	mu         sync.Mutex
+	silent     bool // answers nothing but authentication
+	fail       int
+	refuse     int
+	upstream   bool
+	dials      []time.Time
+	got        []protocol.Message
+	current    *fconn
+	violations []string
+	seen       map[string]bool
 }
 
 type fconn struct {
@@ -105,9 +114,17 @@ func (f *facilitator) dial(ctx context.Context, url string) (conn, error) {
 		f.fail--
 		return nil, errors.New("connection refused")
 	}
-	c := &fconn{f: f, toV: newQueue()}
+	if f.refuse > 0 {
+		f.refuse--
+		return nil, errors.New("facilitator refused the authentication")
+	}
+	c := &fconn{f: f, toV: newQueue(), auth: true}
 	f.current = c
 	return c, nil
+}
+
+func (c *fconn) Has(capability string) bool {
+	return !c.f.upstream && slices.Contains(protocol.FacilitatorCapabilities, capability)
 }
 
 func wire(m protocol.Message) protocol.Message {
@@ -123,10 +140,43 @@ func wire(m protocol.Message) protocol.Message {
 }
 
 func (c *fconn) Send(ctx context.Context, m protocol.Message) error {
-	m = wire(m)
 	f := c.f
+	if f.upstream {
+		b, err := protocol.Encode(m)
+		if err != nil {
+			return err
+		}
+		name := map[string]string{"V0JobStatusUpdate": "JobStatusUpdate"}[m.MessageType()]
+		if name == "" {
+			name = m.MessageType()
+		}
+		if err := schematest.Check("fv_validator_requests."+name, b); err != nil {
+			f.mu.Lock()
+			f.violations = append(f.violations, fmt.Sprintf("%s: %v", b, err))
+			f.mu.Unlock()
+		}
+	}
+	m = wire(m)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.upstream {
+		switch m := m.(type) {
+		case *protocol.V0Heartbeat, *protocol.V0MachineSpecsUpdate:
+			f.got = append(f.got, m)
+			return nil // upstream answers neither
+		case *protocol.V0JobStatusUpdate:
+			key := m.UUID + " " + string(m.Status)
+			if f.seen[key] {
+				f.violations = append(f.violations, "status sent twice: "+key)
+				c.toV.put(&protocol.Response{Status: "error"})
+				return nil
+			}
+			if f.seen == nil {
+				f.seen = map[string]bool{}
+			}
+			f.seen[key] = true
+		}
+	}
 	switch m.(type) {
 	case *protocol.V0AuthenticationRequest, *protocol.V0HordeAuthenticationRequest:
 		if f.refuse > 0 {
@@ -139,7 +189,9 @@ func (c *fconn) Send(ctx context.Context, m protocol.Message) error {
 		return nil
 	}
 	f.got = append(f.got, m)
-	c.toV.put(&protocol.Response{Status: "success"})
+	if !f.silent {
+		c.toV.put(&protocol.Response{Status: "success"})
+	}
 	return nil
 }
 
@@ -194,7 +246,12 @@ type harness struct {
 }
 
 func newHarness(t *testing.T, cfg Config, miners ...*minertest.Miner) *harness {
-	h := &harness{fac: &facilitator{}, net: &minertest.Net{}, client: minertest.Hotkey(t)}
+	return newHarnessWith(t, cfg, &facilitator{}, miners...)
+}
+
+// newHarnessWith is newHarness with the facilitator fac.
+func newHarnessWith(t *testing.T, cfg Config, fac *facilitator, miners ...*minertest.Miner) *harness {
+	h := &harness{fac: fac, net: &minertest.Net{}, client: minertest.Hotkey(t)}
 	jobKey := streamingJobs(t, miners...)
 	var err error
 	h.st, err = sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "validator.db"))
@@ -352,20 +409,22 @@ func TestIntakeRefuses(t *testing.T) {
 		for _, tt := range []struct {
 			req    *protocol.V2JobRequest
 			reason protocol.JobRejectionReason
+			code   string // horde's specific reason, where upstream's enum says less
 			msg    string
 		}{
-			{forged, protocol.RejectInvalidSignature, "client signature is invalid"},
-			{unsigned, protocol.RejectInvalidSignature, "no signature"},
-			{stale, protocol.RejectInvalidSignature, "ago, limit"},
-			{badType, protocol.RejectInvalidSignature, "not supported"},
-			{h.job(t, "invalid", invalid), protocol.RejectUnknown, "invalid job: execution_time_limit"},
-			{h.job(t, "streaming", streaming), protocol.RejectUnknown, "not whitelisted"},
-			{&replayed, protocol.RejectInvalidSignature, "already received"},
+			{forged, protocol.RejectInvalidSignature, "invalid_signature", "client signature is invalid"},
+			{unsigned, protocol.RejectInvalidSignature, "invalid_signature", "no signature"},
+			{stale, protocol.RejectInvalidSignature, "invalid_signature", "ago, limit"},
+			{badType, protocol.RejectInvalidSignature, "invalid_signature", "not supported"},
+			{h.job(t, "invalid", invalid), protocol.RejectUnknown, "invalid_job", "invalid job: execution_time_limit"},
+			{h.job(t, "streaming", streaming), protocol.RejectUnknown, "image_not_whitelisted", "not whitelisted"},
+			{&replayed, protocol.RejectInvalidSignature, "replayed_job", "already received"},
 		} {
 			h.fac.send(tt.req)
 			synctest.Wait()
 			u := h.fac.statuses(tt.req.UUID)
 			if len(u) != 1 || u[0].Status != protocol.StatusRejected || u[0].Metadata.JobRejectionDetails.Reason != tt.reason ||
+				protocol.ReasonCode(u[0].Metadata.JobRejectionDetails.Context) != tt.code ||
 				!strings.Contains(u[0].Metadata.JobRejectionDetails.Message, tt.msg) {
 				t.Errorf("%s: %+v", tt.req.UUID, u)
 			}
@@ -397,7 +456,14 @@ func TestStreamingJobControl(t *testing.T) {
 		h.fac.send(&protocol.V0StopJobByFacilitator{UUID: "nope"})
 		h.fac.send(&protocol.V0CancelJobByFacilitator{UUID: "nope"})
 		h.fac.send(&protocol.V0StreamPairReport{UUID: "nope"})
+		h.fac.send(&protocol.V0StreamPairReport{UUID: "nope", ID: 7})
 		synctest.Wait()
+		// A pair with an id is acknowledged through the outbox, here as
+		// refused for good; one without (an older facilitator) is not.
+		acks := h.fac.messages("V0StreamPairAck")
+		if len(acks) != 1 || acks[0].(*protocol.V0StreamPairAck).ID != 7 || !strings.Contains(acks[0].(*protocol.V0StreamPairAck).Error, "does not know") {
+			t.Errorf("pair acks %+v, want one refusing pair 7", acks)
+		}
 		results := map[string]*protocol.V0JobVolumeResult{}
 		for _, r := range h.fac.messages("V0JobVolumeResult") {
 			results[r.(*protocol.V0JobVolumeResult).MessageID] = r.(*protocol.V0JobVolumeResult)
@@ -523,6 +589,46 @@ func TestFacilitatorReconnects(t *testing.T) {
 	})
 }
 
+// A session the facilitator drops while an update awaits its answer ends at
+// once: the validator redials after its first backoff, not after the
+// answer's timeout, and sends the unanswered update again.
+func TestFacilitatorDropsSessionAwaitingAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fac := &facilitator{silent: true}
+		st, _ := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "v.db"))
+		defer st.Close()
+		v, err := newValidator(Config{Hotkey: minertest.Hotkey(t), Metagraph: metagraph{&chain.Metagraph{}}, Store: st, FacilitatorURL: "ws://f/"},
+			transport{miners: &minertest.Net{}, facilitator: fac.dial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.out.Push(&protocol.V0JobStatusUpdate{UUID: "queued", Status: protocol.StatusReceived})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- v.Run(ctx) }()
+		synctest.Wait() // connected; the update awaits its answer
+		fac.mu.Lock()
+		fac.silent = false
+		c := fac.current
+		fac.mu.Unlock()
+		dropped := time.Now()
+		c.toV.close() // the facilitator restarts
+		time.Sleep(time.Second)
+		synctest.Wait()
+		fac.mu.Lock()
+		dials := append([]time.Time(nil), fac.dials...)
+		fac.mu.Unlock()
+		if len(dials) != 2 || dials[1].Sub(dropped) != backoffFirst {
+			t.Errorf("redialled at %v after the drop (%d dials), want after %v", dials[len(dials)-1].Sub(dropped), len(dials), backoffFirst)
+		}
+		if n := len(fac.statuses("queued")); n != 2 {
+			t.Errorf("the unanswered update was sent %d times, want twice (again on the new session)", n)
+		}
+		cancel()
+		<-done
+	})
+}
+
 // The loops run rounds, validation windows and canaries on their own.
 func TestLoops(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -559,6 +665,13 @@ func TestLoops(t *testing.T) {
 		}
 		if rep, err := h.v.Round(t.Context()); err != nil || len(rep.Results) != 1 || !rep.Results[0].Passed {
 			t.Errorf("round %+v %v", rep, err)
+		}
+		// Reports carry the latest validation windows, for operators' dashboards.
+		synctest.Wait()
+		reps := h.fac.messages("V0ValidatorReport")
+		var reported []protocol.ReportedWindow
+		if err := json.Unmarshal(reps[len(reps)-1].(*protocol.V0ValidatorReport).Windows, &reported); err != nil || len(reported) != 2 || reported[0].Image != "llm" {
+			t.Errorf("the last report's windows: %+v %v", reported, err)
 		}
 	})
 }

@@ -141,6 +141,9 @@ type Image struct {
 	ID          string   `json:"Id"`
 	RepoTags    []string `json:"RepoTags"`
 	RepoDigests []string `json:"RepoDigests"`
+	Config      struct {
+		Labels map[string]string
+	}
 }
 
 // ImageInspect returns the image ref, or ErrNotFound.
@@ -431,6 +434,23 @@ func (c *Client) NetworkCreate(ctx context.Context, name string, internal bool, 
 		return "", fmt.Errorf("create network: %w", err)
 	}
 	return out.ID, nil
+}
+
+// NetworkConnect attaches container (id or name) to network.
+func (c *Client) NetworkConnect(ctx context.Context, network, container string) error {
+	if err := c.call(ctx, http.MethodPost, "/networks/"+network+"/connect", nil, map[string]any{"Container": container}, nil); err != nil {
+		return fmt.Errorf("connect %s to network %s: %w", container, network, err)
+	}
+	return nil
+}
+
+// NetworkDisconnect detaches container from network, forcibly.
+func (c *Client) NetworkDisconnect(ctx context.Context, network, container string) error {
+	err := c.call(ctx, http.MethodPost, "/networks/"+network+"/disconnect", nil, map[string]any{"Container": container, "Force": true}, nil)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("disconnect %s from network %s: %w", container, network, err)
+	}
+	return nil
 }
 
 // NetworkRemove deletes a network.

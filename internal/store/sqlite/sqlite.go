@@ -28,7 +28,7 @@ import (
 var migrations embed.FS
 
 // DB is a SQLite store.
-type DB struct{ db *sql.DB }
+type DB struct{ db *stmtDB }
 
 var (
 	_ store.Jobs         = (*DB)(nil)
@@ -58,8 +58,27 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	return &DB{db: db}, nil
+	d := &DB{db: &stmtDB{DB: db, stmts: map[string]*sql.Stmt{}}}
+	// The statements of the busy transactions (which cannot prepare on the
+	// one connection they hold), prepared up front.
+	for _, q := range []string{qInsertJob, qInsertFirstStatus, qJobStatus, qInsertStatus, qSetStatus} {
+		if _, err := d.db.stmt(ctx, q); err != nil {
+			d.db.Close()
+			return nil, fmt.Errorf("open store %s: prepare: %w", path, err)
+		}
+	}
+	return d, nil
 }
+
+// Queries of the busy transactions, prepared when the store opens.
+const (
+	qInsertJob = `INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, validator_hotkey, miner_hotkey, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qInsertFirstStatus = `INSERT INTO job_status (job_uuid, status, created_at) VALUES (?, ?, ?)`
+	qJobStatus         = `SELECT status FROM jobs WHERE uuid = ?`
+	qInsertStatus      = `INSERT INTO job_status (job_uuid, status, metadata, created_at) VALUES (?, ?, ?, ?)`
+	qSetStatus         = `UPDATE jobs SET status = ?, updated_at = ? WHERE uuid = ?`
+)
 
 // Close closes the database.
 func (d *DB) Close() error { return d.db.Close() }
@@ -126,15 +145,14 @@ func (d *DB) CreateJob(ctx context.Context, j store.JobRecord) error {
 		return err
 	}
 	defer tx.Rollback()
-	_, err = tx.ExecContext(ctx, `INSERT INTO jobs (uuid, spec, signature, signature_value, signatory, status, validator_hotkey, miner_hotkey, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, j.UUID, spec, sigb, sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
+	_, err = tx.ExecContext(ctx, qInsertJob, j.UUID, spec, sigb, sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
 	if isUnique(err) {
 		return fmt.Errorf("job %s: %w (same uuid or same client signature)", j.UUID, store.ErrDuplicate)
 	}
 	if err != nil {
 		return fmt.Errorf("create job: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO job_status (job_uuid, status, created_at) VALUES (?, ?, ?)`, j.UUID, j.Status, now); err != nil {
+	if _, err := tx.ExecContext(ctx, qInsertFirstStatus, j.UUID, j.Status, now); err != nil {
 		return fmt.Errorf("create job: %w", err)
 	}
 	return tx.Commit()
@@ -177,17 +195,17 @@ func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry)
 	}
 	defer tx.Rollback()
 	var cur string
-	if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE uuid = ?`, uuid).Scan(&cur); err != nil {
+	if err := tx.QueryRowContext(ctx, qJobStatus, uuid).Scan(&cur); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
 		}
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO job_status (job_uuid, status, metadata, created_at) VALUES (?, ?, ?, ?)`, uuid, e.Status, nullable(meta), at); err != nil {
+	if _, err := tx.ExecContext(ctx, qInsertStatus, uuid, e.Status, nullable(meta), at); err != nil {
 		return fmt.Errorf("add status: %w", err)
 	}
 	if !protocol.JobStatus(cur).Terminal() {
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?, updated_at = ? WHERE uuid = ?`, e.Status, at, uuid); err != nil {
+		if _, err := tx.ExecContext(ctx, qSetStatus, e.Status, at, uuid); err != nil {
 			return fmt.Errorf("add status: %w", err)
 		}
 	}
@@ -277,6 +295,18 @@ func (d *DB) SetAssignment(ctx context.Context, uuid, validator, miner string) e
 	return err
 }
 
+// ClaimJob implements store.Jobs: one UPDATE that compares and sets.
+func (d *DB) ClaimJob(ctx context.Context, seen store.JobRecord, validator string) (bool, error) {
+	res, err := d.db.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = ?, updated_at = ?
+		WHERE uuid = ? AND status = ? AND validator_hotkey = ? AND updated_at = ?`,
+		validator, max(time.Now().UnixMicro(), seen.UpdatedAt.UnixMicro()+1), seen.UUID, protocol.StatusSent, seen.ValidatorHotkey, seen.UpdatedAt.UnixMicro())
+	if err != nil {
+		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
 // PutReceipt implements store.Receipts; a receipt of the same job, miner and
 // type is replaced only to add a miner signature.
 func (d *DB) PutReceipt(ctx context.Context, r receipt.Receipt) error {
@@ -320,7 +350,17 @@ func (d *DB) queryReceipts(ctx context.Context, q string, args ...any) ([]receip
 
 // ReceiptsAfter implements store.Receipts.
 func (d *DB) ReceiptsAfter(ctx context.Context, after int64, limit int) ([]store.StoredReceipt, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	return d.storedReceipts(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+}
+
+// ReceiptsStoredIn implements store.Receipts.
+func (d *DB) ReceiptsStoredIn(ctx context.Context, from, to time.Time) ([]store.StoredReceipt, error) {
+	return d.storedReceipts(ctx, `SELECT id, receipt_type, payload, validator_signature, miner_signature FROM receipts WHERE stored_at >= ? AND stored_at < ? ORDER BY id`,
+		from.UnixMicro(), to.UnixMicro())
+}
+
+func (d *DB) storedReceipts(ctx context.Context, q string, args ...any) ([]store.StoredReceipt, error) {
+	rows, err := d.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -506,8 +546,8 @@ func (d *DB) UnforwardedPairs(ctx context.Context, validator string, limit int) 
 }
 
 // MarkForwarded implements store.Pairs.
-func (d *DB) MarkForwarded(ctx context.Context, id int64) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE stream_pairs SET forwarded = 1 WHERE id = ?`, id)
+func (d *DB) MarkForwarded(ctx context.Context, validator string, id int64) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE stream_pairs SET forwarded = 1 WHERE id = ? AND validator_hotkey = ?`, id, validator)
 	return err
 }
 

@@ -74,3 +74,14 @@ func TestLedgerMigrationKeepsPastCycles(t *testing.T) {
 		t.Errorf("uncounted after the upgrade = %+v, want the job stored after the last cycle", work)
 	}
 }
+
+func BenchmarkIntake(b *testing.B) {
+	storetest.BenchIntake(b, func(b *testing.B) storetest.Store {
+		db, err := Open(b.Context(), filepath.Join(b.TempDir(), "horde.db"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { db.Close() })
+		return db
+	})
+}

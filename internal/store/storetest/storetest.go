@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,7 +94,54 @@ func testJobs(t *testing.T, s Store) {
 	}
 	un, err := s.Unfinished(ctx)
 	if err != nil || len(un) != 1 || un[0].UUID != "j3" {
-		t.Errorf("unfinished = %+v, %v", un, err)
+		t.Fatalf("unfinished = %+v, %v", un, err)
+	}
+	testClaim(t, s, un[0])
+}
+
+// testClaim: of several claims of the same record, read once, one wins.
+func testClaim(t *testing.T, s Store, seen store.JobRecord) {
+	ctx := t.Context()
+	won := make(chan string, 8)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			v := fmt.Sprintf("v%d", i)
+			ok, err := s.ClaimJob(ctx, seen, v)
+			if err != nil {
+				t.Errorf("claim as %s: %v", v, err)
+			}
+			if ok {
+				won <- v
+			}
+		})
+	}
+	wg.Wait()
+	close(won)
+	var winners []string
+	for v := range won {
+		winners = append(winners, v)
+	}
+	if len(winners) != 1 {
+		t.Fatalf("claims won by %v, want exactly one", winners)
+	}
+	got, err := s.Job(ctx, seen.UUID)
+	if err != nil || got.ValidatorHotkey != winners[0] || !got.UpdatedAt.After(seen.UpdatedAt) {
+		t.Errorf("claimed job = %+v, %v; want it given to %s, updated later", got, err, winners[0])
+	}
+	// A claim of the job as it is now wins; one of the old record does not.
+	if ok, err := s.ClaimJob(ctx, seen, "late"); ok || err != nil {
+		t.Errorf("claim of a stale record = %v, %v", ok, err)
+	}
+	if ok, err := s.ClaimJob(ctx, got, "again"); !ok || err != nil {
+		t.Errorf("claim of the current record = %v, %v", ok, err)
+	}
+	if err := s.AddStatus(ctx, seen.UUID, protocol.StatusEntry{Status: protocol.StatusAccepted, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	accepted, _ := s.Job(ctx, seen.UUID)
+	if ok, _ := s.ClaimJob(ctx, accepted, "x"); ok {
+		t.Errorf("claimed a job that is no longer sent")
 	}
 }
 
@@ -133,6 +181,14 @@ func testReceipts(t *testing.T, s Store) {
 	}
 	if rest, _ := s.ReceiptsAfter(ctx, page[0].ID, 10); len(rest) != 1 {
 		t.Errorf("after last = %d", len(rest))
+	}
+	// By the time they were stored, in the order they were.
+	in, err := s.ReceiptsStoredIn(ctx, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	if err != nil || len(in) != 2 || in[0].ID >= in[1].ID || in[0].Receipt.MinerSignature != "0xbb" {
+		t.Errorf("stored in the last hour = %+v, %v", in, err)
+	}
+	if later, err := s.ReceiptsStoredIn(ctx, time.Now().Add(time.Hour), time.Now().Add(2*time.Hour)); err != nil || len(later) != 0 {
+		t.Errorf("stored in the next hour = %+v, %v", later, err)
 	}
 }
 
@@ -211,7 +267,13 @@ func testPairs(t *testing.T, s Store) {
 	if err != nil || len(pending) != 3 {
 		t.Fatalf("unforwarded = %d, %v", len(pending), err)
 	}
-	s.MarkForwarded(ctx, pids[0])
+	if err := s.MarkForwarded(ctx, "another validator", pids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if pending, _, _ = s.UnforwardedPairs(ctx, "v", 10); len(pending) != 3 {
+		t.Errorf("another validator's ack delivered a pair: %d left", len(pending))
+	}
+	s.MarkForwarded(ctx, "v", pids[0])
 	if pending, _, _ = s.UnforwardedPairs(ctx, "v", 10); len(pending) != 2 {
 		t.Errorf("after forwarding one: %d", len(pending))
 	}

@@ -32,6 +32,10 @@ type Want struct {
 	Until time.Time
 	// Waiting, if set, is called once when the job has to wait.
 	Waiting func()
+	// Since is when the job first asked for an executor (the zero time: at
+	// this Acquire). The line is kept in its order: a job that asks again
+	// (its miner declined as busy) keeps its place ahead of later jobs.
+	Since time.Time
 }
 
 // Pool leases executors: Acquire returns a lease on the miner with the most
@@ -100,7 +104,7 @@ func (d *Driver) Drive(ctx context.Context, job Job, notes Notes) {
 	tried := map[string]bool{}
 	var reasons []string
 	waiting := false
-	want := Want{Job: job.UUID, Class: job.Spec.ExecutorClass, Tried: tried, Until: time.Now().Add(d.QueueTimeout), Waiting: func() {
+	want := Want{Job: job.UUID, Class: job.Spec.ExecutorClass, Tried: tried, Since: time.Now(), Until: time.Now().Add(d.QueueTimeout), Waiting: func() {
 		if !waiting {
 			waiting = true
 			notes.Status(protocol.StatusReceived, &protocol.StatusMetadata{Comment: "waiting for a free executor"})
@@ -133,16 +137,19 @@ func (d *Driver) Drive(ctx context.Context, job Job, notes Notes) {
 			return
 		}
 		if o.Busy() {
+			d.Params.observer().Attempt("busy")
 			continue // the pool holds the miner back for a while; no attempt used
 		}
 		tried[hk] = true
 		if o.Retry && attempt < d.MaxAttempts {
+			d.Params.observer().Attempt("retry")
 			attempt++
 			reasons = append(reasons, o.Reason(hk))
 			log.Info("retrying on another miner", "miner", hk, "why", o.Reason(""))
 			notes.Status(protocol.StatusReceived, &protocol.StatusMetadata{Comment: "retrying: " + o.Reason(hk)})
 			continue
 		}
+		d.Params.observer().Attempt("final")
 		d.finish(ctx, job.UUID, hk, o, notes)
 		return
 	}

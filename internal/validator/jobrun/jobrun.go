@@ -75,7 +75,35 @@ type Params struct {
 	Digests  map[string]string
 	Receipts Receipts
 	Log      *slog.Logger
+	// Metrics is told of runs and their stages (nil: nobody is).
+	Metrics Observer
+	// Upstream speaks upstream's protocol to every miner, horde's included:
+	// what the miners advertise is ignored.
+	Upstream bool
 }
+
+// Observer is told what runs do, for metrics. It is an interface so that
+// this room, logic only, imports no metrics library (which brings net/http).
+type Observer interface {
+	// Stage is told how long a stage of a run took that completed.
+	Stage(stage string, d time.Duration)
+	// Attempt is told how a run ended for the job: busy (declined as
+	// busy), retry (tried elsewhere next), final (the job's last run).
+	Attempt(outcome string)
+}
+
+// observer is p's Observer, or one that ignores everything.
+func (p Params) observer() Observer {
+	if p.Metrics == nil {
+		return nobody{}
+	}
+	return p.Metrics
+}
+
+type nobody struct{}
+
+func (nobody) Stage(string, time.Duration) {}
+func (nobody) Attempt(string)              {}
 
 // Job is what is run.
 type Job struct {
@@ -135,7 +163,7 @@ func HordeFail(reason protocol.HordeFailureReason, msg string, retry bool) Outco
 func terminal(m protocol.Message) *Outcome {
 	switch m := m.(type) {
 	case *protocol.V0JobFailedRequest:
-		code, _ := m.Context["horde_reason"].(string)
+		code := protocol.ReasonCode(m.Context)
 		if code == "" {
 			code = string(m.Reason)
 		}

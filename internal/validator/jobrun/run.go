@@ -42,6 +42,9 @@ type Run struct {
 	deadline   time.Time
 	timings    map[string]int64
 	offered    bool // the offer went out
+	// caps are the miner's extensions: none from an upstream miner, which
+	// then gets upstream's messages only.
+	caps protocol.Capabilities
 
 	mu   sync.Mutex
 	open bool // the job request went out and the run goes on: Relay may send
@@ -53,8 +56,39 @@ func New(p Params, job Job, miner string, link Link, inbox Inbox, notes Notes) *
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Run{p: p, job: job, miner: miner, link: link, inbox: inbox, notes: notes, timings: map[string]int64{},
+	r := &Run{p: p, job: job, miner: miner, link: link, inbox: inbox, notes: notes, timings: map[string]int64{},
 		log: log.With("job", job.UUID, "miner", miner)}
+	if c, ok := link.(Capable); ok && !p.Upstream {
+		r.caps = c.Capabilities()
+	}
+	return r
+}
+
+// Capable is a Link that knows the extensions its miner advertised. A Link
+// that is not speaks to an upstream miner.
+type Capable interface {
+	Capabilities() protocol.Capabilities
+}
+
+// relayCapability is the extension a message relayed to the miner needs.
+func relayCapability(m protocol.Message) string {
+	switch m.(type) {
+	case *protocol.V0StopJobRequest:
+		return protocol.MinerCapStop
+	case *protocol.V0VolumeRequest:
+		return protocol.MinerCapVolumeMessages
+	case *protocol.V0CancelJobRequest:
+		return protocol.MinerCapCancel
+	}
+	return ""
+}
+
+// cancelOnMiner tells a horde miner to stop the job now; an upstream miner
+// has no such message (it ends the job when its time is up).
+func (r *Run) cancelOnMiner(ctx context.Context) {
+	if r.caps.Has(protocol.MinerCapCancel) {
+		r.link.Send(context.WithoutCancel(ctx), &protocol.V0CancelJobRequest{JobUUID: r.job.UUID})
+	}
 }
 
 // Execute runs the stages in order until one ends the run, then signs the
@@ -92,11 +126,16 @@ func (r *Run) stages(ctx context.Context) Outcome {
 
 // Relay sends m (a stop or volume request) to the miner while the job
 // serves: from the moment its job request went out until the run ends. It
-// reports whether m was sent.
+// reports whether m was sent; a miner that does not speak the message's
+// extension (an upstream miner) is not sent it.
 func (r *Run) Relay(ctx context.Context, m protocol.Message) bool {
 	r.mu.Lock()
 	open := r.open
 	r.mu.Unlock()
+	if c := relayCapability(m); c != "" && !r.caps.Has(c) {
+		r.log.Info("miner does not speak the message", "type", m.MessageType(), "capability", c)
+		return false
+	}
 	if !open {
 		return false
 	}
@@ -129,11 +168,18 @@ func (r *Run) reserve(ctx context.Context) *Outcome {
 	if err != nil {
 		return fail(protocol.HordeGenericError, "encode the job started receipt: "+err.Error(), false)
 	}
+	// The volume goes with the offer only: upstream miners drop a job whose
+	// volume comes twice, and horde's executor takes it from either.
 	initial := &protocol.V0InitialJobRequest{JobUUID: r.job.UUID, ExecutorClass: spec.ExecutorClass, DockerImage: spec.DockerImage,
-		StreamingDetails: spec.StreamingDetails, ImageDigest: r.p.Digests[spec.DockerImage],
-		Volume: spec.Volume, JobStartedReceiptPayload: startedJSON, JobStartedReceiptSignature: startedSig, AllowPull: r.p.AllowPull,
+		StreamingDetails: spec.StreamingDetails, Volume: spec.Volume, JobStartedReceiptPayload: startedJSON, JobStartedReceiptSignature: startedSig,
 		ExecutorTiming: &protocol.ExecutorTiming{AllowedLeeway: int(t.Leeway.Seconds()), DownloadTimeLimit: spec.DownloadTimeLimit,
 			ExecutionTimeLimit: spec.ExecutionTimeLimit, UploadTimeLimit: spec.UploadTimeLimit, StreamingStartTimeLimit: spec.StreamingStartTimeLimit}}
+	if r.caps.Has(protocol.MinerCapAllowPull) {
+		initial.AllowPull = r.p.AllowPull
+	}
+	if r.caps.Has(protocol.MinerCapImageDigest) {
+		initial.ImageDigest = r.p.Digests[spec.DockerImage]
+	}
 	if err := r.link.Send(ctx, initial); err != nil {
 		return fail(protocol.HordeMinerConnectionFailed, err.Error(), true)
 	}
@@ -147,7 +193,7 @@ func (r *Run) reserve(ctx context.Context) *Outcome {
 	}
 	if d, ok := m.(*protocol.V0DeclineJobRequest); ok {
 		return &Outcome{Status: protocol.StatusRejected, Retry: true, Excuses: d.Receipts, Offered: started, Meta: &protocol.StatusMetadata{JobRejectionDetails: &protocol.RejectionDetails{
-			RejectedBy: protocol.ByMiner, Reason: d.Reason, Message: d.Message}}}
+			RejectedBy: protocol.ByMiner, Reason: d.Reason, Message: d.Message, Context: d.Context}}}
 	}
 	r.mark(StageReserve)
 	r.notes.Status(protocol.StatusAccepted, &protocol.StatusMetadata{MinerHotkey: r.miner})
@@ -172,8 +218,14 @@ func (r *Run) startup(ctx context.Context) *Outcome {
 // download sends the full job; the executor reports its volumes ready.
 func (r *Run) download(ctx context.Context) *Outcome {
 	spec := r.job.Spec
-	jr := &protocol.V0JobRequest{JobUUID: r.job.UUID, ExecutorClass: spec.ExecutorClass, DockerImage: spec.DockerImage, DockerRunOptionsPreset: "none",
-		DockerRunCmd: spec.Args, Env: spec.Env, Volume: spec.Volume, OutputUpload: spec.OutputUpload, ArtifactsDir: spec.ArtifactsDir}
+	jr := &protocol.V0JobRequest{JobUUID: r.job.UUID, ExecutorClass: spec.ExecutorClass, DockerImage: spec.DockerImage, DockerRunOptionsPreset: protocol.PresetNone,
+		DockerRunCmd: spec.Args, Env: spec.Env, OutputUpload: spec.OutputUpload, ArtifactsDir: spec.ArtifactsDir}
+	if jr.DockerRunCmd == nil {
+		jr.DockerRunCmd = []string{}
+	}
+	if !r.caps.Horde() {
+		jr = protocol.UpstreamJobRequest(*jr)
+	}
 	// Held while sending, so a relayed message cannot overtake the job request.
 	r.mu.Lock()
 	err := r.link.Send(ctx, jr)
@@ -206,7 +258,7 @@ func (r *Run) streamingStart(ctx context.Context) *Outcome {
 	ready := m.(*protocol.V0StreamingJobReadyRequest)
 	msg := protocol.StreamingReadyMessage(r.job.UUID, ready.IP, ready.Port, ready.PublicKey)
 	if err := sig.VerifyHex(r.miner, msg, ready.MinerSignature); err != nil {
-		r.link.Send(context.WithoutCancel(ctx), &protocol.V0CancelJobRequest{JobUUID: r.job.UUID})
+		r.cancelOnMiner(ctx)
 		return fail(protocol.HordeSecurityCheckFailed, "the miner's signature of the streaming job's key does not verify: "+err.Error(), false)
 	}
 	r.mark(StageStreaming)
@@ -255,7 +307,7 @@ func (r *Run) await(ctx context.Context, stage string, timeout protocol.HordeFai
 		switch {
 		case err == nil:
 		case ctx.Err() != nil:
-			r.link.Send(context.WithoutCancel(ctx), &protocol.V0CancelJobRequest{JobUUID: r.job.UUID})
+			r.cancelOnMiner(ctx)
 			return nil, &Outcome{Status: protocol.StatusCancelled}
 		case sctx.Err() != nil:
 			return nil, fail(timeout, "timeout:"+stage+": no answer from the miner in time", stage == StageReserve)
@@ -284,6 +336,7 @@ func (r *Run) await(ctx context.Context, stage string, timeout protocol.HordeFai
 func (r *Run) mark(stage string) {
 	now := time.Now()
 	r.timings[stage] = now.Sub(r.stageStart).Milliseconds()
+	r.p.observer().Stage(stage, now.Sub(r.stageStart))
 	r.stageStart = now
 }
 

@@ -27,6 +27,9 @@ func (m *Miner) Lease() *Lease { return &Lease{m: m, inbox: newQueue()} }
 // Miner implements jobrun.Lease.
 func (l *Lease) Miner() string { return l.m.Hotkey.SS58() }
 
+// Capabilities implements jobrun.Capable.
+func (l *Lease) Capabilities() protocol.Capabilities { return l.m.Capabilities() }
+
 // Send implements jobrun.Link: the miner answers into the inbox.
 func (l *Lease) Send(ctx context.Context, m protocol.Message) error {
 	l.mu.Lock()
@@ -38,12 +41,7 @@ func (l *Lease) Send(ctx context.Context, m protocol.Message) error {
 	if l.inbox.ended() {
 		return ErrClosed
 	}
-	w, err := wire(m)
-	if err != nil {
-		return err
-	}
-	l.m.receive(leasePeer{l}, w)
-	return nil
+	return l.m.take(leasePeer{l}, m)
 }
 
 // FailSends makes every later Send fail with err.
@@ -76,7 +74,7 @@ func (l *Lease) Released() []bool {
 type leasePeer struct{ l *Lease }
 
 func (p leasePeer) Send(m protocol.Message) {
-	if w, err := wire(m); err == nil {
+	if w, err := p.l.m.reply(m); err == nil {
 		p.l.inbox.put(w)
 	}
 }

@@ -15,7 +15,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/horde-compute/horde/internal/schematest"
 	"github.com/horde-compute/horde/internal/synthetic"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/receipt"
@@ -36,14 +38,24 @@ type Miner struct {
 	Manifest map[string]int
 	// Reply answers one frame from the validator; nil answers as Honest.
 	Reply func(p Peer, m protocol.Message)
+	// Upstream makes the miner an upstream ComputeHorde miner: it advertises
+	// no extension, and UpstreamReply checks every frame against upstream's
+	// models.
+	Upstream bool
 	// JobCert is the certificate (PEM) a streaming job serves with; nil
 	// gives the placeholder "job-cert-" + uuid.
 	JobCert func(uuid string) string
 
-	mu       sync.Mutex
-	got      []protocol.Message
-	initial  map[string]*protocol.V0InitialJobRequest
-	receipts []receipt.Receipt // validator-signed receipts given to the miner
+	mu         sync.Mutex
+	violations []string // frames an upstream peer would refuse
+	got        []protocol.Message
+	initial    map[string]*protocol.V0InitialJobRequest
+	receipts   []receipt.Receipt // validator-signed receipts given to the miner
+	// receivedAt is when each of receipts came (its page, for Upstream miners).
+	receivedAt []time.Time
+	pageJunk   []pageLine
+	// signedLines are receipts' page lines, countersigned once.
+	signedLines [][]byte
 }
 
 // New returns a miner with a fresh hotkey and manifest.
@@ -73,17 +85,33 @@ func (m *Miner) receive(p Peer, msg protocol.Message) {
 		}
 		m.initial[f.JobUUID] = f
 		m.receipts = append(m.receipts, receipt.Receipt{Type: receipt.JobStarted, Payload: f.JobStartedReceiptPayload, ValidatorSignature: f.JobStartedReceiptSignature})
+		m.receivedAt = append(m.receivedAt, time.Now())
 	case *protocol.V0JobAcceptedReceiptRequest:
 		m.receipts = append(m.receipts, receipt.Receipt{Type: receipt.JobAccepted, Payload: f.Payload, ValidatorSignature: f.Signature})
+		m.receivedAt = append(m.receivedAt, time.Now())
 	case *protocol.V0JobFinishedReceiptRequest:
 		m.receipts = append(m.receipts, receipt.Receipt{Type: receipt.JobFinished, Payload: f.Payload, ValidatorSignature: f.Signature})
+		m.receivedAt = append(m.receivedAt, time.Now())
 	}
 	reply := m.Reply
 	m.mu.Unlock()
-	if reply == nil {
+	switch {
+	case reply != nil:
+	case m.Upstream:
+		reply = m.UpstreamHonest
+	default:
 		reply = m.Honest
 	}
 	reply(p, msg)
+}
+
+// Capabilities returns the extensions the miner advertises: all of horde's,
+// none when Upstream.
+func (m *Miner) Capabilities() protocol.Capabilities {
+	if m.Upstream {
+		return nil
+	}
+	return protocol.MinerCapabilities
 }
 
 // Got returns the frames the miner received, in order.
@@ -209,6 +237,59 @@ func (m *Miner) Countersigned(signer *sig.Hotkey) []receipt.Receipt {
 		out = append(out, r)
 	}
 	return out
+}
+
+// take passes a frame from the validator to the miner through the wire
+// encoding; an Upstream miner first checks it against upstream's models and
+// answers one they refuse with GenericError, as upstream's miner does.
+func (m *Miner) take(p Peer, msg protocol.Message) error {
+	b, err := protocol.Encode(msg)
+	if err != nil {
+		return err
+	}
+	if m.Upstream {
+		if err := schematest.Check("protocol_messages.ValidatorToMinerMessage.union", b); err != nil {
+			m.violate(fmt.Sprintf("validator sent %s", b), err)
+			p.Send(&protocol.GenericError{Details: "Malformed message"})
+			return nil
+		}
+	}
+	w, err := protocol.Decode(b)
+	if err != nil {
+		return err
+	}
+	m.receive(p, w)
+	return nil
+}
+
+// reply passes a frame from the miner to the validator through the wire
+// encoding; an Upstream miner's frames are checked against upstream's
+// models (the test miner must speak exactly as upstream's).
+func (m *Miner) reply(msg protocol.Message) (protocol.Message, error) {
+	b, err := protocol.Encode(msg)
+	if err != nil {
+		return nil, err
+	}
+	if m.Upstream {
+		if err := schematest.Check("protocol_messages.MinerToValidatorMessage.union", b); err != nil {
+			m.violate(fmt.Sprintf("upstream miner sent %s", b), err)
+		}
+	}
+	return protocol.Decode(b)
+}
+
+func (m *Miner) violate(what string, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.violations = append(m.violations, what+": "+err.Error())
+}
+
+// Violations returns the frames, either way, that upstream's models refuse
+// (Upstream miners only).
+func (m *Miner) Violations() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.violations...)
 }
 
 // wire sends m through the wire encoding, as a socket would.

@@ -3,10 +3,14 @@ package minertest_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/horde-compute/horde/internal/schematest"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/validator/minertest"
 	"github.com/horde-compute/horde/protocol"
@@ -110,5 +114,67 @@ func TestReceiptsServed(t *testing.T) {
 	net.SetDown(m, true)
 	if _, err := hc.Get("http://" + n.AxonInfo.IP + ":8000/receipts"); err == nil {
 		t.Error("a miner that is down answered")
+	}
+}
+
+// An upstream miner serves its receipts as upstream's pages only: Range,
+// 404 and 416 as nginx; its /receipts?after= is not there.
+func TestUpstreamPagesServed(t *testing.T) {
+	m := minertest.New(t, map[string]int{protocol.ClassTest: 1})
+	m.Upstream = true
+	v := minertest.Hotkey(t)
+	var net minertest.Net
+	n := net.Add(m)
+	p := &receipt.StartedPayload{Base: receipt.Base{JobUUID: "j", MinerHotkey: m.Hotkey.SS58(), ValidatorHotkey: v.SS58(), Timestamp: receipt.At(time.Now())},
+		ExecutorClass: protocol.ClassTest, TTL: 1}
+	s, _ := receipt.Sign(v, p)
+	payload, _ := json.Marshal(p)
+	if err := m.Lease().Send(t.Context(), &protocol.V0InitialJobRequest{JobUUID: "j", ExecutorClass: protocol.ClassTest, DockerImage: "i",
+		JobStartedReceiptPayload: payload, JobStartedReceiptSignature: s}); err != nil {
+		t.Fatal(err)
+	}
+	if v := m.Violations(); len(v) > 0 {
+		t.Fatal(v)
+	}
+	hc := &http.Client{Transport: &net}
+	base := "http://" + n.AxonInfo.IP + ":8000"
+	get := func(path, rng string) (int, []byte) {
+		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		if rng != "" {
+			req.Header.Set("Range", rng)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	pages := m.Pages()
+	if len(pages) != 1 {
+		t.Fatalf("pages %v", pages)
+	}
+	code, page := get(receipt.PagePath(pages[0]), "")
+	lines, used := receipt.SplitLines(page)
+	if code != 200 || len(lines) != 1 || used != len(page) {
+		t.Fatalf("page: %d %q", code, page)
+	}
+	r, err := receipt.ParseLine(lines[0])
+	if err != nil || r.Verify() != nil || r.MinerSignature == "" {
+		t.Errorf("line %+v %v", r, err)
+	}
+	schematest.Valid(t, "receipts.Receipt", lines[0])
+	if code, b := get(receipt.PagePath(pages[0]), "bytes=10-"); code != 206 || string(b) != string(page[10:]) {
+		t.Errorf("range: %d", code)
+	}
+	if code, _ := get(receipt.PagePath(pages[0]), fmt.Sprintf("bytes=%d-", len(page))); code != 416 {
+		t.Errorf("past the end: %d", code)
+	}
+	if code, _ := get(receipt.PagePath(pages[0]+1), ""); code != 404 {
+		t.Errorf("missing page: %d", code)
+	}
+	if code, _ := get("/receipts?after=0", ""); code != 404 {
+		t.Errorf("horde's path on an upstream miner: %d", code)
 	}
 }

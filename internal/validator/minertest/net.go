@@ -15,6 +15,7 @@ import (
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/validator/route"
 	"github.com/horde-compute/horde/protocol"
+	"github.com/horde-compute/horde/receipt"
 )
 
 // Net is a network of in-process miners: a route.Dialer for their
@@ -134,8 +135,14 @@ func (n *Net) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // ServeHTTP serves the miner's receipts as the miner's /receipts does: one
 // store.StoredReceipt per line, ids after ?after=, at most ?limit=.
+//
+// An Upstream miner serves upstream's pages instead (see servePage).
 func (m *Miner) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/receipts" {
+	if page, ok := receipt.ParsePagePath(r.URL.Path); ok {
+		m.servePage(w, r, page)
+		return
+	}
+	if r.URL.Path != "/receipts" || m.Upstream {
 		http.NotFound(w, r)
 		return
 	}
@@ -163,17 +170,15 @@ type Conn struct {
 
 var _ route.Conn = (*Conn)(nil)
 
+// Capabilities implements route.Capable.
+func (c *Conn) Capabilities() protocol.Capabilities { return c.m.Capabilities() }
+
 // Send implements route.Conn: the miner receives m and answers.
 func (c *Conn) Send(ctx context.Context, m protocol.Message) error {
 	if c.in.ended() {
 		return fmt.Errorf("send %s: %w", m.MessageType(), ErrClosed)
 	}
-	w, err := wire(m)
-	if err != nil {
-		return err
-	}
-	c.m.receive(connPeer{c}, w)
-	return nil
+	return c.m.take(connPeer{c}, m)
 }
 
 // Recv implements route.Conn.
@@ -194,7 +199,7 @@ func (c *Conn) Push(m protocol.Message) { connPeer{c}.Send(m) }
 type connPeer struct{ c *Conn }
 
 func (p connPeer) Send(m protocol.Message) {
-	if w, err := wire(m); err == nil {
+	if w, err := p.c.m.reply(m); err == nil {
 		p.c.in.put(w)
 	}
 }

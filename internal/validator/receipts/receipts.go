@@ -1,10 +1,13 @@
-// Package receipts collects the receipts miners countersigned. It pages
-// through a miner's /receipts since the last fetch (the cursor is kept in
-// the store, so a restart neither fetches them again nor skips any; a miner
-// unreachable for a while is fetched from where it was left), checks both
-// signatures and that each receipt is the very one this validator signed,
-// and records the miner's signature on the validator's copy. A receipt
-// counts once.
+// Package receipts collects the receipts miners countersigned. From a horde
+// miner it pages through /receipts?after=ID since the last fetch; from an
+// upstream miner (whose /receipts answers 404) it reads upstream's receipt
+// pages, GET /receipts/{page}.jsonl, with Range requests for what was added
+// since (see pages.go). Either cursor is kept in the store ("ID" or
+// "page:offset"), so a restart neither fetches them again nor skips any; a
+// miner unreachable for a while is fetched from where it was left. It
+// checks both signatures and that each receipt is the very one this
+// validator signed, and records the miner's signature on the validator's
+// copy. A receipt counts once.
 package receipts
 
 import (
@@ -18,9 +21,11 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/receipt"
 )
@@ -50,6 +55,13 @@ type Collector struct {
 	// HTTP fetches the pages (default: a client with a 30 s timeout).
 	HTTP *http.Client
 	Log  *slog.Logger
+	// Metrics counts the receipts verified and refused (nil: not counted).
+	Metrics *metrics.Validator
+	// Now is the clock that says which pages exist (default time.Now).
+	Now func() time.Time
+	// PagesOnly reads every miner's pages, as upstream's validator does,
+	// never horde's /receipts?after=.
+	PagesOnly bool
 }
 
 // Collect fetches what miner n countersigned since the last call and
@@ -72,8 +84,14 @@ func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
 	if err != nil {
 		return append(refused, "read the receipt cursor: "+err.Error())
 	}
+	if pc, err := receipt.ParseCursor(cur); err == nil && strings.Contains(cur, ":") {
+		return c.collectPages(ctx, hc, log, n, base, pc)
+	}
+	if c.PagesOnly {
+		return c.collectPages(ctx, hc, log, n, base, receipt.Cursor{Page: receipt.PageAt(c.now().Add(-PagesLookback))})
+	}
 	after, _ := strconv.ParseInt(cur, 10, 64)
-	for {
+	for first := true; ; first = false {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s?after=%d&limit=%d", base, after, PageSize), nil)
 		if err != nil {
 			return append(refused, err.Error())
@@ -81,6 +99,11 @@ func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
 		resp, err := hc.Do(req)
 		if err != nil {
 			return append(refused, "fetch receipts: "+err.Error())
+		}
+		if resp.StatusCode == http.StatusNotFound && first {
+			// Not a horde miner: upstream's miners serve pages only.
+			resp.Body.Close()
+			return c.collectPages(ctx, hc, log, n, base, receipt.Cursor{Page: receipt.PageAt(c.now().Add(-PagesLookback))})
 		}
 		if resp.StatusCode != http.StatusOK {
 			resp.Body.Close()
@@ -95,17 +118,23 @@ func (c *Collector) Collect(ctx context.Context, n chain.Neuron) []string {
 			var sr store.StoredReceipt
 			if err := json.Unmarshal(sc.Bytes(), &sr); err != nil {
 				refused = append(refused, "undecodable receipt line: "+err.Error())
+				c.Metrics.Receipt("undecodable")
 				continue
 			}
 			if sr.ID <= last {
 				continue // the miner went back: what was read before is not read twice
 			}
-			if err := c.Accept(ctx, n.Hotkey, sr.Receipt); err != nil {
+			err := c.Accept(ctx, n.Hotkey, sr.Receipt)
+			if err == nil {
+				c.Metrics.Receipt("")
+			}
+			if err != nil {
 				if errors.Is(err, ErrStore) {
 					stop = err // not the receipt's fault: read it again next time
 					break
 				}
 				refused = append(refused, err.Error())
+				c.Metrics.Receipt(refusal(err))
 				log.Warn("receipt refused", "miner", n.Hotkey, "err", err)
 			}
 			last = sr.ID
@@ -185,4 +214,14 @@ func (c *Collector) Accept(ctx context.Context, miner string, r receipt.Receipt)
 		return nil
 	}
 	return fmt.Errorf("%w: %s receipt of job %s was never signed by this validator", receipt.ErrInvalid, r.Type, b.JobUUID)
+}
+
+// refusal is why a receipt was refused, as a metric label.
+func refusal(err error) string {
+	switch {
+	case errors.Is(err, receipt.ErrInvalid):
+		return "invalid"
+	default:
+		return "mismatch"
+	}
 }

@@ -35,7 +35,7 @@ func (failing) RoundTrip(*http.Request) (*http.Response, error) {
 	return nil, errors.New("connection refused")
 }
 
-func hotkey(t *testing.T) *sig.Hotkey {
+func hotkey(t testing.TB) *sig.Hotkey {
 	k, err := sig.FromSeed(sig.RandomSeed())
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +50,7 @@ type fixture struct {
 	n    chain.Neuron
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "v.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +64,7 @@ func newFixture(t *testing.T) *fixture {
 
 // signed returns the validator-signed started and finished receipts of job
 // on miner, stored as the validator keeps them unless keep is false.
-func (f *fixture) signed(t *testing.T, signer *sig.Hotkey, job, miner string, keep bool) []receipt.Receipt {
+func (f *fixture) signed(t testing.TB, signer *sig.Hotkey, job, miner string, keep bool) []receipt.Receipt {
 	base := receipt.Base{JobUUID: job, MinerHotkey: miner, ValidatorHotkey: signer.SS58(), Timestamp: receipt.At(time.Now())}
 	var out []receipt.Receipt
 	for _, p := range []receipt.Payload{&receipt.StartedPayload{Base: base, ExecutorClass: "c", TTL: 60},
@@ -88,7 +88,7 @@ func (f *fixture) signed(t *testing.T, signer *sig.Hotkey, job, miner string, ke
 }
 
 // countersign signs rs with k, as the miner serves them.
-func countersign(t *testing.T, k *sig.Hotkey, rs []receipt.Receipt) []receipt.Receipt {
+func countersign(t testing.TB, k *sig.Hotkey, rs []receipt.Receipt) []receipt.Receipt {
 	var out []receipt.Receipt
 	for _, r := range rs {
 		p, err := r.Decode()

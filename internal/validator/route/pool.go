@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/validator/jobrun"
 	"github.com/horde-compute/horde/protocol"
 )
@@ -22,12 +23,13 @@ type session struct {
 
 	conn     Conn
 	manifest map[string]int
-	inflight map[string]int    // leased executors, by class
-	leases   int               // all classes
-	jobs     map[string]*Inbox // by job uuid
-	held     map[string]*hold  // by class: declined as busy
-	dialing  chan struct{}     // closed when a dial ends
-	retired  bool              // left the metagraph (or moved): no new jobs
+	caps     protocol.Capabilities // the miner's extensions: none from an upstream miner
+	inflight map[string]int        // leased executors, by class
+	leases   int                   // all classes
+	jobs     map[string]*Inbox     // by job uuid
+	held     map[string]*hold      // by class: declined as busy
+	dialing  chan struct{}         // closed when a dial ends
+	retired  bool                  // left the metagraph (or moved): no new jobs
 }
 
 // hold keeps a miner that declined as busy from being picked until until.
@@ -84,6 +86,26 @@ type Pool struct {
 	recheck   *time.Timer         // fires when the earliest hold ends
 	recheckAt time.Time
 	closed    bool
+	// banned are miners picked for no job until the time given (a client
+	// reported them cheating).
+	banned map[string]time.Time
+}
+
+// Blacklist keeps miner hotkey from being picked for any job until until.
+func (p *Pool) Blacklist(hotkey string, until time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.banned == nil {
+		p.banned = map[string]time.Time{}
+	}
+	if until.After(p.banned[hotkey]) {
+		p.banned[hotkey] = until
+	}
+}
+
+func (p *Pool) bannedLocked(hotkey string, now time.Time) bool {
+	until, ok := p.banned[hotkey]
+	return ok && now.Before(until)
 }
 
 // NewPool returns an empty pool that dials miners with d; self (the
@@ -181,6 +203,27 @@ func (p *Pool) Connected() int {
 	return n
 }
 
+// Executors returns the executors of the metagraph's connected miners by
+// class: those leased (busy) and those the pool believes free.
+func (p *Pool) Executors() map[string]metrics.Load {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	out := map[string]metrics.Load{}
+	for _, s := range p.miners {
+		if s.conn == nil {
+			continue
+		}
+		for class := range s.manifest {
+			l := out[class]
+			l.Busy += s.inflight[class]
+			l.Free += max(0, s.free(class, now))
+			out[class] = l
+		}
+	}
+	return out
+}
+
 // LeaseOn leases an executor of class on a connected miner of the
 // metagraph for job, whether or not the pool believes one free (synthetic
 // rounds test every executor a miner claims).
@@ -222,10 +265,13 @@ func (p *Pool) leaseOnLocked(s *session, hotkey, job, class string) (jobrun.Leas
 // Acquire leases an executor of w.Class on the miner with the most free
 // ones (ties at random), never one in w.Tried. When every such executor is
 // taken, the job waits in line until one frees up, a manifest grows or a
-// miner connects; jobs are served in the order they came. It fails with
+// miner connects; jobs are served in the order they came (w.Since). It fails with
 // ErrNoMiner as soon as no connected miner outside w.Tried has the class,
 // with ErrQueueTimeout when w.Until passes, and with ctx's error.
 func (p *Pool) Acquire(ctx context.Context, w jobrun.Want) (jobrun.Lease, error) {
+	if w.Since.IsZero() {
+		w.Since = time.Now()
+	}
 	wt := &waiter{want: w, wake: make(chan struct{}, 1)}
 	defer p.leave(wt)
 	var deadline <-chan time.Time
@@ -245,7 +291,7 @@ func (p *Pool) Acquire(ctx context.Context, w jobrun.Want) (jobrun.Lease, error)
 		}
 		if !queued {
 			queued = true
-			p.waiters = append(p.waiters, wt)
+			p.enqueueLocked(wt)
 		}
 		p.dispatchLocked()
 		if l := wt.lease; l != nil {
@@ -278,6 +324,17 @@ func (p *Pool) Acquire(ctx context.Context, w jobrun.Want) (jobrun.Lease, error)
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// enqueueLocked puts wt in line behind every waiter that asked no later
+// than it did (w.Since): in arrival order, except that a job asking again
+// keeps its first place.
+func (p *Pool) enqueueLocked(wt *waiter) {
+	i := len(p.waiters)
+	for i > 0 && p.waiters[i-1].want.Since.After(wt.want.Since) {
+		i--
+	}
+	p.waiters = slices.Insert(p.waiters, i, wt)
 }
 
 // leave takes a waiter out of line, giving back a lease it was served but
@@ -339,7 +396,7 @@ func (p *Pool) pickLocked(class string, tried map[string]bool, now time.Time) *s
 	var cands []*session
 	best := 0
 	for hk, s := range p.miners {
-		if tried[hk] {
+		if tried[hk] || p.bannedLocked(hk, now) {
 			continue
 		}
 		switch free := s.free(class, now); {
@@ -359,8 +416,9 @@ func (p *Pool) pickLocked(class string, tried map[string]bool, now time.Time) *s
 // offeredLocked reports whether a connected miner not in tried has
 // executors of class at all, busy or not.
 func (p *Pool) offeredLocked(class string, tried map[string]bool) bool {
+	now := time.Now()
 	for hk, s := range p.miners {
-		if !tried[hk] && s.conn != nil && s.manifest[class] > 0 {
+		if !tried[hk] && !p.bannedLocked(hk, now) && s.conn != nil && s.manifest[class] > 0 {
 			return true
 		}
 	}
@@ -513,7 +571,10 @@ func (p *Pool) dial(ctx context.Context, s *session) error {
 		conn.Close("")
 		return fmt.Errorf("%w: %s", ErrNotConnected, s.neuron.Hotkey)
 	}
-	s.conn, s.manifest = conn, manifest
+	s.conn, s.manifest, s.caps = conn, manifest, nil
+	if c, ok := conn.(Capable); ok {
+		s.caps = c.Capabilities()
+	}
 	clear(s.held)
 	p.bg.Go(func() { p.read(s, conn) })
 	p.changedLocked()
@@ -553,6 +614,7 @@ func (p *Pool) deliver(s *session, m protocol.Message) {
 	case *protocol.V0ExecutorManifestRequest:
 		p.mu.Lock()
 		s.manifest = m.Manifest
+		s.caps = m.Capabilities
 		clear(s.held)
 		p.changedLocked()
 		p.mu.Unlock()
@@ -636,6 +698,14 @@ func (l *Lease) Send(ctx context.Context, m protocol.Message) error {
 		return fmt.Errorf("%w: %s", ErrNotConnected, l.s.neuron.Hotkey)
 	}
 	return conn.Send(ctx, m)
+}
+
+// Capabilities returns the extensions the lease's miner advertised (none:
+// it speaks upstream's protocol only).
+func (l *Lease) Capabilities() protocol.Capabilities {
+	l.p.mu.Lock()
+	defer l.p.mu.Unlock()
+	return l.s.caps
 }
 
 // Next returns the job's next message from the miner (see Inbox).

@@ -130,6 +130,42 @@ func TestWaitersServedInOrder(t *testing.T) {
 	})
 }
 
+// A job that asks again (its miner declined as busy) keeps the place it
+// first had in line: it is served before jobs that came after it.
+func TestAskingAgainKeepsItsPlace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, 1)
+		defer f.pool.Close()
+		ctx := t.Context()
+		held, err := f.pool.Acquire(ctx, want("a"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := time.Now()
+		time.Sleep(time.Second) // "b" and "c" come later than "again" first asked
+		b := f.acquire(ctx, want("b"))
+		synctest.Wait()
+		c := f.acquire(ctx, want("c"))
+		synctest.Wait()
+		w := want("again")
+		w.Since = first
+		again := f.acquire(ctx, w)
+		synctest.Wait()
+		for _, next := range []struct {
+			name string
+			ch   <-chan result
+		}{{"again", again}, {"b", b}, {"c", c}} {
+			held.Release(false)
+			r := <-next.ch
+			if r.err != nil {
+				t.Fatalf("%s: %v", next.name, r.err)
+			}
+			held = r.l
+		}
+		held.Release(false)
+	})
+}
+
 func TestWaitersWokenByPoolChanges(t *testing.T) {
 	t.Run("manifest grows", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
@@ -411,11 +447,16 @@ func TestInboxFlooded(t *testing.T) {
 		for range route.MaxQueued + 5 {
 			conn.Push(&protocol.V0VolumeResult{JobUUID: "j"})
 		}
+		// The job's end, sent after the flood, is not dropped.
+		conn.Push(&protocol.V0JobFinishedRequest{JobUUID: "j"})
 		synctest.Wait()
 		for i := range route.MaxQueued {
 			if _, err := l.Next(t.Context()); err != nil {
 				t.Fatalf("message %d: %v", i, err)
 			}
+		}
+		if m, err := l.Next(t.Context()); err != nil || m.MessageType() != "V0JobFinishedRequest" {
+			t.Fatalf("after the flood: %v, %v; want the job's end", m, err)
 		}
 		if _, err := l.Next(t.Context()); !errors.Is(err, route.ErrFlooded) {
 			t.Fatalf("got %v", err)

@@ -28,6 +28,13 @@ type Conn interface {
 	Close(reason string) error
 }
 
+// Capable is a Conn that knows the extensions its miner advertised when the
+// session opened (protocol.V0ExecutorManifestRequest.Capabilities). A Conn
+// that is not Capable speaks upstream's protocol only.
+type Capable interface {
+	Capabilities() protocol.Capabilities
+}
+
 // Dialer opens an authenticated session with a miner and returns it with
 // the manifest the miner answered with.
 type Dialer interface {

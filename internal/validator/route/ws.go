@@ -45,7 +45,7 @@ func (d WSDialer) Dial(ctx context.Context, n chain.Neuron) (Conn, map[string]in
 	}
 	switch m := first.(type) {
 	case *protocol.V0ExecutorManifestRequest:
-		return conn, m.Manifest, nil
+		return &minerConn{conn, m.Capabilities}, m.Manifest, nil
 	case *protocol.UnauthorizedError:
 		conn.Close("")
 		return nil, nil, fmt.Errorf("miner %s refused us: %s", n.Hotkey, m.Details)
@@ -54,3 +54,11 @@ func (d WSDialer) Dial(ctx context.Context, n chain.Neuron) (Conn, map[string]in
 		return nil, nil, fmt.Errorf("miner %s: expected manifest, got %s", n.Hotkey, first.MessageType())
 	}
 }
+
+// minerConn is a session with the extensions the miner advertised.
+type minerConn struct {
+	*wsconn.Conn
+	caps protocol.Capabilities
+}
+
+func (c *minerConn) Capabilities() protocol.Capabilities { return c.caps }

@@ -25,10 +25,13 @@ func TestWSDialer(t *testing.T) {
 		name  string
 		first protocol.Message
 		want  string
+		caps  protocol.Capabilities
 	}{
-		{"manifest", &protocol.V0ExecutorManifestRequest{Manifest: map[string]int{class: 3}}, ""},
-		{"refused", &protocol.UnauthorizedError{Code: "unauthorized", Details: "no permit"}, "refused us: no permit"},
-		{"confused", &protocol.V0MainHotkeyMessage{MainHotkey: "x"}, "expected manifest, got V0MainHotkeyMessage"},
+		{"manifest", &protocol.V0ExecutorManifestRequest{Manifest: map[string]int{class: 3}}, "", nil},
+		{"horde manifest", &protocol.V0ExecutorManifestRequest{Manifest: map[string]int{class: 3}, Capabilities: protocol.MinerCapabilities},
+			"", protocol.MinerCapabilities},
+		{"refused", &protocol.UnauthorizedError{Code: "unauthorized", Details: "no permit"}, "refused us: no permit", nil},
+		{"confused", &protocol.V0MainHotkeyMessage{MainHotkey: "x"}, "expected manifest, got V0MainHotkeyMessage", nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -53,6 +56,10 @@ func TestWSDialer(t *testing.T) {
 			if tt.want == "" {
 				if err != nil || manifest[class] != 3 {
 					t.Fatalf("dial: %v %v", manifest, err)
+				}
+				// An upstream miner's manifest has no capabilities: upstream mode.
+				if got := c.(route.Capable).Capabilities(); strings.Join(got, ",") != strings.Join(tt.caps, ",") {
+					t.Errorf("capabilities %v, want %v", got, tt.caps)
 				}
 				c.Close("")
 				return

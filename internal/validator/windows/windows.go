@@ -33,6 +33,7 @@ import (
 
 	"github.com/horde-compute/horde/client"
 	"github.com/horde-compute/horde/internal/chain"
+	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/store"
 	"github.com/horde-compute/horde/internal/validation"
 	"github.com/horde-compute/horde/internal/validator/jobrun"
@@ -161,6 +162,8 @@ type Deps struct {
 	// client's key, pinned to the job's certificate).
 	Connect func(st *client.Stream) (Caller, error)
 	Log     *slog.Logger
+	// Metrics counts windows, verdicts and the trusted miner's time (nil: not counted).
+	Metrics *metrics.Validator
 }
 
 // Windows runs validation windows and canaries.
@@ -214,12 +217,20 @@ func (w *Windows) PairsWaiting(ctx context.Context, image string) (int, error) {
 	return len(ids), err
 }
 
+// ErrNotKept marks a pair TakePair could not keep for now (its store
+// failed): unacknowledged, it is delivered again.
+var ErrNotKept = errors.New("pair not kept for now")
+
 // TakePair keeps a streaming pair the facilitator reports, after verifying
-// it: the facilitator is not trusted with evidence.
+// it: the facilitator is not trusted with evidence. A pair kept before is
+// kept once. Errors other than ErrNotKept refuse the pair for good.
 func (w *Windows) TakePair(ctx context.Context, m *protocol.V0StreamPairReport) error {
 	job, err := w.d.Store.Job(ctx, m.UUID)
-	if err != nil {
+	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("pair for job %s, which this validator does not know: %w", m.UUID, err)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: read job %s: %w", ErrNotKept, m.UUID, err)
 	}
 	rc, err := validation.VerifyPair(m.UUID, m.MinerHotkey, m.Proof, m.Pair)
 	if err != nil {
@@ -228,7 +239,7 @@ func (w *Windows) TakePair(ctx context.Context, m *protocol.V0StreamPairReport) 
 	rec := store.PairRecord{JobUUID: m.UUID, RequestID: rc.RequestID, Image: job.Spec.DockerImage, MinerHotkey: m.MinerHotkey,
 		ValidatorHotkey: w.d.Self, ReportedBy: "facilitator", Pair: m.Pair, Proof: m.Proof, At: time.Now().UTC()}
 	if err := w.d.Store.PutPair(ctx, rec); err != nil && !errors.Is(err, store.ErrDuplicate) {
-		return fmt.Errorf("store pair: %w", err)
+		return fmt.Errorf("%w: store pair: %w", ErrNotKept, err)
 	}
 	return nil
 }
@@ -273,6 +284,7 @@ func (w *Windows) Open(ctx context.Context, image string) (*WindowReport, error)
 		rep.TrustedJob = uuid.NewString()
 		lease, err := w.d.Miners.LeasePinned(ctx, vc.TrustedMiner.Hotkey, rep.TrustedJob, vc.Class)
 		if err != nil {
+			w.d.Metrics.Window(false, 0, 0, 0)
 			return nil, fmt.Errorf("validation: trusted miner: %w", err)
 		}
 		st, stop, err := w.start(ctx, lease, rep.TrustedJob, image, false)
@@ -304,6 +316,7 @@ func (w *Windows) Open(ctx context.Context, image string) (*WindowReport, error)
 		}
 		rep.TrustedSeconds = stop().Seconds()
 		if rep.Checked == 0 {
+			w.d.Metrics.Window(false, 0, 0, time.Duration(rep.TrustedSeconds*float64(time.Second)))
 			return nil, fmt.Errorf("validation: no pair could be replayed (first error: %s)", firstErr)
 		}
 	}
@@ -312,6 +325,7 @@ func (w *Windows) Open(ctx context.Context, image string) (*WindowReport, error)
 	if err != nil {
 		return nil, err
 	}
+	w.d.Metrics.Window(true, rep.Checked-rep.Failed, rep.Failed, time.Duration(rep.TrustedSeconds*float64(time.Second)))
 	w.log.Info("validation window done", "image", image, "pairs", rep.Pairs, "v1_pairs", rep.V1Pairs, "checked", rep.Checked, "failed", rep.Failed)
 	return rep, nil
 }

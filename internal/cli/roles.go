@@ -4,9 +4,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/jobdisk"
+	"github.com/horde-compute/horde/internal/executor/kube"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/metrics"
@@ -28,6 +31,7 @@ import (
 	"github.com/horde-compute/horde/internal/validator/excuse"
 	"github.com/horde-compute/horde/protocol"
 	"github.com/horde-compute/horde/sig"
+	"k8s.io/client-go/kubernetes"
 )
 
 func (e *env) facilitator(args []string) error {
@@ -253,6 +257,9 @@ func (e *env) miner(args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := x.check(); err != nil {
+		return err
+	}
 	if !protocol.ImagePullPolicy(*imagePull).Valid() {
 		return usageErr("--image-pull %q: want validator, always or never", *imagePull)
 	}
@@ -278,9 +285,15 @@ func (e *env) miner(args []string) error {
 	if err != nil {
 		return err
 	}
-	dock, err := x.docker(e)
+	rt, err := x.runtime(e, log)
 	if err != nil {
 		return err
+	}
+	if kr, ok := rt.(*kube.Runtime); ok {
+		// Never promise more executors than the cluster can run at once.
+		if man, err = x.fitManifest(e.ctx, kr, man, log); err != nil {
+			return err
+		}
 	}
 	guard, err := x.jobGuards()
 	if err != nil {
@@ -293,10 +306,10 @@ func (e *env) miner(args []string) error {
 	defer st.Close()
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
 		TrustedValidator: *pinned, Store: st, Log: log, ImagePull: protocol.ImagePullPolicy(*imagePull), StreamingImages: streaming, UpstreamOnly: *upstreamOnly,
-		Backend: &miner.Local{Runtime: dock, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
+		Backend: &miner.Local{Runtime: rt, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
 			Net: guard, BoundDisks: x.boundDisks,
 			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()},
-		Reaper: &miner.Reaper{Runtime: dock, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
+		Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
@@ -329,11 +342,14 @@ func (e *env) executor(args []string) error {
 	if !ok {
 		return usageErr("unknown executor class %q", *class)
 	}
+	if err := x.check(); err != nil {
+		return err
+	}
 	log, err := e.logger(*level)
 	if err != nil {
 		return err
 	}
-	dock, err := x.docker(e)
+	rt, err := x.runtime(e, log)
 	if err != nil {
 		return err
 	}
@@ -341,7 +357,7 @@ func (e *env) executor(args []string) error {
 	if err != nil {
 		return err
 	}
-	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Runtime: dock, Class: spec,
+	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Runtime: rt, Class: spec,
 		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: x.hf, Log: log, Net: guard, BoundDisks: x.boundDisks,
 		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()})
 }
@@ -349,10 +365,13 @@ func (e *env) executor(args []string) error {
 // executorFlags are the flags of whatever runs executors (miner, executor).
 type executorFlags struct {
 	dataDir, dockerHost, hf, streamListen, streamHost string
-	skew                                              time.Duration
-	allowPrivate                                      string
-	boundDisks                                        bool
-	selfContainer                                     string
+	// The Kubernetes back-end's (--backend kubernetes).
+	backend, kubeconfig, namespace, kubeNode, isolateImage string
+	allGPUs                                                int
+	skew                                                   time.Duration
+	allowPrivate                                           string
+	boundDisks                                             bool
+	selfContainer                                          string
 }
 
 // self is the container this process runs in ("auto": its host name, which
@@ -368,6 +387,12 @@ func (x *executorFlags) self() string {
 func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
 	fs.StringVar(&x.dataDir, "data-dir", dataDir, "directory for job files")
 	fs.StringVar(&x.dockerHost, "docker-host", "", "Docker Engine (default $DOCKER_HOST or the local socket)")
+	fs.StringVar(&x.backend, "backend", "docker", "where job containers run: docker (the local engine) or kubernetes (Pods of a cluster)")
+	fs.StringVar(&x.kubeconfig, "kubeconfig", "", "with --backend kubernetes: kubeconfig file (default $KUBECONFIG, then ~/.kube/config, then in-cluster)")
+	fs.StringVar(&x.namespace, "namespace", "default", "with --backend kubernetes: the namespace of job Pods")
+	fs.StringVar(&x.kubeNode, "kube-node", "", "with --backend kubernetes: run job Pods on this node only (where --data-dir is; empty: any node, --data-dir shared by all)")
+	fs.StringVar(&x.isolateImage, "isolate-image", kube.DefaultIsolateImage, "with --backend kubernetes: image of the init container that takes jobs' network away, on every node")
+	fs.IntVar(&x.allGPUs, "all-gpus", 0, "with --backend kubernetes: how many GPUs a job asking for all of them gets (0: such jobs fail)")
 	fs.StringVar(&x.hf, "huggingface-endpoint", "", "Hugging Face compatible hub for huggingface volumes")
 	fs.StringVar(&x.streamListen, "streaming-listen", ":0", "where streaming jobs' signing proxies listen")
 	fs.StringVar(&x.streamHost, "streaming-host", "127.0.0.1", "the address clients reach streaming jobs at")
@@ -402,6 +427,74 @@ func (x *executorFlags) jobGuards() (*blob.DialGuard, error) {
 		}
 	}
 	return guard, nil
+}
+
+// check names the first bad flag.
+func (x *executorFlags) check() error {
+	switch {
+	case x.backend != "docker" && x.backend != "kubernetes":
+		return usageErr("--backend %q: want docker or kubernetes", x.backend)
+	case x.backend == "kubernetes" && x.namespace == "":
+		return usageErr("--namespace: the namespace of job Pods is required with --backend kubernetes")
+	case x.allGPUs < 0:
+		return usageErr("--all-gpus %d: want a count", x.allGPUs)
+	}
+	return nil
+}
+
+// runtime connects to the back-end --backend names.
+func (x *executorFlags) runtime(e *env, log *slog.Logger) (executor.Runtime, error) {
+	switch x.backend {
+	case "docker":
+		return x.docker(e)
+	case "kubernetes":
+	default:
+		return nil, usageErr("--backend %q: want docker or kubernetes", x.backend)
+	}
+	rc, err := kube.LoadConfig(x.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	abs, err := filepath.Abs(x.dataDir)
+	if err != nil {
+		return nil, err
+	}
+	x.dataDir = abs
+	rt, err := kube.New(kube.Config{Client: cs, Namespace: x.namespace, IsolateImage: x.isolateImage, NodeName: x.kubeNode,
+		AllGPUs: x.allGPUs, Log: log})
+	if err != nil {
+		return nil, usageErr("%v", err)
+	}
+	if err := rt.Check(e.ctx); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+// fitManifest caps the manifest to what the cluster can run at once.
+func (x *executorFlags) fitManifest(ctx context.Context, rt *kube.Runtime, man map[string]int, log *slog.Logger) (map[string]int, error) {
+	free, err := rt.Capacity(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's allocatable resources: %w", err)
+	}
+	fit := kube.Fit(free, miner.DefaultClasses(), man)
+	for class, n := range man {
+		if fit[class] < n {
+			log.Warn("the cluster cannot run all the executors the manifest asks for at once: fewer offered", "class", class, "asked", n, "offered", fit[class])
+		}
+	}
+	total := 0
+	for _, n := range fit {
+		total += n
+	}
+	if total == 0 {
+		return nil, fmt.Errorf("the cluster can run none of the manifest's executors (free per node: %+v)", free)
+	}
+	return fit, nil
 }
 
 // docker connects to the Docker Engine and checks that it answers.

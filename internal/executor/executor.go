@@ -374,6 +374,15 @@ func (j *job) run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
+	var lostc LostContainer
+	if errors.As(err, &lostc) {
+		// The platform took the container away: say precisely how.
+		reason, system := lostc.Reason()
+		if system {
+			return j.hordeFail(ctx, protocol.HordeGenericError, "container: "+lostc.Error())
+		}
+		return j.fail(ctx, protocol.StageExecution, protocol.FailureUnknown, reason, lostc.Error(), j.logs)
+	}
 	if err != nil {
 		// The engine refused or broke: the system's fault, not the job's.
 		return j.hordeFail(ctx, protocol.HordeGenericError, "container: "+err.Error())

@@ -48,6 +48,16 @@ type Runtime interface {
 
 var _ Runtime = (*docker.Client)(nil)
 
+// LostContainer is an error of ContainerWait for a container the platform
+// took away mid-job (a Kubernetes Pod evicted, or deleted with a node that
+// stopped answering): Reason is its horde_reason ("pod_evicted",
+// "node_lost"); SystemFault says whether the job is blameless, so that it
+// ends as a horde failure rather than the job's.
+type LostContainer interface {
+	error
+	Reason() (reason string, systemFault bool)
+}
+
 // NetworkJoiner is a Runtime whose networks the process's own container can
 // join (see Config.SelfContainer).
 type NetworkJoiner interface {

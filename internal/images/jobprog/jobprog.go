@@ -7,6 +7,8 @@
 //	exit CODE        exit with CODE (after printing to stderr)
 //	net              probe for a network without sending a packet:
 //	                 exit 7 if there is none (the expected case)
+//	dial ADDR        open a TCP connection to ADDR (host:port): exit 0 if
+//	                 it opens, 7 if not (the expected case for a job)
 //	write NAME BYTES write an output file of BYTES zero bytes, streamed
 //	random NAME BYTES write an output file of BYTES incompressible bytes
 //	symlink NAME TARGET  make /output/NAME a symbolic link to TARGET
@@ -83,6 +85,16 @@ func Main(ctx context.Context, e *prog.Env) int {
 		}
 		c.Close()
 		fmt.Fprintln(e.Stdout, "network reachable: a route to the outside exists")
+	case "dial":
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		c, err := e.Dial(dctx, "tcp", arg(args, 1))
+		cancel()
+		if err != nil {
+			fmt.Fprintln(e.Stdout, "dial failed:", err)
+			return 7
+		}
+		c.Close()
+		fmt.Fprintln(e.Stdout, "dial connected to", arg(args, 1))
 	case "write", "random":
 		n, _ := strconv.ParseInt(arg(args, 2), 10, 64)
 		wrote, err := writeOutput(ctx, e, arg(args, 1), n, args[0] == "random")

@@ -302,7 +302,9 @@ func (d *deployment) follow(ctx context.Context, uuid string) *watch {
 			case <-time.After(300 * time.Millisecond): // the facilitator is away
 			}
 		}
+		w.mu.Lock()
 		w.err = ctx.Err()
+		w.mu.Unlock()
 	}()
 	return w
 }
@@ -313,8 +315,9 @@ func (w *watch) until(ctx context.Context, status protocol.JobStatus) (protocol.
 		w.mu.Lock()
 		for i, e := range w.history {
 			if e.Status == status {
+				at := w.at[i] // read under the lock: the watcher appends to it
 				w.mu.Unlock()
-				return e, w.at[i], true
+				return e, at, true
 			}
 		}
 		w.mu.Unlock()

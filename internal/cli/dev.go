@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/horde-compute/horde/client"
+	"github.com/horde-compute/horde/internal/dashboard"
 	"github.com/horde-compute/horde/internal/devstack"
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/jobdisk"
@@ -133,6 +134,7 @@ func (e *env) startDev(d *devFlags) (*devstack.Stack, *devstack.Objects, func(),
 	}
 	fmt.Fprintf(e.stderr, "local horde up: facilitator %s, validator %s, %d miner(s) %v (logs: %s)\n",
 		s.FacilitatorURL, short(s.Validator.SS58()), len(s.Miners), man, logPath)
+	fmt.Fprintf(e.stderr, "dashboard: %s%s (served to this machine only)\n", strings.TrimSuffix(s.FacilitatorURL, "/"), dashboard.Path)
 	stop := func() {
 		objects.Close()
 		if err := s.Stop(); err != nil {

@@ -53,7 +53,7 @@ func runRole(ctx context.Context, role string, args []string, stdout io.Writer) 
 	switch role {
 	case "echo":
 		return serveEcho(ctx, *addr, *tokens, *gap, ready)
-	case "horde":
+	case "horde", "gofloor":
 		k, err := readKeys(*dir)
 		if err != nil {
 			return err
@@ -61,6 +61,9 @@ func runRole(ctx context.Context, role string, args []string, stdout io.Writer) 
 		u, err := url.Parse(*up)
 		if err != nil {
 			return err
+		}
+		if role == "gofloor" {
+			return serveGoFloor(ctx, k, *addr, u, ready)
 		}
 		return serveHorde(ctx, k, *addr, u, ready)
 	default:
@@ -363,7 +366,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	useNginx := fs.Bool("nginx", true, "measure nginx too (needs Debian's nginx)")
 	loadCore := fs.String("load-core", "0", "core for the load generator (empty: no pinning)")
 	targetCore := fs.String("target-core", "1", "core for the service and the proxy under test (empty: no pinning)")
-	only := fs.String("only", "", "comma-separated subset of rows: direct, nginx, horde")
+	only := fs.String("only", "", "comma-separated subset of rows: direct, nginx, gofloor (Go's httputil reverse proxy, no receipts; only when named), horde")
 	sizes := fs.String("sizes", "1024,65536", "POST body sizes")
 	gap := fs.Duration("gap", time.Millisecond, "time between SSE tokens")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of horde's proxy here")
@@ -391,7 +394,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer echo.stop()
-	want := func(name string) bool { return *only == "" || strings.Contains(","+*only+",", ","+name+",") }
+	named := func(name string) bool { return strings.Contains(","+*only+",", ","+name+",") }
+	want := func(name string) bool { return *only == "" || named(name) }
 	type target struct {
 		name string
 		url  string
@@ -409,6 +413,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer ng.stop()
 		targets = append(targets, target{"nginx", "https://" + ng.addr, true, ng.cmd.Process.Pid})
+	}
+	if named("gofloor") {
+		gp, err := startRole(ctx, *targetCore, stderr, "gofloor", "-dir", dir, "-upstream", "http://"+echo.addr)
+		if err != nil {
+			return err
+		}
+		defer gp.stop()
+		targets = append(targets, target{"Go httputil, no receipts", "https://" + gp.addr, true, gp.cmd.Process.Pid})
 	}
 	if want("horde") {
 		hp, err := startRole(ctx, *targetCore, stderr, "horde", "-dir", dir, "-upstream", "http://"+echo.addr, "-cpuprofile", *prof)

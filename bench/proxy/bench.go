@@ -53,7 +53,7 @@ func runRole(ctx context.Context, role string, args []string, stdout io.Writer) 
 	switch role {
 	case "echo":
 		return serveEcho(ctx, *addr, *tokens, *gap, ready)
-	case "horde":
+	case "horde", "gofloor":
 		k, err := readKeys(*dir)
 		if err != nil {
 			return err
@@ -61,6 +61,9 @@ func runRole(ctx context.Context, role string, args []string, stdout io.Writer) 
 		u, err := url.Parse(*up)
 		if err != nil {
 			return err
+		}
+		if role == "gofloor" {
+			return serveGoFloor(ctx, k, *addr, u, ready)
 		}
 		return serveHorde(ctx, k, *addr, u, ready)
 	default:
@@ -125,8 +128,9 @@ func startRole(ctx context.Context, core string, stderr io.Writer, args ...strin
 
 // procStat is a process tree's CPU time and resident memory.
 type procStat struct {
-	cpu time.Duration
-	rss int64 // bytes
+	cpu, sys time.Duration // sys: the kernel's part of cpu
+	rss      int64         // bytes
+	faults   int64         // minor page faults
 }
 
 // statTree reads pid's and its children's CPU time and RSS from /proc.
@@ -153,6 +157,9 @@ func statTree(pid int) procStat {
 		st, _ := strconv.ParseInt(f[14], 10, 64)
 		rss, _ := strconv.ParseInt(f[23], 10, 64)
 		s.cpu += time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100
+		s.sys += time.Duration(st) * 10 * time.Millisecond
+		mf, _ := strconv.ParseInt(f[9], 10, 64)
+		s.faults += mf
 		s.rss += rss * int64(os.Getpagesize())
 	}
 	return s
@@ -302,7 +309,7 @@ func installNginx(ctx context.Context, stderr io.Writer) (string, error) {
 type row struct {
 	target, proto, load string
 	res                 *loadResult
-	cpu                 time.Duration // of the proxy under test, over the measured part
+	cpu, sys            time.Duration // of the proxy under test, over the measured part (sys: in the kernel)
 	rss, rssGrowth      int64
 	calls               sysCalls
 }
@@ -359,11 +366,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	useNginx := fs.Bool("nginx", true, "measure nginx too (needs Debian's nginx)")
 	loadCore := fs.String("load-core", "0", "core for the load generator (empty: no pinning)")
 	targetCore := fs.String("target-core", "1", "core for the service and the proxy under test (empty: no pinning)")
-	only := fs.String("only", "", "comma-separated subset of rows: direct, nginx, horde")
+	only := fs.String("only", "", "comma-separated subset of rows: direct, nginx, gofloor (Go's httputil reverse proxy, no receipts; only when named), horde")
 	sizes := fs.String("sizes", "1024,65536", "POST body sizes")
 	gap := fs.Duration("gap", time.Millisecond, "time between SSE tokens")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of horde's proxy here")
 	flat := fs.Int("memory", 0, "instead of the table: send this many 1 KiB requests to horde's proxy and print its RSS every tenth")
+	sse := fs.Bool("sse", true, "measure the SSE rows")
+	protosFlag := fs.String("protos", "h1,h2", "protocols over TLS: h1, h2 or both")
 	trace := fs.Bool("strace", false, "count the proxy's system calls per request with strace -c (slows the rows down)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -385,7 +394,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer echo.stop()
-	want := func(name string) bool { return *only == "" || strings.Contains(","+*only+",", ","+name+",") }
+	named := func(name string) bool { return strings.Contains(","+*only+",", ","+name+",") }
+	want := func(name string) bool { return *only == "" || named(name) }
 	type target struct {
 		name string
 		url  string
@@ -403,6 +413,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer ng.stop()
 		targets = append(targets, target{"nginx", "https://" + ng.addr, true, ng.cmd.Process.Pid})
+	}
+	if named("gofloor") {
+		gp, err := startRole(ctx, *targetCore, stderr, "gofloor", "-dir", dir, "-upstream", "http://"+echo.addr)
+		if err != nil {
+			return err
+		}
+		defer gp.stop()
+		targets = append(targets, target{"Go httputil, no receipts", "https://" + gp.addr, true, gp.cmd.Process.Pid})
 	}
 	if want("horde") {
 		hp, err := startRole(ctx, *targetCore, stderr, "horde", "-dir", dir, "-upstream", "http://"+echo.addr, "-cpuprofile", *prof)
@@ -426,7 +444,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		loads = append(loads, loadSpec{Size: n})
 	}
-	loads = append(loads, loadSpec{Size: 1024, SSE: true})
+	if *sse {
+		loads = append(loads, loadSpec{Size: 1024, SSE: true})
+	}
+	var tlsProtos []bool
+	for _, p := range strings.Split(*protosFlag, ",") {
+		switch strings.TrimSpace(p) {
+		case "h1":
+			tlsProtos = append(tlsProtos, false)
+		case "h2":
+			tlsProtos = append(tlsProtos, true)
+		default:
+			return fmt.Errorf("-protos: %q is neither h1 nor h2", p)
+		}
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -436,7 +467,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		for _, t := range targets {
 			protos := []bool{false}
 			if t.tls {
-				protos = []bool{false, true}
+				protos = tlsProtos
 			}
 			for _, h2 := range protos {
 				spec := l
@@ -499,11 +530,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				}
 				r := row{target: t.name, proto: proto, load: load, res: &res, rss: after.rss, rssGrowth: after.rss - before.rss, calls: calls}
 				if t.pid != 0 {
-					r.cpu = after.cpu - before.cpu
+					r.cpu, r.sys = after.cpu-before.cpu, after.sys-before.sys
 				}
 				rows = append(rows, r)
-				fmt.Fprintf(stderr, "%-22s %-16s %-26s %8.0f req/s  errors %d %s\n", t.name, load, proto,
-					float64(res.Requests)/res.Elapsed.Seconds(), res.Errors, res.FirstErr)
+				fmt.Fprintf(stderr, "%-22s %-16s %-26s %8.0f req/s  %.2f page faults/req  errors %d %s\n", t.name, load, proto,
+					float64(res.Requests)/res.Elapsed.Seconds(), float64(after.faults-before.faults)/float64(max(res.Requests, 1)), res.Errors, res.FirstErr)
 			}
 		}
 	}
@@ -517,12 +548,15 @@ func ms(d time.Duration) string {
 
 func printTable(w io.Writer, rows []row, conns int) {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintf(tw, "load (%d conns)\ttarget\tprotocol\treq/s\tp50 / p99 ms\tTTFT p50 / p99 ms\tgap p50 / p99 ms\tproxy CPU s / 10k req\tproxy RSS MB (Δ in row)\terrors\treceipts\tsyscalls / req (read, write, all)\n", conns)
+	fmt.Fprintf(tw, "load (%d conns)\ttarget\tprotocol\treq/s\tp50 / p99 ms\tTTFT p50 / p99 ms\tgap p50 / p99 ms\tproxy CPU s / 10k req (kernel %%)\tproxy RSS MB (Δ in row)\terrors\treceipts\tsyscalls / req (read, write, all)\n", conns)
 	for _, r := range rows {
 		rps := float64(r.res.Requests) / r.res.Elapsed.Seconds()
 		cpu, rss := "—", "—"
 		if r.cpu > 0 || r.target != "direct (plain HTTP)" {
 			cpu = strconv.FormatFloat(r.cpu.Seconds()/float64(max(r.res.Requests, 1))*10000, 'f', 2, 64)
+			if r.cpu > 0 {
+				cpu += fmt.Sprintf(" (%.0f %%)", 100*r.sys.Seconds()/r.cpu.Seconds())
+			}
 			rss = fmt.Sprintf("%.1f (%+.1f)", float64(r.rss)/(1<<20), float64(r.rssGrowth)/(1<<20))
 		}
 		ttft, gap := "—", "—"

@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -136,6 +137,27 @@ func serveEcho(ctx context.Context, addr string, tokens int, gap time.Duration, 
 // serveHorde serves horde's signing proxy in front of upstream, as the
 // executor does, until ctx ends.
 func serveHorde(ctx context.Context, k *keys, addr string, upstream *url.URL, ready func(string)) error {
+	proxy := &streaming.Proxy{JobUUID: "bench-job", Key: k.jobKey, Upstream: upstream}
+	defer proxy.Close()
+	return serveJobTLS(ctx, k, addr, proxy, ready)
+}
+
+// serveGoFloor serves Go's own reverse proxy (net/http/httputil) with the
+// same TLS as horde's proxy and kept-alive connections to the service, and
+// nothing else: no checks, hashes, receipts or store. It is the floor of a
+// proxy built on Go's HTTP server and TLS, beside which horde's own costs
+// show.
+func serveGoFloor(ctx context.Context, k *keys, addr string, upstream *url.URL, ready func(string)) error {
+	rp := httputil.NewSingleHostReverseProxy(upstream)
+	tr := &http.Transport{MaxIdleConns: 64, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	rp.Transport = tr
+	return serveJobTLS(ctx, k, addr, rp, ready)
+}
+
+// serveJobTLS serves h with the job's TLS (the client's certificate
+// required and pinned, ALPN h2 and http/1.1) until ctx ends.
+func serveJobTLS(ctx context.Context, k *keys, addr string, h http.Handler, ready func(string)) error {
 	tlsCfg, err := sr.ServerTLS(k.jobKey, k.jobCert, k.clientCrt)
 	if err != nil {
 		return err
@@ -144,9 +166,7 @@ func serveHorde(ctx context.Context, k *keys, addr string, upstream *url.URL, re
 	if err != nil {
 		return err
 	}
-	proxy := &streaming.Proxy{JobUUID: "bench-job", Key: k.jobKey, Upstream: upstream}
-	defer proxy.Close()
-	srv := &http.Server{Handler: proxy, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
 	return serveUntil(ctx, srv, tls.NewListener(ln, tlsCfg), ready)
 }
 

@@ -25,7 +25,6 @@ var forbidden = []struct {
 	{"github.com/horde-compute/horde/internal/executor/jobdisk", []string{"github.com/horde-compute/horde/"}, "a disk bound knows nothing of horde", true},
 	{"github.com/horde-compute/horde/internal/store", []string{"github.com/horde-compute/horde/internal/validator", "github.com/horde-compute/horde/internal/miner",
 		"github.com/horde-compute/horde/internal/facilitator", "net/http"}, "stores know no roles", false},
-	{"github.com/horde-compute/horde/internal/edsign", []string{"github.com/horde-compute/horde/"}, "a signer knows nothing of horde", true},
 	{"github.com/horde-compute/horde/internal/metrics", []string{"github.com/horde-compute/horde/internal/"}, "metric sets know no roles or stores", true},
 	{"github.com/horde-compute/horde/internal/dashboard", []string{"github.com/horde-compute/horde/internal/facilitator", "github.com/horde-compute/horde/internal/store",
 		"github.com/horde-compute/horde/internal/validator", "github.com/horde-compute/horde/internal/miner"}, "the dashboard reads through its Source and writes nothing", true},

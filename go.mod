@@ -3,7 +3,6 @@ module github.com/horde-compute/horde
 go 1.26.8
 
 require (
-	filippo.io/edwards25519 v1.2.0
 	github.com/ChainSafe/go-schnorrkel v1.1.0
 	github.com/aws/aws-sdk-go-v2 v1.45.1
 	github.com/aws/aws-sdk-go-v2/credentials v1.20.1

@@ -87,17 +87,11 @@ func (r *Receipt) CheckExchange(x Exchange) error {
 // SignReceipt returns the receipt's blob and signature, base64 as the
 // trailers carry them, or why the receipt cannot be encoded.
 func SignReceipt(key ed25519.PrivateKey, r *Receipt) (blob, signature string, err error) {
-	return SignReceiptWith(func(b []byte) []byte { return ed25519.Sign(key, b) }, r)
-}
-
-// SignReceiptWith is SignReceipt with a signer of the job key's Ed25519
-// signatures (one that signs many receipts cheaper, say).
-func SignReceiptWith(sign func(blob []byte) []byte, r *Receipt) (blob, signature string, err error) {
 	b, err := r.Blob()
 	if err != nil {
 		return "", "", err
 	}
-	return base64.StdEncoding.EncodeToString(b), base64.StdEncoding.EncodeToString(sign(b)), nil
+	return base64.StdEncoding.EncodeToString(b), base64.StdEncoding.EncodeToString(ed25519.Sign(key, b)), nil
 }
 
 // Sign is SignReceipt for receipts whose values the caller made itself and

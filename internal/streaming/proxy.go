@@ -19,7 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/horde-compute/horde/internal/edsign"
 	"github.com/horde-compute/horde/internal/metrics"
 	sr "github.com/horde-compute/horde/streamreceipt"
 )
@@ -64,7 +63,6 @@ type Proxy struct {
 	Metrics *metrics.Streaming
 
 	mu     sync.Mutex
-	signer *edsign.Signer
 	up     *upstream
 	rt     http.RoundTripper
 	store  store
@@ -513,31 +511,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 	ok = true
 }
 
-// signFunc returns the job key's signer: the key expanded once and nonces
-// made in batches (internal/edsign), so each receipt costs about three
-// quarters of a crypto/ed25519 signature. The signatures verify as any
-// Ed25519 signature; they are randomized rather than deterministic.
-func (p *Proxy) signFunc() (func([]byte) []byte, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.signer == nil {
-		s, err := edsign.New(p.Key)
-		if err != nil {
-			return nil, err
-		}
-		p.signer = s
-	}
-	return p.signer.Sign, nil
-}
-
 // sign sets the receipt trailers and keeps the receipt for GET ReceiptsPath+id.
 func (p *Proxy) sign(w http.ResponseWriter, id string, rc *sr.Receipt) {
 	start := time.Now()
-	signFn, err := p.signFunc()
-	var blob, sig string
-	if err == nil {
-		blob, sig, err = sr.SignReceiptWith(signFn, rc)
-	}
+	blob, sig, err := sr.SignReceipt(p.Key, rc)
 	p.Metrics.Signed(time.Since(start))
 	if err != nil {
 		// Every value was checked before the request went on; a receipt that

@@ -53,6 +53,8 @@ type Config struct {
 	AllGPUs int
 	// EphemeralStorage bounds a job container's writable layer and logs (see PodOptions).
 	EphemeralStorage int64
+	// ProxyFrom is whom a streaming job's Pod talks to (see PodOptions).
+	ProxyFrom []string
 	// StartTimeout bounds the wait for a job's Pod to be scheduled and its
 	// container to start (default 5 minutes).
 	StartTimeout time.Duration
@@ -194,9 +196,16 @@ func (r *Runtime) ContainerCreate(ctx context.Context, name string, cfg *docker.
 		name = "horde-" + rand.String(10)
 	}
 	pod, err := PodFor(name, cfg, PodOptions{Namespace: r.cfg.Namespace, IsolateImage: r.cfg.IsolateImage,
-		PullIfNotPresent: r.pullableRef(cfg.Image), NodeName: r.cfg.NodeName, AllGPUs: r.cfg.AllGPUs, EphemeralStorage: r.cfg.EphemeralStorage})
+		PullIfNotPresent: r.pullableRef(cfg.Image), NodeName: r.cfg.NodeName, AllGPUs: r.cfg.AllGPUs, EphemeralStorage: r.cfg.EphemeralStorage,
+		ProxyFrom: r.cfg.ProxyFrom})
 	if err != nil {
 		return "", fmt.Errorf("create container: %w", err)
+	}
+	if strings.Contains(cfg.Image, "@") && !r.pullableRef(cfg.Image) {
+		// Named by digest (PinImage): only nodes that hold it may run it.
+		if err := r.pinToNodes(ctx, pod, cfg.Image); err != nil {
+			return "", fmt.Errorf("create container: %w", err)
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -121,3 +121,29 @@ func isDigest(d string) bool {
 	h, ok := strings.CutPrefix(d, "sha256:")
 	return ok && len(h) == 64 && strings.Trim(h, "0123456789abcdef") == ""
 }
+
+// isolateEverywhere says which nodes job Pods may run on lack the isolate
+// image, and how to get it there.
+func (r *Runtime) isolateEverywhere(ctx context.Context) error {
+	nodes, err := r.nodes(ctx)
+	if err != nil {
+		return fmt.Errorf("kubernetes: %w", err)
+	}
+	want := NormalizeRef(r.cfg.IsolateImage)
+	var missing []string
+	for _, n := range nodes {
+		if named(&n, want) == nil {
+			missing = append(missing, n.Name)
+		}
+	}
+	if len(missing) == 0 && len(nodes) > 0 {
+		return nil
+	}
+	if len(nodes) == 0 {
+		missing = []string{"there is no node"}
+	}
+	return fmt.Errorf("kubernetes: the isolate image %s (the init container of every job Pod) is not on %s: "+
+		"write it with 'horde deploy isolate-image --tag %s --out horde-isolate.tar' and import it on each node "+
+		"('ctr -n k8s.io images import horde-isolate.tar'), or push it to a registry the nodes pull from and pass --isolate-image",
+		r.cfg.IsolateImage, strings.Join(missing, ", "), r.cfg.IsolateImage)
+}

@@ -672,7 +672,8 @@ func NormalizeRef(ref string) string {
 	return ref
 }
 
-// DefaultIsolateImage is the isolate image's usual tag (built from ./isolate).
+// DefaultIsolateImage is the isolate image's usual tag ('horde deploy
+// isolate-image' writes it, images.IsolateImage).
 const DefaultIsolateImage = "horde/isolate:dev"
 
 // LoadConfig reads a kubeconfig file: path, or $KUBECONFIG, or
@@ -691,7 +692,7 @@ func LoadConfig(path string) (*rest.Config, error) {
 
 // Check says whether the runtime can do its work: the namespace exists,
 // its Pods can be listed and created (asked of the API server), and the
-// isolate image is on a node.
+// isolate image is on every node job Pods may run on.
 func (r *Runtime) Check(ctx context.Context) error {
 	if _, err := r.cfg.Client.CoreV1().Namespaces().Get(ctx, r.cfg.Namespace, metav1.GetOptions{}); err != nil {
 		return fmt.Errorf("kubernetes namespace %s: %w", r.cfg.Namespace, err)
@@ -710,8 +711,8 @@ func (r *Runtime) Check(ctx context.Context) error {
 			return fmt.Errorf("kubernetes: this identity may not %s pods in %s", verb, r.cfg.Namespace)
 		}
 	}
-	if _, err := r.ImageInspect(ctx, r.cfg.IsolateImage); err != nil {
-		return fmt.Errorf("kubernetes: the isolate image (jobs without network need it): %w", err)
+	if err := r.isolateEverywhere(ctx); err != nil {
+		return err
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ func noroute() error {
 			}
 		}
 	}
-	for _, f := range []string{"/proc/net/route"} {
+	for _, f := range []string{"/proc/thread-self/net/route"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return err
@@ -137,7 +137,7 @@ func ask(fd int, msg []byte) error {
 // gateway is the IPv4 gateway of the namespace's default route, read
 // from /proc/net/route (before noroute deletes it).
 func gateway() (netip.Addr, error) {
-	b, err := os.ReadFile("/proc/net/route")
+	b, err := os.ReadFile("/proc/thread-self/net/route")
 	if err != nil {
 		return netip.Addr{}, err
 	}

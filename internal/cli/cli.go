@@ -70,10 +70,12 @@ Local:
 
 Deploying:
   deploy init   wallets, metagraph and images for deploy/compose.yaml
+  deploy isolate-image   the isolate image as an archive to import on Kubernetes nodes
 
 Images (horde makes its images from this binary; these are their programs):
   program job   the demo and test job (image horde/job:dev)
   program llm   the demo language model service (image horde/llm:dev)
+  program isolate   the init container of Kubernetes job Pods (image horde/isolate:dev)
 
 Run 'horde <command> -h' for a command's flags. Flags may come before or after
 the other arguments; each can also be set by an environment variable

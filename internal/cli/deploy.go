@@ -105,8 +105,11 @@ func DeployInit(dir string, d DeployLayout) (map[string]*sig.Hotkey, error) {
 }
 
 func (e *env) deploy(args []string) error {
+	if len(args) > 0 && args[0] == "isolate-image" {
+		return e.deployIsolateImage(args[1:])
+	}
 	if len(args) == 0 || args[0] != "init" {
-		return usageErr("horde deploy needs a subcommand: init")
+		return usageErr("horde deploy needs a subcommand: init or isolate-image")
 	}
 	fs := e.flags("deploy init")
 	noImages := fs.Bool("no-images", false, "do not make the images (horde/horde:dev, horde/job:dev, horde/llm:dev) from this binary")

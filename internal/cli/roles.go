@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor/kube"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/isolate"
 	"github.com/horde-compute/horde/internal/metrics"
 	"github.com/horde-compute/horde/internal/miner"
 	"github.com/horde-compute/horde/internal/store/backend"
@@ -367,6 +369,7 @@ type executorFlags struct {
 	dataDir, dockerHost, hf, streamListen, streamHost string
 	// The Kubernetes back-end's (--backend kubernetes).
 	backend, kubeconfig, namespace, kubeNode, isolateImage string
+	kubeProxyFrom                                          string
 	allGPUs                                                int
 	skew                                                   time.Duration
 	allowPrivate                                           string
@@ -392,6 +395,7 @@ func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
 	fs.StringVar(&x.namespace, "namespace", "default", "with --backend kubernetes: the namespace of job Pods")
 	fs.StringVar(&x.kubeNode, "kube-node", "", "with --backend kubernetes: run job Pods on this node only (where --data-dir is; empty: any node, --data-dir shared by all)")
 	fs.StringVar(&x.isolateImage, "isolate-image", kube.DefaultIsolateImage, "with --backend kubernetes: image of the init container that takes jobs' network away, on every node")
+	fs.StringVar(&x.kubeProxyFrom, "kube-proxy-from", isolate.Gateway, "with --backend kubernetes: address(es), comma-separated, a streaming job's Pod sees this miner's signing proxy connect from; it accepts no one else ("+isolate.Gateway+": the Pod's gateway, right when the miner runs on the Pod's node)")
 	fs.IntVar(&x.allGPUs, "all-gpus", 0, "with --backend kubernetes: how many GPUs a job asking for all of them gets (0: such jobs fail)")
 	fs.StringVar(&x.hf, "huggingface-endpoint", "", "Hugging Face compatible hub for huggingface volumes")
 	fs.StringVar(&x.streamListen, "streaming-listen", ":0", "where streaming jobs' signing proxies listen")
@@ -439,6 +443,11 @@ func (x *executorFlags) check() error {
 	case x.allGPUs < 0:
 		return usageErr("--all-gpus %d: want a count", x.allGPUs)
 	}
+	for _, f := range strings.Split(x.kubeProxyFrom, ",") {
+		if _, err := netip.ParseAddr(f); err != nil && f != isolate.Gateway {
+			return usageErr("--kube-proxy-from %q: want IP addresses or %s", x.kubeProxyFrom, isolate.Gateway)
+		}
+	}
 	return nil
 }
 
@@ -465,7 +474,7 @@ func (x *executorFlags) runtime(e *env, log *slog.Logger) (executor.Runtime, err
 	}
 	x.dataDir = abs
 	rt, err := kube.New(kube.Config{Client: cs, Namespace: x.namespace, IsolateImage: x.isolateImage, NodeName: x.kubeNode,
-		AllGPUs: x.allGPUs, Log: log})
+		AllGPUs: x.allGPUs, ProxyFrom: strings.Split(x.kubeProxyFrom, ","), Log: log})
 	if err != nil {
 		return nil, usageErr("%v", err)
 	}

@@ -213,7 +213,9 @@ type job struct {
 	// name from the moment creation was asked for.
 	container, containerName string
 	network                  string
-	timings                  map[string]int64
+	// pinned is the streaming image by the digest checked (ImagePinner).
+	pinned  string
+	timings map[string]int64
 	// budget is what is left of the job's volume limit, shared by its
 	// first volume and every later one of a streaming job.
 	budget *blob.Budget

@@ -66,3 +66,12 @@ type NetworkJoiner interface {
 }
 
 var _ NetworkJoiner = (*docker.Client)(nil)
+
+// ImagePinner is a Runtime that can hold a container to the exact content a
+// digest names, where looking the image up by name could see another node's
+// image than the one the container lands on (package kube). PinImage checks
+// that ref is digest where the job may run and returns the reference to
+// create the container with; its error says what was found instead.
+type ImagePinner interface {
+	PinImage(ctx context.Context, ref, digest string) (string, error)
+}

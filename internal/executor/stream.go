@@ -25,6 +25,14 @@ func (j *job) checkDigest(ctx context.Context, image, digest string) error {
 	if digest == "" {
 		return errors.New("streaming jobs need a whitelisted image digest; the validator sent none")
 	}
+	if p, ok := j.cfg.Runtime.(ImagePinner); ok {
+		ref, err := p.PinImage(ctx, image, digest)
+		if err != nil {
+			return err
+		}
+		j.pinned = ref
+		return nil
+	}
 	img, err := j.cfg.Runtime.ImageInspect(ctx, image)
 	if err != nil {
 		return err
@@ -66,6 +74,9 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	j.stage("streaming_network", netStart)
 	p := Paths{Volume: filepath.Join(j.dir, "volume"), Output: filepath.Join(j.dir, "output"), Artifacts: filepath.Join(j.dir, "artifacts")}
 	cfg := ContainerConfig(req, j.cfg.Class, p, j.cfg.Owner)
+	if j.pinned != "" {
+		cfg.Image = j.pinned // the content checked, not whatever the name means by now
+	}
 	cfg.NetworkDisabled = false
 	cfg.HostConfig.NetworkMode = netName
 	start := time.Now()

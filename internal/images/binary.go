@@ -50,16 +50,24 @@ type imageSpec struct {
 
 // FromBinary makes horde's images from the horde executable exe (SelfExe
 // for the running one): HordeImage runs horde itself, JobImage runs 'horde
-// program job' and LLMImage 'horde program llm'. Each is a FROM-scratch image
+// program job', LLMImage 'horde program llm' and IsolateImage 'horde
+// program isolate'. Each is a FROM-scratch image
 // holding the binary alone, labelled with its sha256 (LabelBinary) and built
 // only if no image of that tag carries the same label. No Go toolchain or
 // source is needed; the binary must be static (built with CGO_ENABLED=0).
 func FromBinary(ctx context.Context, cli *docker.Client, exe string) (*Made, error) {
-	return FromBinaryAs(ctx, cli, exe, Tags{Horde: HordeImage, Job: JobImage, LLM: LLMImage})
+	return FromBinaryAs(ctx, cli, exe, Tags{Horde: HordeImage, Job: JobImage, LLM: LLMImage, Isolate: IsolateImage})
 }
 
-// Tags name the images made from a binary.
-type Tags struct{ Horde, Job, LLM string }
+// IsolateImage is the tag of the init container of Kubernetes job Pods
+// ('horde program isolate'; package kube's DefaultIsolateImage).
+const IsolateImage = "horde/isolate:dev"
+
+// IsolateEntrypoint runs 'horde program isolate' in an image of the binary.
+var IsolateEntrypoint = []string{"/horde", "program", "isolate"}
+
+// Tags name the images made from a binary; an empty Isolate makes none.
+type Tags struct{ Horde, Job, LLM, Isolate string }
 
 // FromBinaryAs is FromBinary under other tags (a test's own, which other
 // tests do not rebuild meanwhile).
@@ -73,11 +81,15 @@ func FromBinaryAs(ctx context.Context, cli *docker.Client, exe string, tags Tags
 	}
 	sum := sha256.Sum256(bin)
 	m := &Made{Binary: hex.EncodeToString(sum[:])}
-	for _, s := range []imageSpec{
+	specs := []imageSpec{
 		{tags.Horde, `["/horde"]`},
 		{tags.Job, `["/horde", "program", "job"]`},
 		{tags.LLM, `["/horde", "program", "llm"]`},
-	} {
+	}
+	if tags.Isolate != "" {
+		specs = append(specs, imageSpec{tags.Isolate, `["/horde", "program", "isolate"]`})
+	}
+	for _, s := range specs {
 		img, err := cli.ImageInspect(ctx, s.tag)
 		if err == nil && img.Config.Labels[LabelBinary] == m.Binary {
 			continue

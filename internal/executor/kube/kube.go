@@ -53,6 +53,8 @@ type Config struct {
 	AllGPUs int
 	// EphemeralStorage bounds a job container's writable layer and logs (see PodOptions).
 	EphemeralStorage int64
+	// ProxyFrom is whom a streaming job's Pod talks to (see PodOptions).
+	ProxyFrom []string
 	// StartTimeout bounds the wait for a job's Pod to be scheduled and its
 	// container to start (default 5 minutes).
 	StartTimeout time.Duration
@@ -194,9 +196,16 @@ func (r *Runtime) ContainerCreate(ctx context.Context, name string, cfg *docker.
 		name = "horde-" + rand.String(10)
 	}
 	pod, err := PodFor(name, cfg, PodOptions{Namespace: r.cfg.Namespace, IsolateImage: r.cfg.IsolateImage,
-		PullIfNotPresent: r.pullableRef(cfg.Image), NodeName: r.cfg.NodeName, AllGPUs: r.cfg.AllGPUs, EphemeralStorage: r.cfg.EphemeralStorage})
+		PullIfNotPresent: r.pullableRef(cfg.Image), NodeName: r.cfg.NodeName, AllGPUs: r.cfg.AllGPUs, EphemeralStorage: r.cfg.EphemeralStorage,
+		ProxyFrom: r.cfg.ProxyFrom})
 	if err != nil {
 		return "", fmt.Errorf("create container: %w", err)
+	}
+	if strings.Contains(cfg.Image, "@") && !r.pullableRef(cfg.Image) {
+		// Named by digest (PinImage): only nodes that hold it may run it.
+		if err := r.pinToNodes(ctx, pod, cfg.Image); err != nil {
+			return "", fmt.Errorf("create container: %w", err)
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -663,7 +672,8 @@ func NormalizeRef(ref string) string {
 	return ref
 }
 
-// DefaultIsolateImage is the isolate image's usual tag (built from ./isolate).
+// DefaultIsolateImage is the isolate image's usual tag ('horde deploy
+// isolate-image' writes it, images.IsolateImage).
 const DefaultIsolateImage = "horde/isolate:dev"
 
 // LoadConfig reads a kubeconfig file: path, or $KUBECONFIG, or
@@ -682,7 +692,7 @@ func LoadConfig(path string) (*rest.Config, error) {
 
 // Check says whether the runtime can do its work: the namespace exists,
 // its Pods can be listed and created (asked of the API server), and the
-// isolate image is on a node.
+// isolate image is on every node job Pods may run on.
 func (r *Runtime) Check(ctx context.Context) error {
 	if _, err := r.cfg.Client.CoreV1().Namespaces().Get(ctx, r.cfg.Namespace, metav1.GetOptions{}); err != nil {
 		return fmt.Errorf("kubernetes namespace %s: %w", r.cfg.Namespace, err)
@@ -701,8 +711,8 @@ func (r *Runtime) Check(ctx context.Context) error {
 			return fmt.Errorf("kubernetes: this identity may not %s pods in %s", verb, r.cfg.Namespace)
 		}
 	}
-	if _, err := r.ImageInspect(ctx, r.cfg.IsolateImage); err != nil {
-		return fmt.Errorf("kubernetes: the isolate image (jobs without network need it): %w", err)
+	if err := r.isolateEverywhere(ctx); err != nil {
+		return err
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/isolate"
 )
 
 // Names of the Pod's containers.
@@ -45,7 +47,16 @@ type PodOptions struct {
 	// EphemeralStorage bounds the job container's writable layer and logs
 	// (the kubelet evicts a Pod past it); zero: DefaultEphemeralStorage.
 	EphemeralStorage int64
+	// ProxyFrom are the addresses a streaming job's Pod accepts traffic
+	// from (and sends to): where the executor's signing proxy connects
+	// from, as the Pod sees it, or isolate.Gateway (the Pod's gateway:
+	// a proxy on the Pod's node). Empty: DefaultProxyFrom.
+	ProxyFrom []string
 }
+
+// DefaultProxyFrom is whom a streaming job's Pod accepts by default: its
+// gateway, which is what a proxy on the Pod's own node connects from.
+var DefaultProxyFrom = []string{isolate.Gateway}
 
 // DefaultEphemeralStorage is the job container's ephemeral-storage limit by default.
 const DefaultEphemeralStorage = 1 << 30
@@ -65,9 +76,11 @@ const UnreachableToleration = 30
 //     would need a policy engine in the cluster; this needs nothing.
 //     A job on a named network (a streaming job's service, which the
 //     executor's signing proxy must reach) keeps its Pod address; the init
-//     container deletes its default routes instead, so it reaches nothing
-//     beyond the Pod subnet (what else on that subnet reaches it is the
-//     cluster's business, as without a policy engine it always is).
+//     container deletes its default routes instead and installs netfilter
+//     rules in the Pod's namespace that drop every packet in or out but
+//     loopback's and the proxy's (ProxyFrom), checked before the job
+//     container starts: no other Pod, on the subnet or not, reaches the
+//     service, and the service reaches nothing else.
 //   - read-only root, allowPrivilegeEscalation false, every capability
 //     dropped, the runtime's default seccomp profile, no service account
 //     token, no service links, not privileged, no host namespaces;
@@ -181,12 +194,23 @@ func PodFor(name string, cfg *docker.ContainerConfig, o PodOptions) (*corev1.Pod
 	if o.IsolateImage == "" {
 		return nil, errors.New("a job's Pod needs the isolate image (PodOptions.IsolateImage)")
 	}
-	mode := "unnet"
+	args := []string{"unnet"}
 	if !cfg.NetworkDisabled && hc.NetworkMode != "none" {
 		// A named network (a streaming job's internal one): the Pod keeps
-		// its address, which the executor's proxy reaches, and loses its
-		// default routes: nothing beyond the Pod subnet is reachable.
-		mode = "noroute"
+		// its address, which the executor's proxy reaches, loses its
+		// default routes, and talks to the proxy's address alone.
+		from := o.ProxyFrom
+		if len(from) == 0 {
+			from = DefaultProxyFrom
+		}
+		for _, f := range from {
+			if f != isolate.Gateway {
+				if _, err := netip.ParseAddr(f); err != nil {
+					return nil, fmt.Errorf("proxy address %q: want an IP address or %s", f, isolate.Gateway)
+				}
+			}
+		}
+		args = append([]string{"service"}, from...)
 	}
 	{
 		small := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")}
@@ -194,7 +218,7 @@ func PodFor(name string, cfg *docker.ContainerConfig, o PodOptions) (*corev1.Pod
 		pod.Spec.InitContainers = []corev1.Container{{
 			Name:            IsolateContainer,
 			Image:           o.IsolateImage,
-			Args:            []string{mode},
+			Args:            args,
 			ImagePullPolicy: corev1.PullIfNotPresent,
 			Resources:       corev1.ResourceRequirements{Requests: small, Limits: small},
 			SecurityContext: &corev1.SecurityContext{

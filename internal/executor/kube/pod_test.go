@@ -224,7 +224,8 @@ func TestNormalizeRef(t *testing.T) {
 	}
 }
 
-// A streaming job's service keeps its address for the proxy and loses its routes out.
+// A streaming job's service keeps its address for the proxy, loses its
+// routes out and talks to the proxy's address alone.
 func TestPodStreamingService(t *testing.T) {
 	spec := miner.DefaultClasses()[protocol.ClassTest]
 	cfg := executor.ContainerConfig(request("s1"), spec, executor.Paths{Volume: "/v", Output: "/o"}, "o")
@@ -234,8 +235,17 @@ func TestPodStreamingService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ic := pod.Spec.InitContainers; len(ic) != 1 || !cmp.Equal(ic[0].Args, []string{"noroute"}) {
+	if ic := pod.Spec.InitContainers; len(ic) != 1 || !cmp.Equal(ic[0].Args, []string{"service", "gateway"}) {
 		t.Errorf("init containers %+v", ic)
+	}
+	o := opts
+	o.ProxyFrom = []string{"10.1.2.3", "gateway"}
+	if pod, err := kube.PodFor("horde-job-s1", cfg, o); err != nil || !cmp.Equal(pod.Spec.InitContainers[0].Args, []string{"service", "10.1.2.3", "gateway"}) {
+		t.Errorf("with the proxy's address: %v %+v", err, pod)
+	}
+	o.ProxyFrom = []string{"proxy.example"}
+	if _, err := kube.PodFor("horde-job-s1", cfg, o); err == nil {
+		t.Error("a proxy named, not addressed, was accepted")
 	}
 	sc := pod.Spec.Containers[0].SecurityContext
 	if *sc.AllowPrivilegeEscalation || !*sc.ReadOnlyRootFilesystem || !cmp.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -261,13 +262,20 @@ func (f *Facilitator) handleEvents(w http.ResponseWriter, r *http.Request, c *ca
 		case <-tick.C:
 			fmt.Fprint(w, ": keepalive\n\n")
 		case <-ch:
-			// Re-read the history so a coalesced signal loses nothing.
-			job, err := f.job(ctx, id, c.hotkey, c.sdk)
+			// Re-read the history so a coalesced signal loses nothing. The
+			// job's row is not read again: its owner does not change, and
+			// its status is terminal once its history holds a terminal
+			// status (the store sets the first one and keeps it).
+			hist, err := f.cfg.Store.History(ctx, id)
 			if err != nil {
 				return
 			}
-			emit(job.StatusHistory)
-			if job.Status.Terminal() {
+			view := hist
+			if c.sdk {
+				view = forSDK(hist)
+			}
+			emit(view)
+			if slices.ContainsFunc(hist, func(e protocol.StatusEntry) bool { return e.Status.Terminal() }) {
 				flush()
 				return
 			}

@@ -241,6 +241,9 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 			}
 			inflight = append(inflight, sent{id: it.ID, m: m})
 		}
+		// The messages answered leave the outbox together, in one commit,
+		// also when an answer fails to come (those before it were answered).
+		acked := make([]int64, 0, len(inflight))
 		for i, s := range inflight {
 			if s.m != nil {
 				r, err := wait()
@@ -250,15 +253,19 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 							v.unsent(u.m) // it goes again on the next session
 						}
 					}
+					if aerr := v.out.st.AckOutbox(context.WithoutCancel(ctx), acked...); aerr != nil {
+						v.log.Warn("outbox: answered messages not removed; they go again", "err", aerr)
+					}
 					return fmt.Errorf("%s: %w", s.m.MessageType(), err)
 				}
 				if r.Status != "success" {
 					v.log.Warn("facilitator refused an update; dropping it", "errors", r.Errors)
 				}
 			}
-			if err := v.out.st.AckOutbox(ctx, s.id); err != nil {
-				return err
-			}
+			acked = append(acked, s.id)
+		}
+		if err := v.out.st.AckOutbox(ctx, acked...); err != nil {
+			return err
 		}
 		if sendErr != nil {
 			return sendErr

@@ -301,6 +301,25 @@ func (d *DB) Unfinished(ctx context.Context) ([]store.JobRecord, error) {
 	return out, rows.Err()
 }
 
+// Dispatchable implements store.Jobs.
+func (d *DB) Dispatchable(ctx context.Context, stale time.Time) ([]store.JobRecord, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN `+terminal+`
+		AND status = 'sent' AND (validator_hotkey = '' OR updated_at < $1) ORDER BY created_at`, stale.UnixMicro())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.JobRecord
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, rows.Err()
+}
+
 // SetAssignment implements store.Jobs.
 func (d *DB) SetAssignment(ctx context.Context, uuid, validator, miner string) error {
 	_, err := d.db.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = $1, miner_hotkey = $2, updated_at = $3 WHERE uuid = $4`,
@@ -442,8 +461,11 @@ func (d *DB) PeekOutbox(ctx context.Context, limit int) ([]store.OutboxItem, err
 }
 
 // AckOutbox implements store.Outbox.
-func (d *DB) AckOutbox(ctx context.Context, id int64) error {
-	_, err := d.db.ExecContext(ctx, `DELETE FROM outbox WHERE id = $1`, id)
+func (d *DB) AckOutbox(ctx context.Context, ids ...int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := d.db.ExecContext(ctx, `DELETE FROM outbox WHERE id = ANY($1)`, ids)
 	return err
 }
 

@@ -94,6 +94,9 @@ type Outbox interface {
 	// AckOutbox removes the messages with these ids, in one transaction: a
 	// page of messages the peer acknowledged costs one commit.
 	AckOutbox(ctx context.Context, ids ...int64) error
+	// AddStatusPush records a job's status (as Jobs.AddStatus) and queues
+	// msg, in one transaction: both or neither.
+	AddStatusPush(ctx context.Context, uuid string, e protocol.StatusEntry, msg []byte) error
 }
 
 // SyntheticResult is the verdict on one synthetic job.

@@ -78,6 +78,24 @@ func (o *outbox) Push(m protocol.Message) {
 	}
 }
 
+// PushStatus records a job's status and queues m for the facilitator, in
+// one transaction (store.Outbox.AddStatusPush): neither happens when it
+// fails.
+func (o *outbox) PushStatus(ctx context.Context, uuid string, e protocol.StatusEntry, m protocol.Message) error {
+	b, err := protocol.Encode(m)
+	if err != nil {
+		return err
+	}
+	if err := o.st.AddStatusPush(ctx, uuid, e, b); err != nil {
+		return err
+	}
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
 // facilitatorLoop keeps a session with the facilitator, reconnecting with backoff.
 func (v *Validator) facilitatorLoop(ctx context.Context) {
 	backoff := backoffFirst

@@ -205,23 +205,47 @@ func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry)
 	}
 	at := e.CreatedAt.UnixMicro()
 	return d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
-		var cur string
-		if err := tx.QueryRowContext(ctx, qJobStatus, uuid).Scan(&cur); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
-			}
+		return addStatus(ctx, tx, uuid, e.Status, meta, at)
+	})
+}
+
+// AddStatusPush implements store.Outbox.
+func (d *DB) AddStatusPush(ctx context.Context, uuid string, e protocol.StatusEntry, msg []byte) error {
+	var meta []byte
+	if e.Metadata != nil {
+		meta, _ = json.Marshal(e.Metadata)
+	}
+	at := e.CreatedAt.UnixMicro()
+	return d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
+		if err := addStatus(ctx, tx, uuid, e.Status, meta, at); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, qInsertStatus, uuid, e.Status, nullable(meta), at); err != nil {
-			return fmt.Errorf("add status: %w", err)
-		}
-		if !protocol.JobStatus(cur).Terminal() {
-			if _, err := tx.ExecContext(ctx, qSetStatus, e.Status, at, uuid); err != nil {
-				return fmt.Errorf("add status: %w", err)
-			}
+		if _, err := tx.ExecContext(ctx, qPushOutbox, string(msg), time.Now().UnixMicro()); err != nil {
+			return fmt.Errorf("outbox: %w", err)
 		}
 		return nil
 	})
+}
+
+// addStatus appends a status to a job's history and sets it as the job's
+// status unless the job's is terminal already.
+func addStatus(ctx context.Context, tx *stmtTx, uuid string, status protocol.JobStatus, meta []byte, at int64) error {
+	var cur string
+	if err := tx.QueryRowContext(ctx, qJobStatus, uuid).Scan(&cur); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("job %s: %w", uuid, store.ErrNotFound)
+		}
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, qInsertStatus, uuid, status, nullable(meta), at); err != nil {
+		return fmt.Errorf("add status: %w", err)
+	}
+	if !protocol.JobStatus(cur).Terminal() {
+		if _, err := tx.ExecContext(ctx, qSetStatus, status, at, uuid); err != nil {
+			return fmt.Errorf("add status: %w", err)
+		}
+	}
+	return nil
 }
 
 func nullable(b []byte) any {

@@ -245,6 +245,24 @@ func testOutbox(t *testing.T, s Store) {
 	if items, _ = s.PeekOutbox(ctx, 10); len(items) != 0 {
 		t.Errorf("after acking a page = %+v", items)
 	}
+	// A status and its message: both, or (the job unknown) neither.
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	if err := s.CreateJob(ctx, store.JobRecord{UUID: "ob1", Signature: protocol.Signature{Signatory: "carol", Signature: "ob1"}, Status: protocol.StatusReceived, CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddStatusPush(ctx, "ob1", protocol.StatusEntry{Status: protocol.StatusAccepted, CreatedAt: now}, []byte("d")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddStatusPush(ctx, "nope", protocol.StatusEntry{Status: protocol.StatusAccepted, CreatedAt: now}, []byte("e")); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("status of an unknown job: %v", err)
+	}
+	h, err := s.History(ctx, "ob1")
+	if err != nil || len(h) != 2 || h[1].Status != protocol.StatusAccepted {
+		t.Errorf("history = %+v, %v", h, err)
+	}
+	if items, _ = s.PeekOutbox(ctx, 10); len(items) != 1 || string(items[0].Message) != "d" {
+		t.Errorf("outbox after statuses = %+v", items)
+	}
 }
 
 func testScores(t *testing.T, s Store) {

@@ -220,10 +220,13 @@ func (f *Facilitator) handleScores(w http.ResponseWriter, r *http.Request, _ *ca
 const keepalive = 15 * time.Second
 
 // handleEvents streams the job's status history and then live updates as
-// server-sent events until the job ends.
+// server-sent events until the job ends. With ?job=1 (horde's client) the
+// stream of an ended job ends with the job itself (event "job"), which the
+// client would otherwise ask for again.
 func (f *Facilitator) handleEvents(w http.ResponseWriter, r *http.Request, c *caller) {
 	ctx := r.Context()
 	id := r.PathValue("uuid")
+	withJob := r.URL.Query().Get("job") == "1"
 	ch := f.subscribe(id) // before reading, so no update falls between
 	defer f.unsubscribe(id, ch)
 	job, err := f.job(ctx, id, c.hotkey, c.sdk)
@@ -248,11 +251,19 @@ func (f *Facilitator) handleEvents(w http.ResponseWriter, r *http.Request, c *ca
 			sent++
 		}
 	}
+	final := func(job *protocol.Job) {
+		if withJob {
+			b, _ := json.Marshal(job)
+			fmt.Fprintf(w, "event: job\ndata: %s\n\n", b)
+		}
+	}
 	emit(job.StatusHistory)
-	flush()
 	if job.Status.Terminal() {
+		final(job)
+		flush()
 		return
 	}
+	flush()
 	tick := time.NewTicker(keepalive)
 	defer tick.Stop()
 	for {
@@ -276,6 +287,11 @@ func (f *Facilitator) handleEvents(w http.ResponseWriter, r *http.Request, c *ca
 			}
 			emit(view)
 			if slices.ContainsFunc(hist, func(e protocol.StatusEntry) bool { return e.Status.Terminal() }) {
+				if withJob {
+					if rec, err := f.cfg.Store.Job(ctx, id); err == nil {
+						final(toJob(rec, hist, c.sdk))
+					}
+				}
 				flush()
 				return
 			}

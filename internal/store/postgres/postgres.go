@@ -212,7 +212,7 @@ func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry)
 	if e.Metadata != nil {
 		meta, _ = json.Marshal(e.Metadata)
 	}
-	return addStatus(ctx, d.db, uuid, e, meta)
+	return addStatus(ctx, d.db, uuid, e, meta, "")
 }
 
 // AddStatusPush implements store.Outbox.
@@ -221,29 +221,23 @@ func (d *DB) AddStatusPush(ctx context.Context, uuid string, e protocol.StatusEn
 	if e.Metadata != nil {
 		meta, _ = json.Marshal(e.Metadata)
 	}
-	tx, err := d.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if err := addStatus(ctx, tx, uuid, e, meta); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO outbox (message, queued_at) VALUES ($1, $2)`, string(msg), time.Now().UnixMicro()); err != nil {
-		return fmt.Errorf("outbox: %w", err)
-	}
-	return tx.Commit()
+	// One statement, one round trip: the message is queued only with the
+	// status (from the status's row), so an unknown job queues nothing.
+	return addStatus(ctx, d.db, uuid, e, meta, `,
+		box AS (INSERT INTO outbox (message, queued_at) SELECT $5, $6 FROM ins RETURNING id)`, string(msg), time.Now().UnixMicro())
 }
 
-// addStatus is AddStatus on db or a transaction.
-func addStatus(ctx context.Context, db interface {
-	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
-}, uuid string, e protocol.StatusEntry, meta []byte) error {
-	var n int
-	err := db.QueryRowContext(ctx, `WITH cur AS (SELECT uuid, status FROM jobs WHERE uuid = $1 FOR UPDATE),
+// addStatusQuery is AddStatus's statement; more CTEs and their arguments
+// ($5 on) may be added, which see the status's row as ins.
+const addStatusQuery = `WITH cur AS (SELECT uuid, status FROM jobs WHERE uuid = $1 FOR UPDATE),
 		ins AS (INSERT INTO job_status (job_uuid, status, metadata, created_at) SELECT uuid, $2, $3, $4 FROM cur RETURNING job_uuid),
-		upd AS (UPDATE jobs SET status = $2, updated_at = $4 WHERE uuid IN (SELECT uuid FROM cur WHERE status NOT IN `+terminal+`) RETURNING uuid)
-		SELECT count(*) FROM ins`, uuid, e.Status, nullable(meta), e.CreatedAt.UnixMicro()).Scan(&n)
+		upd AS (UPDATE jobs SET status = $2, updated_at = $4 WHERE uuid IN (SELECT uuid FROM cur WHERE status NOT IN ` + terminal + `) RETURNING uuid)`
+
+// addStatus runs AddStatus's statement, with more CTEs when given.
+func addStatus(ctx context.Context, db *sql.DB, uuid string, e protocol.StatusEntry, meta []byte, more string, args ...any) error {
+	var n int
+	err := db.QueryRowContext(ctx, addStatusQuery+more+`
+		SELECT count(*) FROM ins`, append([]any{uuid, e.Status, nullable(meta), e.CreatedAt.UnixMicro()}, args...)...).Scan(&n)
 	if err != nil {
 		return fmt.Errorf("add status: %w", err)
 	}

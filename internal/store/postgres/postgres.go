@@ -306,26 +306,18 @@ func (d *DB) ListJobs(ctx context.Context, signatory string, offset, limit int) 
 
 // Unfinished implements store.Jobs.
 func (d *DB) Unfinished(ctx context.Context) ([]store.JobRecord, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN `+terminal+` ORDER BY created_at`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []store.JobRecord
-	for rows.Next() {
-		j, err := scanJob(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, j)
-	}
-	return out, rows.Err()
+	return d.queryJobs(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN `+terminal+` ORDER BY created_at`)
 }
 
 // Dispatchable implements store.Jobs.
 func (d *DB) Dispatchable(ctx context.Context, stale time.Time) ([]store.JobRecord, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN `+terminal+`
+	return d.queryJobs(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN `+terminal+`
 		AND status = 'sent' AND (validator_hotkey = '' OR updated_at < $1) ORDER BY created_at`, stale.UnixMicro())
+}
+
+// queryJobs returns the jobs a query of jobCols selects.
+func (d *DB) queryJobs(ctx context.Context, q string, args ...any) ([]store.JobRecord, error) {
+	rows, err := d.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -190,14 +190,16 @@ func (c *Client) Cancel(ctx context.Context, uuid string) (*protocol.Job, error)
 func (c *Client) Watch(ctx context.Context, uuid string, fn func(protocol.StatusEntry)) (*protocol.Job, error) {
 	seen := 0
 	for {
-		n, err := c.watchOnce(ctx, uuid, seen, fn)
+		n, job, err := c.watchOnce(ctx, uuid, seen, fn)
 		seen = n
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		job, jerr := c.Job(ctx, uuid)
-		if jerr != nil {
-			return nil, jerr
+		if job == nil || !job.Status.Terminal() { // a facilitator that does not end the stream with the job
+			var jerr error
+			if job, jerr = c.Job(ctx, uuid); jerr != nil {
+				return nil, jerr
+			}
 		}
 		if job.Status.Terminal() {
 			for _, e := range job.StatusHistory[min(seen, len(job.StatusHistory)):] {
@@ -217,31 +219,45 @@ func (c *Client) Watch(ctx context.Context, uuid string, fn func(protocol.Status
 	}
 }
 
-func (c *Client) watchOnce(ctx context.Context, uuid string, seen int, fn func(protocol.StatusEntry)) (int, error) {
-	req, err := c.request(ctx, http.MethodGet, protocol.RouteJobs+uuid+"/events", nil, "", nil)
+// watchOnce reads one event stream of the job, calling fn for each status
+// past the first seen, and returns how many it has seen and, when the
+// facilitator ended the stream with it (event "job"), the job.
+func (c *Client) watchOnce(ctx context.Context, uuid string, seen int, fn func(protocol.StatusEntry)) (int, *protocol.Job, error) {
+	req, err := c.request(ctx, http.MethodGet, protocol.RouteJobs+uuid+"/events?job=1", nil, "", nil)
 	if err != nil {
-		return seen, err
+		return seen, nil, err
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return seen, err
+		return seen, nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return seen, apiError(resp)
+		return seen, nil, apiError(resp)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	i := 0
+	i, event := 0, ""
 	for sc.Scan() {
 		line := sc.Text()
+		if name, ok := strings.CutPrefix(line, "event: "); ok {
+			event = name
+			continue
+		}
 		data, ok := strings.CutPrefix(line, "data: ")
 		if !ok {
 			continue
 		}
+		if event == "job" {
+			var j protocol.Job
+			if err := json.Unmarshal([]byte(data), &j); err != nil {
+				return seen, nil, fmt.Errorf("event stream: %w", err)
+			}
+			return seen, &j, nil
+		}
 		var e protocol.StatusEntry
 		if err := json.Unmarshal([]byte(data), &e); err != nil {
-			return seen, fmt.Errorf("event stream: %w", err)
+			return seen, nil, fmt.Errorf("event stream: %w", err)
 		}
 		i++
 		if i > seen {
@@ -249,7 +265,7 @@ func (c *Client) watchOnce(ctx context.Context, uuid string, seen int, fn func(p
 			seen = i
 		}
 	}
-	return seen, sc.Err()
+	return seen, nil, sc.Err()
 }
 
 // Scores returns each validator's latest scores, weights and their grounds.

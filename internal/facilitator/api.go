@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -219,10 +220,13 @@ func (f *Facilitator) handleScores(w http.ResponseWriter, r *http.Request, _ *ca
 const keepalive = 15 * time.Second
 
 // handleEvents streams the job's status history and then live updates as
-// server-sent events until the job ends.
+// server-sent events until the job ends. With ?job=1 (horde's client) the
+// stream of an ended job ends with the job itself (event "job"), which the
+// client would otherwise ask for again.
 func (f *Facilitator) handleEvents(w http.ResponseWriter, r *http.Request, c *caller) {
 	ctx := r.Context()
 	id := r.PathValue("uuid")
+	withJob := r.URL.Query().Get("job") == "1"
 	ch := f.subscribe(id) // before reading, so no update falls between
 	defer f.unsubscribe(id, ch)
 	job, err := f.job(ctx, id, c.hotkey, c.sdk)
@@ -247,11 +251,19 @@ func (f *Facilitator) handleEvents(w http.ResponseWriter, r *http.Request, c *ca
 			sent++
 		}
 	}
+	final := func(job *protocol.Job) {
+		if withJob {
+			b, _ := json.Marshal(job)
+			fmt.Fprintf(w, "event: job\ndata: %s\n\n", b)
+		}
+	}
 	emit(job.StatusHistory)
-	flush()
 	if job.Status.Terminal() {
+		final(job)
+		flush()
 		return
 	}
+	flush()
 	tick := time.NewTicker(keepalive)
 	defer tick.Stop()
 	for {
@@ -261,13 +273,25 @@ func (f *Facilitator) handleEvents(w http.ResponseWriter, r *http.Request, c *ca
 		case <-tick.C:
 			fmt.Fprint(w, ": keepalive\n\n")
 		case <-ch:
-			// Re-read the history so a coalesced signal loses nothing.
-			job, err := f.job(ctx, id, c.hotkey, c.sdk)
+			// Re-read the history so a coalesced signal loses nothing. The
+			// job's row is not read again: its owner does not change, and
+			// its status is terminal once its history holds a terminal
+			// status (the store sets the first one and keeps it).
+			hist, err := f.cfg.Store.History(ctx, id)
 			if err != nil {
 				return
 			}
-			emit(job.StatusHistory)
-			if job.Status.Terminal() {
+			view := hist
+			if c.sdk {
+				view = forSDK(hist)
+			}
+			emit(view)
+			if slices.ContainsFunc(hist, func(e protocol.StatusEntry) bool { return e.Status.Terminal() }) {
+				if withJob {
+					if rec, err := f.cfg.Store.Job(ctx, id); err == nil {
+						final(toJob(rec, hist, c.sdk))
+					}
+				}
 				flush()
 				return
 			}

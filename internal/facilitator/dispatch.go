@@ -42,7 +42,7 @@ func (f *Facilitator) dispatchLoop(ctx context.Context) {
 
 // dispatchPass gives every job that is due to a validator.
 func (f *Facilitator) dispatchPass(ctx context.Context, now time.Time) {
-	jobs, err := f.cfg.Store.Unfinished(ctx)
+	jobs, err := f.cfg.Store.Dispatchable(ctx, now.Add(-f.cfg.Redispatch))
 	if err != nil {
 		if ctx.Err() == nil {
 			f.log.Error("dispatch: list jobs", "err", err)

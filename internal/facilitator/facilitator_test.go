@@ -463,8 +463,21 @@ func TestEventsFeedWatchers(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.Header.Get("Content-Type") != "text/event-stream" || strings.Count(string(b), "event: status\ndata: ") != 4 {
+	if resp.Header.Get("Content-Type") != "text/event-stream" || strings.Count(string(b), "event: status\ndata: ") != 4 || strings.Contains(string(b), "event: job") {
 		t.Errorf("events of an ended job: %s\n%s", resp.Header.Get("Content-Type"), b)
+	}
+	// Asked for (?job=1, as horde's client does), the job itself ends the
+	// stream: the client need not ask for it again.
+	resp, err = http.DefaultClient.Do(signedRequest(t, h.key, "GET", h.url+protocol.RouteJobs+j.UUID+"/events?job=1", nil, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	last, ok := strings.CutPrefix(string(b[strings.LastIndex(string(b), "event: "):]), "event: job\ndata: ")
+	var ended protocol.Job
+	if !ok || json.Unmarshal([]byte(strings.TrimSpace(last)), &ended) != nil || ended.UUID != j.UUID || ended.Status != protocol.StatusCompleted || len(ended.StatusHistory) != 4 {
+		t.Errorf("events?job=1 of an ended job:\n%s", b)
 	}
 	// Another client's job has no events for it.
 	resp, err = http.DefaultClient.Do(signedRequest(t, hotkey(t), "GET", h.url+protocol.RouteJobs+j.UUID+"/events", nil, time.Now()))

@@ -28,7 +28,9 @@ func (f *Facilitator) create(ctx context.Context, spec *protocol.JobSpec, s prot
 		return nil, fmt.Errorf("%w: Could not select Validator: %s is not a validator of this facilitator", ErrBadRequest, v)
 	}
 	s.SignatureScope = protocol.ScopeSignedFields
-	rec := store.JobRecord{UUID: uuid.NewString(), Spec: *spec, Signature: s, Status: protocol.StatusSent, CreatedAt: time.Now().UTC()}
+	// Microseconds, as the stores keep times: the answer is the job as read back.
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	rec := store.JobRecord{UUID: uuid.NewString(), Spec: *spec, Signature: s, Status: protocol.StatusSent, CreatedAt: now, UpdatedAt: now}
 	if err := f.cfg.Store.CreateJob(ctx, rec); err != nil {
 		return nil, err
 	}
@@ -37,7 +39,8 @@ func (f *Facilitator) create(ctx context.Context, spec *protocol.JobSpec, s prot
 	f.metrics.Status(string(protocol.StatusSent), "")
 	f.log.Info("job accepted", "job", rec.UUID, "client", s.Signatory, "image", spec.DockerImage, "class", spec.ExecutorClass)
 	f.wake(ctx)
-	return f.job(ctx, rec.UUID, s.Signatory, sdk)
+	// The job as stored, not read back: its history is its first status.
+	return toJob(rec, []protocol.StatusEntry{{Status: rec.Status, CreatedAt: now}}, sdk), nil
 }
 
 // record returns a job of signatory's; others' jobs are not found.

@@ -65,6 +65,11 @@ type Jobs interface {
 	ListJobs(ctx context.Context, signatory string, offset, limit int) ([]JobRecord, int, error)
 	// Unfinished returns jobs not in a terminal status (for recovery at start).
 	Unfinished(ctx context.Context) ([]JobRecord, error)
+	// Dispatchable returns the jobs in status sent that no validator has,
+	// or whose validator was given them before stale (not acknowledged in
+	// time), oldest first: what a facilitator hands out, read without the
+	// jobs validators are running.
+	Dispatchable(ctx context.Context, stale time.Time) ([]JobRecord, error)
 	SetAssignment(ctx context.Context, uuid, validator, miner string) error
 	// ClaimJob gives a job still in status sent to validator, if its
 	// assignment and update time are still those of seen (as read before):
@@ -86,7 +91,12 @@ type Outbox interface {
 	PushOutbox(ctx context.Context, msg []byte) error
 	// PeekOutbox returns the oldest queued messages, in order.
 	PeekOutbox(ctx context.Context, limit int) ([]OutboxItem, error)
-	AckOutbox(ctx context.Context, id int64) error
+	// AckOutbox removes the messages with these ids, in one transaction: a
+	// page of messages the peer acknowledged costs one commit.
+	AckOutbox(ctx context.Context, ids ...int64) error
+	// AddStatusPush records a job's status (as Jobs.AddStatus) and queues
+	// msg, in one transaction: both or neither.
+	AddStatusPush(ctx context.Context, uuid string, e protocol.StatusEntry, msg []byte) error
 }
 
 // SyntheticResult is the verdict on one synthetic job.

@@ -73,12 +73,13 @@ func (v *Validator) accept(ctx context.Context, req *protocol.V2JobRequest) {
 	}
 	rec := store.JobRecord{UUID: req.UUID, Spec: req.JobSpec, Signature: *req.Signature, Status: protocol.StatusReceived,
 		ValidatorHotkey: v.cfg.Hotkey.SS58(), CreatedAt: time.Now().UTC()}
-	if _, err := v.cfg.Store.Job(ctx, req.UUID); err == nil {
-		// The facilitator re-sent a job we have (our answer was slow): not a replay.
-		v.log.Info("job already received", "job", req.UUID)
-		return
-	}
 	if err := v.cfg.Store.CreateJob(ctx, rec); err != nil {
+		// Looked up only now, not before every job: a uuid we have is the
+		// facilitator re-sending a job (our answer was slow), not a replay.
+		if _, jerr := v.cfg.Store.Job(ctx, req.UUID); jerr == nil && errors.Is(err, store.ErrDuplicate) {
+			v.log.Info("job already received", "job", req.UUID)
+			return
+		}
 		if errors.Is(err, store.ErrDuplicate) {
 			reject(protocol.RejectInvalidSignature, "replayed_job", "job was already received (replayed request)")
 		} else {
@@ -121,11 +122,14 @@ func (n jobNotes) VolumeResult(r *protocol.V0VolumeResult) {
 // setStatus records a status and queues it for the facilitator.
 func (v *Validator) setStatus(ctx context.Context, uuid string, s protocol.JobStatus, meta *protocol.StatusMetadata) {
 	e := protocol.StatusEntry{Status: s, CreatedAt: time.Now().UTC(), Metadata: meta}
-	if err := v.cfg.Store.AddStatus(context.WithoutCancel(ctx), uuid, e); err != nil {
-		v.log.Error("store status", "job", uuid, "status", s, "err", err)
-	}
 	if s.Terminal() { // counted before the facilitator (and so the client) can see it
 		v.metrics.Job(string(s), metrics.Reason(meta))
 	}
-	v.out.Push(&protocol.V0JobStatusUpdate{UUID: uuid, Status: s, Metadata: meta})
+	// The status and its message for the facilitator in one commit; a
+	// status the store refuses still reaches the facilitator, as before.
+	m := &protocol.V0JobStatusUpdate{UUID: uuid, Status: s, Metadata: meta}
+	if err := v.out.PushStatus(context.WithoutCancel(ctx), uuid, e, m); err != nil {
+		v.log.Error("store status", "job", uuid, "status", s, "err", err)
+		v.out.Push(m)
+	}
 }

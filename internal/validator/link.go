@@ -78,6 +78,24 @@ func (o *outbox) Push(m protocol.Message) {
 	}
 }
 
+// PushStatus records a job's status and queues m for the facilitator, in
+// one transaction (store.Outbox.AddStatusPush): neither happens when it
+// fails.
+func (o *outbox) PushStatus(ctx context.Context, uuid string, e protocol.StatusEntry, m protocol.Message) error {
+	b, err := protocol.Encode(m)
+	if err != nil {
+		return err
+	}
+	if err := o.st.AddStatusPush(ctx, uuid, e, b); err != nil {
+		return err
+	}
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
 // facilitatorLoop keeps a session with the facilitator, reconnecting with backoff.
 func (v *Validator) facilitatorLoop(ctx context.Context) {
 	backoff := backoffFirst
@@ -241,6 +259,9 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 			}
 			inflight = append(inflight, sent{id: it.ID, m: m})
 		}
+		// The messages answered leave the outbox together, in one commit,
+		// also when an answer fails to come (those before it were answered).
+		acked := make([]int64, 0, len(inflight))
 		for i, s := range inflight {
 			if s.m != nil {
 				r, err := wait()
@@ -250,15 +271,19 @@ func (v *Validator) sendLoop(ctx context.Context, c conn, responses <-chan *prot
 							v.unsent(u.m) // it goes again on the next session
 						}
 					}
+					if aerr := v.out.st.AckOutbox(context.WithoutCancel(ctx), acked...); aerr != nil {
+						v.log.Warn("outbox: answered messages not removed; they go again", "err", aerr)
+					}
 					return fmt.Errorf("%s: %w", s.m.MessageType(), err)
 				}
 				if r.Status != "success" {
 					v.log.Warn("facilitator refused an update; dropping it", "errors", r.Errors)
 				}
 			}
-			if err := v.out.st.AckOutbox(ctx, s.id); err != nil {
-				return err
-			}
+			acked = append(acked, s.id)
+		}
+		if err := v.out.st.AckOutbox(ctx, acked...); err != nil {
+			return err
 		}
 		if sendErr != nil {
 			return sendErr

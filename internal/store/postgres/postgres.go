@@ -212,11 +212,32 @@ func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry)
 	if e.Metadata != nil {
 		meta, _ = json.Marshal(e.Metadata)
 	}
-	var n int
-	err := d.db.QueryRowContext(ctx, `WITH cur AS (SELECT uuid, status FROM jobs WHERE uuid = $1 FOR UPDATE),
+	return addStatus(ctx, d.db, uuid, e, meta, "")
+}
+
+// AddStatusPush implements store.Outbox.
+func (d *DB) AddStatusPush(ctx context.Context, uuid string, e protocol.StatusEntry, msg []byte) error {
+	var meta []byte
+	if e.Metadata != nil {
+		meta, _ = json.Marshal(e.Metadata)
+	}
+	// One statement, one round trip: the message is queued only with the
+	// status (from the status's row), so an unknown job queues nothing.
+	return addStatus(ctx, d.db, uuid, e, meta, `,
+		box AS (INSERT INTO outbox (message, queued_at) SELECT $5, $6 FROM ins RETURNING id)`, string(msg), time.Now().UnixMicro())
+}
+
+// addStatusQuery is AddStatus's statement; more CTEs and their arguments
+// ($5 on) may be added, which see the status's row as ins.
+const addStatusQuery = `WITH cur AS (SELECT uuid, status FROM jobs WHERE uuid = $1 FOR UPDATE),
 		ins AS (INSERT INTO job_status (job_uuid, status, metadata, created_at) SELECT uuid, $2, $3, $4 FROM cur RETURNING job_uuid),
-		upd AS (UPDATE jobs SET status = $2, updated_at = $4 WHERE uuid IN (SELECT uuid FROM cur WHERE status NOT IN `+terminal+`) RETURNING uuid)
-		SELECT count(*) FROM ins`, uuid, e.Status, nullable(meta), e.CreatedAt.UnixMicro()).Scan(&n)
+		upd AS (UPDATE jobs SET status = $2, updated_at = $4 WHERE uuid IN (SELECT uuid FROM cur WHERE status NOT IN ` + terminal + `) RETURNING uuid)`
+
+// addStatus runs AddStatus's statement, with more CTEs when given.
+func addStatus(ctx context.Context, db *sql.DB, uuid string, e protocol.StatusEntry, meta []byte, more string, args ...any) error {
+	var n int
+	err := db.QueryRowContext(ctx, addStatusQuery+more+`
+		SELECT count(*) FROM ins`, append([]any{uuid, e.Status, nullable(meta), e.CreatedAt.UnixMicro()}, args...)...).Scan(&n)
 	if err != nil {
 		return fmt.Errorf("add status: %w", err)
 	}
@@ -285,7 +306,18 @@ func (d *DB) ListJobs(ctx context.Context, signatory string, offset, limit int) 
 
 // Unfinished implements store.Jobs.
 func (d *DB) Unfinished(ctx context.Context) ([]store.JobRecord, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN `+terminal+` ORDER BY created_at`)
+	return d.queryJobs(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN `+terminal+` ORDER BY created_at`)
+}
+
+// Dispatchable implements store.Jobs.
+func (d *DB) Dispatchable(ctx context.Context, stale time.Time) ([]store.JobRecord, error) {
+	return d.queryJobs(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN `+terminal+`
+		AND status = 'sent' AND (validator_hotkey = '' OR updated_at < $1) ORDER BY created_at`, stale.UnixMicro())
+}
+
+// queryJobs returns the jobs a query of jobCols selects.
+func (d *DB) queryJobs(ctx context.Context, q string, args ...any) ([]store.JobRecord, error) {
+	rows, err := d.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -442,8 +474,11 @@ func (d *DB) PeekOutbox(ctx context.Context, limit int) ([]store.OutboxItem, err
 }
 
 // AckOutbox implements store.Outbox.
-func (d *DB) AckOutbox(ctx context.Context, id int64) error {
-	_, err := d.db.ExecContext(ctx, `DELETE FROM outbox WHERE id = $1`, id)
+func (d *DB) AckOutbox(ctx context.Context, ids ...int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := d.db.ExecContext(ctx, `DELETE FROM outbox WHERE id = ANY($1)`, ids)
 	return err
 }
 

@@ -28,7 +28,10 @@ import (
 var migrations embed.FS
 
 // DB is a SQLite store.
-type DB struct{ db *stmtDB }
+type DB struct {
+	db *stmtDB
+	w  *writer // the busy writes, committed in groups (writer.go)
+}
 
 var (
 	_ store.Jobs         = (*DB)(nil)
@@ -61,12 +64,14 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	d := &DB{db: &stmtDB{DB: db, stmts: map[string]*sql.Stmt{}}}
 	// The statements of the busy transactions (which cannot prepare on the
 	// one connection they hold), prepared up front.
-	for _, q := range []string{qInsertJob, qInsertFirstStatus, qJobStatus, qInsertStatus, qSetStatus} {
+	for _, q := range []string{qInsertJob, qInsertFirstStatus, qJobStatus, qInsertStatus, qSetStatus, qSavepoint, qRollbackTo, qRelease,
+		qSetAssignment, qClaimJob, qPutReceipt, qPushOutbox, qAckOutbox} {
 		if _, err := d.db.stmt(ctx, q); err != nil {
 			d.db.Close()
 			return nil, fmt.Errorf("open store %s: prepare: %w", path, err)
 		}
 	}
+	d.w = newWriter(d.db)
 	return d, nil
 }
 
@@ -78,10 +83,23 @@ const (
 	qJobStatus         = `SELECT status FROM jobs WHERE uuid = ?`
 	qInsertStatus      = `INSERT INTO job_status (job_uuid, status, metadata, created_at) VALUES (?, ?, ?, ?)`
 	qSetStatus         = `UPDATE jobs SET status = ?, updated_at = ? WHERE uuid = ?`
+	qSetAssignment     = `UPDATE jobs SET validator_hotkey = ?, miner_hotkey = ?, updated_at = ? WHERE uuid = ?`
+	qClaimJob          = `UPDATE jobs SET validator_hotkey = ?, updated_at = ?
+		WHERE uuid = ? AND status = ? AND validator_hotkey = ? AND updated_at = ?`
+	qPutReceipt = `INSERT INTO receipts (job_uuid, miner_hotkey, receipt_type, payload, validator_signature, miner_signature, stored_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(job_uuid, miner_hotkey, receipt_type) DO UPDATE SET miner_signature = excluded.miner_signature
+		WHERE receipts.miner_signature = '' AND receipts.payload = excluded.payload`
+	qPushOutbox = `INSERT INTO outbox (message, queued_at) VALUES (?, ?)`
+	qAckOutbox  = `DELETE FROM outbox WHERE id = ?`
 )
 
-// Close closes the database.
-func (d *DB) Close() error { return d.db.Close() }
+// Close stops the writer (after the batch it runs), then closes the
+// database.
+func (d *DB) Close() error {
+	d.w.close()
+	return d.db.Close()
+}
 
 func migrate(ctx context.Context, db *sql.DB) error {
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
@@ -140,22 +158,19 @@ func (d *DB) CreateJob(ctx context.Context, j store.JobRecord) error {
 		sigKey = base64.StdEncoding.EncodeToString(b) // low bits dropped
 	}
 	now := j.CreatedAt.UnixMicro()
-	tx, err := d.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	_, err = tx.ExecContext(ctx, qInsertJob, j.UUID, spec, sigb, sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
-	if isUnique(err) {
-		return fmt.Errorf("job %s: %w (same uuid or same client signature)", j.UUID, store.ErrDuplicate)
-	}
-	if err != nil {
-		return fmt.Errorf("create job: %w", err)
-	}
-	if _, err := tx.ExecContext(ctx, qInsertFirstStatus, j.UUID, j.Status, now); err != nil {
-		return fmt.Errorf("create job: %w", err)
-	}
-	return tx.Commit()
+	return d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
+		_, err := tx.ExecContext(ctx, qInsertJob, j.UUID, spec, sigb, sigKey, j.Signature.Signatory, j.Status, j.ValidatorHotkey, j.MinerHotkey, now, now)
+		if isUnique(err) {
+			return fmt.Errorf("job %s: %w (same uuid or same client signature)", j.UUID, store.ErrDuplicate)
+		}
+		if err != nil {
+			return fmt.Errorf("create job: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, qInsertFirstStatus, j.UUID, j.Status, now); err != nil {
+			return fmt.Errorf("create job: %w", err)
+		}
+		return nil
+	})
 }
 
 const jobCols = `uuid, spec, signature, status, validator_hotkey, miner_hotkey, created_at, updated_at`
@@ -189,11 +204,32 @@ func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry)
 		meta, _ = json.Marshal(e.Metadata)
 	}
 	at := e.CreatedAt.UnixMicro()
-	tx, err := d.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
+	return d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
+		return addStatus(ctx, tx, uuid, e.Status, meta, at)
+	})
+}
+
+// AddStatusPush implements store.Outbox.
+func (d *DB) AddStatusPush(ctx context.Context, uuid string, e protocol.StatusEntry, msg []byte) error {
+	var meta []byte
+	if e.Metadata != nil {
+		meta, _ = json.Marshal(e.Metadata)
 	}
-	defer tx.Rollback()
+	at := e.CreatedAt.UnixMicro()
+	return d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
+		if err := addStatus(ctx, tx, uuid, e.Status, meta, at); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, qPushOutbox, string(msg), time.Now().UnixMicro()); err != nil {
+			return fmt.Errorf("outbox: %w", err)
+		}
+		return nil
+	})
+}
+
+// addStatus appends a status to a job's history and sets it as the job's
+// status unless the job's is terminal already.
+func addStatus(ctx context.Context, tx *stmtTx, uuid string, status protocol.JobStatus, meta []byte, at int64) error {
 	var cur string
 	if err := tx.QueryRowContext(ctx, qJobStatus, uuid).Scan(&cur); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
@@ -201,15 +237,15 @@ func (d *DB) AddStatus(ctx context.Context, uuid string, e protocol.StatusEntry)
 		}
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, qInsertStatus, uuid, e.Status, nullable(meta), at); err != nil {
+	if _, err := tx.ExecContext(ctx, qInsertStatus, uuid, status, nullable(meta), at); err != nil {
 		return fmt.Errorf("add status: %w", err)
 	}
 	if !protocol.JobStatus(cur).Terminal() {
-		if _, err := tx.ExecContext(ctx, qSetStatus, e.Status, at, uuid); err != nil {
+		if _, err := tx.ExecContext(ctx, qSetStatus, status, at, uuid); err != nil {
 			return fmt.Errorf("add status: %w", err)
 		}
 	}
-	return tx.Commit()
+	return nil
 }
 
 func nullable(b []byte) any {
@@ -272,7 +308,18 @@ func (d *DB) ListJobs(ctx context.Context, signatory string, offset, limit int) 
 
 // Unfinished implements store.Jobs.
 func (d *DB) Unfinished(ctx context.Context) ([]store.JobRecord, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN ('completed','rejected','failed','horde_failed','cancelled') ORDER BY created_at`)
+	return d.queryJobs(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN ('completed','rejected','failed','horde_failed','cancelled') ORDER BY created_at`)
+}
+
+// Dispatchable implements store.Jobs.
+func (d *DB) Dispatchable(ctx context.Context, stale time.Time) ([]store.JobRecord, error) {
+	return d.queryJobs(ctx, `SELECT `+jobCols+` FROM jobs WHERE status NOT IN ('completed','rejected','failed','horde_failed','cancelled')
+		AND status = 'sent' AND (validator_hotkey = '' OR updated_at < ?) ORDER BY created_at`, stale.UnixMicro())
+}
+
+// queryJobs returns the jobs a query of jobCols selects.
+func (d *DB) queryJobs(ctx context.Context, q string, args ...any) ([]store.JobRecord, error) {
+	rows, err := d.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -290,21 +337,28 @@ func (d *DB) Unfinished(ctx context.Context) ([]store.JobRecord, error) {
 
 // SetAssignment implements store.Jobs.
 func (d *DB) SetAssignment(ctx context.Context, uuid, validator, miner string) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = ?, miner_hotkey = ?, updated_at = ? WHERE uuid = ?`,
-		validator, miner, time.Now().UnixMicro(), uuid)
-	return err
+	return d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
+		_, err := tx.ExecContext(ctx, qSetAssignment, validator, miner, time.Now().UnixMicro(), uuid)
+		return err
+	})
 }
 
 // ClaimJob implements store.Jobs: one UPDATE that compares and sets.
 func (d *DB) ClaimJob(ctx context.Context, seen store.JobRecord, validator string) (bool, error) {
-	res, err := d.db.ExecContext(ctx, `UPDATE jobs SET validator_hotkey = ?, updated_at = ?
-		WHERE uuid = ? AND status = ? AND validator_hotkey = ? AND updated_at = ?`,
-		validator, max(time.Now().UnixMicro(), seen.UpdatedAt.UnixMicro()+1), seen.UUID, protocol.StatusSent, seen.ValidatorHotkey, seen.UpdatedAt.UnixMicro())
+	var n int64
+	err := d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
+		res, err := tx.ExecContext(ctx, qClaimJob,
+			validator, max(time.Now().UnixMicro(), seen.UpdatedAt.UnixMicro()+1), seen.UUID, protocol.StatusSent, seen.ValidatorHotkey, seen.UpdatedAt.UnixMicro())
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
 	if err != nil {
 		return false, fmt.Errorf("claim job %s: %w", seen.UUID, err)
 	}
-	n, err := res.RowsAffected()
-	return n == 1, err
+	return n == 1, nil
 }
 
 // PutReceipt implements store.Receipts; a receipt of the same job, miner and
@@ -318,11 +372,11 @@ func (d *DB) PutReceipt(ctx context.Context, r receipt.Receipt) error {
 		MinerHotkey string `json:"miner_hotkey"`
 	}
 	json.Unmarshal(r.Payload, &base)
-	_, err := d.db.ExecContext(ctx, `INSERT INTO receipts (job_uuid, miner_hotkey, receipt_type, payload, validator_signature, miner_signature, stored_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT(job_uuid, miner_hotkey, receipt_type) DO UPDATE SET miner_signature = excluded.miner_signature
-		WHERE receipts.miner_signature = '' AND receipts.payload = excluded.payload`,
-		base.JobUUID, base.MinerHotkey, r.Type, string(r.Payload), r.ValidatorSignature, r.MinerSignature, time.Now().UnixMicro())
+	err := d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
+		_, err := tx.ExecContext(ctx, qPutReceipt,
+			base.JobUUID, base.MinerHotkey, r.Type, string(r.Payload), r.ValidatorSignature, r.MinerSignature, time.Now().UnixMicro())
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("put receipt: %w", err)
 	}
@@ -385,7 +439,10 @@ func (d *DB) ReceiptsForJob(ctx context.Context, jobUUID string) ([]receipt.Rece
 
 // PushOutbox implements store.Outbox.
 func (d *DB) PushOutbox(ctx context.Context, msg []byte) error {
-	_, err := d.db.ExecContext(ctx, `INSERT INTO outbox (message, queued_at) VALUES (?, ?)`, string(msg), time.Now().UnixMicro())
+	err := d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
+		_, err := tx.ExecContext(ctx, qPushOutbox, string(msg), time.Now().UnixMicro())
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
@@ -413,9 +470,18 @@ func (d *DB) PeekOutbox(ctx context.Context, limit int) ([]store.OutboxItem, err
 }
 
 // AckOutbox implements store.Outbox.
-func (d *DB) AckOutbox(ctx context.Context, id int64) error {
-	_, err := d.db.ExecContext(ctx, `DELETE FROM outbox WHERE id = ?`, id)
-	return err
+func (d *DB) AckOutbox(ctx context.Context, ids ...int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return d.w.write(ctx, func(ctx context.Context, tx *stmtTx) error {
+		for _, id := range ids {
+			if _, err := tx.ExecContext(ctx, qAckOutbox, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // PutSyntheticResult implements store.Scores.

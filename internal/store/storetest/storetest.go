@@ -96,6 +96,31 @@ func testJobs(t *testing.T, s Store) {
 	if err != nil || len(un) != 1 || un[0].UUID != "j3" {
 		t.Fatalf("unfinished = %+v, %v", un, err)
 	}
+	// j3 is sent and no validator has it: it is to be handed out. Given to
+	// a validator it is not, until its assignment is older than stale.
+	if ds, err := s.Dispatchable(ctx, now); err != nil || len(ds) != 1 || ds[0].UUID != "j3" {
+		t.Fatalf("dispatchable = %+v, %v", ds, err)
+	}
+	s.CreateJob(ctx, store.JobRecord{UUID: "j4", Signature: protocol.Signature{Signatory: "bob", Signature: "s4"}, Status: protocol.StatusSent, CreatedAt: now.Add(2 * time.Second)})
+	if err := s.SetAssignment(ctx, "j4", "v", ""); err != nil {
+		t.Fatal(err)
+	}
+	if ds, err := s.Dispatchable(ctx, time.Now().Add(-time.Hour)); err != nil || len(ds) != 1 || ds[0].UUID != "j3" {
+		t.Fatalf("dispatchable, j4 given a moment ago = %+v, %v", ds, err)
+	}
+	if ds, err := s.Dispatchable(ctx, time.Now().Add(time.Hour)); err != nil || len(ds) != 2 || ds[0].UUID != "j3" || ds[1].UUID != "j4" {
+		t.Fatalf("dispatchable, j4 stale = %+v, %v", ds, err)
+	}
+	if err := s.AddStatus(ctx, "j4", protocol.StatusEntry{Status: protocol.StatusCancelled, CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if ds, err := s.Dispatchable(ctx, time.Now().Add(time.Hour)); err != nil || len(ds) != 1 {
+		t.Fatalf("dispatchable, j4 cancelled = %+v, %v", ds, err)
+	}
+	un, err = s.Unfinished(ctx)
+	if err != nil || len(un) != 1 || un[0].UUID != "j3" {
+		t.Fatalf("unfinished = %+v, %v", un, err)
+	}
 	testClaim(t, s, un[0])
 }
 
@@ -209,6 +234,34 @@ func testOutbox(t *testing.T, s Store) {
 	items, _ = s.PeekOutbox(ctx, 10)
 	if len(items) != 2 || string(items[0].Message) != "b" {
 		t.Errorf("after ack = %+v", items)
+	}
+	// A page acknowledged at once; nothing to acknowledge is no error.
+	if err := s.AckOutbox(ctx, items[0].ID, items[1].ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AckOutbox(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if items, _ = s.PeekOutbox(ctx, 10); len(items) != 0 {
+		t.Errorf("after acking a page = %+v", items)
+	}
+	// A status and its message: both, or (the job unknown) neither.
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	if err := s.CreateJob(ctx, store.JobRecord{UUID: "ob1", Signature: protocol.Signature{Signatory: "carol", Signature: "ob1"}, Status: protocol.StatusReceived, CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddStatusPush(ctx, "ob1", protocol.StatusEntry{Status: protocol.StatusAccepted, CreatedAt: now}, []byte("d")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddStatusPush(ctx, "nope", protocol.StatusEntry{Status: protocol.StatusAccepted, CreatedAt: now}, []byte("e")); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("status of an unknown job: %v", err)
+	}
+	h, err := s.History(ctx, "ob1")
+	if err != nil || len(h) != 2 || h[1].Status != protocol.StatusAccepted {
+		t.Errorf("history = %+v, %v", h, err)
+	}
+	if items, _ = s.PeekOutbox(ctx, 10); len(items) != 1 || string(items[0].Message) != "d" {
+		t.Errorf("outbox after statuses = %+v", items)
 	}
 }
 

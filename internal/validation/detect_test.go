@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -72,7 +73,7 @@ var models = sync.OnceValues(func() (full, small *llm.Model) {
 // simulate serves requests from a miner cheating on fraction f, samples
 // each for replay with probability s, and returns how many requests passed
 // before the first failed comparison (or -1 if none within the requests).
-func simulate(t testing.TB, f, s float64, reqs [][]byte, rng *rand.Rand, ref Reference) int {
+func simulate(f, s float64, reqs [][]byte, rng *rand.Rand, ref Reference) (int, error) {
 	full, small := models()
 	srv := llm.NewCheatingServer(full, small, f, "miner")
 	for i, req := range reqs {
@@ -82,13 +83,13 @@ func simulate(t testing.TB, f, s float64, reqs [][]byte, rng *rand.Rand, ref Ref
 		}
 		v, err := (LLM{}).Compare(context.Background(), ref, Pair{Method: "POST", Path: "/v1/completions", Request: req, Response: resp})
 		if err != nil {
-			t.Fatal(err)
+			return 0, err
 		}
 		if !v.Pass {
-			return i + 1
+			return i + 1, nil
 		}
 	}
-	return -1
+	return -1, nil
 }
 
 // No false positives over many honest pairs; cheaters at 100 %, 10 % and
@@ -99,8 +100,8 @@ func TestDetection(t *testing.T) {
 	ref := handlerReference{llm.NewServer(llm.Train(llm.Corpus()), "ref")}
 	// False positives over 1,000 honest pairs.
 	honest := requests(1000, rng)
-	if n := simulate(t, 0, 1, honest, rng, ref); n != -1 {
-		t.Fatalf("an honest miner was flagged at request %d", n)
+	if n, err := simulate(0, 1, honest, rng, ref); err != nil || n != -1 {
+		t.Fatalf("an honest miner was flagged at request %d (%v)", n, err)
 	}
 	// d: how often a cheap answer is detectable at all.
 	probe := requests(1000, rng)
@@ -115,12 +116,28 @@ func TestDetection(t *testing.T) {
 	}
 	d := float64(caughtAll) / float64(len(probe))
 	t.Logf("share of the cheaper model's answers the llm comparator flags: d = %.2f", d)
-	for _, f := range []float64{1, 0.1, 0.01} {
+	for fi, f := range []float64{1, 0.1, 0.01} {
 		const s = 1.0 // every pair replayed, to keep the test short; the theory scales with s
 		trials, total, misses := 20, 0, 0
 		budget := int(math.Ceil(RequestsUntilDetection(0.999, f*d, s)))
-		for range trials {
-			n := simulate(t, f, s, requests(budget, rng), rng, ref)
+		// The trials are independent (each its own seeded generator): they
+		// run side by side on the machine's cores.
+		ns, errs := make([]int, trials), make([]error, trials)
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+		for i := range trials {
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				rng := rand.New(rand.NewPCG(uint64(10+fi), uint64(i)))
+				ns[i], errs[i] = simulate(f, s, requests(budget, rng), rng, ref)
+			})
+		}
+		wg.Wait()
+		for i, n := range ns {
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
 			if n < 0 {
 				misses++
 				continue

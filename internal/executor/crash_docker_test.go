@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ import (
 // serves, the child gets SIGKILL, and what it left is checked and then
 // handed to the reaper a restarted miner runs first.
 func TestDockerCrashLeftoversReaped(t *testing.T) {
+	t.Parallel() // containers of its own (owner label, data directory, tags)
 	h, _ := dockerHarness(t)
 	cli := dockertest.Engine(t)
 	llm, digest := llmImage(t, cli)
@@ -143,22 +145,36 @@ func TestCrashChild(t *testing.T) {
 	t.Fatalf("the executor returned (it should have been killed): %v", err)
 }
 
+var (
+	llmOnce       sync.Once
+	llmTag, llmID string
+	llmErr        error
+)
+
 // llmImage builds the demo LLM image under a tag of this test binary's own
-// and returns the tag and its digest.
+// (once per binary; removed when it ends) and returns the tag and its digest.
 func llmImage(t *testing.T, cli *docker.Client) (string, string) {
 	t.Helper()
-	tag := strings.Replace(jobImage(t, cli), "horde/job:", "horde/llm:", 1)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	if err := images.Build(ctx, cli, "github.com/horde-compute/horde/internal/images/llmimage", tag); err != nil {
-		t.Fatal(err)
+	jobTag := jobImage(t, cli)
+	llmOnce.Do(func() {
+		tag := strings.Replace(jobTag, "horde/job:", "horde/llm:", 1)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if llmErr = images.Build(ctx, cli, "github.com/horde-compute/horde/internal/images/llmimage", tag); llmErr != nil {
+			return
+		}
+		atEnd(func() { cli.ImageRemove(context.Background(), tag) })
+		img, err := cli.ImageInspect(ctx, tag)
+		if err != nil {
+			llmErr = err
+			return
+		}
+		llmTag, llmID = tag, img.ID
+	})
+	if llmErr != nil {
+		t.Fatal(llmErr)
 	}
-	cleanups = append(cleanups, func() { cli.ImageRemove(context.Background(), tag) })
-	img, err := cli.ImageInspect(ctx, tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tag, img.ID
+	return llmTag, llmID
 }
 
 // mountsBeneath lists the mount points at or beneath dir.

@@ -74,7 +74,7 @@ func TestDockerCrashLeftoversReaped(t *testing.T) {
 			return nil
 		}
 	}()
-	in := initial("crash", llm)
+	in := initial(jobID("crash"), llm)
 	in.StreamingDetails = &protocol.StreamingDetails{PublicKey: string(clientCert)}
 	in.ImageDigest = digest
 	in.ExecutorTiming = &protocol.ExecutorTiming{DownloadTimeLimit: 30, ExecutionTimeLimit: 600, UploadTimeLimit: 30, StreamingStartTimeLimit: 60}
@@ -82,7 +82,7 @@ func TestDockerCrashLeftoversReaped(t *testing.T) {
 	if m := conn.recv(); m.MessageType() != "V0ExecutorReadyRequest" {
 		t.Fatalf("after the initial request: %#v", m)
 	}
-	conn.send(request("crash", llm))
+	conn.send(request(in.JobUUID, llm))
 	for {
 		m := conn.recv()
 		if m.MessageType() == "V0StreamingJobReadyRequest" {
@@ -112,7 +112,7 @@ func TestDockerCrashLeftoversReaped(t *testing.T) {
 	if len(cs) != 1 || len(ns) != 1 || len(dirs) != 1 || (bound && len(mounts) != 2) {
 		t.Fatalf("the crash left %+v, %+v, %v, %v: not what a killed executor leaves", cs, ns, dirs, mounts)
 	}
-	if cs[0].Labels[executor.LabelJob] != "crash" || ns[0].Labels[executor.LabelJob] != "crash" {
+	if cs[0].Labels[executor.LabelJob] != in.JobUUID || ns[0].Labels[executor.LabelJob] != in.JobUUID {
 		t.Errorf("labels %v %v", cs[0].Labels, ns[0].Labels)
 	}
 

@@ -60,6 +60,12 @@ func jobImage(t *testing.T, cli *docker.Client) string {
 	return imageTag
 }
 
+// runID makes this binary's job ids its own: containers are named after
+// their jobs, and other test binaries may share the engine.
+var runID = func() string { b := make([]byte, 4); rand.Read(b); return hex.EncodeToString(b) }()
+
+func jobID(name string) string { return name + "-" + runID }
+
 // cleanups run after every test of the binary.
 var (
 	cleanupsMu sync.Mutex
@@ -146,9 +152,9 @@ func TestDockerLinkAndFIFORefused(t *testing.T) {
 		{[]string{"fifo", "pipe"}, "pipe", "FIFO"},
 	} {
 		t.Run(tt.kind, func(t *testing.T) {
-			in := initial("d-"+tt.name, image)
+			in := initial(jobID("d-"+tt.name), image)
 			in.ExecutorTiming = &protocol.ExecutorTiming{DownloadTimeLimit: 30, ExecutionTimeLimit: 60, UploadTimeLimit: 86400}
-			req := request("d-"+tt.name, image, tt.args...)
+			req := request(in.JobUUID, image, tt.args...)
 			req.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadSinglePut, URL: h.objects.URL + "/out/" + tt.name, RelativePath: tt.name}
 			last := runOn(t, h, func(c *executor.Config) { c.BoundDisks = jobdisk.Check() == nil }, in, req)
 			f := failed(t, last)
@@ -205,9 +211,9 @@ func TestDockerOutputBound(t *testing.T) {
 			}
 		}
 	})
-	in := initial("bound", image)
+	in := initial(jobID("bound"), image)
 	in.ExecutorTiming = &protocol.ExecutorTiming{DownloadTimeLimit: 30, ExecutionTimeLimit: 600, UploadTimeLimit: 60}
-	last := runOn(t, h, func(c *executor.Config) { c.BoundDisks = true }, in, request("bound", image, "write", "big", "2600000000"))
+	last := runOn(t, h, func(c *executor.Config) { c.BoundDisks = true }, in, request(in.JobUUID, image, "write", "big", "2600000000"))
 	close(stop)
 	wg.Wait()
 	f := failed(t, last)
@@ -311,9 +317,9 @@ func TestDockerBigZipUploadStaysSmall(t *testing.T) {
 	// Gigabytes go through this job: the stages' own limits bound the wait.
 	j.patience = 10 * time.Minute
 	const size = 1_500_000_000
-	in := initial("zip", image)
+	in := initial(jobID("zip"), image)
 	in.ExecutorTiming = &protocol.ExecutorTiming{DownloadTimeLimit: 30, ExecutionTimeLimit: 600, UploadTimeLimit: 600}
-	req := request("zip", image, "random", "noise.bin", strconv.Itoa(size))
+	req := request(in.JobUUID, image, "random", "noise.bin", strconv.Itoa(size))
 	req.OutputUpload = &protocol.OutputUpload{OutputUploadType: protocol.UploadZipPut, URL: up.URL + "/outputs.zip"}
 	start := time.Now()
 	j.send(in)

@@ -13,6 +13,7 @@ import (
 // on the Docker Engine (package kube runs it on Kubernetes).
 
 func TestConformanceFake(t *testing.T) {
+	t.Parallel() // containers of its own (owner label, data directory, tags)
 	rt := fakert.New()
 	images.RegisterFake(rt)
 	t.Cleanup(func() {
@@ -29,6 +30,7 @@ func TestConformanceFake(t *testing.T) {
 }
 
 func TestConformanceDocker(t *testing.T) {
+	t.Parallel() // containers of its own (owner label, data directory, tags)
 	h, image := dockerHarness(t)
 	llm, digest := llmImage(t, dockertest.Engine(t))
 	executortest.Run(t, executortest.Target{Runtime: h.runtime, Image: image, Owner: h.owner, DataDir: t.TempDir(), HostIP: executortest.HostIP(t),

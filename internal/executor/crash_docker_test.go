@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ import (
 // serves, the child gets SIGKILL, and what it left is checked and then
 // handed to the reaper a restarted miner runs first.
 func TestDockerCrashLeftoversReaped(t *testing.T) {
+	t.Parallel() // containers of its own (owner label, data directory, tags)
 	h, _ := dockerHarness(t)
 	cli := dockertest.Engine(t)
 	llm, digest := llmImage(t, cli)
@@ -72,7 +74,7 @@ func TestDockerCrashLeftoversReaped(t *testing.T) {
 			return nil
 		}
 	}()
-	in := initial("crash", llm)
+	in := initial(jobID("crash"), llm)
 	in.StreamingDetails = &protocol.StreamingDetails{PublicKey: string(clientCert)}
 	in.ImageDigest = digest
 	in.ExecutorTiming = &protocol.ExecutorTiming{DownloadTimeLimit: 30, ExecutionTimeLimit: 600, UploadTimeLimit: 30, StreamingStartTimeLimit: 60}
@@ -80,7 +82,7 @@ func TestDockerCrashLeftoversReaped(t *testing.T) {
 	if m := conn.recv(); m.MessageType() != "V0ExecutorReadyRequest" {
 		t.Fatalf("after the initial request: %#v", m)
 	}
-	conn.send(request("crash", llm))
+	conn.send(request(in.JobUUID, llm))
 	for {
 		m := conn.recv()
 		if m.MessageType() == "V0StreamingJobReadyRequest" {
@@ -110,7 +112,7 @@ func TestDockerCrashLeftoversReaped(t *testing.T) {
 	if len(cs) != 1 || len(ns) != 1 || len(dirs) != 1 || (bound && len(mounts) != 2) {
 		t.Fatalf("the crash left %+v, %+v, %v, %v: not what a killed executor leaves", cs, ns, dirs, mounts)
 	}
-	if cs[0].Labels[executor.LabelJob] != "crash" || ns[0].Labels[executor.LabelJob] != "crash" {
+	if cs[0].Labels[executor.LabelJob] != in.JobUUID || ns[0].Labels[executor.LabelJob] != in.JobUUID {
 		t.Errorf("labels %v %v", cs[0].Labels, ns[0].Labels)
 	}
 
@@ -143,22 +145,36 @@ func TestCrashChild(t *testing.T) {
 	t.Fatalf("the executor returned (it should have been killed): %v", err)
 }
 
+var (
+	llmOnce       sync.Once
+	llmTag, llmID string
+	llmErr        error
+)
+
 // llmImage builds the demo LLM image under a tag of this test binary's own
-// and returns the tag and its digest.
+// (once per binary; removed when it ends) and returns the tag and its digest.
 func llmImage(t *testing.T, cli *docker.Client) (string, string) {
 	t.Helper()
-	tag := strings.Replace(jobImage(t, cli), "horde/job:", "horde/llm:", 1)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	if err := images.Build(ctx, cli, "github.com/horde-compute/horde/internal/images/llmimage", tag); err != nil {
-		t.Fatal(err)
+	jobTag := jobImage(t, cli)
+	llmOnce.Do(func() {
+		tag := strings.Replace(jobTag, "horde/job:", "horde/llm:", 1)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if llmErr = images.Build(ctx, cli, "github.com/horde-compute/horde/internal/images/llmimage", tag); llmErr != nil {
+			return
+		}
+		atEnd(func() { cli.ImageRemove(context.Background(), tag) })
+		img, err := cli.ImageInspect(ctx, tag)
+		if err != nil {
+			llmErr = err
+			return
+		}
+		llmTag, llmID = tag, img.ID
+	})
+	if llmErr != nil {
+		t.Fatal(llmErr)
 	}
-	cleanups = append(cleanups, func() { cli.ImageRemove(context.Background(), tag) })
-	img, err := cli.ImageInspect(ctx, tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tag, img.ID
+	return llmTag, llmID
 }
 
 // mountsBeneath lists the mount points at or beneath dir.

@@ -31,6 +31,10 @@ const (
 
 // TestFaults brings up the deployment once and runs every scenario on it,
 // in turn, each leaving it whole for the next; then prints the table.
+//
+// Timing-sensitive: a lost or frozen miner's job must end within bound
+// (the validator's deadlines plus 10 s), and a call to a killed streaming
+// miner must fail within 45 s; both are wall-clock checks.
 func TestFaults(t *testing.T) {
 	d := up(t)
 	var rows []row

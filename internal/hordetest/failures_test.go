@@ -185,6 +185,9 @@ func waitRunning(t *testing.T, rt executor.Runtime, uuid string) {
 	}
 }
 
+// A running job cancelled by its client: its container is gone within
+// seconds and the executor takes the next job. Timing-sensitive (mildly):
+// the cancelled status must come within 5 s of the cancel.
 func TestCancelKillsWithinSeconds(t *testing.T) {
 	for _, rt := range []Runtime{OnFake, OnDocker} {
 		t.Run(rt.Name, func(t *testing.T) {

@@ -26,6 +26,11 @@ func details(t *testing.T, raw json.RawMessage) validator.ScoreDetails {
 // One round against an honest miner and one whose two claimed executors
 // share one CPU: the cheater is too slow on every job and scores zero; the
 // honest miner takes all the weight, its organic job counted too.
+//
+// CPU-timing-sensitive: it times real containers on one core against two
+// (devstack.Calibrate) and then judges the round by those times; another
+// process using the cores between calibration and round moves both. Run it
+// with no other package beside it.
 func TestSyntheticRoundCatchesSharedHardware(t *testing.T) {
 	params, err := devstack.Calibrate(t.Context(), Docker(t), time.Second)
 	if errors.Is(err, devstack.ErrNoSeparation) {
@@ -90,6 +95,9 @@ func TestSyntheticRoundCatchesSharedHardware(t *testing.T) {
 
 // Misbehaving miners are each scored correctly with a reason, and none
 // stops the round for the others.
+//
+// Timing-sensitive: the honest fakes must answer within the 2 s allowance
+// and the slow one (3 s) must not; a starved test process blurs the two.
 func TestSyntheticRoundBadMiners(t *testing.T) {
 	params := synthetic.Params{SearchSpace: 5000, MatrixN: 24, Expected: 2 * time.Second, Weight: 1}
 	two := map[string]int{protocol.ClassTest: 2}

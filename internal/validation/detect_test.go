@@ -1,14 +1,16 @@
 package validation
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/horde-compute/horde/internal/llm"
@@ -31,37 +33,63 @@ func requests(n int, rng *rand.Rand) [][]byte {
 	return out
 }
 
-func post(url string, body []byte) []byte {
-	resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(string(body)))
-	if err != nil {
-		panic(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return b
+// The detection statistics need tens of thousands of answers and
+// replays: they are served in-process (the handlers called directly, no
+// sockets), which gives the very bytes the HTTP servers would. The
+// comparators over real HTTP are TestComparators'.
+
+// post is the answer of handler h to a completions request.
+func post(h http.Handler, body []byte) []byte {
+	return serveDirect(h, http.MethodPost, "/v1/completions", "application/json", body).Body.Bytes()
 }
+
+func serveDirect(h http.Handler, method, path, contentType string, body []byte) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, path, bytes.NewReader(body))
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// handlerReference is a Reference served by an in-process handler, with
+// HTTPReference's rules (an answer of 300 or more is an error).
+type handlerReference struct{ h http.Handler }
+
+func (r handlerReference) Do(_ context.Context, method, path, contentType string, body []byte) ([]byte, error) {
+	rec := serveDirect(r.h, method, path, contentType, body)
+	if rec.Code >= 300 {
+		return nil, fmt.Errorf("reference: HTTP %d: %.200s", rec.Code, rec.Body.Bytes())
+	}
+	return rec.Body.Bytes(), nil
+}
+
+// models are the full model and the cheaper one (half the corpus), trained once.
+var models = sync.OnceValues(func() (full, small *llm.Model) {
+	return llm.Train(llm.Corpus()), llm.Train(llm.Corpus()[:len(llm.Corpus())/2])
+})
 
 // simulate serves requests from a miner cheating on fraction f, samples
 // each for replay with probability s, and returns how many requests passed
 // before the first failed comparison (or -1 if none within the requests).
-func simulate(t testing.TB, f, s float64, reqs [][]byte, rng *rand.Rand, ref Reference) int {
-	full, small := llm.Train(llm.Corpus()), llm.Train(llm.Corpus()[:len(llm.Corpus())/2])
-	srv := httptest.NewServer(llm.NewCheatingServer(full, small, f, "miner"))
-	defer srv.Close()
+func simulate(f, s float64, reqs [][]byte, rng *rand.Rand, ref Reference) (int, error) {
+	full, small := models()
+	srv := llm.NewCheatingServer(full, small, f, "miner")
 	for i, req := range reqs {
-		resp := post(srv.URL, req)
+		resp := post(srv, req)
 		if rng.Float64() >= s {
 			continue
 		}
 		v, err := (LLM{}).Compare(context.Background(), ref, Pair{Method: "POST", Path: "/v1/completions", Request: req, Response: resp})
 		if err != nil {
-			t.Fatal(err)
+			return 0, err
 		}
 		if !v.Pass {
-			return i + 1
+			return i + 1, nil
 		}
 	}
-	return -1
+	return -1, nil
 }
 
 // No false positives over many honest pairs; cheaters at 100 %, 10 % and
@@ -69,33 +97,47 @@ func simulate(t testing.TB, f, s float64, reqs [][]byte, rng *rand.Rand, ref Ref
 // is the share of the cheaper model's answers that differ detectably.
 func TestDetection(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	ref := HTTPReference{BaseURL: httptest.NewServer(llm.NewServer(llm.Train(llm.Corpus()), "ref")).URL}
+	ref := handlerReference{llm.NewServer(llm.Train(llm.Corpus()), "ref")}
 	// False positives over 1,000 honest pairs.
 	honest := requests(1000, rng)
-	if n := simulate(t, 0, 1, honest, rng, ref); n != -1 {
-		t.Fatalf("an honest miner was flagged at request %d", n)
+	if n, err := simulate(0, 1, honest, rng, ref); err != nil || n != -1 {
+		t.Fatalf("an honest miner was flagged at request %d (%v)", n, err)
 	}
 	// d: how often a cheap answer is detectable at all.
 	probe := requests(1000, rng)
 	caughtAll := 0
-	full, small := llm.Train(llm.Corpus()), llm.Train(llm.Corpus()[:len(llm.Corpus())/2])
-	cheapSrv := httptest.NewServer(llm.NewServer(small, "small"))
-	defer cheapSrv.Close()
-	_ = full
+	_, small := models()
+	cheapSrv := llm.NewServer(small, "small")
 	for _, req := range probe {
-		v, _ := (LLM{}).Compare(context.Background(), ref, Pair{Method: "POST", Path: "/v1/completions", Request: req, Response: post(cheapSrv.URL, req)})
+		v, _ := (LLM{}).Compare(context.Background(), ref, Pair{Method: "POST", Path: "/v1/completions", Request: req, Response: post(cheapSrv, req)})
 		if !v.Pass {
 			caughtAll++
 		}
 	}
 	d := float64(caughtAll) / float64(len(probe))
 	t.Logf("share of the cheaper model's answers the llm comparator flags: d = %.2f", d)
-	for _, f := range []float64{1, 0.1, 0.01} {
+	for fi, f := range []float64{1, 0.1, 0.01} {
 		const s = 1.0 // every pair replayed, to keep the test short; the theory scales with s
 		trials, total, misses := 20, 0, 0
 		budget := int(math.Ceil(RequestsUntilDetection(0.999, f*d, s)))
-		for range trials {
-			n := simulate(t, f, s, requests(budget, rng), rng, ref)
+		// The trials are independent (each its own seeded generator): they
+		// run side by side on the machine's cores.
+		ns, errs := make([]int, trials), make([]error, trials)
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+		for i := range trials {
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				rng := rand.New(rand.NewPCG(uint64(10+fi), uint64(i)))
+				ns[i], errs[i] = simulate(f, s, requests(budget, rng), rng, ref)
+			})
+		}
+		wg.Wait()
+		for i, n := range ns {
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
 			if n < 0 {
 				misses++
 				continue

@@ -56,6 +56,8 @@ type Pool struct {
 	// held names the sandboxes made (or being made) and not yet removed.
 	held map[string]bool
 	wake chan struct{}
+	// changed is closed (and replaced) whenever a sandbox becomes ready.
+	changed chan struct{}
 }
 
 var _ executor.Sandboxes = (*Pool)(nil)
@@ -64,6 +66,7 @@ func (p *Pool) init() {
 	if p.held == nil {
 		p.held = map[string]bool{}
 		p.wake = make(chan struct{}, 1)
+		p.changed = make(chan struct{})
 	}
 }
 
@@ -113,6 +116,24 @@ func (p *Pool) Ready() int {
 	return len(p.ready)
 }
 
+// WaitReady waits until n sandboxes are ready, or ctx ends.
+func (p *Pool) WaitReady(ctx context.Context, n int) error {
+	for {
+		p.mu.Lock()
+		p.init()
+		ready, changed := len(p.ready), p.changed
+		p.mu.Unlock()
+		if ready >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-changed:
+		}
+	}
+}
+
 // Run keeps the pool filled until ctx ends, then removes the sandboxes
 // still ready (those taken are removed by Release). After a failure it
 // tries again, waiting a second at first and up to 30 s.
@@ -138,6 +159,8 @@ func (p *Pool) Run(ctx context.Context) {
 			backoff = 0
 			p.mu.Lock()
 			p.ready = append(p.ready, s)
+			close(p.changed)
+			p.changed = make(chan struct{})
 			p.mu.Unlock()
 		}
 		select {

@@ -22,6 +22,7 @@ import (
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/jobdisk"
 	"github.com/horde-compute/horde/internal/executor/kube"
+	"github.com/horde-compute/horde/internal/executor/sandbox"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/isolate"
@@ -249,6 +250,7 @@ func (e *env) miner(args []string) error {
 		"when executors may pull a job's missing image: validator (when a horde validator allows it), always (as upstream; needed for upstream validators' jobs), never")
 	streamingImages := fs.String("streaming-images", "", "images streaming jobs may run when the validator pins no digest (upstream validators): names or sha256: digests, comma-separated")
 	upstreamOnly := fs.Bool("upstream-only", false, "look exactly like upstream's miner: advertise no horde extension, serve receipts only as upstream's pages")
+	sandboxes := fs.Int("streaming-sandboxes", 2, "with --backend docker: streaming jobs' networks kept ready ahead (each an internal network and a container of "+images.JobImage+" holding it; 0: none, each job makes its own when it starts)")
 	var x executorFlags
 	x.register(fs, "miner-jobs")
 	level := fs.String("log-level", "info", "log level")
@@ -306,12 +308,16 @@ func (e *env) miner(args []string) error {
 		return err
 	}
 	defer st.Close()
+	pool := x.sandboxPool(e.ctx, rt, k.SS58(), *sandboxes, log)
 	cfg := miner.Config{Hotkey: k, Listen: *listen, ExecutorBaseURL: *advertise, Manifest: man, Classes: miner.DefaultClasses(),
 		TrustedValidator: *pinned, Store: st, Log: log, ImagePull: protocol.ImagePullPolicy(*imagePull), StreamingImages: streaming, UpstreamOnly: *upstreamOnly,
 		Backend: &miner.Local{Runtime: rt, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
 			Net: guard, BoundDisks: x.boundDisks,
 			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()},
 		Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
+	if pool != nil {
+		cfg.Backend.(*miner.Local).Sandboxes, cfg.Reaper.Sandboxes = pool, pool
+	}
 	if !*trusted {
 		cfg.Metagraph = chain.File{Path: *metagraph}
 	}
@@ -322,7 +328,16 @@ func (e *env) miner(args []string) error {
 		if err != nil {
 			return err
 		}
-		return m.Run(ctx)
+		if pool == nil {
+			return m.Run(ctx)
+		}
+		pctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); pool.Run(pctx) }() // owned: stopped and waited for below
+		err = m.Run(ctx)
+		stop()
+		<-done
+		return err
 	})
 }
 
@@ -362,6 +377,21 @@ func (e *env) executor(args []string) error {
 	return executor.Run(e.ctx, executor.Config{MinerURL: *minerURL, DataDir: x.dataDir, Runtime: rt, Class: spec,
 		Limits: blob.DefaultLimits(), Owner: *owner, HuggingFaceEndpoint: x.hf, Log: log, Net: guard, BoundDisks: x.boundDisks,
 		StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()})
+}
+
+// sandboxPool is the miner's pool of size streaming sandboxes (package
+// sandbox), or nil: for none asked, a back-end other than Docker, or a
+// missing holder image (said in the log).
+func (x *executorFlags) sandboxPool(ctx context.Context, rt executor.Runtime, owner string, size int, log *slog.Logger) *sandbox.Pool {
+	d, ok := rt.(*docker.Client)
+	if size <= 0 || !ok {
+		return nil
+	}
+	if _, err := d.ImageInspect(ctx, images.JobImage); err != nil {
+		log.Info("no streaming sandboxes: their holder image is missing ('horde dev' or deploy/ makes it); each streaming job makes its network when it starts", "image", images.JobImage, "err", err)
+		return nil
+	}
+	return &sandbox.Pool{Runtime: rt, Owner: owner, Size: size, SelfContainer: x.self(), Log: log.With("part", "sandboxes")}
 }
 
 // executorFlags are the flags of whatever runs executors (miner, executor).

@@ -22,6 +22,7 @@ import (
 	"github.com/horde-compute/horde/internal/chain"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/docker"
+	"github.com/horde-compute/horde/internal/executor/sandbox"
 	"github.com/horde-compute/horde/internal/facilitator"
 	"github.com/horde-compute/horde/internal/images"
 	"github.com/horde-compute/horde/internal/metrics"
@@ -74,6 +75,10 @@ type Config struct {
 	// StreamCheaters maps miners (by index) to the fraction of streaming
 	// requests on which they serve the demo LLM's cheaper model.
 	StreamCheaters map[int]float64
+	// StreamingSandboxes is how many streaming sandboxes (package sandbox)
+	// each miner keeps ready on Docker; 0: none, each streaming job makes
+	// its network when it starts.
+	StreamingSandboxes int
 	// TrustedMiner starts the validator's own unregistered miner, with
 	// Validation passed to the validator.
 	TrustedMiner bool
@@ -100,6 +105,9 @@ type Stack struct {
 	Validator      *sig.Hotkey
 	Miners         []*sig.Hotkey
 	MinerAddrs     []string
+	// Sandboxes are the miners' streaming sandbox pools (with
+	// Config.StreamingSandboxes), by miner index.
+	Sandboxes []*sandbox.Pool
 
 	validator *validator.Validator
 
@@ -288,12 +296,20 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 			}
 		}
 		reg := metrics.NewRegistry()
+		var pool *sandbox.Pool
+		reaper := &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}
+		if cfg.StreamingSandboxes > 0 {
+			pool = &sandbox.Pool{Runtime: rt, Owner: k.SS58(), Size: cfg.StreamingSandboxes, Log: mlog}
+			reaper.Sandboxes = pool
+			s.Sandboxes = append(s.Sandboxes, pool)
+			run(fmt.Sprintf("miner %d sandboxes", i), func() error { pool.Run(ctx); return nil })
+		}
 		m, err := miner.New(miner.Config{Hotkey: k, Listener: mlns[i], Manifest: cfg.Manifest, Classes: classes,
 			Metagraph: meta, Store: mdb, Log: mlog, ReapEvery: cfg.ReapEvery, ImagePull: cfg.MinerImagePull, StreamingImages: cfg.MinerStreamingImages, UpstreamOnly: cfg.MinerUpstreamOnly,
 			Metrics: reg,
 			Backend: &miner.Local{Runtime: rt, DataDir: execDir, Owner: k.SS58(), Limits: cfg.Limits, Log: mlog, Rewrite: rewrite,
-				Net: guard, BoundDisks: cfg.BoundDisks, StreamingMetrics: metrics.NewStreaming(reg)},
-			Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: execDir, Log: mlog}})
+				Net: guard, BoundDisks: cfg.BoundDisks, StreamingMetrics: metrics.NewStreaming(reg), Sandboxes: sandboxes(pool)},
+			Reaper: reaper})
 		if err != nil {
 			s.fail()
 			return nil, err
@@ -392,4 +408,12 @@ func (s *Stack) Stop() error {
 	default:
 	}
 	return errors.Join(errs...)
+}
+
+// sandboxes is pool as executor.Sandboxes: nil (none) for a nil pool.
+func sandboxes(pool *sandbox.Pool) executor.Sandboxes {
+	if pool == nil {
+		return nil
+	}
+	return pool
 }

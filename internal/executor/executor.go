@@ -38,6 +38,9 @@ import (
 const (
 	LabelJob   = "horde.job"
 	LabelOwner = "horde.owner"
+	// LabelSandbox marks a sandbox's network and holder (see Sandbox) with
+	// its name; they carry LabelOwner too, but no job.
+	LabelSandbox = "horde.sandbox"
 )
 
 // MaxLogBytes bounds the stdout/stderr that travel in messages.
@@ -101,6 +104,9 @@ type Config struct {
 	// each streaming job's network to reach the service. The Runtime must
 	// then implement NetworkJoiner.
 	SelfContainer string
+	// Sandboxes, if set, hands streaming jobs networks made ahead (a Docker
+	// Runtime's; see package sandbox); a job finding none ready makes its own.
+	Sandboxes Sandboxes
 	// Rewrite, if set, changes each job before it runs. Dev stacks and tests
 	// use it to make a miner that cheats; real executors leave it nil.
 	Rewrite func(*protocol.V0JobRequest)
@@ -214,7 +220,9 @@ type job struct {
 	container, containerName string
 	network                  string
 	// pinned is the streaming image by the digest checked (ImagePinner).
-	pinned  string
+	pinned string
+	// sandbox is the streaming job's sandbox, if it took one.
+	sandbox *Sandbox
 	timings map[string]int64
 	// budget is what is left of the job's volume limit, shared by its
 	// first volume and every later one of a streaming job.
@@ -535,6 +543,11 @@ func (j *job) cleanup() {
 	if c := cmp.Or(j.container, j.containerName); c != "" {
 		if err := j.cfg.Runtime.ContainerRemove(ctx, c); err != nil {
 			j.cfg.Log.Warn("remove container", "job", j.uuid, "err", err)
+		}
+	}
+	if j.sandbox != nil {
+		if err := j.cfg.Sandboxes.Release(ctx, j.sandbox); err != nil {
+			j.cfg.Log.Warn("remove sandbox", "job", j.uuid, "err", err)
 		}
 	}
 	if j.network != "" {

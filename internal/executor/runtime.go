@@ -75,3 +75,21 @@ var _ NetworkJoiner = (*docker.Client)(nil)
 type ImagePinner interface {
 	PinImage(ctx context.Context, ref, digest string) (string, error)
 }
+
+// Sandbox is a network made ahead of a streaming job (see package sandbox):
+// an internal network with a small container on it whose network namespace
+// the job's service joins (NetworkMode "container:"+Holder) rather than
+// getting one of its own. The service is then reached at Addr, the holder's
+// address on Network and ServicePort, and nowhere else.
+type Sandbox struct {
+	Network, Holder, Addr string
+}
+
+// Sandboxes hands out sandboxes made ahead of time; each serves one job.
+type Sandboxes interface {
+	// Take returns a ready sandbox, or nil if none is ready (the job then
+	// makes its own network).
+	Take() *Sandbox
+	// Release removes a taken sandbox once the job's container is gone.
+	Release(ctx context.Context, s *Sandbox) error
+}

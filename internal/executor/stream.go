@@ -53,23 +53,10 @@ func (j *job) checkDigest(ctx context.Context, image, digest string) error {
 // stopped, its time runs out or the service exits.
 func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest, req *protocol.V0JobRequest, timing *protocol.ExecutorTiming) error {
 	d := j.cfg.Runtime
-	netName := "horde-job-" + j.uuid
-	j.network = netName // removed by name in cleanup, even if creating it failed midway
 	netStart := time.Now()
-	nctx, cancel := uncancelled(ctx)
-	_, err := d.NetworkCreate(nctx, netName, true, map[string]string{LabelJob: j.uuid, LabelOwner: j.cfg.Owner})
-	cancel()
+	netMode, err := j.streamNetwork(ctx)
 	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
-	}
-	if j.cfg.SelfContainer != "" { // the proxy's container joins the service's network
-		nj, ok := d.(NetworkJoiner)
-		if !ok {
-			return j.hordeFail(ctx, protocol.HordeStreamingFailed, "this runtime cannot join its own container to the job's network")
-		}
-		if err := nj.NetworkConnect(ctx, netName, j.cfg.SelfContainer); err != nil {
-			return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
-		}
 	}
 	j.stage("streaming_network", netStart)
 	p := Paths{Volume: filepath.Join(j.dir, "volume"), Output: filepath.Join(j.dir, "output"), Artifacts: filepath.Join(j.dir, "artifacts")}
@@ -78,12 +65,13 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		cfg.Image = j.pinned // the content checked, not whatever the name means by now
 	}
 	cfg.NetworkDisabled = false
-	cfg.HostConfig.NetworkMode = netName
+	cfg.HostConfig.NetworkMode = netMode
 	start := time.Now()
 	id, err := j.createContainer(ctx, cfg)
 	if err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, "container: "+err.Error())
 	}
+	j.stage("streaming_create", start)
 	if err := d.ContainerStart(ctx, id); err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, "container: "+err.Error())
 	}
@@ -93,8 +81,10 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		code, _ := d.ContainerWait(context.WithoutCancel(ctx), id)
 		exited <- code
 	}()
-	addr, err := d.ServiceAddr(ctx, id, netName, ServicePort)
-	if err != nil {
+	addr := ""
+	if j.sandbox != nil {
+		addr = j.sandbox.Addr // known ahead: no inspection
+	} else if addr, err = d.ServiceAddr(ctx, id, j.network, ServicePort); err != nil {
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
 	service := &url.URL{Scheme: "http", Host: addr}
@@ -203,13 +193,46 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	return j.finish(ctx, req, res, timing)
 }
 
+// streamNetwork gives the job's service its network and returns the
+// container's network mode: a sandbox made ahead if one is ready (its
+// holder's namespace), else an internal network made now, which the
+// proxy's own container joins if it runs in one.
+func (j *job) streamNetwork(ctx context.Context) (string, error) {
+	if j.cfg.Sandboxes != nil {
+		if sb := j.cfg.Sandboxes.Take(); sb != nil {
+			j.sandbox = sb
+			return "container:" + sb.Holder, nil
+		}
+	}
+	d := j.cfg.Runtime
+	netName := "horde-job-" + j.uuid
+	j.network = netName // removed by name in cleanup, even if creating it failed midway
+	nctx, cancel := uncancelled(ctx)
+	_, err := d.NetworkCreate(nctx, netName, true, map[string]string{LabelJob: j.uuid, LabelOwner: j.cfg.Owner})
+	cancel()
+	if err != nil {
+		return "", err
+	}
+	if j.cfg.SelfContainer != "" { // the proxy's container joins the service's network
+		nj, ok := d.(NetworkJoiner)
+		if !ok {
+			return "", errors.New("this runtime cannot join its own container to the job's network")
+		}
+		if err := nj.NetworkConnect(ctx, netName, j.cfg.SelfContainer); err != nil {
+			return "", err
+		}
+	}
+	return netName, nil
+}
+
 // waitHealthy polls GET /health until it answers 200, the limit passes or
-// the container exits: every 5 ms at first (a service that is up at once
-// is served at once), backing off to every 200 ms.
+// the container exits: 2 ms after the start at first (a service that is
+// up at once is served at once; a refused connection costs next to
+// nothing), then half as long again each time, up to every 50 ms.
 func waitHealthy(ctx context.Context, service *url.URL, limit time.Duration, exited <-chan int) error {
 	c := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(limit)
-	wait := 5 * time.Millisecond
+	wait := 2 * time.Millisecond
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, service.String()+"/health", nil)
 		if resp, err := c.Do(req); err == nil {
@@ -225,7 +248,7 @@ func waitHealthy(ctx context.Context, service *url.URL, limit time.Duration, exi
 			return ctx.Err()
 		case <-time.After(wait):
 		}
-		wait = min(2*wait, 200*time.Millisecond)
+		wait = min(wait*3/2, 50*time.Millisecond)
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the service did not answer GET /health on port %d within %s", ServicePort, limit)
 		}

@@ -41,6 +41,9 @@ type Local struct {
 	Owner               string
 	Limits              blob.Limits
 	HuggingFaceEndpoint string
+	// Sandboxes hands streaming jobs networks made ahead (see
+	// executor.Config); nil: each makes its own.
+	Sandboxes executor.Sandboxes
 	// Net and BoundDisks are passed to executors (see executor.Config):
 	// where client URLs may lead (nil: public addresses only), and whether
 	// job directories are bounded file systems.
@@ -74,8 +77,8 @@ func (l *Local) Start(ctx context.Context, spec ExecutorSpec) (<-chan struct{}, 
 			MinerURL: spec.MinerURL, DataDir: l.DataDir, Runtime: l.Runtime, Class: spec.Limits,
 			Limits: l.Limits, Net: l.Net, BoundDisks: l.BoundDisks, Owner: l.Owner, HuggingFaceEndpoint: l.HuggingFaceEndpoint,
 			StreamingListen: l.StreamingListen, StreamingHost: l.StreamingHost, StreamingSkew: l.StreamingSkew, SelfContainer: l.SelfContainer, Rewrite: l.Rewrite,
-			StreamingMetrics: l.StreamingMetrics,
-			Log:              l.Log.With("role", "executor"),
+			StreamingMetrics: l.StreamingMetrics, Sandboxes: l.Sandboxes,
+			Log: l.Log.With("role", "executor"),
 		})
 		if err != nil && ctx.Err() == nil {
 			l.Log.Warn("executor ended with error", "job", spec.JobUUID, "err", err)
@@ -99,7 +102,20 @@ type Reaper struct {
 	// MinAge spares leftovers younger than it (zero: leftoverAge; negative:
 	// none): an executor creates them before the miner knows the job runs.
 	MinAge time.Duration
-	Log    *slog.Logger
+	// Sandboxes says which streaming sandboxes (by name, see
+	// executor.LabelSandbox) a live pool of this process holds: they are
+	// spared, any other of this owner's is a crash's leftover. Nil: none.
+	Sandboxes interface{ Holds(name string) bool }
+	Log       *slog.Logger
+}
+
+// spare says whether a container or network with labels belongs to a job
+// in active, or to a sandbox a live pool holds, or is too young to judge.
+func (r *Reaper) spare(labels map[string]string, age, minAge time.Duration, active map[string]bool) bool {
+	if sb := labels[executor.LabelSandbox]; sb != "" && r.Sandboxes != nil && r.Sandboxes.Holds(sb) {
+		return true
+	}
+	return active[labels[executor.LabelJob]] || age <= minAge
 }
 
 // leftoverAge is how old an unowned container, network or directory must be
@@ -119,8 +135,9 @@ func (r *Reaper) Reap(ctx context.Context, active map[string]bool) {
 			r.Log.Warn("reaper: list containers", "err", err)
 		}
 		for _, c := range cs {
-			if id := c.Labels[executor.LabelJob]; !active[id] && c.Since(time.Now()) > leftoverAge {
-				r.Log.Info("reaper: removing leftover container", "job", id, "container", c.ID[:min(12, len(c.ID))])
+			if !r.spare(c.Labels, c.Since(time.Now()), leftoverAge, active) {
+				id := c.Labels[executor.LabelJob]
+				r.Log.Info("reaper: removing leftover container", "job", id, "sandbox", c.Labels[executor.LabelSandbox], "container", c.ID[:min(12, len(c.ID))])
 				if err := r.Runtime.ContainerRemove(ctx, c.ID); err != nil {
 					r.Log.Warn("reaper: remove container", "job", id, "err", err)
 				}
@@ -132,7 +149,8 @@ func (r *Reaper) Reap(ctx context.Context, active map[string]bool) {
 			r.Log.Warn("reaper: list networks", "err", err)
 		}
 		for _, n := range ns {
-			if id := n.Labels[executor.LabelJob]; !active[id] && n.Since(time.Now()) > leftoverAge {
+			if !r.spare(n.Labels, n.Since(time.Now()), leftoverAge, active) {
+				id := n.Labels[executor.LabelJob]
 				r.Log.Info("reaper: removing leftover network", "job", id, "network", n.Name)
 				if err := r.Runtime.NetworkRemove(ctx, n.ID); err != nil {
 					r.Log.Warn("reaper: remove network", "job", id, "err", err)

@@ -81,3 +81,60 @@ func TestReaper(t *testing.T) {
 		t.Errorf("directories left: %s", got)
 	}
 }
+
+// holds is a live pool's set of sandboxes, for the reaper.
+type holds map[string]bool
+
+func (h holds) Holds(name string) bool { return h[name] }
+
+// Streaming sandboxes (made ahead, no job label) survive the reaper while
+// a live pool of this process holds them; those of a crashed process's pool
+// (held by none now) are removed once old enough, and a young one is spared.
+func TestReaperSandboxes(t *testing.T) {
+	rt := fakert.New()
+	rt.Register("img", func(ctx context.Context, c *fakert.Container) int { <-ctx.Done(); return 0 })
+	ctx := t.Context()
+	defer rt.Close(context.Background())
+	old := time.Now().Add(-time.Minute)
+	sandbox := func(name, owner string, created time.Time) {
+		rt.Now = func() time.Time { return created }
+		labels := map[string]string{executor.LabelSandbox: name, executor.LabelOwner: owner}
+		if _, err := rt.NetworkCreate(ctx, name, true, labels); err != nil {
+			t.Fatal(err)
+		}
+		id, err := rt.ContainerCreate(ctx, name, &docker.ContainerConfig{Image: "img", Labels: labels, HostConfig: docker.HostConfig{NetworkMode: name}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rt.ContainerStart(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sandbox("live", "me", old)
+	sandbox("crashed", "me", old)
+	sandbox("young", "me", time.Now())
+	sandbox("theirs", "other", old)
+	left := func() string {
+		var names []string
+		for _, c := range rt.Containers() {
+			names = append(names, "c:"+c.Labels[executor.LabelSandbox])
+		}
+		ns, _ := rt.NetworkList(ctx, "")
+		for _, n := range ns {
+			names = append(names, "n:"+n.Labels[executor.LabelSandbox])
+		}
+		sort.Strings(names)
+		return strings.Join(names, " ")
+	}
+	r := &Reaper{Runtime: rt, Owner: "me", Sandboxes: holds{"live": true, "crashed": false}, Log: slog.New(slog.DiscardHandler)}
+	r.Reap(ctx, nil)
+	if got := left(); got != "c:live c:theirs c:young n:live n:theirs n:young" {
+		t.Errorf("left: %s", got)
+	}
+	// The process is gone: a restarted miner's pool holds none of them.
+	r.Sandboxes = holds{}
+	r.Reap(ctx, nil)
+	if got := left(); got != "c:theirs c:young n:theirs n:young" {
+		t.Errorf("left after a restart: %s", got)
+	}
+}

@@ -10,9 +10,17 @@
 //	                 none is left: only the Pod's own subnet stays reachable
 //	                 (a streaming job's service, which the executor's proxy
 //	                 reaches on the Pod's address)
+//
+// The same image moves a job's directories in and out of its Pod (package
+// podfiles):
+//
+//	isolate receive NAME=DIR…  one tar stream from stdin into the DIRs
+//	isolate send NAME=DIR…     the DIRs' regular files to stdout as one tar stream
+//	isolate keep               wait until stopped
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,9 +28,14 @@ import (
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/horde-compute/horde/internal/executor/kube/podfiles"
 )
 
 func main() {
+	if len(os.Args) >= 2 && (os.Args[1] == "receive" || os.Args[1] == "send" || os.Args[1] == "keep") {
+		os.Exit(podfiles.Main(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	if len(os.Args) != 2 || (os.Args[1] != "unnet" && os.Args[1] != "noroute") {
 		fmt.Fprintln(os.Stderr, "usage: isolate unnet | isolate noroute")
 		os.Exit(2)

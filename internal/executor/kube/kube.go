@@ -43,8 +43,17 @@ import (
 
 // Config configures a Runtime.
 type Config struct {
-	Client    kubernetes.Interface
+	Client kubernetes.Interface
+	// REST is the client's configuration: copies of job directories
+	// (FilesCopy) stream through it (exec and attach).
+	REST      *rest.Config
 	Namespace string
+	// Files says how job directories reach Pods: FilesCopy (the default:
+	// Pods on any node) or FilesHostPath (Pods where the directories are).
+	Files string
+	// MaxBindBytes bounds each job directory in a Pod (FilesCopy; default
+	// DefaultMaxBindBytes): the kubelet evicts a Pod past it.
+	MaxBindBytes int64
 	// IsolateImage is the image of command ./isolate, present on every node.
 	IsolateImage string
 	// NodeName pins job Pods to one node; empty: wherever the scheduler puts them.
@@ -78,6 +87,10 @@ func (c *Config) Validate() error {
 		return errors.New("kube config: Namespace is required")
 	case c.IsolateImage == "":
 		return errors.New("kube config: IsolateImage is required (jobs without network need it)")
+	case c.Files != "" && c.Files != FilesCopy && c.Files != FilesHostPath:
+		return fmt.Errorf("kube config: Files %q: want %s or %s", c.Files, FilesCopy, FilesHostPath)
+	case c.Files != FilesHostPath && c.REST == nil:
+		return errors.New("kube config: REST is required to copy job directories into Pods (or Files: hostpath)")
 	}
 	return nil
 }
@@ -93,6 +106,8 @@ type Runtime struct {
 	// started are Pods this runtime created and has not removed, by name:
 	// one of them gone is a Pod taken away.
 	started map[string]*corev1.Pod
+	// binds are the host directories of Pods' binds (FilesCopy).
+	binds binds
 }
 
 var _ executor.Runtime = (*Runtime)(nil)
@@ -193,11 +208,21 @@ func (r *Runtime) ContainerCreate(ctx context.Context, name string, cfg *docker.
 	if name == "" {
 		name = "horde-" + rand.String(10)
 	}
-	pod, err := PodFor(name, cfg, PodOptions{Namespace: r.cfg.Namespace, IsolateImage: r.cfg.IsolateImage,
-		PullIfNotPresent: r.pullableRef(cfg.Image), NodeName: r.cfg.NodeName, AllGPUs: r.cfg.AllGPUs, EphemeralStorage: r.cfg.EphemeralStorage})
+	opts := PodOptions{Namespace: r.cfg.Namespace, IsolateImage: r.cfg.IsolateImage,
+		PullIfNotPresent: r.pullableRef(cfg.Image), NodeName: r.cfg.NodeName, AllGPUs: r.cfg.AllGPUs, EphemeralStorage: r.cfg.EphemeralStorage,
+		CopyBinds: r.copying(), MaxBindBytes: r.cfg.MaxBindBytes}
+	var dirs []string
+	if opts.CopyBinds {
+		var err error
+		if dirs, opts.PushBinds, err = hostDirs(cfg); err != nil {
+			return "", fmt.Errorf("create container: %w", err)
+		}
+	}
+	pod, err := PodFor(name, cfg, opts)
 	if err != nil {
 		return "", fmt.Errorf("create container: %w", err)
 	}
+	r.binds.set(name, dirs)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, dup := r.created[name]; dup {
@@ -232,6 +257,9 @@ func (r *Runtime) ContainerStart(ctx context.Context, id string) error {
 	r.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, r.cfg.StartTimeout)
 	defer cancel()
+	if err := r.pushBinds(sctx, created, trace); err != nil {
+		return err
+	}
 	var why string
 	seen := map[corev1.PodConditionType]bool{}
 	_, err = r.watch(sctx, created, func(p *corev1.Pod) (bool, error) {
@@ -512,6 +540,7 @@ func (r *Runtime) ContainerRemove(ctx context.Context, id string) error {
 	delete(r.created, id)
 	delete(r.started, id)
 	r.mu.Unlock()
+	r.binds.forget(id)
 	one, zero := int64(1), int64(0)
 	if err := r.deleteAndWait(ctx, id, &one, removeGrace); err == nil || ctx.Err() != nil {
 		return err
@@ -700,6 +729,9 @@ func (r *Runtime) Check(ctx context.Context) error {
 		if !got.Status.Allowed {
 			return fmt.Errorf("kubernetes: this identity may not %s pods in %s", verb, r.cfg.Namespace)
 		}
+	}
+	if err := r.checkCopy(ctx); err != nil {
+		return err
 	}
 	if _, err := r.ImageInspect(ctx, r.cfg.IsolateImage); err != nil {
 		return fmt.Errorf("kubernetes: the isolate image (jobs without network need it): %w", err)

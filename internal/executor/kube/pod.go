@@ -45,6 +45,12 @@ type PodOptions struct {
 	// EphemeralStorage bounds the job container's writable layer and logs
 	// (the kubelet evicts a Pod past it); zero: DefaultEphemeralStorage.
 	EphemeralStorage int64
+	// CopyBinds makes binds emptyDirs of at most MaxBindBytes each (zero:
+	// DefaultMaxBindBytes) that the Pod's files and keeper containers
+	// fill and read (FilesCopy); PushBinds adds the files init container,
+	// which holds the job back until the binds' content arrived.
+	CopyBinds, PushBinds bool
+	MaxBindBytes         int64
 }
 
 // DefaultEphemeralStorage is the job container's ephemeral-storage limit by default.
@@ -206,6 +212,9 @@ func PodFor(name string, cfg *docker.ContainerConfig, o PodOptions) (*corev1.Pod
 				SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 			},
 		}}
+	}
+	if o.CopyBinds {
+		copyBinds(pod, o)
 	}
 	return pod, nil
 }

@@ -2,9 +2,29 @@
 // client-go: *Runtime implements executor.Runtime, so an executor (and a
 // miner's reaper) uses a cluster as it uses the Docker Engine. Each job
 // container is one Pod (PodFor says how it keeps the job isolated); the
-// executor itself stays in the miner's process and shares the job's
-// directories with the Pod through hostPath volumes, so the Pods run on
-// nodes where the executor's data directory is (NodeName pins them to one).
+// executor itself stays in the miner's process: it downloads volumes,
+// uploads outputs and serves a streaming job's proxy there, as on Docker.
+//
+// The job's directories (/volume, /output, the artifacts directory) reach
+// the Pod in one of two ways (Config.Files):
+//
+//   - FilesCopy, the default: the Pod runs on any node the scheduler picks.
+//     Each directory is an emptyDir of the Pod; its content travels through
+//     the API server and the node's kubelet (attach and exec streams, the
+//     path kubectl cp takes), never through the Pod's network, which an
+//     organic job's Pod does not have: an init container of the isolate
+//     image receives the volume as a tar stream on its stdin after the
+//     isolate init container took the network away, and exits so that the
+//     job starts; a keeper container outlives the job container and sends
+//     the outputs as a tar stream by exec, which the executor unpacks as
+//     hostile (package blob: links, devices and escaping paths refused,
+//     each directory bounded). See files.go. Copies cost a stream each way
+//     per job; nothing needs to be shared between the miner and the nodes.
+//   - FilesHostPath: the directories are hostPath volumes of the
+//     executor's own directories, so the Pods must run where those are:
+//     pinned to the miner's node (Config.NodeName), or on nodes that mount
+//     one shared file system at the same path. No copies: for a miner
+//     whose cluster is its own machine.
 //
 // Images are not pulled by the runtime: a job's image must be on a node
 // (imported into its containerd, or pulled there by the kubelet when the

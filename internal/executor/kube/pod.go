@@ -80,7 +80,9 @@ const UnreachableToleration = 30
 //   - requests equal to limits (Guaranteed QoS) for memory and CPU, and
 //     nvidia.com/gpu for GPU classes;
 //   - binds become hostPath volumes of type Directory (the job's
-//     directories, each bounded by package jobdisk as on Docker), tmpfs
+//     directories, each bounded by package jobdisk as on Docker) or, with
+//     CopyBinds, emptyDirs that the files and keeper containers fill and
+//     read (see FilesCopy), tmpfs
 //     mounts memory-backed emptyDirs whose sizeLimit sets the tmpfs's size.
 //
 // What Docker bounds and a Pod cannot say: the pids limit (the kubelet's

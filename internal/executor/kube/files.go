@@ -418,7 +418,11 @@ func (r *Runtime) stream(ctx context.Context, id, how, container string, cmd []s
 			}
 		}()
 		err := ex.StreamWithContext(ctx, opts)
-		pw.CloseWithError(errors.Join(err, io.EOF))
+		if err != nil {
+			pw.CloseWithError(err)
+		} else {
+			pw.Close()
+		}
 		wg.Wait()
 		return r.streamErr(how, sideErr, err, stderr)
 	}

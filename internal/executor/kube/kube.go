@@ -242,13 +242,13 @@ func (r *Runtime) ContainerCreate(ctx context.Context, name string, cfg *docker.
 	if err != nil {
 		return "", fmt.Errorf("create container: %w", err)
 	}
-	r.binds.set(name, dirs)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, dup := r.created[name]; dup {
 		return "", fmt.Errorf("create container: %s exists", name)
 	}
 	r.created[name] = pod
+	r.binds.set(name, dirs)
 	return name, nil
 }
 

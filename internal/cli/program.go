@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"os"
+
 	"github.com/horde-compute/horde/internal/images/jobprog"
 	"github.com/horde-compute/horde/internal/images/llmprog"
 	"github.com/horde-compute/horde/internal/images/prog"
@@ -19,7 +21,7 @@ func (e *env) program(args []string) error {
 		"job": func() int { return jobprog.Main(e.ctx, e.progEnv(args[1:])) },
 		"llm": func() int { return llmprog.Main(e.ctx, e.progEnv(args[1:])) },
 		// The init container of Kubernetes job Pods (package kube).
-		"isolate": func() int { return isolate.Main(args[1:], e.stdout, e.stderr) },
+		"isolate": func() int { return isolate.Main(e.ctx, args[1:], os.Stdin, e.stdout, e.stderr) },
 	}[args[0]]
 	if main == nil {
 		return usageErr("unknown program %q: job, llm or isolate", args[0])

@@ -398,13 +398,13 @@ func (x *executorFlags) sandboxPool(ctx context.Context, rt executor.Runtime, ow
 type executorFlags struct {
 	dataDir, dockerHost, hf, streamListen, streamHost string
 	// The Kubernetes back-end's (--backend kubernetes).
-	backend, kubeconfig, namespace, kubeNode, isolateImage string
-	kubeProxyFrom                                          string
-	allGPUs                                                int
-	skew                                                   time.Duration
-	allowPrivate                                           string
-	boundDisks                                             bool
-	selfContainer                                          string
+	backend, kubeconfig, namespace, kubeNode, isolateImage, kubeFiles string
+	kubeProxyFrom                                                     string
+	allGPUs                                                           int
+	skew                                                              time.Duration
+	allowPrivate                                                      string
+	boundDisks                                                        bool
+	selfContainer                                                     string
 }
 
 // self is the container this process runs in ("auto": its host name, which
@@ -423,7 +423,8 @@ func (x *executorFlags) register(fs *flag.FlagSet, dataDir string) {
 	fs.StringVar(&x.backend, "backend", "docker", "where job containers run: docker (the local engine) or kubernetes (Pods of a cluster)")
 	fs.StringVar(&x.kubeconfig, "kubeconfig", "", "with --backend kubernetes: kubeconfig file (default $KUBECONFIG, then ~/.kube/config, then in-cluster)")
 	fs.StringVar(&x.namespace, "namespace", "default", "with --backend kubernetes: the namespace of job Pods")
-	fs.StringVar(&x.kubeNode, "kube-node", "", "with --backend kubernetes: run job Pods on this node only (where --data-dir is; empty: any node, --data-dir shared by all)")
+	fs.StringVar(&x.kubeNode, "kube-node", "", "with --backend kubernetes: run job Pods on this node only (empty: any node)")
+	fs.StringVar(&x.kubeFiles, "kube-files", kube.FilesCopy, "with --backend kubernetes: how job directories reach Pods: copy (through the API server, Pods on any node) or hostpath (--data-dir mounted: Pods on --kube-node, or --data-dir shared by all nodes at the same path)")
 	fs.StringVar(&x.isolateImage, "isolate-image", kube.DefaultIsolateImage, "with --backend kubernetes: image of the init container that takes jobs' network away, on every node")
 	fs.StringVar(&x.kubeProxyFrom, "kube-proxy-from", isolate.Gateway, "with --backend kubernetes: address(es), comma-separated, a streaming job's Pod sees this miner's signing proxy connect from; it accepts no one else ("+isolate.Gateway+": the Pod's gateway, right when the miner runs on the Pod's node)")
 	fs.IntVar(&x.allGPUs, "all-gpus", 0, "with --backend kubernetes: how many GPUs a job asking for all of them gets (0: such jobs fail)")
@@ -472,6 +473,8 @@ func (x *executorFlags) check() error {
 		return usageErr("--namespace: the namespace of job Pods is required with --backend kubernetes")
 	case x.allGPUs < 0:
 		return usageErr("--all-gpus %d: want a count", x.allGPUs)
+	case x.kubeFiles != kube.FilesCopy && x.kubeFiles != kube.FilesHostPath:
+		return usageErr("--kube-files %q: want %s or %s", x.kubeFiles, kube.FilesCopy, kube.FilesHostPath)
 	}
 	for _, f := range strings.Split(x.kubeProxyFrom, ",") {
 		if _, err := netip.ParseAddr(f); err != nil && f != isolate.Gateway {
@@ -503,7 +506,7 @@ func (x *executorFlags) runtime(e *env, log *slog.Logger) (executor.Runtime, err
 		return nil, err
 	}
 	x.dataDir = abs
-	rt, err := kube.New(kube.Config{Client: cs, Namespace: x.namespace, IsolateImage: x.isolateImage, NodeName: x.kubeNode,
+	rt, err := kube.New(kube.Config{Client: cs, REST: rc, Files: x.kubeFiles, Namespace: x.namespace, IsolateImage: x.isolateImage, NodeName: x.kubeNode,
 		AllGPUs: x.allGPUs, ProxyFrom: strings.Split(x.kubeProxyFrom, ","), Log: log})
 	if err != nil {
 		return nil, usageErr("%v", err)
@@ -520,7 +523,7 @@ func (x *executorFlags) fitManifest(ctx context.Context, rt *kube.Runtime, man m
 	if err != nil {
 		return nil, fmt.Errorf("the cluster's allocatable resources: %w", err)
 	}
-	fit := kube.Fit(free, miner.DefaultClasses(), man)
+	fit := kube.Fit(free, rt.PodClasses(miner.DefaultClasses()), man)
 	for class, n := range man {
 		if fit[class] < n {
 			log.Warn("the cluster cannot run all the executors the manifest asks for at once: fewer offered", "class", class, "asked", n, "offered", fit[class])

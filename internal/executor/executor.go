@@ -406,6 +406,16 @@ func (j *job) run(ctx context.Context) error {
 		return j.fail(ctx, protocol.StageExecution, protocol.FailureNonzeroReturn, "out_of_memory",
 			"the container was killed for exceeding its memory limit", withLogs)
 	}
+	if code, msg, err := j.copyOut(ctx, req, timing); err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return j.hordeFail(ctx, protocol.HordeGenericError, "container: "+err.Error())
+	} else if code == "timeout:upload" {
+		return j.fail(ctx, protocol.StageResultUpload, protocol.FailureTimeout, code, msg, withLogs)
+	} else if code != "" {
+		return j.fail(ctx, protocol.StageExecution, protocol.FailureUnknown, code, msg, withLogs)
+	}
 	if code, msg := j.overBound(); code != "" {
 		return j.fail(ctx, protocol.StageExecution, protocol.FailureUnknown, code, msg, withLogs)
 	}
@@ -463,6 +473,41 @@ func (j *job) overBound() (string, string) {
 		}
 	}
 	return "", ""
+}
+
+// copyOut brings what the container wrote to /output and the artifacts
+// directory into the job's directories, when the Runtime runs containers
+// on copies of them (a BindCopier), under the upload stage's limit. A
+// directory over its bound gives its horde_reason and a message, as
+// overBound does; running out of time gives "timeout:upload". A job that
+// asked for no outputs nor artifacts has nothing copied.
+func (j *job) copyOut(ctx context.Context, req *protocol.V0JobRequest, timing *protocol.ExecutorTiming) (string, string, error) {
+	bc, ok := j.cfg.Runtime.(BindCopier)
+	if !ok || j.container == "" || (req.OutputUpload == nil && req.ArtifactsDir == "") {
+		return "", "", nil // nothing will read them
+	}
+	dirs := map[string]int64{filepath.Join(j.dir, "output"): cmp.Or(j.cfg.Limits.MaxOutputBytes, blob.DefaultLimits().MaxOutputBytes)}
+	if req.ArtifactsDir != "" {
+		dirs[filepath.Join(j.dir, "artifacts")] = ArtifactsDiskBytes
+	}
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, seconds(timing.UploadTimeLimit))
+	defer cancel()
+	err := bc.CopyOut(cctx, j.container, dirs)
+	j.stage("copy_out", start)
+	var full *blob.DirFullError
+	switch {
+	case errors.As(err, &full):
+		name := filepath.Base(full.Dir)
+		where := "/" + name
+		if name == "artifacts" {
+			where = "the artifacts directory"
+		}
+		return name + "_too_large", fmt.Sprintf("the job wrote more to %s than its limit of %d bytes", where, full.Limit), nil
+	case err != nil && cctx.Err() == context.DeadlineExceeded && ctx.Err() == nil:
+		return "timeout:upload", fmt.Sprintf("outputs not copied out of the container within %ds", timing.UploadTimeLimit), nil
+	}
+	return "", "", err
 }
 
 // fetcher downloads the job's volumes: where Net allows, within the job's budget.

@@ -58,6 +58,22 @@ type LostContainer interface {
 	Reason() (reason string, systemFault bool)
 }
 
+// BindCopier is a Runtime whose containers see copies of their binds'
+// host directories, not the directories themselves (package kube's Pods,
+// which run on any node of a cluster): ContainerStart copies each bind's
+// host directory in. The executor calls CopyIn after it changed a bind's
+// host directory while the container runs (a streaming job's later
+// volume), and CopyOut before it reads what the container wrote (outputs,
+// artifacts): CopyOut replaces the content of each host directory of dirs
+// (bind sources, each with the bytes it may take) by the container's, and
+// fails with a *blob.DirFullError naming the host directory past its
+// bound. CopyOut works while the container runs or after it exited, not
+// after ContainerKill.
+type BindCopier interface {
+	CopyIn(ctx context.Context, id, hostDir string) error
+	CopyOut(ctx context.Context, id string, dirs map[string]int64) error
+}
+
 // NetworkJoiner is a Runtime whose networks the process's own container can
 // join (see Config.SelfContainer).
 type NetworkJoiner interface {

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/streaming"
 	"github.com/horde-compute/horde/protocol"
 	sr "github.com/horde-compute/horde/streamreceipt"
@@ -172,6 +174,12 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		return context.Cause(ctx)
 	}
 	j.stage("serve", start)
+	// Copies of its directories are read before the kill, which takes
+	// the Pod's keeper too (a BindCopier's).
+	outCode, outMsg, outErr := "", "", error(nil)
+	if req.OutputUpload != nil || req.ArtifactsDir != "" {
+		outCode, outMsg, outErr = j.copyOut(ctx, req, timing)
+	}
 	kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	d.ContainerKill(kctx, id)
 	kcancel()
@@ -180,6 +188,18 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 		return j.hordeFail(ctx, protocol.HordeStreamingFailed, err.Error())
 	}
 	j.cfg.Log.Info("streaming job ended", "job", j.uuid, "why", why, "receipts", proxy.Receipts())
+	if outErr != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return j.hordeFail(ctx, protocol.HordeStreamingFailed, "container: "+outErr.Error())
+	}
+	if outCode == "timeout:upload" {
+		return j.fail(ctx, protocol.StageResultUpload, protocol.FailureTimeout, outCode, outMsg, res.attach)
+	}
+	if outCode != "" {
+		return j.fail(ctx, protocol.StageExecution, protocol.FailureUnknown, outCode, outMsg, res.attach)
+	}
 	if code, msg := j.overBound(); code != "" {
 		return j.fail(ctx, protocol.StageExecution, protocol.FailureUnknown, code, msg, res.attach)
 	}
@@ -260,13 +280,23 @@ func waitHealthy(ctx context.Context, service *url.URL, limit time.Duration, exi
 func (j *job) volumeMessage(ctx context.Context, m *protocol.V0VolumeRequest, timing *protocol.ExecutorTiming) *protocol.V0VolumeResult {
 	res := &protocol.V0VolumeResult{JobUUID: j.uuid, MessageID: m.MessageID}
 	var err error
+	bc, copies := j.cfg.Runtime.(BindCopier)
 	if m.Volume != nil {
 		dctx, cancel := context.WithTimeout(ctx, seconds(timing.DownloadTimeLimit))
 		err = j.fetcher().Download(dctx, m.Volume, filepath.Join(j.dir, "volume"))
+		if err == nil && copies {
+			err = bc.CopyIn(dctx, j.container, filepath.Join(j.dir, "volume"))
+		}
 		cancel()
 	} else {
 		uctx, cancel := context.WithTimeout(ctx, seconds(timing.UploadTimeLimit))
-		res.UploadResults, err = j.uploader().Upload(uctx, m.OutputUpload, filepath.Join(j.dir, "output"))
+		output := filepath.Join(j.dir, "output")
+		if copies {
+			err = bc.CopyOut(uctx, j.container, map[string]int64{output: cmp.Or(j.cfg.Limits.MaxOutputBytes, blob.DefaultLimits().MaxOutputBytes)})
+		}
+		if err == nil {
+			res.UploadResults, err = j.uploader().Upload(uctx, m.OutputUpload, output)
+		}
 		cancel()
 	}
 	if err != nil {

@@ -116,7 +116,7 @@ func TestSources(t *testing.T) {
 func TestMainUsage(t *testing.T) {
 	var out, errb strings.Builder
 	for _, args := range [][]string{nil, {"service"}, {"unnet", "x"}, {"nope"}, {"service", "not-an-address"}} {
-		if code := Main(args, &out, &errb); code != 2 {
+		if code := Main(t.Context(), args, nil, &out, &errb); code != 2 {
 			t.Errorf("%q: exit %d, want 2", args, code)
 		}
 	}

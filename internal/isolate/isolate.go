@@ -18,26 +18,40 @@
 //	                         FROM "gateway" is the Pod's default gateway
 //	                         (what a proxy on the Pod's node connects from)
 //
+// The same image moves a job's directories in and out of its Pod when they
+// are copied through the API server (package podfiles):
+//
+//	isolate receive NAME=DIR…  one tar stream from stdin into the DIRs
+//	isolate send NAME=DIR…     the DIRs' regular files to stdout as one tar stream
+//	isolate keep               wait until stopped
+//
 // It is 'horde program isolate' in the image horde makes from its own
 // binary, and command internal/executor/kube/isolate for tests.
 package isolate
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/netip"
+
+	"github.com/horde-compute/horde/internal/executor/kube/podfiles"
 )
 
 // Gateway, given as a FROM address, stands for the Pod's default gateway.
 const Gateway = "gateway"
 
-const usage = "usage: isolate unnet | isolate noroute | isolate service FROM... (an address or gateway)"
+const usage = "usage: isolate unnet | isolate noroute | isolate service FROM... (an address or gateway) | isolate receive|send NAME=DIR... | isolate keep"
 
 // Main runs the program with args (without its name) and returns its exit code.
-func Main(args []string, stdout, stderr io.Writer) int {
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, usage)
 		return 2
+	}
+	switch args[0] {
+	case "receive", "send", "keep":
+		return podfiles.Main(ctx, args, stdin, stdout, stderr)
 	}
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "isolate:", err)

@@ -52,7 +52,7 @@ func TestServiceOnlyForTheProxy(t *testing.T) {
 	var ln net.Listener
 	in(t, pod, func() {
 		var out, errb strings.Builder
-		if code := Main([]string{"service", Gateway}, &out, &errb); code != 0 {
+		if code := Main(t.Context(), []string{"service", Gateway}, nil, &out, &errb); code != 0 {
 			t.Errorf("isolate service gateway: exit %d: %s", code, errb.String())
 			return
 		}

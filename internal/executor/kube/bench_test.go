@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"slices"
 	"sync"
@@ -14,7 +15,9 @@ import (
 	"github.com/horde-compute/horde/internal/executor/docker"
 	"github.com/horde-compute/horde/internal/executor/docker/dockertest"
 	"github.com/horde-compute/horde/internal/executor/executortest"
+	"github.com/horde-compute/horde/internal/executor/kube"
 	"github.com/horde-compute/horde/internal/images"
+	"github.com/horde-compute/horde/internal/kubecluster"
 	"github.com/horde-compute/horde/protocol"
 )
 
@@ -33,6 +36,22 @@ func (r *timedRuntime) ContainerCreate(ctx context.Context, name string, cfg *do
 	return r.Runtime.ContainerCreate(ctx, name, cfg)
 }
 
+// CopyIn and CopyOut pass copies of binds on (a BindCopier's); on a
+// Runtime that mounts binds there is nothing to copy.
+func (r *timedRuntime) CopyIn(ctx context.Context, id, hostDir string) error {
+	if bc, ok := r.Runtime.(executor.BindCopier); ok {
+		return bc.CopyIn(ctx, id, hostDir)
+	}
+	return nil
+}
+
+func (r *timedRuntime) CopyOut(ctx context.Context, id string, dirs map[string]int64) error {
+	if bc, ok := r.Runtime.(executor.BindCopier); ok {
+		return bc.CopyOut(ctx, id, dirs)
+	}
+	return nil
+}
+
 func (r *timedRuntime) ContainerStart(ctx context.Context, id string) error {
 	err := r.Runtime.ContainerStart(ctx, id)
 	r.mu.Lock()
@@ -46,7 +65,8 @@ func (r *timedRuntime) ContainerStart(ctx context.Context, id string) error {
 // ready (accepted → ready: the image checked), job request → job
 // container running (container created and started; on Kubernetes the Pod
 // created, scheduled, its isolate init container run), and the whole job
-// (initial request → finished). On Kubernetes, also the p50 of each step
+// (initial request → finished), with Pods on any node (binds copied) and
+// pinned to the node (binds mounted). On Kubernetes, also the p50 of each step
 // of the Pod's start (kube.Config.Trace).
 func BenchmarkJobStart(b *testing.B) {
 	b.Run("docker", func(b *testing.B) {
@@ -74,11 +94,28 @@ func BenchmarkJobStart(b *testing.B) {
 			steps[step] = append(steps[step], time.Since(first))
 		}
 		benchJobs(b, runtime(b, c, trace), image, owner(b, c))
-		for _, step := range []string{"created", "scheduled", "initialized", "running"} {
-			b.ReportMetric(p50(steps[step]), "ms-pod-"+step+"-p50")
+		for _, step := range []string{"created", "scheduled", "files", "pushed", "initialized", "running"} {
+			if len(steps[step]) > 0 {
+				b.ReportMetric(p50(steps[step]), "ms-pod-"+step+"-p50")
+			}
 		}
 	})
+	// Job directories mounted from the node the Pods are pinned to (as
+	// before Pods could run on any node).
+	b.Run("kubernetes-hostpath", func(b *testing.B) {
+		c, image := testCluster(b)
+		rt, err := kube.New(kube.Config{Client: c.Client(), Namespace: "default", IsolateImage: isolateImage, Files: kube.FilesHostPath,
+			NodeName: kubecluster.NodeName, StartTimeout: 2 * time.Minute})
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchJobs(b, rt, image, owner(b, c))
+	})
 }
+
+// benchIO makes each benchmark job read a volume and upload an output
+// (go test -bench JobStart -args -bench-io).
+var benchIO = flag.Bool("bench-io", false, "benchmark jobs with a volume and an output")
 
 func benchJobs(b *testing.B, rt executor.Runtime, image, owner string) {
 	tr := &timedRuntime{Runtime: rt}
@@ -96,7 +133,12 @@ func benchJobs(b *testing.B, rt executor.Runtime, image, owner string) {
 		}
 		ready = append(ready, time.Since(connected))
 		sent := time.Now()
-		j.Send(h.Request(id, "echo", "hi"))
+		req := h.Request(id, "echo", "hi")
+		if *benchIO {
+			// A volume in, an output out: what copies of binds cost.
+			_, req = ioJob(h, id)
+		}
+		j.Send(req)
 		if _, ok := j.Until().(*protocol.V0JobFinishedRequest); !ok {
 			b.Fatalf("job %s did not finish: %v", id, j.Messages)
 		}

@@ -168,7 +168,7 @@ func waitNode(ctx context.Context, cs kubernetes.Interface, cond func(*corev1.No
 // runtime is a Runtime on the shared cluster's default namespace.
 func runtime(tb testing.TB, c *kubecluster.Cluster, trace func(pod, step string)) *kube.Runtime {
 	tb.Helper()
-	rt, err := kube.New(kube.Config{Client: c.Client(), Namespace: "default", IsolateImage: isolateImage,
+	rt, err := kube.New(kube.Config{Client: c.Client(), REST: c.RESTConfig(), Namespace: "default", IsolateImage: isolateImage, IsolateEntrypoint: []string{"/app"},
 		StartTimeout: 2 * time.Minute, Trace: trace, ImageID: dockerImageID})
 	if err != nil {
 		tb.Fatal(err)

@@ -2,9 +2,29 @@
 // client-go: *Runtime implements executor.Runtime, so an executor (and a
 // miner's reaper) uses a cluster as it uses the Docker Engine. Each job
 // container is one Pod (PodFor says how it keeps the job isolated); the
-// executor itself stays in the miner's process and shares the job's
-// directories with the Pod through hostPath volumes, so the Pods run on
-// nodes where the executor's data directory is (NodeName pins them to one).
+// executor itself stays in the miner's process: it downloads volumes,
+// uploads outputs and serves a streaming job's proxy there, as on Docker.
+//
+// The job's directories (/volume, /output, the artifacts directory) reach
+// the Pod in one of two ways (Config.Files):
+//
+//   - FilesCopy, the default: the Pod runs on any node the scheduler picks.
+//     Each directory is an emptyDir of the Pod; its content travels through
+//     the API server and the node's kubelet (attach and exec streams, the
+//     path kubectl cp takes), never through the Pod's network, which an
+//     organic job's Pod does not have: an init container of the isolate
+//     image receives the volume as a tar stream on its stdin after the
+//     isolate init container took the network away, and exits so that the
+//     job starts; a keeper container outlives the job container and sends
+//     the outputs as a tar stream by exec, which the executor unpacks as
+//     hostile (package blob: links, devices and escaping paths refused,
+//     each directory bounded). See files.go. Copies cost a stream each way
+//     per job; nothing needs to be shared between the miner and the nodes.
+//   - FilesHostPath: the directories are hostPath volumes of the
+//     executor's own directories, so the Pods must run where those are:
+//     pinned to the miner's node (Config.NodeName), or on nodes that mount
+//     one shared file system at the same path. No copies: for a miner
+//     whose cluster is its own machine.
 //
 // Images are not pulled by the runtime: a job's image must be on a node
 // (imported into its containerd, or pulled there by the kubelet when the
@@ -43,10 +63,22 @@ import (
 
 // Config configures a Runtime.
 type Config struct {
-	Client    kubernetes.Interface
+	Client kubernetes.Interface
+	// REST is the client's configuration: copies of job directories
+	// (FilesCopy) stream through it (exec and attach).
+	REST      *rest.Config
 	Namespace string
+	// Files says how job directories reach Pods: FilesCopy (the default:
+	// Pods on any node) or FilesHostPath (Pods where the directories are).
+	Files string
+	// MaxBindBytes bounds each job directory in a Pod (FilesCopy; default
+	// DefaultMaxBindBytes): the kubelet evicts a Pod past it.
+	MaxBindBytes int64
 	// IsolateImage is the image of command ./isolate, present on every node.
 	IsolateImage string
+	// IsolateEntrypoint is that image's entry point, which exec runs to copy
+	// a job's files (default DefaultIsolateEntrypoint: horde's own image).
+	IsolateEntrypoint []string
 	// NodeName pins job Pods to one node; empty: wherever the scheduler puts them.
 	NodeName string
 	// AllGPUs is how many GPUs "every GPU" (the nvidia_all preset) means.
@@ -80,6 +112,10 @@ func (c *Config) Validate() error {
 		return errors.New("kube config: Namespace is required")
 	case c.IsolateImage == "":
 		return errors.New("kube config: IsolateImage is required (jobs without network need it)")
+	case c.Files != "" && c.Files != FilesCopy && c.Files != FilesHostPath:
+		return fmt.Errorf("kube config: Files %q: want %s or %s", c.Files, FilesCopy, FilesHostPath)
+	case c.Files != FilesHostPath && c.REST == nil:
+		return errors.New("kube config: REST is required to copy job directories into Pods (or Files: hostpath)")
 	}
 	return nil
 }
@@ -95,6 +131,8 @@ type Runtime struct {
 	// started are Pods this runtime created and has not removed, by name:
 	// one of them gone is a Pod taken away.
 	started map[string]*corev1.Pod
+	// binds are the host directories of Pods' binds (FilesCopy).
+	binds binds
 }
 
 var _ executor.Runtime = (*Runtime)(nil)
@@ -195,9 +233,17 @@ func (r *Runtime) ContainerCreate(ctx context.Context, name string, cfg *docker.
 	if name == "" {
 		name = "horde-" + rand.String(10)
 	}
-	pod, err := PodFor(name, cfg, PodOptions{Namespace: r.cfg.Namespace, IsolateImage: r.cfg.IsolateImage,
+	opts := PodOptions{Namespace: r.cfg.Namespace, IsolateImage: r.cfg.IsolateImage,
 		PullIfNotPresent: r.pullableRef(cfg.Image), NodeName: r.cfg.NodeName, AllGPUs: r.cfg.AllGPUs, EphemeralStorage: r.cfg.EphemeralStorage,
-		ProxyFrom: r.cfg.ProxyFrom})
+		ProxyFrom: r.cfg.ProxyFrom, CopyBinds: r.copying(), MaxBindBytes: r.cfg.MaxBindBytes}
+	var dirs []string
+	if opts.CopyBinds {
+		var err error
+		if dirs, opts.PushBinds, err = hostDirs(cfg); err != nil {
+			return "", fmt.Errorf("create container: %w", err)
+		}
+	}
+	pod, err := PodFor(name, cfg, opts)
 	if err != nil {
 		return "", fmt.Errorf("create container: %w", err)
 	}
@@ -213,6 +259,7 @@ func (r *Runtime) ContainerCreate(ctx context.Context, name string, cfg *docker.
 		return "", fmt.Errorf("create container: %s exists", name)
 	}
 	r.created[name] = pod
+	r.binds.set(name, dirs)
 	return name, nil
 }
 
@@ -241,6 +288,9 @@ func (r *Runtime) ContainerStart(ctx context.Context, id string) error {
 	r.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, r.cfg.StartTimeout)
 	defer cancel()
+	if err := r.pushBinds(sctx, created, trace); err != nil {
+		return err
+	}
 	var why string
 	seen := map[corev1.PodConditionType]bool{}
 	_, err = r.watch(sctx, created, func(p *corev1.Pod) (bool, error) {
@@ -521,6 +571,7 @@ func (r *Runtime) ContainerRemove(ctx context.Context, id string) error {
 	delete(r.created, id)
 	delete(r.started, id)
 	r.mu.Unlock()
+	r.binds.forget(id)
 	one, zero := int64(1), int64(0)
 	if err := r.deleteAndWait(ctx, id, &one, removeGrace); err == nil || ctx.Err() != nil {
 		return err
@@ -712,6 +763,9 @@ func (r *Runtime) Check(ctx context.Context) error {
 		}
 	}
 	if err := r.isolateEverywhere(ctx); err != nil {
+		return err
+	}
+	if err := r.checkCopy(ctx); err != nil {
 		return err
 	}
 	return nil

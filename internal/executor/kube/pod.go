@@ -52,6 +52,12 @@ type PodOptions struct {
 	// from, as the Pod sees it, or isolate.Gateway (the Pod's gateway:
 	// a proxy on the Pod's node). Empty: DefaultProxyFrom.
 	ProxyFrom []string
+	// CopyBinds makes binds emptyDirs of at most MaxBindBytes each (zero:
+	// DefaultMaxBindBytes) that the Pod's files and keeper containers
+	// fill and read (FilesCopy); PushBinds adds the files init container,
+	// which holds the job back until the binds' content arrived.
+	CopyBinds, PushBinds bool
+	MaxBindBytes         int64
 }
 
 // DefaultProxyFrom is whom a streaming job's Pod accepts by default: its
@@ -87,7 +93,9 @@ const UnreachableToleration = 30
 //   - requests equal to limits (Guaranteed QoS) for memory and CPU, and
 //     nvidia.com/gpu for GPU classes;
 //   - binds become hostPath volumes of type Directory (the job's
-//     directories, each bounded by package jobdisk as on Docker), tmpfs
+//     directories, each bounded by package jobdisk as on Docker) or, with
+//     CopyBinds, emptyDirs that the files and keeper containers fill and
+//     read (see FilesCopy), tmpfs
 //     mounts memory-backed emptyDirs whose sizeLimit sets the tmpfs's size.
 //
 // What Docker bounds and a Pod cannot say: the pids limit (the kubelet's
@@ -230,6 +238,9 @@ func PodFor(name string, cfg *docker.ContainerConfig, o PodOptions) (*corev1.Pod
 				SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 			},
 		}}
+	}
+	if o.CopyBinds {
+		copyBinds(pod, o)
 	}
 	return pod, nil
 }

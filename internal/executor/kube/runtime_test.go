@@ -26,7 +26,7 @@ func fakeRuntime(t *testing.T) (rt *kube.Runtime, cs *fake.Clientset, created ch
 	t.Helper()
 	cs = fake.NewClientset()
 	created = make(chan string, 4)
-	rt, err := kube.New(kube.Config{Client: cs, Namespace: "jobs", IsolateImage: "horde/isolate:dev", StartTimeout: time.Minute,
+	rt, err := kube.New(kube.Config{Client: cs, Namespace: "jobs", IsolateImage: "horde/isolate:dev", StartTimeout: time.Minute, Files: kube.FilesHostPath,
 		Trace: func(pod, step string) {
 			if step == "created" {
 				created <- pod

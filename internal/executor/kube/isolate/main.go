@@ -4,9 +4,10 @@
 package main
 
 import (
+	"context"
 	"os"
 
 	"github.com/horde-compute/horde/internal/isolate"
 )
 
-func main() { os.Exit(isolate.Main(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() { os.Exit(isolate.Main(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }

@@ -7,6 +7,7 @@ import (
 	"reflect"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 )
@@ -16,8 +17,8 @@ const Table = "horde_isolate"
 
 // Firewall makes the table Table in this network namespace: two base
 // chains, on the input and the output hooks, whose policy is drop and
-// which accept only loopback and packets from (input) or to (output) one
-// of allow; ICMPv6 neighbour discovery too when an IPv6 address is
+// which accept only loopback, packets from one of allow (input) and
+// answers to one of allow (output: connections it opened); ICMPv6 neighbour discovery too when an IPv6 address is
 // allowed. A drop in any base chain is final whatever other tables say,
 // so nothing another table holds reopens the namespace. The table is then
 // read back from the kernel and compared with what was asked: a mismatch
@@ -84,13 +85,19 @@ func Rules(allow []netip.Addr) map[string][][]expr.Any {
 			if a.Is6() {
 				proto, off, v6 = unix.NFPROTO_IPV6, dir.off6, true
 			}
-			rules = append(rules, []expr.Any{
+			rule := []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(a.BitLen() / 8)},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()},
-				&expr.Verdict{Kind: expr.VerdictAccept},
-			})
+			}
+			if dir.isOutput {
+				// Only answers: the service never opens a connection, not
+				// even to an allowed address (the Pod's gateway is often the
+				// node itself: its kubelet, NodePorts).
+				rule = append(rule, established()...)
+			}
+			rules = append(rules, append(rule, &expr.Verdict{Kind: expr.VerdictAccept}))
 		}
 		if v6 {
 			// Neighbour solicitation and advertisement: without them no
@@ -110,6 +117,17 @@ func Rules(allow []netip.Addr) map[string][][]expr.Any {
 		out[dir.chain] = rules
 	}
 	return out
+}
+
+// established matches packets of a connection conntrack has seen both ways
+// (or related to one, as an ICMP error is).
+func established() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+	}
 }
 
 // ifname is an interface name as the kernel compares it (IFNAMSIZ bytes).

@@ -19,7 +19,8 @@ import (
 // pair: "node" holds the Pod's gateway (10.99.0.1) and another address on
 // the same link (10.99.0.3, another Pod on the subnet); "pod" runs
 // 'isolate service gateway' and listens. The gateway connects; the other
-// address, one link away, is dropped both ways.
+// address, one link away, is dropped both ways; the Pod cannot open a
+// connection even to the gateway.
 func TestServiceOnlyForTheProxy(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces")
@@ -103,6 +104,28 @@ func TestServiceOnlyForTheProxy(t *testing.T) {
 	})
 	if outErr == nil || !strings.Contains(outErr.Error(), "timeout") {
 		t.Errorf("the service's Pod dialling 10.99.0.3: %v, want a timeout (dropped)", outErr)
+	}
+	// Nor may it open a connection to the gateway, which answers it: the
+	// gateway is often the node itself (its kubelet, NodePorts).
+	var nodeLn net.Listener
+	in(t, node, func() {
+		var err error
+		if nodeLn, err = net.Listen("tcp", "10.99.0.1:10250"); err != nil {
+			t.Error(err)
+		}
+	})
+	if nodeLn == nil {
+		t.FailNow()
+	}
+	defer nodeLn.Close()
+	in(t, pod, func() {
+		var c net.Conn
+		if c, outErr = net.DialTimeout("tcp", "10.99.0.1:10250", 2*time.Second); outErr == nil {
+			c.Close()
+		}
+	})
+	if outErr == nil || !strings.Contains(outErr.Error(), "timeout") {
+		t.Errorf("the service's Pod dialling its gateway's 10250: %v, want a timeout (dropped)", outErr)
 	}
 }
 

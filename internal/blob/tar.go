@@ -130,6 +130,9 @@ func ExtractTar(ctx context.Context, r io.Reader, dirs map[string]TarDir, maxFil
 		rest = strings.TrimSuffix(rest, "/")
 		switch hdr.Typeflag {
 		case tar.TypeDir:
+			if files++; maxFiles > 0 && files > maxFiles { // each costs an inode too
+				return fmt.Errorf("%w: more than %d files", ErrTooLarge, maxFiles)
+			}
 			if err := t.mkdirAll(rest); err != nil {
 				return err
 			}
@@ -144,7 +147,7 @@ func ExtractTar(ctx context.Context, r io.Reader, dirs map[string]TarDir, maxFil
 		if files++; maxFiles > 0 && files > maxFiles {
 			return fmt.Errorf("%w: more than %d files", ErrTooLarge, maxFiles)
 		}
-		if hdr.Size < 0 || (d.MaxBytes > 0 && used[top]+hdr.Size > d.MaxBytes) {
+		if hdr.Size < 0 || (d.MaxBytes > 0 && hdr.Size > d.MaxBytes-used[top]) { // no sum: it could wrap
 			return &DirFullError{Dir: top, Limit: d.MaxBytes}
 		}
 		used[top] += hdr.Size

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,5 +141,27 @@ func TestExtractTarReplacesPlantedLink(t *testing.T) {
 	}
 	if fi, err := os.Lstat(filepath.Join(dir, "a")); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("a: %v %v", fi, err)
+	}
+}
+
+// A header whose size, added to what the directory already took, wraps
+// past the largest int64 (a sparse file of 2^63-1 bytes costs a job
+// nothing to make) is refused by its size, before any byte is written.
+func TestExtractTarSizeDoesNotWrap(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	must(t, tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "0/a", Size: 1, Mode: 0o644}))
+	tw.Write([]byte("a"))
+	must(t, tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "0/b", Size: math.MaxInt64, Mode: 0o644}))
+	tw.Flush() // the huge file's bytes never follow: the header must be enough to refuse it
+	dir := filepath.Join(t.TempDir(), "0")
+	must(t, os.Mkdir(dir, 0o755))
+	err := ExtractTar(t.Context(), &buf, map[string]TarDir{"0": {Path: dir, MaxBytes: 100}}, 0)
+	var full *DirFullError
+	if !errors.As(err, &full) {
+		t.Fatalf("got %v, want a DirFullError", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "b")); err == nil {
+		t.Errorf("the huge file was created (%d bytes)", fi.Size())
 	}
 }

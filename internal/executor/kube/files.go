@@ -141,7 +141,7 @@ func copyBinds(pod *corev1.Pod, o PodOptions) {
 		Args:                     []string{"keep"},
 		ImagePullPolicy:          corev1.PullIfNotPresent,
 		Resources:                corev1.ResourceRequirements{Requests: l, Limits: l.DeepCopy()},
-		SecurityContext:          sec("DAC_OVERRIDE", "DAC_READ_SEARCH"),
+		SecurityContext:          sec("DAC_OVERRIDE"), // not DAC_READ_SEARCH: open_by_handle_at reaches the node's whole file system
 		VolumeMounts:             mounts,
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	})
@@ -418,7 +418,13 @@ func (r *Runtime) stream(ctx context.Context, id, how, container string, cmd []s
 			defer wg.Done()
 			err := blob.ExtractTar(ctx, pr, out, podfiles.MaxFiles)
 			if err == nil {
-				_, err = io.Copy(io.Discard, pr) // what follows the archive's end
+				// What follows the archive's end: tar's zero blocks and
+				// padding, never more than a record; a keeper sending more
+				// is not draining the miner's time.
+				var n int64
+				if n, err = io.Copy(io.Discard, io.LimitReader(pr, 1<<20+1)); err == nil && n > 1<<20 {
+					err = fmt.Errorf("%w: more than 1 MiB after the archive's end", blob.ErrUnsafe)
+				}
 			}
 			pr.CloseWithError(err)
 			if err != nil {

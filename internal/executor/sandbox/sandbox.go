@@ -252,11 +252,13 @@ func (p *Pool) remove(ctx context.Context, name string) error {
 	if err == nil {
 		err = p.Runtime.NetworkRemove(ctx, name)
 	}
-	if err != nil {
-		return fmt.Errorf("remove sandbox %s: %w", name, err)
-	}
+	// Held no more, whatever happened: what is left of it is the reaper's
+	// to remove, as a crash's leftover.
 	p.mu.Lock()
 	delete(p.held, name)
 	p.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("remove sandbox %s: %w", name, err)
+	}
 	return nil
 }

@@ -36,7 +36,7 @@ func node(name, d string) *corev1.Node {
 func TestPinImage(t *testing.T) {
 	cs := fake.NewClientset(node("n1", digestB), node("n2", digestA), node("n3", ""))
 	created := make(chan string, 1)
-	rt, err := kube.New(kube.Config{Client: cs, Namespace: "jobs", IsolateImage: "horde/isolate:dev", StartTimeout: time.Minute,
+	rt, err := kube.New(kube.Config{Files: kube.FilesHostPath, Client: cs, Namespace: "jobs", IsolateImage: "horde/isolate:dev", StartTimeout: time.Minute,
 		Trace: func(pod, step string) {
 			if step == "created" {
 				created <- pod

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/horde-compute/horde/internal/blob"
 	"github.com/horde-compute/horde/internal/executor"
 	"github.com/horde-compute/horde/internal/executor/executortest"
 	"github.com/horde-compute/horde/internal/executor/kube"
@@ -104,7 +105,7 @@ func TestCopiedOutputsHostile(t *testing.T) {
 	}
 	const limit = 8 << 20
 	h := executortest.NewHarness(t, executortest.Target{Runtime: runtime(t, c, nil), Image: image, Owner: owner(t, c), DataDir: t.TempDir(),
-		Edit: func(cfg *executor.Config) { cfg.Limits.MaxOutputBytes = limit }})
+		Edit: func(cfg *executor.Config) { cfg.Limits = blob.DefaultLimits(); cfg.Limits.MaxOutputBytes = limit }})
 	for _, tt := range []struct {
 		name string
 		args []string

@@ -26,6 +26,7 @@ func TestReapDeadMinersPods(t *testing.T) {
 	own := owner(t, c)
 	ctx := t.Context()
 	spec := miner.DefaultClasses()[protocol.ClassTest]
+	spec.NanoCPUs = 5e8 // two job Pods, each with its keeper, on the test node's two CPUs
 	for _, id := range []string{"dead-1", "live-1"} {
 		req := &protocol.V0JobRequest{JobUUID: id, DockerImage: image, DockerRunCmd: []string{"sleep", "600"}}
 		cfg := executor.ContainerConfig(req, spec, executor.Paths{Volume: t.TempDir(), Output: t.TempDir()}, own)

@@ -103,7 +103,10 @@ func up(t *testing.T) *deployment {
 	miner := func(role string, public bool, host string, extra ...string) {
 		name := d.name(role)
 		args := append([]string{"miner", "--wallet", role, "--listen", "0.0.0.0:8000", "--manifest", "always_on.test=2",
-			"--data-dir", filepath.Join(jobs, role), "--bound-disks=false", "--self-container", name}, extra...)
+			"--data-dir", filepath.Join(jobs, role), "--bound-disks=false", "--self-container", name,
+			// No sandboxes made ahead: a miner killed here is never restarted
+			// to reap them, and each holds one of the engine's address pools.
+			"--streaming-sandboxes=0"}, extra...)
 		eps := []Endpoint{on("miners", host)}
 		args = append(args, "--streaming-host", eps[0].IP)
 		if public {

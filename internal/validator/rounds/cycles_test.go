@@ -220,6 +220,7 @@ func TestUnreachableMinerPaidLater(t *testing.T) {
 		job := f.client(t, &clients, b, 5)
 		clients.Wait()
 		f.net.SetDown(b, true)
+		synctest.Wait() // the pool has seen b's session end
 
 		rep1, err := f.r.Round(t.Context())
 		if err != nil {

@@ -236,6 +236,8 @@ func until[T protocol.Message](v *validator) (T, []string) {
 	}
 }
 
+// ended waits until the executor of job uuid has ended and the miner has
+// released the job.
 func (h *harness) ended(uuid string) {
 	h.t.Helper()
 	select {
@@ -245,6 +247,16 @@ func (h *harness) ended(uuid string) {
 		}
 	case <-time.After(time.Minute):
 		h.t.Fatalf("executor of %s did not end", uuid)
+	}
+	// The miner sees the end on its own: wait until it has released the
+	// job (its watcher returned), or an offer made next could find the
+	// executor still taken. Only for a job running alone.
+	released := make(chan struct{})
+	go func() { h.m.watchers.Wait(); close(released) }() // owned: ends once the job's watcher has returned
+	select {
+	case <-released:
+	case <-time.After(time.Minute):
+		h.t.Fatalf("the miner did not release %s", uuid)
 	}
 }
 

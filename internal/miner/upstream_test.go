@@ -146,14 +146,15 @@ func TestUpstreamAuthRefusals(t *testing.T) {
 		path string
 		code string
 	}{
+		// fresh first: it must still be within its age when it is sent
+		{"accepted", fresh, v.SS58(), ""},
+		{"replayed", fresh, v.SS58(), protocol.UnauthorizedTokenTooOld},
 		{"stale", wsconn.NewValidatorAuth(v, mk.SS58(), time.Now().Add(-time.Minute)), v.SS58(), protocol.UnauthorizedTokenTooOld},
 		{"unregistered", wsconn.NewValidatorAuth(stranger, mk.SS58(), time.Now()), stranger.SS58(), protocol.UnauthorizedUnknownValidator},
 		{"no permit", wsconn.NewValidatorAuth(inactive, mk.SS58(), time.Now()), inactive.SS58(), protocol.UnauthorizedValidatorInactive},
 		{"forged", &forged, v.SS58(), protocol.UnauthorizedUnknownValidator},
 		{"for another miner", wsconn.NewValidatorAuth(v, stranger.SS58(), time.Now()), v.SS58(), protocol.UnauthorizedUnknownValidator},
 		{"not an auth", &protocol.GenericError{Details: "hi"}, v.SS58(), protocol.UnauthorizedUnknownValidator},
-		{"accepted", fresh, v.SS58(), ""},
-		{"replayed", fresh, v.SS58(), protocol.UnauthorizedTokenTooOld},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := dialRaw(t, addr, c.path)

@@ -345,6 +345,9 @@ func TestServiceOnNetwork(t *testing.T) {
 	if err := r.ContainerKill(ctx, id); err != nil {
 		t.Fatal(err)
 	}
+	// A kept connection could still reach the server until the program's
+	// own shutdown; a new one must not.
+	http.DefaultClient.CloseIdleConnections()
 	if _, err := http.Get("http://" + addr + "/"); err == nil {
 		t.Error("the service answers after its container was killed")
 	}

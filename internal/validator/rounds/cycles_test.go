@@ -227,10 +227,12 @@ func TestUnreachableMinerPaidLater(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.net.SetDown(b, false)
+		synctest.Wait() // the last round's fakes have freed their executors
 		rep2, err := f.r.Round(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
+		synctest.Wait()
 		rep3, err := f.r.Round(t.Context())
 		if err != nil {
 			t.Fatal(err)

@@ -314,7 +314,7 @@ func (e *env) miner(args []string) error {
 		Backend: &miner.Local{Runtime: rt, DataDir: x.dataDir, Owner: k.SS58(), Limits: blob.DefaultLimits(), HuggingFaceEndpoint: x.hf, Log: log,
 			Net: guard, BoundDisks: x.boundDisks,
 			StreamingListen: x.streamListen, StreamingHost: x.streamHost, StreamingSkew: x.skew, SelfContainer: x.self()},
-		Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: x.dataDir, Log: log}}
+		Reaper: &miner.Reaper{Runtime: rt, Owner: k.SS58(), DataDir: x.dataDir, SelfContainer: x.self(), Log: log}}
 	if pool != nil {
 		cfg.Backend.(*miner.Local).Sandboxes, cfg.Reaper.Sandboxes = pool, pool
 	}

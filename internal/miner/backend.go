@@ -106,7 +106,12 @@ type Reaper struct {
 	// executor.LabelSandbox) a live pool of this process holds: they are
 	// spared, any other of this owner's is a crash's leftover. Nil: none.
 	Sandboxes interface{ Holds(name string) bool }
-	Log       *slog.Logger
+	// SelfContainer is this process's own container on the same engine, if
+	// it runs in one: it joined its streaming jobs' networks, and after a
+	// crash and restart it is attached to them again, so a leftover network
+	// is left by it before it is removed.
+	SelfContainer string
+	Log           *slog.Logger
 }
 
 // spare says whether a container or network with labels belongs to a job
@@ -152,6 +157,11 @@ func (r *Reaper) Reap(ctx context.Context, active map[string]bool) {
 			if !r.spare(n.Labels, n.Since(time.Now()), leftoverAge, active) {
 				id := n.Labels[executor.LabelJob]
 				r.Log.Info("reaper: removing leftover network", "job", id, "network", n.Name)
+				if nj, ok := r.Runtime.(executor.NetworkJoiner); ok && r.SelfContainer != "" {
+					if err := nj.NetworkDisconnect(ctx, n.ID, r.SelfContainer); err != nil {
+						r.Log.Debug("reaper: leave network", "network", n.Name, "err", err) // most were never joined
+					}
+				}
 				if err := r.Runtime.NetworkRemove(ctx, n.ID); err != nil {
 					r.Log.Warn("reaper: remove network", "job", id, "err", err)
 				}

@@ -82,6 +82,38 @@ func TestReaper(t *testing.T) {
 	}
 }
 
+// A miner running in a container joins its streaming jobs' networks;
+// killed and restarted, its container is attached to them again. The
+// reaper leaves a crashed job's network before removing it (else the
+// engine refuses: active endpoints) and keeps a running job's.
+func TestReaperLeavesNetworksItJoined(t *testing.T) {
+	rt := fakert.New()
+	ctx := t.Context()
+	defer rt.Close(context.Background())
+	rt.Now = func() time.Time { return time.Now().Add(-time.Minute) }
+	for _, job := range []string{"crashed", "running"} {
+		labels := map[string]string{executor.LabelJob: job, executor.LabelOwner: "me"}
+		if _, err := rt.NetworkCreate(ctx, "horde-job-"+job, true, labels); err != nil {
+			t.Fatal(err)
+		}
+		if err := rt.NetworkConnect(ctx, "horde-job-"+job, "miner-self"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	(&Reaper{Runtime: rt, Owner: "me", Log: slog.New(slog.DiscardHandler)}).Reap(ctx, map[string]bool{"running": true})
+	if ns, _ := rt.NetworkList(ctx, ""); len(ns) != 2 {
+		t.Fatalf("without its own container named, the reaper removed %d of 2 networks (the engine refuses)", 2-len(ns))
+	}
+	(&Reaper{Runtime: rt, Owner: "me", SelfContainer: "miner-self", Log: slog.New(slog.DiscardHandler)}).Reap(ctx, map[string]bool{"running": true})
+	ns, _ := rt.NetworkList(ctx, "")
+	if len(ns) != 1 || ns[0].Labels[executor.LabelJob] != "running" {
+		t.Errorf("networks left: %+v", ns)
+	}
+	if err := rt.NetworkRemove(ctx, "horde-job-running"); err == nil {
+		t.Error("the running job's network lost the process's endpoint")
+	}
+}
+
 // holds is a live pool's set of sandboxes, for the reaper.
 type holds map[string]bool
 

@@ -78,6 +78,7 @@ type image struct {
 type network struct {
 	docker.Network
 	internal bool
+	joined   map[string]bool // containers outside the runtime joined to it (NetworkConnect)
 }
 
 // New returns a runtime with no images.
@@ -612,12 +613,54 @@ func (r *Runtime) NetworkRemove(ctx context.Context, id string) error {
 	if n == nil {
 		return nil
 	}
+	active := len(n.joined) > 0
 	for _, c := range r.containers {
-		if c.Network == n.Name && c.state == "running" {
-			return &docker.APIError{Status: 403, Message: fmt.Sprintf("error while removing network: network %s id %s has active endpoints", n.Name, n.ID)}
-		}
+		active = active || c.Network == n.Name && c.state == "running"
+	}
+	if active {
+		return &docker.APIError{Status: 403, Message: fmt.Sprintf("error while removing network: network %s id %s has active endpoints", n.Name, n.ID)}
 	}
 	delete(r.networks, n.ID)
+	return nil
+}
+
+var _ executor.NetworkJoiner = (*Runtime)(nil)
+
+// NetworkConnect implements executor.NetworkJoiner for a container outside
+// the runtime (the process's own, running on the same engine): it holds an
+// endpoint on the network until NetworkDisconnect.
+func (r *Runtime) NetworkConnect(ctx context.Context, network, container string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.networkLocked(network)
+	if n == nil {
+		return &docker.APIError{Status: 404, Message: "network " + network + " not found"}
+	}
+	if n.joined == nil {
+		n.joined = map[string]bool{}
+	}
+	n.joined[container] = true
+	return nil
+}
+
+// NetworkDisconnect implements executor.NetworkJoiner.
+func (r *Runtime) NetworkDisconnect(ctx context.Context, network, container string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.networkLocked(network)
+	if n == nil {
+		return nil
+	}
+	if !n.joined[container] {
+		return &docker.APIError{Status: 403, Message: fmt.Sprintf("container %s is not connected to network %s", container, network)}
+	}
+	delete(n.joined, container)
 	return nil
 }
 

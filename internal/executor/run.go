@@ -83,11 +83,11 @@ func ContainerConfig(req *protocol.V0JobRequest, class ClassSpec, p Paths, owner
 // createTimeout bounds creating a container or network.
 const createTimeout = time.Minute
 
-// uncancelled is ctx without its cancellation, bounded by createTimeout: a
+// Uncancelled is ctx without its cancellation, bounded by createTimeout: a
 // create call cut short may still make its container (or network) in the
 // engine, after cleanup has looked for it. So creations run to their end
 // whatever happens to the job, and cleanup removes what they made.
-func uncancelled(ctx context.Context) (context.Context, context.CancelFunc) {
+func Uncancelled(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), createTimeout)
 }
 
@@ -96,7 +96,7 @@ func uncancelled(ctx context.Context) (context.Context, context.CancelFunc) {
 // cleanup, by id, or by name should the call have failed).
 func (j *job) createContainer(ctx context.Context, cfg *docker.ContainerConfig) (string, error) {
 	j.containerName = "horde-job-" + j.uuid
-	cctx, cancel := uncancelled(ctx)
+	cctx, cancel := Uncancelled(ctx)
 	defer cancel()
 	id, err := j.cfg.Runtime.ContainerCreate(cctx, j.containerName, cfg)
 	if err != nil {

@@ -227,7 +227,7 @@ func (j *job) streamNetwork(ctx context.Context) (string, error) {
 	d := j.cfg.Runtime
 	netName := "horde-job-" + j.uuid
 	j.network = netName // removed by name in cleanup, even if creating it failed midway
-	nctx, cancel := uncancelled(ctx)
+	nctx, cancel := Uncancelled(ctx)
 	_, err := d.NetworkCreate(nctx, netName, true, map[string]string{LabelJob: j.uuid, LabelOwner: j.cfg.Owner})
 	cancel()
 	if err != nil {

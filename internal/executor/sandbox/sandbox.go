@@ -206,7 +206,12 @@ func (p *Pool) make(ctx context.Context) (*executor.Sandbox, error) {
 
 func (p *Pool) build(ctx context.Context, name string) (*executor.Sandbox, error) {
 	labels := map[string]string{executor.LabelOwner: p.Owner, executor.LabelSandbox: name}
-	if _, err := p.Runtime.NetworkCreate(ctx, name, true, labels); err != nil {
+	// Creations run to their end even when the pool is closing: a create
+	// cut short may still make its network or container in the engine
+	// after make has removed what it found.
+	cctx, cancel := executor.Uncancelled(ctx)
+	defer cancel()
+	if _, err := p.Runtime.NetworkCreate(cctx, name, true, labels); err != nil {
 		return nil, err
 	}
 	image, cmd := p.Image, p.Cmd
@@ -218,7 +223,7 @@ func (p *Pool) build(ctx context.Context, name string) (*executor.Sandbox, error
 		NetworkMode: name, ReadonlyRootfs: true, SecurityOpt: []string{"no-new-privileges"}, CapDrop: []string{"ALL"},
 		Memory: 64 << 20, MemorySwap: 64 << 20, PidsLimit: &pids, LogConfig: executor.JobLogs(),
 	}}
-	id, err := p.Runtime.ContainerCreate(ctx, name, cfg)
+	id, err := p.Runtime.ContainerCreate(cctx, name, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox holder: %w", err)
 	}

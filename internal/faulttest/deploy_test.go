@@ -182,6 +182,15 @@ func (d *deployment) down() {
 		}
 		d.eng.Remove(ctx, h.Name)
 	}
+	// What the miners made on the engine (job containers, streaming
+	// networks): a miner killed here is never restarted to reap its own.
+	for _, role := range []string{"trusted", "miner1", "miner2"} {
+		if k := d.keys[role]; k != nil {
+			if err := d.eng.RemoveLabelled(ctx, "horde.owner="+k.SS58()); err != nil {
+				d.t.Logf("remove what %s left: %v", role, err)
+			}
+		}
+	}
 	for _, n := range d.nets {
 		if err := d.eng.RemoveNetwork(ctx, n); err != nil {
 			d.t.Logf("remove network %s: %v", n, err)

@@ -199,6 +199,29 @@ func (e *Engine) Logs(ctx context.Context, container string) string {
 	return string(out)
 }
 
+// RemoveLabelled removes the containers (running or not), then the
+// networks, with label ("k=v").
+func (e *Engine) RemoveLabelled(ctx context.Context, label string) error {
+	f, _ := json.Marshal(map[string][]string{"label": {label}})
+	var cs, ns []struct {
+		ID string `json:"Id"`
+	}
+	if err := e.Call(ctx, http.MethodGet, "/containers/json", url.Values{"all": {"1"}, "filters": {string(f)}}, nil, &cs); err != nil {
+		return err
+	}
+	var errs []error
+	for _, c := range cs {
+		errs = append(errs, e.Remove(ctx, c.ID))
+	}
+	if err := e.Call(ctx, http.MethodGet, "/networks", url.Values{"filters": {string(f)}}, nil, &ns); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, n := range ns {
+		errs = append(errs, e.RemoveNetwork(ctx, n.ID))
+	}
+	return errors.Join(errs...)
+}
+
 // Labelled counts containers and networks with label ("k=v").
 func (e *Engine) Labelled(ctx context.Context, label string) (containers, networks int, err error) {
 	f, _ := json.Marshal(map[string][]string{"label": {label}})

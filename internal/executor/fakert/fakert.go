@@ -630,37 +630,37 @@ var _ executor.NetworkJoiner = (*Runtime)(nil)
 // the runtime (the process's own, running on the same engine): it holds an
 // endpoint on the network until NetworkDisconnect.
 func (r *Runtime) NetworkConnect(ctx context.Context, network, container string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := r.networkLocked(network)
-	if n == nil {
-		return &docker.APIError{Status: 404, Message: "network " + network + " not found"}
-	}
-	if n.joined == nil {
-		n.joined = map[string]bool{}
-	}
-	n.joined[container] = true
-	return nil
+	return r.join(ctx, network, container, true)
 }
 
 // NetworkDisconnect implements executor.NetworkJoiner.
 func (r *Runtime) NetworkDisconnect(ctx context.Context, network, container string) error {
+	return r.join(ctx, network, container, false)
+}
+
+// join connects container to network (in) or disconnects it, answering as
+// the Docker client does.
+func (r *Runtime) join(ctx context.Context, network, container string, in bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.networkLocked(network)
-	if n == nil {
-		return nil
-	}
-	if !n.joined[container] {
+	switch {
+	case n == nil && in:
+		return &docker.APIError{Status: 404, Message: "network " + network + " not found"}
+	case n == nil: // leaving a network that is gone is no error
+	case in:
+		if n.joined == nil {
+			n.joined = map[string]bool{}
+		}
+		n.joined[container] = true
+	case !n.joined[container]:
 		return &docker.APIError{Status: 403, Message: fmt.Sprintf("container %s is not connected to network %s", container, network)}
+	default:
+		delete(n.joined, container)
 	}
-	delete(n.joined, container)
 	return nil
 }
 

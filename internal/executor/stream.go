@@ -3,7 +3,6 @@ package executor
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -123,13 +122,11 @@ func (j *job) stream(ctx context.Context, initial *protocol.V0InitialJobRequest,
 	// container's mounts), for as long as the job lives.
 	proxy := &streaming.Proxy{JobUUID: j.uuid, Key: key, Upstream: service, Skew: j.cfg.StreamingSkew, Dir: filepath.Join(j.dir, "receipts"),
 		Metrics: j.cfg.StreamingMetrics}
-	srv := &http.Server{Handler: proxy, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
+	pctx, stopProxy := context.WithCancel(ctx)
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(tls.NewListener(ln, tlsCfg)) }() // owned: Shutdown below, then <-served
+	go func() { served <- proxy.Serve(pctx, ln, tlsCfg) }() // owned: stopped and waited for below
 	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		srv.Shutdown(sctx)
-		cancel()
+		stopProxy() // requests under way get a grace period
 		<-served
 		proxy.Close()
 	}()

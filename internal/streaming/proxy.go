@@ -4,21 +4,25 @@ package streaming
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/horde-compute/horde/internal/h1"
 	"github.com/horde-compute/horde/internal/metrics"
 	sr "github.com/horde-compute/horde/streamreceipt"
 )
@@ -116,6 +120,15 @@ func (p *Proxy) clients() (*upstream, http.RoundTripper) {
 		}
 	}
 	return p.up, p.rt
+}
+
+// Serve serves the proxy on ln (plain TCP) with tlsCfg until ctx ends:
+// HTTP/1.1 on h1's own loop, HTTP/2 (ALPN) through net/http's server. It
+// returns once requests under way have finished (or h1.DefaultGrace has
+// passed); Close the proxy after.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) error {
+	s := &h1.Server{Handler: p, TLSConfig: tlsCfg}
+	return s.Serve(ctx, ln)
 }
 
 // Close drops the proxy's kept connections to the service and its receipts.

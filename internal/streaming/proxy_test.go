@@ -3,6 +3,7 @@ package streaming
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/tls"
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -49,16 +51,30 @@ func newRig(t testing.TB, service http.Handler) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(p)
-	srv.TLS = tlsCfg
-	srv.StartTLS()
-	t.Cleanup(func() {
-		srv.Close()
-		p.Close()
-	})
-	r := &rig{proxy: p, url: srv.URL, jobCert: jobCert, clientKey: ck, clientPEM: cc}
+	r := &rig{proxy: p, url: serveProxy(t, p, tlsCfg), jobCert: jobCert, clientKey: ck, clientPEM: cc}
 	r.client = r.clientWith(ck, cc)
 	return r
+}
+
+// serveProxy serves p as the executor does and returns its URL; the
+// proxy stops and closes when the test ends.
+func serveProxy(t testing.TB, p *Proxy, tlsCfg *tls.Config) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx, ln, tlsCfg) }() // owned: waited for in Cleanup
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		p.Close()
+	})
+	return "https://" + ln.Addr().String()
 }
 
 func (r *rig) clientWith(key ed25519.PrivateKey, certPEM []byte) *http.Client {

@@ -284,17 +284,13 @@ func TestUpstreamPythonClient(t *testing.T) {
 	dir := t.TempDir()
 	clientCert := rsaClient(t, dir)
 	p := &Proxy{JobUUID: "job-py", Key: jobKey, Upstream: up, Dir: t.TempDir()}
-	t.Cleanup(func() { p.Close() })
 	tlsCfg, err := sr.ServerTLS(jobKey, jobCert, clientCert)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(p)
-	srv.TLS = tlsCfg
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
+	srvURL := serveProxy(t, p, tlsCfg)
 	os.WriteFile(filepath.Join(dir, "job.crt"), jobCert, 0o600)
-	host, port, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "https://"))
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(srvURL, "https://"))
 	pub, _ := sr.PublicKey(jobCert)
 	for _, mode := range []string{"default", "strict"} {
 		t.Run(mode, func(t *testing.T) {

@@ -53,7 +53,7 @@ func runRole(ctx context.Context, role string, args []string, stdout io.Writer) 
 	switch role {
 	case "echo":
 		return serveEcho(ctx, *addr, *tokens, *gap, ready)
-	case "horde", "gofloor":
+	case "horde", "gofloor", "handloop", "handsign":
 		k, err := readKeys(*dir)
 		if err != nil {
 			return err
@@ -62,8 +62,11 @@ func runRole(ctx context.Context, role string, args []string, stdout io.Writer) 
 		if err != nil {
 			return err
 		}
-		if role == "gofloor" {
+		switch role {
+		case "gofloor":
 			return serveGoFloor(ctx, k, *addr, u, ready)
+		case "handloop", "handsign":
+			return serveHandLoop(ctx, k, *addr, u, role == "handsign", ready)
 		}
 		return serveHorde(ctx, k, *addr, u, ready)
 	default:
@@ -421,6 +424,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer gp.stop()
 		targets = append(targets, target{"Go httputil, no receipts", "https://" + gp.addr, true, gp.cmd.Process.Pid})
+	}
+	for _, hl := range []struct{ role, name string }{{"handloop", "hand-written loop, no receipts"}, {"handsign", "hand-written loop, signing"}} {
+		if !named(hl.role) {
+			continue
+		}
+		gp, err := startRole(ctx, *targetCore, stderr, hl.role, "-dir", dir, "-upstream", "http://"+echo.addr)
+		if err != nil {
+			return err
+		}
+		defer gp.stop()
+		targets = append(targets, target{hl.name, "https://" + gp.addr, true, gp.cmd.Process.Pid})
 	}
 	if want("horde") {
 		hp, err := startRole(ctx, *targetCore, stderr, "horde", "-dir", dir, "-upstream", "http://"+echo.addr, "-cpuprofile", *prof)

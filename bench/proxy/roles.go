@@ -139,7 +139,16 @@ func serveEcho(ctx context.Context, addr string, tokens int, gap time.Duration, 
 func serveHorde(ctx context.Context, k *keys, addr string, upstream *url.URL, ready func(string)) error {
 	proxy := &streaming.Proxy{JobUUID: "bench-job", Key: k.jobKey, Upstream: upstream}
 	defer proxy.Close()
-	return serveJobTLS(ctx, k, addr, proxy, ready)
+	tlsCfg, err := sr.ServerTLS(k.jobKey, k.jobCert, k.clientCrt)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	ready(ln.Addr().String())
+	return proxy.Serve(ctx, ln, tlsCfg)
 }
 
 // serveGoFloor serves Go's own reverse proxy (net/http/httputil) with the

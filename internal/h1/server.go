@@ -35,6 +35,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -110,18 +111,33 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stopAccept()
 
 	var err error
+	var backoff time.Duration
 	for {
 		nc, aerr := ln.Accept()
 		if aerr != nil {
 			if ctx.Err() == nil {
-				var ne net.Error
-				if errors.As(aerr, &ne) && ne.Timeout() {
+				if isTimeout(aerr) {
 					continue
+				}
+				if transient(aerr) {
+					// Out of descriptors or memory (which any client can
+					// cause by opening connections): wait for some to be
+					// freed, as net/http does, instead of stopping for good.
+					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+					t := time.NewTimer(backoff)
+					select {
+					case <-t.C:
+						continue
+					case <-ctx.Done():
+						t.Stop()
+					}
+					break
 				}
 				err = fmt.Errorf("accept: %w", aerr)
 			}
 			break
 		}
+		backoff = 0
 		wg.Go(func() { s.serveConn(force, nc, h2) })
 	}
 	ln.Close()
@@ -368,6 +384,16 @@ func (c *conn) readRequest() (*http.Request, int, error) {
 		}
 	}
 	return req, 0, nil
+}
+
+// transient says whether an Accept error passes once resources are freed.
+func transient(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func isTimeout(err error) bool {

@@ -9,8 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +28,12 @@ type rig struct {
 }
 
 func start(t *testing.T, s *Server) *rig {
+	t.Helper()
+	return startWrapped(t, s, func(ln net.Listener) net.Listener { return ln })
+}
+
+// startWrapped is start with the listener wrapped by wrap.
+func startWrapped(t *testing.T, s *Server, wrap func(net.Listener) net.Listener) *rig {
 	t.Helper()
 	jobKey, jobCert, err := sr.NewKeyPair("job", time.Hour, "127.0.0.1")
 	if err != nil {
@@ -46,6 +54,7 @@ func start(t *testing.T, s *Server) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ln = wrap(ln)
 	ctx, cancel := context.WithCancel(t.Context())
 	r := &rig{addr: ln.Addr().String(), client: client, stop: cancel, done: make(chan error, 1)}
 	go func() { r.done <- s.Serve(ctx, ln) }() // owned: waited for in Cleanup
@@ -387,5 +396,32 @@ func TestStop(t *testing.T) {
 	r.done <- nil // for Cleanup
 	if !closedAfter(t, stuck, bufio.NewReader(stuck)) {
 		t.Error("a request that never ends kept its connection past the grace period")
+	}
+}
+
+// fdLimited fails its first Accept as a process out of file descriptors does.
+type fdLimited struct {
+	net.Listener
+	once sync.Once
+}
+
+func (l *fdLimited) Accept() (net.Conn, error) {
+	var err error
+	l.once.Do(func() {
+		err = &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l.Listener.Accept()
+}
+
+// Running out of file descriptors (which any client can make happen by
+// opening connections) must not stop the server for good.
+func TestAcceptOutOfDescriptors(t *testing.T) {
+	r := startWrapped(t, &Server{Handler: echo()}, func(ln net.Listener) net.Listener { return &fdLimited{Listener: ln} })
+	_, bodies, err := r.exchange(t, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	if err != nil || bodies[0] != "GET /after " {
+		t.Fatalf("after EMFILE: %q %v", bodies, err)
 	}
 }

@@ -247,6 +247,13 @@ func (s *Server) track(c *conn) bool {
 	return true
 }
 
+// isStopping says whether Serve is stopping.
+func (s *Server) isStopping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping
+}
+
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
@@ -559,7 +566,9 @@ func (w *response) WriteHeader(code int) {
 			}
 		}
 	}
-	if strings.EqualFold(w.header.Get("Connection"), "close") || code == http.StatusSwitchingProtocols {
+	if strings.EqualFold(w.header.Get("Connection"), "close") || code == http.StatusSwitchingProtocols || w.c.s.isStopping() {
+		// (A stopping server closes the connection after this response:
+		// the client is told, so that it sends no request to be lost.)
 		w.closeAfter = true
 	}
 	switch {

@@ -425,3 +425,41 @@ func TestAcceptOutOfDescriptors(t *testing.T) {
 		t.Fatalf("after EMFILE: %q %v", bodies, err)
 	}
 }
+
+// A response the server writes once it is stopping says that the
+// connection closes after it, so that the client sends nothing more on it
+// (a request sent anyway would be lost, as net/http avoids too).
+func TestStopAnnouncesClose(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.RequestURI == "/busy" {
+			started <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "done")
+	})})
+	idle := r.dial(t)
+	io.WriteString(idle, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+	ibr := bufio.NewReader(idle)
+	resp, err := http.ReadResponse(ibr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	busy := r.dial(t)
+	io.WriteString(busy, "GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-started
+	r.stop()
+	if !closedAfter(t, idle, ibr) { // the server is stopping from here on
+		t.Fatal("an idle connection outlived the stop")
+	}
+	close(release)
+	resp, err = http.ReadResponse(bufio.NewReader(busy), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(resp.Body); string(b) != "done" || !resp.Close {
+		t.Errorf("response %q written while stopping: Connection: close %v", b, resp.Close)
+	}
+}

@@ -463,3 +463,31 @@ func TestStopAnnouncesClose(t *testing.T) {
 		t.Errorf("response %q written while stopping: Connection: close %v", b, resp.Close)
 	}
 }
+
+// Neither a TLS handshake that never completes nor a client that never
+// reads its response holds the stop past the grace period.
+func TestStopWithStuckClients(t *testing.T) {
+	writing := make(chan struct{})
+	r := start(t, &Server{Grace: 200 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		close(writing)
+		// More than the connection buffers: the write blocks.
+		for buf := make([]byte, 32<<10); ; {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	})})
+	raw, err := net.Dial("tcp", r.addr) // and no ClientHello
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c := r.dial(t)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") // and never a read
+	<-writing
+	r.stop()
+	if err := <-r.done; err != nil {
+		t.Error(err)
+	}
+	r.done <- nil // for Cleanup
+}

@@ -494,7 +494,9 @@ func (b *countedBody) drain(c *conn) bool {
 	}
 	c.nc.SetReadDeadline(time.Now().Add(c.s.readHeaderTimeout()))
 	defer c.nc.SetReadDeadline(time.Time{})
-	if _, err := io.CopyN(io.Discard, b, maxDrain); err != io.EOF {
+	// (One byte more than may be left: io.CopyN says EOF only if the body
+	// ended before n bytes.)
+	if _, err := io.CopyN(io.Discard, b, maxDrain+1); err != io.EOF {
 		return false
 	}
 	return true

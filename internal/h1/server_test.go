@@ -491,3 +491,14 @@ func TestStopWithStuckClients(t *testing.T) {
 	}
 	r.done <- nil // for Cleanup
 }
+
+// An unread body of exactly the most that is drained still keeps the
+// connection.
+func TestDrainLimitExactly(t *testing.T) {
+	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { io.WriteString(w, req.RequestURI) })})
+	body := strings.Repeat("s", maxDrain)
+	_, bodies, err := r.exchange(t, fmt.Sprintf("POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%sGET /2 HTTP/1.1\r\nHost: x\r\n\r\n", len(body), body), 2)
+	if err != nil || len(bodies) != 2 || bodies[1] != "/2" {
+		t.Fatalf("after an unread body of %d bytes: %q %v", len(body), bodies, err)
+	}
+}

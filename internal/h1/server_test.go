@@ -502,3 +502,37 @@ func TestDrainLimitExactly(t *testing.T) {
 		t.Fatalf("after an unread body of %d bytes: %q %v", len(body), bodies, err)
 	}
 }
+
+// An HTTP/2 request under way when the server stops finishes.
+func TestStopHTTP2(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		close(started)
+		<-release
+		io.WriteString(w, "done")
+	})})
+	hc := r.httpClient(true)
+	defer hc.CloseIdleConnections()
+	got := make(chan string, 1)
+	go func() { // owned: ends with the request
+		resp, err := hc.Get("https://" + r.addr + "/")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- resp.Proto + " " + string(b)
+	}()
+	<-started
+	r.stop()
+	close(release)
+	if s := <-got; s != "HTTP/2.0 done" {
+		t.Errorf("got %q", s)
+	}
+	if err := <-r.done; err != nil {
+		t.Error(err)
+	}
+	r.done <- nil // for Cleanup
+}

@@ -470,9 +470,13 @@ type countedBody struct {
 	length int64 // declared, -1 if chunked
 	n      int64
 	eof    bool
+	closed bool
 }
 
 func (b *countedBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
 	if err == io.EOF {
@@ -481,10 +485,18 @@ func (b *countedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Close ends the handler's reads. Unlike http.ReadRequest's body, it does
+// not read the rest of the body (which is unbounded): drain decides.
+func (b *countedBody) Close() error {
+	b.closed = true
+	return nil
+}
+
 // drain reads and drops what the handler left of the body, so that the
 // next request's head is where the connection reads next; false if too
 // much is left, the client does not send it in time, or it is broken.
-// (Closing a body not read to its end would read all of it, unbounded.)
+// (Closing http.ReadRequest's body not read to its end would read all of
+// it, unbounded.)
 func (b *countedBody) drain(c *conn) bool {
 	if b.eof {
 		return true
@@ -496,7 +508,7 @@ func (b *countedBody) drain(c *conn) bool {
 	defer c.nc.SetReadDeadline(time.Time{})
 	// (One byte more than may be left: io.CopyN says EOF only if the body
 	// ended before n bytes.)
-	if _, err := io.CopyN(io.Discard, b, maxDrain+1); err != io.EOF {
+	if _, err := io.CopyN(io.Discard, b.ReadCloser, maxDrain+1); err != io.EOF {
 		return false
 	}
 	return true

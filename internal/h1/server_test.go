@@ -536,3 +536,35 @@ func TestStopHTTP2(t *testing.T) {
 	}
 	r.done <- nil // for Cleanup
 }
+
+// A handler that closes a request body it did not read (defer r.Body.Close(),
+// as handlers commonly do) does not read the rest of it, however long: its
+// response goes out, and the connection closes if too much is left.
+func TestBodyCloseDoesNotRead(t *testing.T) {
+	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		req.Body.Close()
+		if _, err := req.Body.Read(make([]byte, 1)); err == nil {
+			t.Error("read after Close")
+		}
+		io.WriteString(w, "refused")
+	})})
+	c := r.dial(t)
+	fmt.Fprintf(c, "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\nsome", 1<<30)
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no response while the body is not all sent: %v", err)
+	}
+	if b, _ := io.ReadAll(resp.Body); string(b) != "refused" {
+		t.Errorf("%q", b)
+	}
+	if !closedAfter(t, c, br) {
+		t.Error("a connection whose unread body is 1 GiB was kept")
+	}
+	// A small one is still drained and the connection kept.
+	_, bodies, err := r.exchange(t, "POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcdeGET /2 HTTP/1.1\r\nHost: x\r\n\r\n", 2)
+	if err != nil || len(bodies) != 2 {
+		t.Errorf("after a small closed body: %q %v", bodies, err)
+	}
+}

@@ -35,6 +35,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -110,18 +111,33 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stopAccept()
 
 	var err error
+	var backoff time.Duration
 	for {
 		nc, aerr := ln.Accept()
 		if aerr != nil {
 			if ctx.Err() == nil {
-				var ne net.Error
-				if errors.As(aerr, &ne) && ne.Timeout() {
+				if isTimeout(aerr) {
 					continue
+				}
+				if transient(aerr) {
+					// Out of descriptors or memory (which any client can
+					// cause by opening connections): wait for some to be
+					// freed, as net/http does, instead of stopping for good.
+					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+					t := time.NewTimer(backoff)
+					select {
+					case <-t.C:
+						continue
+					case <-ctx.Done():
+						t.Stop()
+					}
+					break
 				}
 				err = fmt.Errorf("accept: %w", aerr)
 			}
 			break
 		}
+		backoff = 0
 		wg.Go(func() { s.serveConn(force, nc, h2) })
 	}
 	ln.Close()
@@ -229,6 +245,13 @@ func (s *Server) track(c *conn) bool {
 	}
 	s.conns[c] = struct{}{}
 	return true
+}
+
+// isStopping says whether Serve is stopping.
+func (s *Server) isStopping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping
 }
 
 func (s *Server) untrack(c *conn) {
@@ -370,6 +393,16 @@ func (c *conn) readRequest() (*http.Request, int, error) {
 	return req, 0, nil
 }
 
+// transient says whether an Accept error passes once resources are freed.
+func transient(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -437,9 +470,13 @@ type countedBody struct {
 	length int64 // declared, -1 if chunked
 	n      int64
 	eof    bool
+	closed bool
 }
 
 func (b *countedBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
 	if err == io.EOF {
@@ -448,10 +485,18 @@ func (b *countedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Close ends the handler's reads. Unlike http.ReadRequest's body, it does
+// not read the rest of the body (which is unbounded): drain decides.
+func (b *countedBody) Close() error {
+	b.closed = true
+	return nil
+}
+
 // drain reads and drops what the handler left of the body, so that the
 // next request's head is where the connection reads next; false if too
 // much is left, the client does not send it in time, or it is broken.
-// (Closing a body not read to its end would read all of it, unbounded.)
+// (Closing http.ReadRequest's body not read to its end would read all of
+// it, unbounded.)
 func (b *countedBody) drain(c *conn) bool {
 	if b.eof {
 		return true
@@ -461,7 +506,9 @@ func (b *countedBody) drain(c *conn) bool {
 	}
 	c.nc.SetReadDeadline(time.Now().Add(c.s.readHeaderTimeout()))
 	defer c.nc.SetReadDeadline(time.Time{})
-	if _, err := io.CopyN(io.Discard, b, maxDrain); err != io.EOF {
+	// (One byte more than may be left: io.CopyN says EOF only if the body
+	// ended before n bytes.)
+	if _, err := io.CopyN(io.Discard, b.ReadCloser, maxDrain+1); err != io.EOF {
 		return false
 	}
 	return true
@@ -533,7 +580,9 @@ func (w *response) WriteHeader(code int) {
 			}
 		}
 	}
-	if strings.EqualFold(w.header.Get("Connection"), "close") || code == http.StatusSwitchingProtocols {
+	if strings.EqualFold(w.header.Get("Connection"), "close") || code == http.StatusSwitchingProtocols || w.c.s.isStopping() {
+		// (A stopping server closes the connection after this response:
+		// the client is told, so that it sends no request to be lost.)
 		w.closeAfter = true
 	}
 	switch {

@@ -9,8 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +28,12 @@ type rig struct {
 }
 
 func start(t *testing.T, s *Server) *rig {
+	t.Helper()
+	return startWrapped(t, s, func(ln net.Listener) net.Listener { return ln })
+}
+
+// startWrapped is start with the listener wrapped by wrap.
+func startWrapped(t *testing.T, s *Server, wrap func(net.Listener) net.Listener) *rig {
 	t.Helper()
 	jobKey, jobCert, err := sr.NewKeyPair("job", time.Hour, "127.0.0.1")
 	if err != nil {
@@ -46,6 +54,7 @@ func start(t *testing.T, s *Server) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ln = wrap(ln)
 	ctx, cancel := context.WithCancel(t.Context())
 	r := &rig{addr: ln.Addr().String(), client: client, stop: cancel, done: make(chan error, 1)}
 	go func() { r.done <- s.Serve(ctx, ln) }() // owned: waited for in Cleanup
@@ -387,5 +396,175 @@ func TestStop(t *testing.T) {
 	r.done <- nil // for Cleanup
 	if !closedAfter(t, stuck, bufio.NewReader(stuck)) {
 		t.Error("a request that never ends kept its connection past the grace period")
+	}
+}
+
+// fdLimited fails its first Accept as a process out of file descriptors does.
+type fdLimited struct {
+	net.Listener
+	once sync.Once
+}
+
+func (l *fdLimited) Accept() (net.Conn, error) {
+	var err error
+	l.once.Do(func() {
+		err = &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l.Listener.Accept()
+}
+
+// Running out of file descriptors (which any client can make happen by
+// opening connections) must not stop the server for good.
+func TestAcceptOutOfDescriptors(t *testing.T) {
+	r := startWrapped(t, &Server{Handler: echo()}, func(ln net.Listener) net.Listener { return &fdLimited{Listener: ln} })
+	_, bodies, err := r.exchange(t, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	if err != nil || bodies[0] != "GET /after " {
+		t.Fatalf("after EMFILE: %q %v", bodies, err)
+	}
+}
+
+// A response the server writes once it is stopping says that the
+// connection closes after it, so that the client sends nothing more on it
+// (a request sent anyway would be lost, as net/http avoids too).
+func TestStopAnnouncesClose(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.RequestURI == "/busy" {
+			started <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "done")
+	})})
+	idle := r.dial(t)
+	io.WriteString(idle, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+	ibr := bufio.NewReader(idle)
+	resp, err := http.ReadResponse(ibr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	busy := r.dial(t)
+	io.WriteString(busy, "GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-started
+	r.stop()
+	if !closedAfter(t, idle, ibr) { // the server is stopping from here on
+		t.Fatal("an idle connection outlived the stop")
+	}
+	close(release)
+	resp, err = http.ReadResponse(bufio.NewReader(busy), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(resp.Body); string(b) != "done" || !resp.Close {
+		t.Errorf("response %q written while stopping: Connection: close %v", b, resp.Close)
+	}
+}
+
+// Neither a TLS handshake that never completes nor a client that never
+// reads its response holds the stop past the grace period.
+func TestStopWithStuckClients(t *testing.T) {
+	writing := make(chan struct{})
+	r := start(t, &Server{Grace: 200 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		close(writing)
+		// More than the connection buffers: the write blocks.
+		for buf := make([]byte, 32<<10); ; {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	})})
+	raw, err := net.Dial("tcp", r.addr) // and no ClientHello
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c := r.dial(t)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") // and never a read
+	<-writing
+	r.stop()
+	if err := <-r.done; err != nil {
+		t.Error(err)
+	}
+	r.done <- nil // for Cleanup
+}
+
+// An unread body of exactly the most that is drained still keeps the
+// connection.
+func TestDrainLimitExactly(t *testing.T) {
+	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { io.WriteString(w, req.RequestURI) })})
+	body := strings.Repeat("s", maxDrain)
+	_, bodies, err := r.exchange(t, fmt.Sprintf("POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%sGET /2 HTTP/1.1\r\nHost: x\r\n\r\n", len(body), body), 2)
+	if err != nil || len(bodies) != 2 || bodies[1] != "/2" {
+		t.Fatalf("after an unread body of %d bytes: %q %v", len(body), bodies, err)
+	}
+}
+
+// An HTTP/2 request under way when the server stops finishes.
+func TestStopHTTP2(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		close(started)
+		<-release
+		io.WriteString(w, "done")
+	})})
+	hc := r.httpClient(true)
+	defer hc.CloseIdleConnections()
+	got := make(chan string, 1)
+	go func() { // owned: ends with the request
+		resp, err := hc.Get("https://" + r.addr + "/")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- resp.Proto + " " + string(b)
+	}()
+	<-started
+	r.stop()
+	close(release)
+	if s := <-got; s != "HTTP/2.0 done" {
+		t.Errorf("got %q", s)
+	}
+	if err := <-r.done; err != nil {
+		t.Error(err)
+	}
+	r.done <- nil // for Cleanup
+}
+
+// A handler that closes a request body it did not read (defer r.Body.Close(),
+// as handlers commonly do) does not read the rest of it, however long: its
+// response goes out, and the connection closes if too much is left.
+func TestBodyCloseDoesNotRead(t *testing.T) {
+	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		req.Body.Close()
+		if _, err := req.Body.Read(make([]byte, 1)); err == nil {
+			t.Error("read after Close")
+		}
+		io.WriteString(w, "refused")
+	})})
+	c := r.dial(t)
+	fmt.Fprintf(c, "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\nsome", 1<<30)
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no response while the body is not all sent: %v", err)
+	}
+	if b, _ := io.ReadAll(resp.Body); string(b) != "refused" {
+		t.Errorf("%q", b)
+	}
+	if !closedAfter(t, c, br) {
+		t.Error("a connection whose unread body is 1 GiB was kept")
+	}
+	// A small one is still drained and the connection kept.
+	_, bodies, err := r.exchange(t, "POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcdeGET /2 HTTP/1.1\r\nHost: x\r\n\r\n", 2)
+	if err != nil || len(bodies) != 2 {
+		t.Errorf("after a small closed body: %q %v", bodies, err)
 	}
 }

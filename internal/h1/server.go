@@ -13,9 +13,13 @@
 // carried in the chunked encoding's last chunk.
 //
 // What it does not do: notice a client that went away while the handler
-// has not written yet (the handler's context ends only with the connection
-// or the server), upgrade a connection (101), or keep an HTTP/1.0
-// connection alive (such a reply is delimited by closing it).
+// has not written yet (an HTTP/1.1 handler's context ends only when the
+// server stops; a handler that must know sets a read deadline through
+// http.ResponseController, or finds out when it writes), upgrade a
+// connection (101), bound how long a client may take to send a body or
+// read a reply (as net/http's server with no ReadTimeout or WriteTimeout),
+// or announce keep-alive to HTTP/1.0 clients (a reply of unknown length to
+// one is delimited by closing the connection).
 package h1
 
 import (
@@ -102,7 +106,24 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	force, forceStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer forceStop()
 	h2 := &handoff{addr: ln.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
-	h2srv := &http.Server{Handler: s.Handler, TLSConfig: s.TLSConfig, ReadHeaderTimeout: s.readHeaderTimeout(),
+	// net/http's Close does not wait for the handlers of HTTP/2 requests:
+	// they are counted here, and Serve waits for them as for HTTP/1.1's.
+	var h2mu sync.Mutex
+	h2idle, h2busy := sync.NewCond(&h2mu), 0
+	h2handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h2mu.Lock()
+		h2busy++
+		h2mu.Unlock()
+		defer func() {
+			h2mu.Lock()
+			if h2busy--; h2busy == 0 {
+				h2idle.Broadcast()
+			}
+			h2mu.Unlock()
+		}()
+		s.Handler.ServeHTTP(w, r)
+	})
+	h2srv := &http.Server{Handler: h2handler, TLSConfig: s.TLSConfig, ReadHeaderTimeout: s.readHeaderTimeout(),
 		IdleTimeout: cmpOr(s.IdleTimeout, DefaultIdleTimeout), MaxHeaderBytes: s.MaxHeaderBytes,
 		ErrorLog: slog.NewLogLogger(s.log().Handler(), slog.LevelWarn), BaseContext: func(net.Listener) context.Context { return force }}
 	var wg sync.WaitGroup
@@ -154,9 +175,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	wg.Go(func() {
 		if h2srv.Shutdown(graceCtx) != nil {
-			h2srv.Close()
+			h2srv.Close() // their contexts end with force, at the same time
 		}
 		h2.close()
+		h2mu.Lock()
+		for h2busy > 0 {
+			h2idle.Wait()
+		}
+		h2mu.Unlock()
 	})
 	idle := make(chan struct{})
 	go func() { wg.Wait(); close(idle) }() // owned: waited for below
@@ -655,6 +681,10 @@ func (w *response) Write(p []byte) (int, error) {
 	}
 	return bw.Write(p)
 }
+
+// SetReadDeadline bounds the handler's reads of the request body, as
+// http.ResponseController does on net/http's server.
+func (w *response) SetReadDeadline(t time.Time) error { return w.c.nc.SetReadDeadline(t) }
 
 // Flush sends what was written so far.
 func (w *response) Flush() {

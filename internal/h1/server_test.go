@@ -568,3 +568,37 @@ func TestBodyCloseDoesNotRead(t *testing.T) {
 		t.Errorf("after a small closed body: %q %v", bodies, err)
 	}
 }
+
+// After the grace period, Serve still waits for HTTP/2 handlers to return
+// (net/http's Close does not), so that what they use may be closed after.
+func TestForcedStopWaitsForHTTP2Handlers(t *testing.T) {
+	started, ended := make(chan struct{}), make(chan struct{})
+	release := make(chan struct{})
+	r := start(t, &Server{Grace: 50 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		close(started)
+		<-req.Context().Done() // the forced stop
+		close(ended)
+		<-release
+	})})
+	hc := r.httpClient(true)
+	defer hc.CloseIdleConnections()
+	go func() { // owned: ends when the connection is closed by the stop
+		if resp, err := hc.Get("https://" + r.addr + "/"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	r.stop()
+	<-ended
+	select {
+	case err := <-r.done:
+		t.Errorf("Serve returned (%v) while an HTTP/2 handler was running", err)
+		r.done <- nil
+	default:
+	}
+	close(release)
+	if err := <-r.done; err != nil {
+		t.Error(err)
+	}
+	r.done <- nil // for Cleanup
+}

@@ -59,6 +59,9 @@ type Proxy struct {
 	// MaxBuffered is the largest request body read whole before it goes on
 	// (default DefaultMaxBuffered).
 	MaxBuffered int64
+	// BodyGrace is how long a service that answered before reading the
+	// whole request body has to read the rest (default DefaultBodyGrace).
+	BodyGrace time.Duration
 	// Dir keeps the receipts (default: a temporary directory that Close removes).
 	Dir string
 	// Now is the proxy's clock (default time.Now).
@@ -77,6 +80,7 @@ type Proxy struct {
 const (
 	DefaultPoolSize          = 64
 	DefaultMaxBuffered int64 = 1 << 20
+	DefaultBodyGrace         = 10 * time.Second
 )
 
 // kept is a receipt as GET ReceiptsPath+id serves it.
@@ -188,6 +192,7 @@ type streamedBody struct {
 	*io.PipeReader
 	done chan struct{}
 	n    int64 // bytes copied, once done is closed
+	err  error // why the copy ended before the body's end, once done is closed
 }
 
 // streamBody starts copying r's body into the pipe, hashing it on the way;
@@ -197,25 +202,42 @@ func (p *Proxy) streamBody(r *http.Request, in hash.Hash) (*streamedBody, func()
 	b := &streamedBody{PipeReader: pr, done: make(chan struct{})}
 	go func() { // owned: ends at the body's end, or when the pipe is closed; wait waits for it
 		n, err := io.Copy(io.MultiWriter(pw, in), r.Body)
-		b.n = n
+		b.n, b.err = n, err
 		pw.CloseWithError(err)
 		close(b.done)
 	}()
 	return b, func() { <-b.done }
 }
 
-// waitBody waits until a streamed request body has been read to its end,
-// for at most a grace period; false if the client went away.
-func waitBody(r *http.Request, b *streamedBody) bool {
-	t := time.NewTimer(10 * time.Second)
+// waitBody waits until a streamed request body has been copied to the
+// service to its end; a service that answered first gets BodyGrace to read
+// the rest. An error if the copy did not reach the body's end (the client
+// broke off, or the service would not read it all): the input hash then
+// covers only part of what the client sent, and no receipt may be signed.
+func (p *Proxy) waitBody(w http.ResponseWriter, r *http.Request, b *streamedBody) error {
+	grace := p.BodyGrace
+	if grace == 0 {
+		grace = DefaultBodyGrace
+	}
+	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {
 	case <-b.done:
+		if b.err != nil {
+			return fmt.Errorf("the request body broke off after %d bytes: %w", b.n, b.err)
+		}
+		return nil
 	case <-t.C:
 	case <-r.Context().Done():
-		return false
 	}
-	return true
+	// Unblock the copy, waiting on the client or the service, and let it end.
+	http.NewResponseController(w).SetReadDeadline(aLongTimeAgo)
+	b.Close()
+	<-b.done
+	if b.err == nil {
+		return nil
+	}
+	return fmt.Errorf("the request body was not read to its end (%d bytes read; the service answered first or the request ended)", b.n)
 }
 
 func fail(w http.ResponseWriter, status int, msg string) {
@@ -461,8 +483,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 		// started, so the response waits until the streamed body has been
 		// read to its end (a service that answers without reading all of it
 		// gets a grace period).
-		if !waitBody(r, out.Body.(*streamedBody)) {
+		if err := p.waitBody(w, r, out.Body.(*streamedBody)); err != nil {
 			p.unreserve(id)
+			fail(w, http.StatusBadGateway, err.Error())
 			return
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/horde-compute/horde/internal/h1"
 	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
@@ -31,6 +32,22 @@ type rig struct {
 	client    *http.Client
 	clientKey ed25519.PrivateKey
 	clientPEM []byte
+	ended     chan string // request ids whose handler returned
+}
+
+// waitEnded waits until the proxy's handler for request id has returned.
+func (r *rig) waitEnded(t *testing.T, id string) {
+	t.Helper()
+	for {
+		select {
+		case got := <-r.ended:
+			if got == id {
+				return
+			}
+		case <-t.Context().Done():
+			t.Fatalf("the handler of %s did not return", id)
+		}
+	}
 }
 
 func newRig(t testing.TB, service http.Handler) *rig {
@@ -51,14 +68,23 @@ func newRig(t testing.TB, service http.Handler) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{proxy: p, url: serveProxy(t, p, tlsCfg), jobCert: jobCert, clientKey: ck, clientPEM: cc}
+	r := &rig{proxy: p, jobCert: jobCert, clientKey: ck, clientPEM: cc, ended: make(chan string, 64)}
+	r.url = serveProxy(t, p, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		defer func() {
+			select {
+			case r.ended <- req.Header.Get(sr.HeaderRequestID):
+			default:
+			}
+		}()
+		p.ServeHTTP(w, req)
+	}), tlsCfg)
 	r.client = r.clientWith(ck, cc)
 	return r
 }
 
-// serveProxy serves p as the executor does and returns its URL; the
-// proxy stops and closes when the test ends.
-func serveProxy(t testing.TB, p *Proxy, tlsCfg *tls.Config) string {
+// serveProxy serves h (p, or a handler around it) as the executor serves
+// p and returns its URL; the proxy stops and closes when the test ends.
+func serveProxy(t testing.TB, p *Proxy, h http.Handler, tlsCfg *tls.Config) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -66,7 +92,8 @@ func serveProxy(t testing.TB, p *Proxy, tlsCfg *tls.Config) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- p.Serve(ctx, ln, tlsCfg) }() // owned: waited for in Cleanup
+	s := &h1.Server{Handler: h, TLSConfig: tlsCfg}
+	go func() { served <- s.Serve(ctx, ln) }() // owned: waited for in Cleanup
 	t.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {
@@ -464,5 +491,71 @@ func TestHeldBodiesNotShared(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// earlyService answers at once, before reading the request body, and says
+// so on answered.
+func earlyService(answered chan<- struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.NewResponseController(w).EnableFullDuplex()
+		io.WriteString(w, "early")
+		w.(http.Flusher).Flush()
+		answered <- struct{}{}
+	})
+}
+
+// A receipt's input hash covers the whole body the client sent, or there
+// is no receipt: a client that breaks off mid-body after the service
+// answered, or a service that does not read the rest in time, gets none.
+func TestPartialBodyNoReceipt(t *testing.T) {
+	answered := make(chan struct{}, 1)
+	r := newRig(t, earlyService(answered))
+	r.proxy.BodyGrace = 200 * time.Millisecond
+	post := func(ctx context.Context, id string, body io.Reader) (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, r.url+"/v1/completions", body)
+		req.Header.Set(sr.HeaderTimestamp, time.Now().UTC().Format(sr.TimeFormat))
+		req.Header.Set(sr.HeaderRequestID, id)
+		return r.client.Do(req)
+	}
+	noReceipt := func(id string) {
+		t.Helper()
+		if _, _, ok, err := r.proxy.Receipt(id); ok || err != nil {
+			t.Errorf("%s: a receipt was kept for part of a body (%v)", id, err)
+		}
+	}
+
+	t.Run("client breaks off", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		pr, pw := io.Pipe()
+		go func() { // owned: ends once the request is cancelled
+			pw.Write(bytes.Repeat([]byte("a"), 1000))
+			<-answered
+			cancel()
+			pw.CloseWithError(errors.New("the client broke off"))
+		}()
+		post(ctx, "partial-gone", pr)
+		r.waitEnded(t, "partial-gone")
+		noReceipt("partial-gone")
+	})
+	t.Run("service does not read the rest", func(t *testing.T) {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		go func() { pw.Write(bytes.Repeat([]byte("b"), 1000)) }() // owned: ends with pw.Close
+		resp, err := post(t.Context(), "partial-stalled", pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-answered
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadGateway || resp.Trailer.Get(sr.TrailerReceipt) != "" || !strings.Contains(string(b), "not read to its end") {
+			t.Errorf("%d %q %v", resp.StatusCode, b, resp.Trailer)
+		}
+		r.waitEnded(t, "partial-stalled")
+		noReceipt("partial-stalled")
+	})
+	if n := r.proxy.Receipts(); n != 0 {
+		t.Errorf("%d receipts signed", n)
 	}
 }

@@ -288,7 +288,7 @@ func TestUpstreamPythonClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvURL := serveProxy(t, p, tlsCfg)
+	srvURL := serveProxy(t, p, p, tlsCfg)
 	os.WriteFile(filepath.Join(dir, "job.crt"), jobCert, 0o600)
 	host, port, _ := net.SplitHostPort(strings.TrimPrefix(srvURL, "https://"))
 	pub, _ := sr.PublicKey(jobCert)

@@ -189,4 +189,3 @@ func readFields(br *bufio.Reader) (n int, ctype string, err error) {
 		}
 	}
 }
-

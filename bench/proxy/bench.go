@@ -370,7 +370,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	loadCore := fs.String("load-core", "0", "core for the load generator (empty: no pinning)")
 	targetCore := fs.String("target-core", "1", "core for the service and the proxy under test (empty: no pinning)")
 	only := fs.String("only", "", "comma-separated subset of rows: direct, nginx, gofloor (Go's httputil reverse proxy, no receipts; only when named), horde")
-	sizes := fs.String("sizes", "1024,65536", "POST body sizes")
+	sizes := fs.String("sizes", "1024,65536", "POST body sizes (empty: none)")
 	gap := fs.Duration("gap", time.Millisecond, "time between SSE tokens")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of horde's proxy here")
 	flat := fs.Int("memory", 0, "instead of the table: send this many 1 KiB requests to horde's proxy and print its RSS every tenth")
@@ -452,6 +452,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var loads []loadSpec
 	for _, s := range strings.Split(*sizes, ",") {
+		if strings.TrimSpace(s) == "" {
+			continue // -sizes '': the SSE rows alone
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil {
 			return fmt.Errorf("-sizes: %w", err)

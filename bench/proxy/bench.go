@@ -53,7 +53,7 @@ func runRole(ctx context.Context, role string, args []string, stdout io.Writer) 
 	switch role {
 	case "echo":
 		return serveEcho(ctx, *addr, *tokens, *gap, ready)
-	case "horde", "gofloor", "handloop", "handsign":
+	case "horde", "hordenet", "gofloor", "handloop", "handsign":
 		k, err := readKeys(*dir)
 		if err != nil {
 			return err
@@ -65,6 +65,8 @@ func runRole(ctx context.Context, role string, args []string, stdout io.Writer) 
 		switch role {
 		case "gofloor":
 			return serveGoFloor(ctx, k, *addr, u, ready)
+		case "hordenet":
+			return serveHordeNetHTTP(ctx, k, *addr, u, ready)
 		case "handloop", "handsign":
 			return serveHandLoop(ctx, k, *addr, u, role == "handsign", ready)
 		}
@@ -369,7 +371,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	useNginx := fs.Bool("nginx", true, "measure nginx too (needs Debian's nginx)")
 	loadCore := fs.String("load-core", "0", "core for the load generator (empty: no pinning)")
 	targetCore := fs.String("target-core", "1", "core for the service and the proxy under test (empty: no pinning)")
-	only := fs.String("only", "", "comma-separated subset of rows: direct, nginx, gofloor (Go's httputil reverse proxy, no receipts; only when named), horde")
+	only := fs.String("only", "", "comma-separated subset of rows: direct, nginx, horde; only when named: gofloor (Go's httputil reverse proxy, no receipts), handloop and handsign (a hand-written HTTP/1.1 loop, without and with a receipt's hashing and signing), hordenet (horde's proxy on net/http's server, as before h1)")
 	sizes := fs.String("sizes", "1024,65536", "POST body sizes (empty: none)")
 	gap := fs.Duration("gap", time.Millisecond, "time between SSE tokens")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of horde's proxy here")
@@ -425,7 +427,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer gp.stop()
 		targets = append(targets, target{"Go httputil, no receipts", "https://" + gp.addr, true, gp.cmd.Process.Pid})
 	}
-	for _, hl := range []struct{ role, name string }{{"handloop", "hand-written loop, no receipts"}, {"handsign", "hand-written loop, signing"}} {
+	for _, hl := range []struct{ role, name string }{{"handloop", "hand-written loop, no receipts"}, {"handsign", "hand-written loop, signing"}, {"hordenet", "horde proxy on net/http"}} {
 		if !named(hl.role) {
 			continue
 		}

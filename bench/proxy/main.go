@@ -36,7 +36,7 @@ func main() {
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 {
 		switch args[0] {
-		case "echo", "horde", "gofloor", "handloop", "handsign", "load":
+		case "echo", "horde", "hordenet", "gofloor", "handloop", "handsign", "load":
 			return runRole(ctx, args[0], args[1:], stdout)
 		}
 	}

@@ -151,6 +151,14 @@ func serveHorde(ctx context.Context, k *keys, addr string, upstream *url.URL, re
 	return proxy.Serve(ctx, ln, tlsCfg)
 }
 
+// serveHordeNetHTTP serves horde's signing proxy on net/http's server, as
+// before package h1: beside serveHorde it shows what h1 changed.
+func serveHordeNetHTTP(ctx context.Context, k *keys, addr string, upstream *url.URL, ready func(string)) error {
+	proxy := &streaming.Proxy{JobUUID: "bench-job", Key: k.jobKey, Upstream: upstream}
+	defer proxy.Close()
+	return serveJobTLS(ctx, k, addr, proxy, ready)
+}
+
 // serveGoFloor serves Go's own reverse proxy (net/http/httputil) with the
 // same TLS as horde's proxy and kept-alive connections to the service, and
 // nothing else: no checks, hashes, receipts or store. It is the floor of a

@@ -12,10 +12,12 @@
 // connection: one write for a reply that is not flushed early, trailers
 // carried in the chunked encoding's last chunk.
 //
-// What it does not do: notice a client that went away while the handler
-// has not written yet (an HTTP/1.1 handler's context ends only when the
-// server stops; a handler that must know sets a read deadline through
-// http.ResponseController, or finds out when it writes), upgrade a
+// A request's context ends when the client goes away, as on net/http's
+// server, but the connection is watched for that only once the request has
+// run for WatchAfter with its body read: most proxied requests end sooner,
+// and cost no goroutine.
+//
+// What it does not do: upgrade a
 // connection (101), bound how long a client may take to send a body or
 // read a reply (as net/http's server with no ReadTimeout or WriteTimeout),
 // or announce keep-alive to HTTP/1.0 clients (a reply of unknown length to
@@ -39,6 +41,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,6 +73,13 @@ type Server struct {
 	Grace time.Duration
 	// Log gets handler panics and HTTP/2 errors (default: discarded).
 	Log *slog.Logger
+	// WatchAfter is how long an HTTP/1.1 request runs before its
+	// connection is watched for the client going away, which cancels the
+	// request's context (default DefaultWatchAfter).
+	WatchAfter time.Duration
+
+	onWatch func() // tests: a watch started
+	onAhead func() // tests: a watch read a byte of the next request
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -189,12 +199,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	select {
 	case <-idle:
 	case <-graceCtx.Done():
-		forceStop()
+		// The connections first: a handler its context's end lets return
+		// must find its connection closed, not send a reply.
 		s.mu.Lock()
 		for c := range s.conns {
 			c.raw.Close()
 		}
 		s.mu.Unlock()
+		forceStop()
 		<-idle
 	}
 	return err
@@ -297,6 +309,9 @@ type conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 
+	aheadBuf [1]byte // the watch's read
+	gone     bool    // the watch saw the client go away (set before its done closes)
+
 	mu   sync.Mutex // guards idle (shared with Serve's stop)
 	idle bool
 }
@@ -332,8 +347,9 @@ func (c *conn) setIdle(idle bool) bool {
 // limitedReader bounds what the head of a request may read from the
 // connection; n is reset for each request and lifted for its body.
 type limitedReader struct {
-	r io.Reader
-	n int64
+	r     io.Reader
+	n     int64
+	ahead []byte // read by the watch before the next request's head: given first
 }
 
 var errHeadTooLarge = errors.New("request head too large")
@@ -344,6 +360,12 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	}
 	if int64(len(p)) > l.n {
 		p = p[:l.n]
+	}
+	if len(l.ahead) > 0 {
+		n := copy(p, l.ahead)
+		l.ahead = l.ahead[n:]
+		l.n -= int64(n)
+		return n, nil
 	}
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
@@ -467,23 +489,82 @@ func (c *conn) serveOne(ctx context.Context, req *http.Request) (keep bool) {
 		body = &countedBody{ReadCloser: req.Body, length: req.ContentLength}
 		req.Body = body
 	}
-	req = req.WithContext(ctx)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req = req.WithContext(rctx)
+	c.gone = false
+	stopWatch := c.watchFor(body, cancel)
 	// A chunked request may also have said Content-Length, which
 	// http.ReadRequest drops without a trace: such a request is how
 	// requests are smuggled past a front end that went by the length, so the
 	// connection carries nothing after one (RFC 9112, section 6.1).
 	closeAfter := req.Close || slices.Contains(req.TransferEncoding, "chunked")
 	w := &response{c: c, req: req, header: make(http.Header, 4), contentLength: -1, closeAfter: closeAfter}
-	if !c.run(w, req) {
-		return false
-	}
-	if !w.finish() {
+	ran := c.run(w, req)
+	stopWatch()
+	if !ran || c.gone || !w.finish() {
 		return false
 	}
 	if w.closeAfter || ctx.Err() != nil {
 		return false
 	}
 	return body == nil || body.drain(c)
+}
+
+// DefaultWatchAfter is how long a request runs before the server watches
+// its connection for the client going away.
+const DefaultWatchAfter = 10 * time.Millisecond
+
+// watchFor arranges that a request still running after WatchAfter, its
+// body read to its end, has its context cancelled if the client goes away
+// (the connection reads EOF or fails), as net/http's server does for every
+// request; short requests cost a timer and no goroutine. The returned stop
+// ends the watch; call it once the handler has returned. A byte of the
+// next request the watch reads is handed to the next head's read.
+func (c *conn) watchFor(body *countedBody, cancel context.CancelFunc) (stop func()) {
+	var mu sync.Mutex
+	ended := false
+	var done chan struct{}
+	t := time.AfterFunc(cmpOr(c.s.WatchAfter, DefaultWatchAfter), func() {
+		mu.Lock()
+		defer mu.Unlock()
+		// The handler may still read its body, and so the connection:
+		// then there is no watching. Bytes already buffered are the next
+		// request's, not a sign of the client leaving.
+		if ended || (body != nil && !body.eof.Load()) || c.br.Buffered() > 0 || len(c.lr.ahead) > 0 {
+			return
+		}
+		done = make(chan struct{})
+		go func() { // owned: stop ends it and waits for it
+			defer close(done)
+			n, err := c.nc.Read(c.aheadBuf[:])
+			if n > 0 {
+				c.lr.ahead = c.aheadBuf[:n]
+				if c.s.onAhead != nil {
+					c.s.onAhead()
+				}
+			}
+			if err != nil && !isTimeout(err) {
+				c.gone = true
+				cancel()
+			}
+		}()
+		if c.s.onWatch != nil {
+			c.s.onWatch()
+		}
+	})
+	return func() {
+		t.Stop()
+		mu.Lock()
+		ended = true
+		d := done
+		mu.Unlock()
+		if d != nil {
+			c.nc.SetReadDeadline(aLongTimeAgo)
+			<-d
+			c.nc.SetReadDeadline(time.Time{})
+		}
+	}
 }
 
 // maxDrain is the most of a body the handler left unread that is read and
@@ -495,7 +576,7 @@ type countedBody struct {
 	io.ReadCloser
 	length int64 // declared, -1 if chunked
 	n      int64
-	eof    bool
+	eof    atomic.Bool // also read by the watch's timer
 	closed bool
 }
 
@@ -506,7 +587,7 @@ func (b *countedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
 	if err == io.EOF {
-		b.eof = true
+		b.eof.Store(true)
 	}
 	return n, err
 }
@@ -524,7 +605,7 @@ func (b *countedBody) Close() error {
 // (Closing http.ReadRequest's body not read to its end would read all of
 // it, unbounded.)
 func (b *countedBody) drain(c *conn) bool {
-	if b.eof {
+	if b.eof.Load() {
 		return true
 	}
 	if b.length >= 0 && b.length-b.n > maxDrain {

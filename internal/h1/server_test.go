@@ -602,3 +602,52 @@ func TestForcedStopWaitsForHTTP2Handlers(t *testing.T) {
 	}
 	r.done <- nil // for Cleanup
 }
+
+// A request that runs longer than WatchAfter has its context cancelled
+// when the client goes away, as on net/http's server.
+func TestClientGoneCancels(t *testing.T) {
+	watched, cancelled := make(chan struct{}, 1), make(chan struct{})
+	s := &Server{WatchAfter: time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.ReadAll(req.Body)
+		<-req.Context().Done()
+		close(cancelled)
+	})}
+	s.onWatch = func() { watched <- struct{}{} }
+	r := start(t, s)
+	c := r.dial(t)
+	io.WriteString(c, "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+	<-watched
+	c.Close()
+	<-cancelled
+}
+
+// A byte of the next request that the watch read ahead is not lost: the
+// next request on the connection is served whole.
+func TestWatchReadAhead(t *testing.T) {
+	watched, ahead, release := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
+	s := &Server{WatchAfter: time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.RequestURI == "/slow" {
+			<-release
+		}
+		io.WriteString(w, req.RequestURI)
+	})}
+	s.onWatch = func() { watched <- struct{}{} }
+	s.onAhead = func() { ahead <- struct{}{} }
+	r := start(t, s)
+	c := r.dial(t)
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-watched
+	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-ahead
+	close(release)
+	br := bufio.NewReader(c)
+	for _, want := range []string{"/slow", "/next"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := io.ReadAll(resp.Body); string(b) != want {
+			t.Errorf("got %q, want %q", b, want)
+		}
+	}
+}

@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"sync"
 
-	sr "github.com/horde-compute/horde/streamreceipt"
 )
 
 // serveHandLoop serves a hand-written HTTP/1.1 loop over the job's TLS: the
@@ -25,15 +24,11 @@ import (
 // with a length); sign adds what a receipt costs (both bodies hashed, a
 // receipt-sized text signed, base64 trailers). Bench only: not hardened.
 func serveHandLoop(ctx context.Context, k *keys, addr string, upstream *url.URL, sign bool, ready func(string)) error {
-	tlsCfg, err := sr.ServerTLS(k.jobKey, k.jobCert, k.clientCrt)
+	ln, tlsCfg, err := listenJob(k, addr)
 	if err != nil {
 		return err
 	}
 	tlsCfg.NextProtos = []string{"http/1.1"}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
 	ready(ln.Addr().String())
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()

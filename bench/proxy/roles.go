@@ -139,16 +139,23 @@ func serveEcho(ctx context.Context, addr string, tokens int, gap time.Duration, 
 func serveHorde(ctx context.Context, k *keys, addr string, upstream *url.URL, ready func(string)) error {
 	proxy := &streaming.Proxy{JobUUID: "bench-job", Key: k.jobKey, Upstream: upstream}
 	defer proxy.Close()
-	tlsCfg, err := sr.ServerTLS(k.jobKey, k.jobCert, k.clientCrt)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", addr)
+	ln, tlsCfg, err := listenJob(k, addr)
 	if err != nil {
 		return err
 	}
 	ready(ln.Addr().String())
 	return proxy.Serve(ctx, ln, tlsCfg)
+}
+
+// listenJob listens on addr and returns the job's TLS configuration (the
+// client's certificate required and pinned, ALPN h2 and http/1.1).
+func listenJob(k *keys, addr string) (net.Listener, *tls.Config, error) {
+	tlsCfg, err := sr.ServerTLS(k.jobKey, k.jobCert, k.clientCrt)
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	return ln, tlsCfg, err
 }
 
 // serveHordeNetHTTP serves horde's signing proxy on net/http's server, as
@@ -172,14 +179,10 @@ func serveGoFloor(ctx context.Context, k *keys, addr string, upstream *url.URL, 
 	return serveJobTLS(ctx, k, addr, rp, ready)
 }
 
-// serveJobTLS serves h with the job's TLS (the client's certificate
-// required and pinned, ALPN h2 and http/1.1) until ctx ends.
+// serveJobTLS serves h on net/http's server with the job's TLS until ctx
+// ends.
 func serveJobTLS(ctx context.Context, k *keys, addr string, h http.Handler, ready func(string)) error {
-	tlsCfg, err := sr.ServerTLS(k.jobKey, k.jobCert, k.clientCrt)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", addr)
+	ln, tlsCfg, err := listenJob(k, addr)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
-
 )
 
 // serveHandLoop serves a hand-written HTTP/1.1 loop over the job's TLS: the

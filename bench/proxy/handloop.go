@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 )
@@ -64,7 +65,10 @@ func handLoopConn(c *tls.Conn, up string, key ed25519.PrivateKey, sign bool) {
 		if err != nil {
 			return
 		}
-		body = body[:n]
+		if n < 0 || n > 1<<20 {
+			return
+		}
+		body = slices.Grow(body[:0], n)[:n]
 		if _, err := io.ReadFull(br, body); err != nil {
 			return
 		}
@@ -86,7 +90,10 @@ func handLoopConn(c *tls.Conn, up string, key ed25519.PrivateKey, sign bool) {
 		if err != nil {
 			return
 		}
-		reply = reply[:rn]
+		if rn < 0 || rn > 1<<20 {
+			return
+		}
+		reply = slices.Grow(reply[:0], rn)[:rn]
 		if _, err := io.ReadFull(ur, reply); err != nil {
 			return
 		}

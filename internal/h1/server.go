@@ -309,6 +309,7 @@ type conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 
+	unread   bool    // the connection closes with the client's bytes unread: linger first
 	aheadBuf [1]byte // the watch's read
 	gone     bool    // the watch saw the client go away (set before its done closes)
 
@@ -373,7 +374,12 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 }
 
 func (c *conn) serve(ctx context.Context) {
-	defer c.nc.Close()
+	defer func() {
+		if c.unread {
+			c.linger()
+		}
+		c.nc.Close()
+	}()
 	idleTimeout := cmpOr(c.s.IdleTimeout, DefaultIdleTimeout)
 	headLimit := int64(cmpOr(c.s.MaxHeaderBytes, DefaultMaxHeaderBytes)) + 4096
 	for {
@@ -459,6 +465,7 @@ func isTimeout(err error) bool {
 // refuse answers a request the server could not read, and the connection
 // closes after.
 func (c *conn) refuse(status int, msg string) {
+	c.unread = true
 	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + msg + "\n"
 	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
@@ -469,8 +476,8 @@ func (c *conn) refuse(status int, msg string) {
 // serveOne runs the handler for req and finishes its response; false if
 // the connection is not to carry another request.
 func (c *conn) serveOne(ctx context.Context, req *http.Request) (keep bool) {
-	if ex := req.Header.Get("Expect"); ex != "" {
-		if !strings.EqualFold(ex, "100-continue") || !req.ProtoAtLeast(1, 1) {
+	if ex := req.Header.Get("Expect"); ex != "" && req.ProtoAtLeast(1, 1) {
+		if !strings.EqualFold(ex, "100-continue") {
 			c.refuse(http.StatusExpectationFailed, "unsupported Expect "+strconv.Quote(ex))
 			return false
 		}
@@ -498,25 +505,28 @@ func (c *conn) serveOne(ctx context.Context, req *http.Request) (keep bool) {
 	// http.ReadRequest drops without a trace: such a request is how
 	// requests are smuggled past a front end that went by the length, so the
 	// connection carries nothing after one (RFC 9112, section 6.1).
-	closeAfter := req.Close || slices.Contains(req.TransferEncoding, "chunked")
+	// HTTP/1.0 connections are not kept: their replies do not announce
+	// keep-alive.
+	closeAfter := req.Close || !req.ProtoAtLeast(1, 1) || slices.Contains(req.TransferEncoding, "chunked")
 	w := &response{c: c, req: req, header: make(http.Header, 4), contentLength: -1, closeAfter: closeAfter}
 	ran := c.run(w, req)
 	stopWatch()
-	if !ran || c.gone || !w.finish() {
-		return false
+	keep = ran && w.finish() && !c.gone && !w.closeAfter && ctx.Err() == nil
+	if keep && body != nil {
+		keep = body.drain(c)
 	}
-	if w.closeAfter || ctx.Err() != nil {
-		return false
+	if !keep && body != nil && !body.eof.Load() {
+		c.unread = true
 	}
-	return body == nil || body.drain(c)
+	return keep
 }
 
 // DefaultWatchAfter is how long a request runs before the server watches
 // its connection for the client going away.
 const DefaultWatchAfter = 10 * time.Millisecond
 
-// watchFor arranges that a request still running after WatchAfter, its
-// body read to its end, has its context cancelled if the client goes away
+// watchFor arranges that a request still running after WatchAfter (and
+// once its body is read to its end) has its context cancelled if the client goes away
 // (the connection reads EOF or fails), as net/http's server does for every
 // request; short requests cost a timer and no goroutine. The returned stop
 // ends the watch; call it once the handler has returned. A byte of the
@@ -525,13 +535,24 @@ func (c *conn) watchFor(body *countedBody, cancel context.CancelFunc) (stop func
 	var mu sync.Mutex
 	ended := false
 	var done chan struct{}
-	t := time.AfterFunc(cmpOr(c.s.WatchAfter, DefaultWatchAfter), func() {
+	after := cmpOr(c.s.WatchAfter, DefaultWatchAfter)
+	var t *time.Timer
+	mu.Lock() // t is set before the callback reads it
+	defer mu.Unlock()
+	t = time.AfterFunc(after, func() {
 		mu.Lock()
 		defer mu.Unlock()
-		// The handler may still read its body, and so the connection:
-		// then there is no watching. Bytes already buffered are the next
-		// request's, not a sign of the client leaving.
-		if ended || (body != nil && !body.eof.Load()) || c.br.Buffered() > 0 || len(c.lr.ahead) > 0 {
+		if ended {
+			return
+		}
+		// While the handler reads its body it reads the connection: the
+		// watch waits until the body is read. Bytes already buffered are
+		// the next request's, not a sign of the client leaving.
+		if body != nil && !body.eof.Load() {
+			t.Reset(after)
+			return
+		}
+		if c.br.Buffered() > 0 || len(c.lr.ahead) > 0 {
 			return
 		}
 		done = make(chan struct{})
@@ -565,6 +586,26 @@ func (c *conn) watchFor(body *countedBody, cancel context.CancelFunc) (stop func
 			c.nc.SetReadDeadline(time.Time{})
 		}
 	}
+}
+
+// lingerTime is how long a connection closing with the client's bytes
+// unread waits for the client to stop sending.
+const lingerTime = 500 * time.Millisecond
+
+// linger ends a connection whose client may still be sending (a body not
+// read, a head refused) as net/http does: the reply is flushed, the writing
+// side closed (close_notify, then FIN), and what still arrives is read and
+// dropped for a moment. Closing at once would make the kernel answer with
+// a reset, which can destroy the reply before the client reads it.
+func (c *conn) linger() {
+	c.bw.Flush()
+	c.nc.SetWriteDeadline(time.Now().Add(lingerTime))
+	c.nc.CloseWrite()
+	if tc, ok := c.raw.(interface{ CloseWrite() error }); ok {
+		tc.CloseWrite()
+	}
+	c.raw.SetReadDeadline(time.Now().Add(lingerTime))
+	io.Copy(io.Discard, io.LimitReader(c.raw, 4<<20))
 }
 
 // maxDrain is the most of a body the handler left unread that is read and

@@ -651,3 +651,27 @@ func TestWatchReadAhead(t *testing.T) {
 		}
 	}
 }
+
+// A connection closed with the client's body unread still delivers the
+// reply whole and then ends cleanly (the server lingers, as net/http does,
+// rather than closing with the client's bytes queued).
+func TestUnreadBodyEndsWithoutReset(t *testing.T) {
+	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+	})})
+	c := r.dial(t)
+	fmt.Fprintf(c, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", 8<<20)
+	c.Write(make([]byte, 512<<10)) // left unread in the server's queue
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(resp.Body); err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("%d %q %v", resp.StatusCode, b, err)
+	}
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("the connection ended with %v, not EOF", err)
+	}
+}

@@ -474,6 +474,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, from time.Time, 
 	}
 	if err != nil {
 		p.unreserve(id)
+		if streamed != nil {
+			// The copy may wait on the client's body: end it (the deferred
+			// wait waits for it).
+			http.NewResponseController(w).SetReadDeadline(aLongTimeAgo)
+		}
 		fail(w, http.StatusBadGateway, "service: "+err.Error())
 		return
 	}

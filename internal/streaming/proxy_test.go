@@ -44,7 +44,7 @@ func (r *rig) waitEnded(t *testing.T, id string) {
 			if got == id {
 				return
 			}
-		case <-t.Context().Done():
+		case <-time.After(time.Minute):
 			t.Fatalf("the handler of %s did not return", id)
 		}
 	}

@@ -3,6 +3,7 @@ package hordetest
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +33,24 @@ func details(t *testing.T, raw json.RawMessage) validator.ScoreDetails {
 // process using the cores between calibration and round moves both. Run it
 // with no other package beside it.
 func TestSyntheticRoundCatchesSharedHardware(t *testing.T) {
+	// A round that passes both the honest miner and the cheater says
+	// nothing about the validator: this machine's timing did not slow the
+	// shared core beyond the allowance that time (other tenants of the
+	// host). Such an attempt is logged and made again, calibration
+	// included, on a fresh horde (the last one stopped), at most twice; a
+	// round that convicts the honest miner is judged as it is.
+	for attempt := 1; attempt <= 3; attempt++ {
+		again := false
+		t.Run(fmt.Sprintf("attempt %d", attempt), func(t *testing.T) { again = sharedHardwareRound(t, attempt == 3) })
+		if !again {
+			return
+		}
+	}
+}
+
+// sharedHardwareRound is one attempt of TestSyntheticRoundCatchesSharedHardware;
+// true if it was inconclusive (and not the last).
+func sharedHardwareRound(t *testing.T, last bool) (again bool) {
 	params, err := devstack.Calibrate(t.Context(), Docker(t), time.Second)
 	if errors.Is(err, devstack.ErrNoSeparation) {
 		// Other work holds both cores: two jobs on one core are no slower
@@ -51,6 +70,10 @@ func TestSyntheticRoundCatchesSharedHardware(t *testing.T) {
 		t.Fatal(err)
 	}
 	honest, cheater := h.Miners[0].SS58(), h.Miners[1].SS58()
+	if !last && inconclusive(t, rep, honest, cheater) {
+		t.Log("the cheater's shared core was not slowed beyond the allowance this time: again")
+		return true
+	}
 	if len(rep.Results) != 4 {
 		t.Fatalf("%d synthetic jobs, want 4 (2 claimed executors × 2 miners)", len(rep.Results))
 	}
@@ -91,6 +114,20 @@ func TestSyntheticRoundCatchesSharedHardware(t *testing.T) {
 	if !ok || rv.Cycle != rep.Cycle {
 		t.Fatalf("facilitator reports = %v", reports)
 	}
+	return false
+}
+
+// inconclusive says whether a round passed both the honest miner and the
+// cheater: the machine did not slow the shared core enough that time.
+func inconclusive(t *testing.T, rep *validator.Report, honest, cheater string) bool {
+	passed := map[string]bool{}
+	for _, s := range rep.Scores {
+		if cr := details(t, s.Details).Classes[protocol.ClassTest]; cr != nil {
+			passed[s.Miner] = cr.Gate
+			t.Logf("%s: %+v", s.Miner[:8], *cr)
+		}
+	}
+	return passed[honest] && passed[cheater]
 }
 
 // Misbehaving miners are each scored correctly with a reason, and none

@@ -652,14 +652,22 @@ func TestWatchReadAhead(t *testing.T) {
 	}
 }
 
-// A connection closed with the client's body unread still delivers the
-// reply whole and then ends cleanly (the server lingers, as net/http does,
-// rather than closing with the client's bytes queued).
+// A connection closed with the client's body unread delivers the reply and
+// then ends with FIN, not with a reset (which closing at once, the client's
+// bytes still queued, would send, and which can destroy the reply before the
+// client reads it): the server lingers, as net/http does.
 func TestUnreadBodyEndsWithoutReset(t *testing.T) {
 	r := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "too large", http.StatusRequestEntityTooLarge)
 	})})
-	c := r.dial(t)
+	raw, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	cfg := r.client.Clone()
+	cfg.NextProtos = []string{"http/1.1"}
+	c := tls.Client(raw, cfg)
 	fmt.Fprintf(c, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", 8<<20)
 	c.Write(make([]byte, 512<<10)) // left unread in the server's queue
 	br := bufio.NewReader(c)
@@ -670,8 +678,12 @@ func TestUnreadBodyEndsWithoutReset(t *testing.T) {
 	if b, err := io.ReadAll(resp.Body); err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Fatalf("%d %q %v", resp.StatusCode, b, err)
 	}
-	c.SetReadDeadline(time.Now().Add(time.Minute))
+	raw.SetReadDeadline(time.Now().Add(time.Minute))
 	if _, err := br.ReadByte(); err != io.EOF {
-		t.Errorf("the connection ended with %v, not EOF", err)
+		t.Fatalf("TLS ended with %v, not close_notify", err)
+	}
+	// Beneath TLS, after the server's close_notify: FIN, not a reset.
+	if _, err := raw.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the connection ended with %v, not FIN", err)
 	}
 }
